@@ -1,0 +1,44 @@
+"""``cardioclr prepare DATA --out WORK``."""
+
+from __future__ import annotations
+
+import argparse
+
+from cardioclr.data.prepare import PrepareConfig, default_workers, prepare
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``prepare`` subcommand."""
+    p = sub.add_parser("prepare", help="resample, crop and normalise a dataset into a slice "
+                       "store with patient-level splits",
+                       description="Read an ACDC-layout folder or a CSV manifest and write "
+                       "WORK/store, WORK/manifest.csv, WORK/splits.json and WORK/skipped.csv.")
+    p.add_argument("data", help="ACDC-layout folder (training/, testing/) or CSV manifest")
+    p.add_argument("--out", required=True, help="work directory to write")
+    p.add_argument("--spacing", type=float, default=1.5, help="in-plane spacing in mm (1.5)")
+    p.add_argument("--size", type=int, default=192, help="square grid size in pixels (192)")
+    p.add_argument("--split", choices=("random", "official"), default="random",
+                   help="random: stratified 70/30 by patient (paper); official: training/ vs "
+                   "testing/")
+    p.add_argument("--test-fraction", type=float, default=0.3)
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds inside train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strict", action="store_true", help="fail on the first bad patient instead "
+                   "of skipping it (reasons go to WORK/skipped.csv)")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="labels not required (extra data for self-supervised pretraining)")
+    p.add_argument("--workers", type=int, default=default_workers())
+    p.add_argument("--overwrite", action="store_true", help="rebuild an existing store")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = PrepareConfig(data=args.data, out=args.out, spacing_mm=args.spacing,
+                        image_size=args.size, split=args.split, test_fraction=args.test_fraction,
+                        n_folds=args.folds, seed=args.seed, strict=args.strict,
+                        unlabelled=args.unlabelled, workers=args.workers,
+                        overwrite=args.overwrite)
+    s = prepare(cfg)
+    print(f"prepared {s['patients']} patients ({s['skipped']} skipped) in {s['seconds']} s: "
+          f"train {s['train']}, test {s['test']}, classes {', '.join(s['classes'])} -> {args.out}")
+    return 0
