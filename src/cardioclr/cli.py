@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "cardioclr.segment.cli",
     "cardioclr.ssl.cli",
     "cardioclr.classify.cli",
+    "cardioclr.evaluate.cli",
     "cardioclr.study.cli",
 )
 
