@@ -1,0 +1,74 @@
+"""Label masks for later stages: the predicted segmentation or the expert annotation.
+
+Both sources give the same thing: ED and ES label volumes, uint8 (z, S, S) on the store grid
+(S = ``SliceStore.image_size`` pixels at ``SliceStore.spacing_mm`` mm in-plane), with labels
+0 = background, 1 = RV cavity, 2 = LV myocardium, 3 = LV cavity (ACDC convention).
+
+``predicted`` masks live in ``WORK/segmentation/masks/PID.npz`` (written by
+``cardioclr segment predict WORK``); ``expert`` masks come from the store itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cardioclr.errors import CardioclrError, DataError
+
+MASK_SOURCES = ("predicted", "expert")
+
+# Label values on the store grid (ACDC convention).
+BACKGROUND, RV_CAVITY, LV_MYOCARDIUM, LV_CAVITY = 0, 1, 2, 3
+N_CLASSES = 4
+STRUCTURES = {"RV": RV_CAVITY, "MYO": LV_MYOCARDIUM, "LV": LV_CAVITY}
+
+
+def segmentation_dir(work: str | os.PathLike[str]) -> Path:
+    """``WORK/segmentation``: model, masks, NIfTI, metrics and QC of the segmentation stage."""
+    return Path(work) / "segmentation"
+
+
+def predicted_mask_path(work: str | os.PathLike[str], patient_id: str) -> Path:
+    """``WORK/segmentation/masks/PID.npz``."""
+    return segmentation_dir(work) / "masks" / f"{patient_id}.npz"
+
+
+def load_labels(work: str | os.PathLike[str], patient_id: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """ED and ES labels of one patient, uint8 (z, S, S) with values 0-3 on the store grid.
+
+    ``source``: ``"predicted"`` (``cardioclr segment predict`` output) or ``"expert"`` (the
+    store's annotation). Raises :class:`CardioclrError` when the masks are not available.
+    """
+    if source not in MASK_SOURCES:
+        raise CardioclrError(f"unknown mask source {source!r}; choose one of {', '.join(MASK_SOURCES)}")
+    if source == "predicted":
+        p = predicted_mask_path(work, patient_id)
+        if not p.is_file():
+            raise CardioclrError(f"{p}: no predicted mask for patient {patient_id}; run "
+                                 f"`cardioclr segment predict {work}` first")
+        try:
+            with np.load(p) as z:
+                ed, es = z["ed_mask"], z["es_mask"]
+        except (OSError, KeyError, ValueError) as err:
+            raise DataError(p, f"unreadable predicted mask ({err}); re-run "
+                            f"`cardioclr segment predict {work}`") from err
+        return _check(ed, p, "ed_mask"), _check(es, p, "es_mask")
+    from cardioclr.data.store import SliceStore
+
+    store = SliceStore(work)
+    ps = store.load(patient_id)
+    if ps.ed_mask is None or ps.es_mask is None:
+        raise DataError(store.path(patient_id), f"patient {patient_id} has no expert mask; use "
+                        "--masks predicted (after `cardioclr segment predict`)")
+    return _check(ps.ed_mask, store.path(patient_id), "ed_mask"), _check(ps.es_mask, store.path(patient_id),
+                                                                        "es_mask")
+
+
+def _check(a: np.ndarray, path: Path, name: str) -> np.ndarray:
+    if a.ndim != 3 or a.shape[1] != a.shape[2]:
+        raise DataError(path, f"{name} has shape {a.shape}; expected (z, S, S)")
+    if a.size and int(a.max()) >= N_CLASSES:
+        raise DataError(path, f"{name} has label {int(a.max())}; expected labels 0-{N_CLASSES - 1}")
+    return a.astype(np.uint8, copy=False)
