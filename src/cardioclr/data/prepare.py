@@ -3,7 +3,9 @@
 Every image is resampled in-plane to a common spacing, centre-cropped or zero-padded to a
 square grid, and normalised robustly (1st/99th percentiles of the patient's ED+ES voxels).
 The store is built under a temporary name and renamed into place; ``dataset.json`` is written
-last, so an interrupted or failed run never leaves a store that looks complete.
+last, so an interrupted or failed run never leaves a store that looks complete, and a failed
+``--overwrite`` (bad patient with ``--strict``, changed patient set, interrupt) leaves the
+previous complete work directory untouched.
 """
 
 from __future__ import annotations
@@ -61,15 +63,17 @@ def prepare(cfg: PrepareConfig) -> dict:
         raise CardioclrError(f"{work} is already prepared (dataset.json exists); pass --overwrite "
                              "to rebuild the store (splits.json is kept)")
     cases, skipped = discover_cases(cfg.data, require_label=not cfg.unlabelled)
+    for s in skipped:
+        log.warning("skipping %s: %s: %s", s.patient_id, s.path, s.reason)
     if cfg.strict and skipped:
         raise DataError(skipped[0].path, skipped[0].reason)
     if not cases:
         raise CardioclrError(f"{cfg.data}: no usable patient; reasons: "
                              + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5]))
     work.mkdir(parents=True, exist_ok=True)
-    # (work / "dataset.json") is the completeness marker: remove it before touching the store.
-    (work / "dataset.json").unlink(missing_ok=True)
     rows: list[dict] = []
+    # Everything is built and checked inside atomic_dir; an error or interrupt before the end of
+    # the block leaves a previous store, manifest, splits and dataset.json exactly as they were.
     with atomic_dir(work / "store") as store_tmp:
         jobs = [(case, str(store_tmp), cfg.spacing_mm, cfg.image_size) for case in cases]
         if cfg.workers > 1 and len(jobs) > 1:
@@ -87,10 +91,14 @@ def prepare(cfg: PrepareConfig) -> dict:
                 rows.append(result)
         if not rows:
             raise CardioclrError("every patient was skipped; see the reasons above")
-    manifest = _manifest_frame(rows)
+        manifest = _manifest_frame(rows)
+        splits, splits_are_new = _plan_splits(work, manifest, cfg)  # may refuse: nothing touched
+        # Commit point: dataset.json (the completeness marker) goes before the old store does.
+        (work / "dataset.json").unlink(missing_ok=True)
     write_text(work / "manifest.csv", manifest.to_csv(index=False))
     _write_skipped(work / "skipped.csv", skipped)
-    splits = _write_or_check_splits(work, manifest, cfg)
+    if splits_are_new:
+        write_json(work / "splits.json", splits)
     save_run_info(work / "prepare", cfg)
     summary = {
         "store_version": STORE_VERSION,
@@ -246,8 +254,12 @@ def _write_skipped(path: Path, skipped: list[Skipped]) -> None:
     write_text(path, df.to_csv(index=False))
 
 
-def _write_or_check_splits(work: Path, manifest: pd.DataFrame, cfg: PrepareConfig) -> dict:
-    """Write splits.json once; on a rebuild keep it, after checking it still fits the patients."""
+def _plan_splits(work: Path, manifest: pd.DataFrame, cfg: PrepareConfig) -> tuple[dict, bool]:
+    """Splits for ``manifest`` and whether they are new (to be written).
+
+    splits.json is written once: on a rebuild it is kept, after checking it still fits the
+    patients (raises :class:`CardioclrError` otherwise). Writes nothing.
+    """
     labelled = manifest[manifest["label"] != ""]
     labels = dict(zip(labelled["patient_id"], labelled["label"], strict=True))
     subsets = {p: (s or None) for p, s in zip(manifest["patient_id"], manifest["subset"],
@@ -261,15 +273,14 @@ def _write_or_check_splits(work: Path, manifest: pd.DataFrame, cfg: PrepareConfi
             raise CardioclrError(f"{path} was written for a different set of patients "
                                  f"({len(known)} vs {len(labels)} now); delete it explicitly to "
                                  "re-split (every later result depends on it)")
-        return splits
+        return splits, False
     if len(labels) < 2:
         splits = {"method": cfg.split, "seed": cfg.seed, "test_fraction": None, "train": [],
                   "test": [], "folds": []}
     else:
         splits = make_splits(labels, subsets, cfg.split, cfg.test_fraction, cfg.n_folds, cfg.seed)
     splits["unlabelled"] = unlabelled
-    write_json(path, splits)
-    return splits
+    return splits, True
 
 
 def remove_store(work: Path) -> None:

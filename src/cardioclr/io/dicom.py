@@ -1,0 +1,243 @@
+"""Read one DICOM series (a folder of single-frame MR slices) as a :class:`Volume`.
+
+Geometry convention
+-------------------
+DICOM positions are in the patient LPS frame (x to the patient's Left, y Posterior, z Superior).
+The returned ``affine`` maps voxel indices ``(i, j, k)`` = (column, row, slice) to **RAS**
+millimetres, the NIfTI world frame, i.e. it is the DICOM LPS affine with its first two rows
+negated. ``array[k, j, i]`` is row ``j``, column ``i`` of slice ``k``, slices sorted by position
+along the slice normal ``cross(row, col)`` of ImageOrientationPatient. A label map written as
+``nib.Nifti1Image(mask.transpose(2, 1, 0), affine)`` therefore overlays the series in NIfTI and
+DICOM-aware viewers (the same affine nibabel/dcm2niix-style converters report for the array in
+this index order).
+
+Privacy
+-------
+Patient-identifying header values (PatientName, PatientID, birth date, ...) are never put in
+errors or logs: messages name the file path only, and library messages are scrubbed of any
+identifying value read from the headers. pydicom warnings (which can quote header values) are
+silenced while reading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cardioclr.errors import DataError
+from cardioclr.io.volume import Volume
+
+log = logging.getLogger(__name__)
+
+# Header fields whose values must never reach a message (DICOM PS3.15 basic profile, patient part).
+_IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames",
+                "PatientBirthDate", "PatientAddress", "AccessionNumber", "ReferringPhysicianName",
+                "InstitutionName", "PatientMotherBirthName", "MedicalRecordLocator")
+_MULTIFRAME_SOP = {
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.3": "Enhanced MR Color Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
+}
+_DIRECTORY_SOP = "1.2.840.10008.1.3.10"  # Media Storage Directory (DICOMDIR)
+# Relative deviation of one slice gap from the median gap tolerated before calling the stack
+# uneven (scanners round positions to ~0.01 mm; a missing slice doubles one gap).
+_GAP_TOLERANCE = 0.1
+_ORIENTATION_TOLERANCE = 1e-3
+
+
+@dataclass
+class _Slice:
+    path: Path
+    position: np.ndarray  # ImagePositionPatient (3,) mm, LPS
+    orientation: np.ndarray  # ImageOrientationPatient (6,): row cosines, column cosines
+    pixel_spacing: tuple[float, float]  # (between rows, between columns) mm
+    pixels: np.ndarray  # float32 (rows, columns), rescaled
+    series: str
+    series_number: str
+
+
+def read_dicom_series(folder: str | os.PathLike[str]) -> Volume:
+    """Read the single DICOM series in ``folder`` as float32 (z, y, x) with spacing (z, y, x) mm.
+
+    Files that are not DICOM images (DICOMDIR, README, hidden files, non-image objects) are
+    skipped quietly. Raises :class:`DataError` naming the folder or file when: the folder has no
+    DICOM image, holds several series, a DICOM file is corrupt or truncated, the series is
+    multi-frame/enhanced (not supported), has one slice only (a 2D image, not a stack),
+    repeated slice positions (e.g. several cine phases in one folder), uneven slice gaps, or
+    slices disagreeing in orientation, size or pixel spacing. RescaleSlope/Intercept are
+    applied. The affine is voxel (column, row, slice) -> RAS mm (see the module docstring).
+    """
+    d = Path(folder)
+    if not d.is_dir():
+        raise DataError(d, "DICOM folder does not exist")
+    files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
+    slices = [s for s in (_read_slice(p) for p in files) if s is not None]
+    if not slices:
+        raise DataError(d, f"no DICOM image files found in the folder ({len(files)} other files)")
+    slices = _single_series(d, slices)
+    return _assemble(d, slices)
+
+
+def _read_slice(p: Path) -> _Slice | None:
+    """One file -> :class:`_Slice`; None for files that are not DICOM images."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    has_magic = _has_dicom_magic(p)
+    secrets: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warnings may quote header values
+            try:
+                ds = pydicom.dcmread(p, force=not has_magic)
+            except InvalidDicomError:
+                return None
+            except Exception:
+                if not has_magic:
+                    return None  # a text or binary file that merely failed to parse as DICOM
+                raise
+            secrets = _identifying_values(ds)
+            if not has_magic and not ("PixelData" in ds and "Rows" in ds):
+                return None  # force-parsing a non-DICOM file yields junk without pixel data
+            sop = str(ds.get("SOPClassUID", ""))
+            if sop == _DIRECTORY_SOP:
+                return None
+            if sop in _MULTIFRAME_SOP or int(ds.get("NumberOfFrames", 1) or 1) > 1:
+                kind = _MULTIFRAME_SOP.get(sop, "multi-frame DICOM")
+                raise DataError(p, f"{kind} (one file holding many frames) is not supported; "
+                                "export the series as single-frame (classic) MR images")
+            if "PixelData" not in ds:
+                log.debug("skipping %s: DICOM object without pixel data", p)
+                return None
+            for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+                if tag not in ds:
+                    raise DataError(p, f"DICOM image lacks {tag}; cannot place the slice in space")
+            if int(ds.get("SamplesPerPixel", 1)) != 1:
+                raise DataError(p, "colour DICOM images are not supported (expected MONOCHROME)")
+            pixels = np.asarray(ds.pixel_array, dtype=np.float32)
+            if pixels.ndim != 2:
+                raise DataError(p, f"expected one 2D frame per file, found pixel shape "
+                                f"{pixels.shape}")
+            slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+            intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+            pixels = pixels * np.float32(slope) + np.float32(intercept)
+            if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+                pixels = pixels.max() + pixels.min() - pixels  # 1 = inverted grey scale
+            spacing = tuple(float(v) for v in ds.PixelSpacing)
+            return _Slice(
+                path=p,
+                position=np.array([float(v) for v in ds.ImagePositionPatient], dtype=np.float64),
+                orientation=np.array([float(v) for v in ds.ImageOrientationPatient],
+                                     dtype=np.float64),
+                pixel_spacing=(spacing[0], spacing[1]),
+                pixels=pixels,
+                series=str(ds.get("SeriesInstanceUID", "")),
+                series_number=str(ds.get("SeriesNumber", "?")),
+            )
+    except DataError:
+        raise
+    except Exception as err:  # pydicom raises many types for truncated or corrupt files
+        detail = _scrub(str(err), secrets)
+        # `from None`: the chained traceback could carry header values into a log.
+        raise DataError(p, f"corrupt or unreadable DICOM file ({type(err).__name__}: "
+                        f"{detail[:200]})") from None
+
+
+def _has_dicom_magic(p: Path) -> bool:
+    """True when the file has the 128-byte preamble followed by ``DICM`` (DICOM Part 10)."""
+    try:
+        with open(p, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _identifying_values(ds: object) -> list[str]:
+    """String forms of the patient-identifying values present in a dataset (for scrubbing)."""
+    out: list[str] = []
+    for key in _IDENTIFYING:
+        try:
+            value = getattr(ds, key, None)
+        except Exception:  # a corrupt element raises on access
+            continue
+        if value is None:
+            continue
+        text = str(value).strip()
+        if text:
+            out.append(text)
+            out.extend(part for part in text.replace("^", " ").split() if len(part) > 2)
+    return out
+
+
+def _scrub(message: str, secrets: list[str]) -> str:
+    for s in sorted(secrets, key=len, reverse=True):
+        message = message.replace(s, "<redacted>")
+    return message
+
+
+def _single_series(d: Path, slices: list[_Slice]) -> list[_Slice]:
+    by_series: dict[str, list[_Slice]] = defaultdict(list)
+    for s in slices:
+        by_series[s.series].append(s)
+    if len(by_series) == 1:
+        return slices
+    # Series are named by SeriesNumber and an example file, not by UID (UIDs can identify).
+    parts = [f"SeriesNumber {v[0].series_number}: {len(v)} files, e.g. {v[0].path.name}"
+             for v in sorted(by_series.values(), key=lambda v: -len(v))]
+    raise DataError(d, f"folder holds {len(by_series)} DICOM series ({'; '.join(parts)}); put "
+                    "exactly one series (one cardiac phase of the short-axis stack) per folder")
+
+
+def _assemble(d: Path, slices: list[_Slice]) -> Volume:
+    first = slices[0]
+    for s in slices[1:]:
+        if np.abs(s.orientation - first.orientation).max() > _ORIENTATION_TOLERANCE:
+            raise DataError(s.path, f"ImageOrientationPatient differs from {first.path.name}; "
+                            "slices of one stack must be parallel")
+        if s.pixels.shape != first.pixels.shape:
+            raise DataError(s.path, f"image size {s.pixels.shape} differs from "
+                            f"{first.pixels.shape} of {first.path.name}")
+        if not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=1e-3):
+            raise DataError(s.path, f"PixelSpacing {s.pixel_spacing} differs from "
+                            f"{first.pixel_spacing} of {first.path.name}")
+    if len(slices) < 2:
+        raise DataError(d, f"a single DICOM slice ({first.path.name}) is a 2D image; expected a "
+                        "stack of short-axis slices")
+    row_dir, col_dir = first.orientation[:3], first.orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-2):
+        raise DataError(first.path, "ImageOrientationPatient is not two orthogonal unit vectors")
+    # Slice order = position along the normal; file names and InstanceNumber are unreliable.
+    slices = sorted(slices, key=lambda s: float(s.position @ normal))
+    along = np.array([float(s.position @ normal) for s in slices])
+    gaps = np.diff(along)
+    if (gaps < 1e-3).any():
+        i = int(np.argmax(gaps < 1e-3))
+        raise DataError(d, f"{slices[i].path.name} and {slices[i + 1].path.name} share the same "
+                        "slice position: the folder seems to hold several time frames (cine); "
+                        "put one cardiac phase per folder")
+    median = float(np.median(gaps))
+    worst = int(np.argmax(np.abs(gaps - median)))
+    if abs(gaps[worst] - median) > _GAP_TOLERANCE * median:
+        raise DataError(d, f"uneven slice spacing: gap {gaps[worst]:.2f} mm between "
+                        f"{slices[worst].path.name} and {slices[worst + 1].path.name} vs median "
+                        f"{median:.2f} mm (missing slice?)")
+    dy, dx = first.pixel_spacing  # DICOM: (between rows, between columns)
+    n = len(slices)
+    step = (slices[-1].position - slices[0].position) / (n - 1)  # keeps any gantry tilt
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * dx  # i: along a row (column index)
+    lps[:3, 1] = col_dir * dy  # j: down a column (row index)
+    lps[:3, 2] = step
+    lps[:3, 3] = slices[0].position
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
+    array = np.stack([s.pixels for s in slices]).astype(np.float32, copy=False)
+    spacing_z = (along[-1] - along[0]) / (n - 1)
+    return Volume(array, (float(spacing_z), float(dy), float(dx)), affine, str(d))
