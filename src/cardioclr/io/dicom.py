@@ -113,6 +113,8 @@ def _read_slice(p: Path) -> _Slice | None:
                 raise DataError(p, f"{kind} (one file holding many frames) is not supported; "
                                 "export the series as single-frame (classic) MR images")
             if "PixelData" not in ds:
+                if _is_image_object(ds):  # an image without pixels = a truncated file
+                    raise DataError(p, "corrupt or truncated DICOM image: no pixel data")
                 log.debug("skipping %s: DICOM object without pixel data", p)
                 return None
             for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
@@ -157,6 +159,18 @@ def _has_dicom_magic(p: Path) -> bool:
             return fh.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def _is_image_object(ds: object) -> bool:
+    """True when a dataset claims to be an image (image SOP class or image geometry tags), or
+    says nothing of what it is (a Part-10 file cut short before its SOP class)."""
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None)
+    sop = str(getattr(ds, "SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "") or "")
+    if not sop or "Image Storage" in UID(sop).name:
+        return True
+    return any(tag in ds for tag in ("Rows", "ImagePositionPatient"))  # type: ignore[operator]
 
 
 def _identifying_values(ds: object) -> list[str]:
