@@ -235,3 +235,11 @@ def test_compare_requires_same_patients() -> None:
     b.loc[0, "label_index"] = (b.loc[0, "label_index"] + 1) % 5
     with pytest.raises(CardioclrError, match="label"):
         compare_predictions(a, b, CLASSES)
+
+
+def test_zero_width_ci_is_flagged() -> None:
+    y = np.arange(20) % 2
+    p = np.stack([1 - y * 0.9 - 0.05, y * 0.9 + 0.05], axis=1)  # perfect separation
+    m = classification_metrics(y, p, ["a", "b"], n_boot=50)
+    assert m["macro_auc"]["ci_low"] == m["macro_auc"]["ci_high"] == 1.0
+    assert any("zero-width" in n and "macro AUC" in n for n in m["notes"])

@@ -243,6 +243,13 @@ def classification_metrics(y_true: Any, proba: Any, classes: Sequence[str], n_bo
     cm_lo, cm_hi = np.percentile(cm_b, [a, 100 - a], axis=0)
 
     valid = int(np.isfinite(macro_b).sum())
+    zero_width = [name for name, v in (("macro AUC", macro_b), ("accuracy", acc_b),
+                                       *((f"AUC of {classes[c]}", auc_b[:, c]) for c in range(k)))
+                  if np.isfinite(v).any() and np.nanmin(v) == np.nanmax(v)]
+    if zero_width:
+        notes.append(f"zero-width bootstrap CI for {', '.join(zero_width)}: the value is the same in "
+                     "every resample (e.g. perfect separation), which with few patients is not "
+                     "certainty; the percentile bootstrap cannot express the uncertainty here")
     return {
         "n": int(n),
         "n_per_class": {classes[c]: int(counts[c]) for c in range(k)},

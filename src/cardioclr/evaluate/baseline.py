@@ -1,0 +1,289 @@
+"""Clinical-feature baseline (and the hybrid with deep features), evaluated once on ``test``.
+
+The baseline is the method of the ACDC challenge winners (Isensee et al. 2017; Wolterink et al.
+2017): clinical indices measured on the segmentation (volumes, EF, mass, wall thickness, ratios,
+BSA-indexed values; :mod:`cardioclr.clinical.features`) fed to a random forest.
+
+Procedure (no test patient is touched before the final prediction):
+
+1. features of the ``train`` patients (from ``predicted`` or ``expert`` masks);
+2. hyperparameters chosen by cross-validation on ``splits.folds`` (validation folds within
+   ``train``), scoring the macro one-vs-rest AUC of the pooled out-of-fold probabilities. Pooled,
+   not averaged per fold: a fold of ~14 patients over 5 classes gives a very noisy AUC, undefined
+   when a class is missing from the fold. Ties are broken towards the earlier (simpler) setting;
+3. refit on all of ``train``; only then are the ``test`` features computed and predicted once.
+
+Hybrid: ``deep_features.csv`` (``patient_id``, ``f0..fN``; one row per patient, written by the
+fine-tuning stage) is standardised and reduced by PCA (``pca_components``), fit inside the model
+pipeline, i.e. on the training patients of each CV fold and then on ``train`` only, and
+concatenated with the indices.
+
+Missing index values (e.g. no height/weight -> no BSA-indexed values; an empty predicted
+structure) are imputed with the training median, also inside the pipeline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import PCA
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cardioclr.atomic import write_json, write_text
+from cardioclr.clinical.features import feature_table
+from cardioclr.data.store import SliceStore
+from cardioclr.errors import CardioclrError, DataError
+from cardioclr.evaluate.metrics import (
+    classification_metrics,
+    macro_of,
+    ovr_auc_boot,
+    prob_columns,
+    to_jsonable,
+)
+from cardioclr.provenance import save_run_info, to_plain
+
+log = logging.getLogger(__name__)
+
+MODELS = ("rf", "logistic")
+DEEP_FEATURES_FILE = "deep_features.csv"
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Settings of ``cardioclr baseline``. The grids are searched by CV on ``splits.folds``."""
+
+    work: str
+    out: str
+    masks: str = "predicted"
+    deep_features: str | None = None
+    model: str = "rf"
+    seed: int = 0
+    n_boot: int = 2000
+    pca_components: int = 16
+    n_estimators: tuple[int, ...] = (100, 300)
+    max_depth: tuple[int | None, ...] = (3, 6, None)
+    max_features: tuple[str | float, ...] = ("sqrt", 0.5)
+    logistic_c: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    n_jobs: int = 1
+
+
+def param_grid(cfg: BaselineConfig) -> list[dict[str, Any]]:
+    """Hyperparameter settings in search order (simpler first, so ties pick the simpler one)."""
+    if cfg.model == "rf":
+        return [{"n_estimators": n, "max_depth": d, "max_features": f}
+                for d, f, n in itertools.product(cfg.max_depth, cfg.max_features, cfg.n_estimators)]
+    if cfg.model == "logistic":
+        return [{"C": c} for c in cfg.logistic_c]
+    raise CardioclrError(f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
+
+
+def build_model(params: dict[str, Any], index_cols: list[str], deep_cols: list[str],
+                n_components: int, model: str, seed: int, n_jobs: int = 1) -> Pipeline:
+    """Unfitted pipeline: median imputation of the indices [+ scaler + PCA of the deep features]
+    [+ standardisation for logistic] -> classifier."""
+    parts: list[tuple[str, Any, list[str]]] = [
+        ("indices", SimpleImputer(strategy="median", keep_empty_features=True), index_cols)]
+    if deep_cols:
+        parts.append(("deep", Pipeline([("scale", StandardScaler()),
+                                        ("pca", PCA(n_components=n_components, random_state=seed))]),
+                      deep_cols))
+    steps: list[tuple[str, Any]] = [("features", ColumnTransformer(parts))]
+    if model == "rf":
+        steps.append(("clf", RandomForestClassifier(random_state=seed, n_jobs=n_jobs,
+                                                    class_weight="balanced", **params)))
+    else:
+        steps.append(("scale", StandardScaler()))
+        steps.append(("clf", LogisticRegression(max_iter=5000, class_weight="balanced", **params)))
+    return Pipeline(steps)
+
+
+def fit_model(params: dict[str, Any], x: pd.DataFrame, y: np.ndarray, deep_cols: list[str],
+              cfg: BaselineConfig) -> Pipeline:
+    """Fit one model on the patients of ``x`` (indexed by patient_id) with labels ``y`` (n,)."""
+    index_cols = [c for c in x.columns if c not in deep_cols]
+    n_comp = max(1, min(cfg.pca_components, len(deep_cols), len(x) - 1)) if deep_cols else 0
+    pipe = build_model(params, index_cols, deep_cols, n_comp, cfg.model, cfg.seed, cfg.n_jobs)
+    return pipe.fit(x, y)
+
+
+def predict_full(model: Pipeline, x: pd.DataFrame, k: int) -> np.ndarray:
+    """Probabilities (n, k) in class-index order, zero for classes absent from the fit."""
+    p = model.predict_proba(x)
+    out = np.zeros((len(x), k))
+    out[:, model.classes_.astype(int)] = p
+    return out
+
+
+def _macro_auc(y: np.ndarray, proba: np.ndarray) -> float:
+    return float(macro_of(ovr_auc_boot(y, proba, None), proba.shape[1]))
+
+
+def select_hyperparameters(x: pd.DataFrame, y: np.ndarray, folds: list[list[str]],
+                           deep_cols: list[str], cfg: BaselineConfig,
+                           k: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Grid search by CV over ``folds`` (validation patient ids, all within ``x.index``).
+
+    Returns the best setting and one record per setting (params, pooled out-of-fold macro AUC,
+    mean per-fold macro AUC over folds where it is defined).
+    """
+    ids = list(x.index)
+    pos = {pid: i for i, pid in enumerate(ids)}
+    fold_idx = [np.array([pos[p] for p in f], dtype=int) for f in folds if f]
+    covered = np.unique(np.concatenate(fold_idx)) if fold_idx else np.empty(0, int)
+    if covered.size == 0:
+        raise CardioclrError("no cross-validation folds: splits.json has empty 'folds'")
+    results: list[dict[str, Any]] = []
+    for params in param_grid(cfg):
+        oof = np.full((len(ids), k), np.nan)
+        fold_scores = []
+        for vi in fold_idx:
+            tr = np.setdiff1d(np.arange(len(ids)), vi)
+            model = fit_model(params, x.iloc[tr], y[tr], deep_cols, cfg)
+            oof[vi] = predict_full(model, x.iloc[vi], k)
+            fold_scores.append(_macro_auc(y[vi], oof[vi]))
+        pooled = _macro_auc(y[covered], oof[covered])
+        finite = [s for s in fold_scores if math.isfinite(s)]
+        results.append({"params": params, "cv_macro_auc_pooled": pooled,
+                        "cv_macro_auc_fold_mean": float(np.mean(finite)) if finite else math.nan})
+        log.info("CV %s: pooled macro AUC %.4f", params, pooled)
+    scores = np.array([r["cv_macro_auc_pooled"] for r in results])
+    if not np.isfinite(scores).any():
+        raise CardioclrError("cross-validation macro AUC is undefined for every setting (fewer than "
+                             "two classes in the validation folds?)")
+    best = int(np.nanargmax(scores))  # first maximum = simplest setting among ties
+    return results[best]["params"], results
+
+
+def read_deep_features(path: str | os.PathLike[str], patient_ids: list[str]) -> pd.DataFrame:
+    """``deep_features.csv`` (file, or a folder holding it) rows of ``patient_ids``, columns f0..fN.
+
+    Raises :class:`DataError` when the file, a patient, or a finite value is missing.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / DEEP_FEATURES_FILE
+    if not p.is_file():
+        raise DataError(p, "deep features file not found (expected columns patient_id, f0..fN)")
+    df = pd.read_csv(p, dtype={"patient_id": str})
+    cols = [c for c in df.columns if str(c).startswith("f") and str(c)[1:].isdigit()]
+    if "patient_id" not in df.columns or not cols:
+        raise DataError(p, "expected columns patient_id, f0..fN")
+    if df["patient_id"].duplicated().any():
+        raise DataError(p, f"patient {df['patient_id'][df['patient_id'].duplicated()].iloc[0]} "
+                        "appears more than once")
+    df = df.set_index("patient_id")
+    missing = [pid for pid in patient_ids if pid not in df.index]
+    if missing:
+        raise DataError(p, f"no deep features for {len(missing)} patient(s), e.g. {missing[:3]}")
+    out = df.loc[patient_ids, sorted(cols, key=lambda c: int(c[1:]))].astype(float)
+    if not np.isfinite(out.to_numpy()).all():
+        raise DataError(p, "deep features contain NaN or inf")
+    out.columns = [f"deep_{c}" for c in out.columns]
+    return out
+
+
+def _importances(model: Pipeline, index_cols: list[str], n_comp: int) -> dict[str, float]:
+    names = index_cols + [f"deep_pc{i}" for i in range(n_comp)]
+    clf = model.named_steps["clf"]
+    if hasattr(clf, "feature_importances_"):
+        imp = np.asarray(clf.feature_importances_)
+    else:  # logistic: mean |coefficient| over classes on standardised features
+        imp = np.abs(clf.coef_).mean(axis=0)
+    order = np.argsort(-imp)
+    return {names[i]: float(imp[i]) for i in order}
+
+
+def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
+    """Run the clinical (or hybrid) baseline; writes ``cfg.out``/{config.yaml, versions.json,
+    features.csv, predictions.csv, metrics.json}. Returns the metrics dict (as written)."""
+    start = time.perf_counter()
+    if cfg.masks not in ("predicted", "expert"):
+        raise CardioclrError(f"--masks must be 'predicted' or 'expert', got {cfg.masks!r}")
+    param_grid(cfg)  # validates cfg.model early
+    store = SliceStore(cfg.work)
+    classes, splits, k = store.classes, store.splits, len(store.classes)
+    train, test = list(splits.train), list(splits.test)
+    if set(train) & set(test):
+        raise CardioclrError(f"{cfg.work}/splits.json: train and test share patients "
+                             f"{sorted(set(train) & set(test))[:3]}")
+    if not train or not test:
+        raise CardioclrError(f"{cfg.work}/splits.json: empty train ({len(train)}) or test ({len(test)})")
+    outside = [p for f in splits.folds for p in f if p not in set(train)]
+    if outside:
+        raise CardioclrError(f"{cfg.work}/splits.json: fold patients outside train, e.g. {outside[:3]}")
+    y_train = np.array([store.label_index(p) for p in train])
+    if (y_train < 0).any():
+        raise CardioclrError("unlabelled patient in train split")
+    out = Path(cfg.out)
+    save_run_info(out, cfg)
+
+    log.info("features of %d train patients from %s masks", len(train), cfg.masks)
+    x_train = feature_table(store, train, cfg.masks)
+    deep_cols: list[str] = []
+    if cfg.deep_features:
+        d_train = read_deep_features(cfg.deep_features, train)
+        deep_cols = list(d_train.columns)
+        x_train = x_train.join(d_train)
+
+    best, cv_results = select_hyperparameters(x_train, y_train, splits.folds, deep_cols, cfg, k)
+    log.info("chosen hyperparameters: %s", best)
+    model = fit_model(best, x_train, y_train, deep_cols, cfg)
+
+    # Only now, with the model frozen, are test patients read.
+    log.info("features of %d test patients", len(test))
+    x_test = feature_table(store, test, cfg.masks)
+    if cfg.deep_features:
+        x_test = x_test.join(read_deep_features(cfg.deep_features, test))
+    y_test = np.array([store.label_index(p) for p in test])
+    proba = predict_full(model, x_test, k)
+
+    pred = pd.DataFrame({"patient_id": test, "label": [classes[i] for i in y_test],
+                         "label_index": y_test, "pred_index": proba.argmax(1),
+                         "pred_label": [classes[i] for i in proba.argmax(1)]})
+    for c, col in enumerate(prob_columns(classes)):
+        pred[col] = proba[:, c]
+    write_text(out / "predictions.csv", pred.to_csv(index=False))
+
+    feats = pd.concat([x_train, x_test])
+    feats.insert(0, "subset", ["train"] * len(train) + ["test"] * len(test))
+    feats.insert(1, "label_index", np.concatenate([y_train, y_test]))
+    write_text(out / "features.csv", feats.to_csv(index=True, float_format="%.6g"))
+
+    index_cols = [c for c in x_train.columns if c not in deep_cols]
+    n_comp = (model.named_steps["features"].named_transformers_["deep"].named_steps["pca"].n_components_
+              if deep_cols else 0)
+    metrics = classification_metrics(y_test, proba, classes, n_boot=cfg.n_boot, seed=cfg.seed)
+    result = {
+        "model": ("hybrid-" if deep_cols else "clinical-") + cfg.model,
+        "mask_source": cfg.masks,
+        **metrics,
+        "hyperparameters": best,
+        "cv": {"scoring": "macro one-vs-rest AUC of pooled out-of-fold probabilities",
+               "n_folds": len(splits.folds), "results": cv_results},
+        "feature_importances": _importances(model, index_cols, int(n_comp)),
+        "n_train": len(train), "n_test": len(test),
+        "deep_features": {"file": cfg.deep_features, "n_input": len(deep_cols),
+                          "pca_components": int(n_comp)} if deep_cols else None,
+        "config": to_plain(cfg),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    result = to_jsonable(result)
+    write_json(out / "metrics.json", result)
+    m = result["macro_auc"]
+    log.info("test macro AUC %.3f (95%% CI %.3f-%.3f), accuracy %.3f -> %s", m["value"], m["ci_low"],
+             m["ci_high"], result["accuracy"]["value"], out)
+    return result

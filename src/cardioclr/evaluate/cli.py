@@ -1,0 +1,102 @@
+"""Evaluation subcommands: ``baseline``, ``metrics`` and ``compare``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cardioclr.atomic import write_json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``baseline``, ``metrics`` and ``compare`` parsers."""
+    p = subparsers.add_parser(
+        "baseline", help="clinical-index random forest (ACDC winners' method), optionally + deep "
+        "features; CV on train folds, evaluated once on test",
+        description="Clinical indices (volumes, EF, mass, wall thickness, ratios, BSA-indexed) from "
+        "the masks -> random forest (hyperparameters by CV on the train folds, macro AUC) -> one "
+        "evaluation on the test split with stratified-bootstrap 95% CIs.")
+    p.add_argument("work", help="prepared work directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--masks", choices=("predicted", "expert"), default="predicted",
+                   help="mask source: 'predicted' (default; needs `cardioclr segment predict`) or "
+                   "'expert' (annotation: an optimistic upper bound)")
+    p.add_argument("--deep-features", default=None, metavar="DIR",
+                   help="folder with deep_features.csv (patient_id, f0..fN) -> hybrid model")
+    p.add_argument("--model", choices=("rf", "logistic"), default="rf")
+    p.add_argument("--pca-components", type=int, default=16,
+                   help="PCA components of the deep features (fit on train only)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the CIs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="random-forest worker processes")
+    p.set_defaults(func=_run_baseline)
+
+    m = subparsers.add_parser("metrics", help="metrics with bootstrap CIs from a predictions.csv")
+    m.add_argument("predictions", help="predictions.csv (patient_id, label_index, prob_<class>...)")
+    m.add_argument("--out", default=None, help="write the metrics JSON here (default: print)")
+    m.add_argument("--n-boot", type=int, default=2000)
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=_run_metrics)
+
+    c = subparsers.add_parser("compare", help="paired comparison of two models on the same test "
+                              "patients (DeLong for binary, paired bootstrap for macro AUC)")
+    c.add_argument("predictions_a")
+    c.add_argument("predictions_b")
+    c.add_argument("--out", default=None, help="write the comparison JSON here (default: print)")
+    c.add_argument("--n-boot", type=int, default=2000)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=_run_compare)
+
+
+def _run_baseline(args: argparse.Namespace) -> int:
+    from cardioclr.evaluate.baseline import BaselineConfig, run_baseline
+
+    cfg = BaselineConfig(work=str(args.work), out=str(args.out), masks=args.masks,
+                         deep_features=args.deep_features, model=args.model, seed=args.seed,
+                         n_boot=args.n_boot, pca_components=args.pca_components, n_jobs=args.jobs)
+    r = run_baseline(cfg)
+    a, acc = r["macro_auc"], r["accuracy"]
+    print(f"{r['model']} ({r['mask_source']} masks), {r['n']} test patients: macro AUC "
+          f"{_fmt(a['value'])} (95% CI {_fmt(a['ci_low'])}-{_fmt(a['ci_high'])}), accuracy "
+          f"{_fmt(acc['value'])} (95% CI {_fmt(acc['ci_low'])}-{_fmt(acc['ci_high'])}) -> {args.out}")
+    return 0
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _emit(obj: dict, out: str | None) -> None:
+    from cardioclr.evaluate.metrics import to_jsonable
+
+    obj = to_jsonable(obj)
+    if out:
+        write_json(Path(out), obj)
+    else:
+        json.dump(obj, sys.stdout, indent=2)
+        print()
+
+
+def _run_metrics(args: argparse.Namespace) -> int:
+    from cardioclr.evaluate.metrics import metrics_from_predictions, read_predictions
+
+    df = read_predictions(args.predictions)
+    _emit(metrics_from_predictions(df, n_boot=args.n_boot, seed=args.seed), args.out)
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from cardioclr.errors import CardioclrError
+    from cardioclr.evaluate.compare import compare_predictions
+    from cardioclr.evaluate.metrics import read_predictions
+
+    a = read_predictions(args.predictions_a)
+    b = read_predictions(args.predictions_b)
+    ca = [c[5:] for c in a.columns if c.startswith("prob_")]
+    cb = [c[5:] for c in b.columns if c.startswith("prob_")]
+    if ca != cb:
+        raise CardioclrError(f"the two predictions have different classes: {ca} vs {cb}")
+    _emit(compare_predictions(a, b, ca, n_boot=args.n_boot, seed=args.seed), args.out)
+    return 0

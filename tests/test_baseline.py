@@ -1,0 +1,151 @@
+"""Clinical-feature baseline on the tiny synthetic cohort (expert masks: no segmentation needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cardioclr.clinical.features as features_mod
+import cardioclr.evaluate.baseline as baseline_mod
+from cardioclr.cli import main
+from cardioclr.clinical.indices import compute_indices
+from cardioclr.data.store import SliceStore
+from cardioclr.errors import CardioclrError, DataError
+from cardioclr.evaluate.baseline import BaselineConfig, run_baseline
+from cardioclr.evaluate.metrics import read_predictions
+
+# A tiny grid so each run takes well under a second per CV fit.
+TINY = {"n_estimators": (25,), "max_depth": (2, None), "max_features": ("sqrt",), "n_boot": 200}
+
+
+def test_feature_table_matches_compute_indices(tiny_work: Path) -> None:
+    store = SliceStore(tiny_work)
+    pid = store.splits.train[0]
+    df = features_mod.feature_table(store, [pid], "expert")
+    ps = store.load(pid)
+    row = store.manifest.loc[pid]
+    ref = compute_indices(ps.ed_mask, ps.es_mask, ps.spacing_zyx, row["height_cm"], row["weight_kg"])
+    assert df.loc[pid, "lv_edv_ml"] == pytest.approx(ref["lv_edv_ml"])
+    assert df.loc[pid, "lv_edv_ml_per_m2"] == pytest.approx(ref["lv_edv_ml"] / row["bsa_m2"])
+    assert df.loc[pid, "height_cm"] == pytest.approx(row["height_cm"])
+
+
+def test_predicted_masks_missing_is_a_clear_error(tiny_work: Path, tmp_path: Path) -> None:
+    with pytest.raises(CardioclrError, match="segment predict"):
+        run_baseline(BaselineConfig(work=str(tiny_work), out=str(tmp_path / "o"), masks="predicted",
+                                    **TINY))
+
+
+def test_baseline_never_reads_test_before_the_final_prediction(tiny_work: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    splits = SliceStore(tiny_work).splits
+    events: list[tuple[str, list[str]]] = []
+    real_fit, real_select = baseline_mod.fit_model, baseline_mod.select_hyperparameters
+    real_pf = features_mod.patient_features
+
+    def fit_spy(params, x, y, deep_cols, cfg):
+        events.append(("fit", list(x.index)))
+        return real_fit(params, x, y, deep_cols, cfg)
+
+    def select_spy(*args, **kwargs):
+        events.append(("select-start", []))
+        out = real_select(*args, **kwargs)
+        events.append(("select-end", []))
+        return out
+
+    def features_spy(store, pid, source):
+        events.append(("features", [pid]))
+        return real_pf(store, pid, source)
+
+    monkeypatch.setattr(baseline_mod, "fit_model", fit_spy)
+    monkeypatch.setattr(baseline_mod, "select_hyperparameters", select_spy)
+    monkeypatch.setattr(features_mod, "patient_features", features_spy)
+    r = run_baseline(BaselineConfig(work=str(tiny_work), out=str(tmp_path / "o"), masks="expert", **TINY))
+
+    test = set(splits.test)
+    first_test_read = next(i for i, (kind, ids) in enumerate(events)
+                           if kind == "features" and set(ids) & test)
+    fits = [(i, ids) for i, (kind, ids) in enumerate(events) if kind == "fit"]
+    # Every fit, the CV ones and the final refit, sees train patients only...
+    assert fits and all(set(ids) <= set(splits.train) for _, ids in fits)
+    # ...the last fit is the refit on all of train...
+    assert set(fits[-1][1]) == set(splits.train)
+    # ...and no test patient is even loaded until selection and the refit are over.
+    assert first_test_read > max(i for i, _ in fits)
+    assert first_test_read > events.index(("select-end", []))
+    # CV fits never include their own validation fold.
+    n_cv = len(fits) - 1
+    assert n_cv == 2 * len([f for f in splits.folds if f])
+    assert r["n_test"] == len(test)
+
+
+def test_baseline_outputs_and_separable_auc(tiny_work: Path, tmp_path: Path) -> None:
+    out = tmp_path / "base"
+    code = main(["baseline", str(tiny_work), "--out", str(out), "--masks", "expert", "--n-boot", "200"])
+    assert code == 0
+    for name in ("config.yaml", "versions.json", "metrics.json", "predictions.csv", "features.csv"):
+        assert (out / name).is_file(), name
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("macro_auc", "accuracy", "balanced_accuracy"):
+        assert set(m[key]) == {"value", "ci_low", "ci_high"}
+    assert m["mask_source"] == "expert" and m["model"] == "clinical-rf"
+    assert set(m["hyperparameters"]) == {"n_estimators", "max_depth", "max_features"}
+    assert len(m["feature_importances"]) == len(features_mod.FEATURE_NAMES)
+    # The cartoon groups differ grossly in LV size, wall and RV: clearly separable.
+    assert m["macro_auc"]["value"] > 0.9
+    store = SliceStore(tiny_work)
+    pred = read_predictions(out / "predictions.csv", store.classes)
+    assert sorted(pred["patient_id"]) == sorted(store.splits.test)
+    feats = pd.read_csv(out / "features.csv", dtype={"patient_id": str})
+    assert set(feats.loc[feats["subset"] == "test", "patient_id"]) == set(store.splits.test)
+
+
+def write_deep(path: Path, store: SliceStore, informative: bool, drop: str | None = None) -> None:
+    rng = np.random.default_rng(0)
+    ids = [p for p in store.splits.train + store.splits.test if p != drop]
+    f = rng.normal(size=(len(ids), 40))
+    if informative:
+        f[:, :5] += 3 * np.array([store.label_index(p) for p in ids])[:, None]
+    df = pd.DataFrame(f, columns=[f"f{i}" for i in range(40)])
+    df.insert(0, "patient_id", ids)
+    path.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path / "deep_features.csv", index=False)
+
+
+def test_hybrid_uses_pca_of_deep_features(tiny_work: Path, tmp_path: Path) -> None:
+    store = SliceStore(tiny_work)
+    write_deep(tmp_path / "deep", store, informative=True)
+    r = run_baseline(BaselineConfig(work=str(tiny_work), out=str(tmp_path / "h"), masks="expert",
+                                    deep_features=str(tmp_path / "deep"), pca_components=4, **TINY))
+    assert r["model"] == "hybrid-rf"
+    assert r["deep_features"]["n_input"] == 40 and r["deep_features"]["pca_components"] == 4
+    assert "deep_pc0" in r["feature_importances"]
+    assert not math.isnan(r["macro_auc"]["value"])
+    lr = run_baseline(BaselineConfig(work=str(tiny_work), out=str(tmp_path / "l"), masks="expert",
+                                     deep_features=str(tmp_path / "deep"), model="logistic",
+                                     pca_components=4, logistic_c=(0.1, 1.0), n_boot=100))
+    assert lr["model"] == "hybrid-logistic" and lr["hyperparameters"]["C"] in (0.1, 1.0)
+
+
+def test_hybrid_missing_patient_is_a_data_error(tiny_work: Path, tmp_path: Path) -> None:
+    store = SliceStore(tiny_work)
+    write_deep(tmp_path / "deep", store, informative=False, drop=store.splits.train[0])
+    with pytest.raises(DataError, match="no deep features"):
+        run_baseline(BaselineConfig(work=str(tiny_work), out=str(tmp_path / "h"), masks="expert",
+                                    deep_features=str(tmp_path / "deep"), **TINY))
+
+
+def test_metrics_and_compare_cli(tiny_work: Path, tmp_path: Path) -> None:
+    out = tmp_path / "base"
+    run_baseline(BaselineConfig(work=str(tiny_work), out=str(out), masks="expert", **TINY))
+    assert main(["metrics", str(out / "predictions.csv"), "--out", str(tmp_path / "m.json"),
+                 "--n-boot", "50"]) == 0
+    assert "macro_auc" in json.loads((tmp_path / "m.json").read_text())
+    assert main(["compare", str(out / "predictions.csv"), str(out / "predictions.csv"),
+                 "--out", str(tmp_path / "c.json"), "--n-boot", "50"]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["p_value"] == pytest.approx(1.0)
