@@ -135,3 +135,12 @@ def test_bad_input_raises() -> None:
         compute_indices(ok, ok, (1, 0, 1))
     with pytest.raises(CardioclrError, match="shape"):
         compute_indices(ok[0], ok, (1, 1, 1))
+
+
+def test_stray_fragments_do_not_change_thickness() -> None:
+    sl = lv_stack(1, 80, 10, 15)[0]
+    clean = slice_sector_thickness(sl, (1.0, 1.0))
+    noisy = sl.copy()
+    noisy[2:5, 2:5] = 2  # stray myocardium far from the LV
+    noisy[74:77, 74:76] = 3  # stray cavity blob
+    assert np.allclose(slice_sector_thickness(noisy, (1.0, 1.0)), clean)

@@ -16,7 +16,9 @@ Wall thickness (mm) is measured in 2D, per slice, with a distance transform:
 2. for each boundary pixel, the thickness is the Euclidean distance (in mm, using the in-plane
    spacing) from its centre to the nearest LV-cavity pixel centre. For an annulus of inner radius
    r1 and outer radius r2 this is ~ (r2 - 0.5 px) - (r1 - 0.5 px) = r2 - r1;
-3. the boundary pixels are grouped into :data:`N_SEGMENTS` equal angular sectors around the
+3. only the connected LV (myocardium + cavity) with the largest cavity is measured, so stray
+   fragments of a predicted mask do not count; volumes and mass still count every voxel;
+4. the boundary pixels are grouped into :data:`N_SEGMENTS` equal angular sectors around the
    LV-cavity centroid of the slice, and a sector's thickness is the mean over its pixels.
 
 The statistics ``wt_{ed,es}_{max,mean,std}_mm`` are taken over all (slice, sector) values. The
@@ -34,7 +36,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import distance_transform_edt, label
 
 from cardioclr.errors import CardioclrError
 
@@ -112,6 +114,13 @@ def slice_sector_thickness(labels_2d: np.ndarray, spacing_yx: Sequence[float],
     y0, y1 = max(ys.min() - 1, 0), ys.max() + 2
     x0, x1 = max(xs.min() - 1, 0), xs.max() + 2
     myo, cav = myo[y0:y1, x0:x1], cav[y0:y1, x0:x1]
+    # Keep only the connected LV (myocardium + cavity, 8-connected) with the most cavity: a stray
+    # myocardium blob of a predicted mask would otherwise add a huge "thickness" (its distance to
+    # the cavity), and a stray cavity blob would shift the sector centre.
+    comp, n_comp = label(myo | cav, structure=np.ones((3, 3), bool))
+    if n_comp > 1:
+        keep = int(np.argmax(np.bincount(comp[cav], minlength=n_comp + 1)[1:])) + 1
+        myo, cav = myo & (comp == keep), cav & (comp == keep)
     inside = np.pad(myo | cav, 1, constant_values=False)
     # A myocardium pixel is epicardial when one of its 4 neighbours is outside the LV.
     outside_nb = (~inside[:-2, 1:-1]) | (~inside[2:, 1:-1]) | (~inside[1:-1, :-2]) | (~inside[1:-1, 2:])
