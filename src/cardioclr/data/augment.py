@@ -1,0 +1,249 @@
+"""Batched SimCLR augmentations that run on the training device (the GPU when there is one).
+
+The paper (Nakashima et al.) pretrains with random crop, contrast, horizontal and vertical
+flips and rotation; we add brightness, gamma and Gaussian noise. Every sample of a batch
+draws its own parameters, but the whole batch is transformed with one ``F.grid_sample`` call
+and a few element-wise ops, so the CPU only has to index pre-loaded tensors.
+
+Order of operations (per sample, all batched)::
+
+    1. geometry   one affine grid per sample = random resized crop (scale, aspect, position)
+                  composed with a rotation and horizontal/vertical flips; the image and its
+                  heart mask are resampled with the SAME grid (mask thresholded at 0.5)
+    2. intensity  brightness (add), contrast (scale about the mean), gamma, Gaussian noise;
+                  statistics are taken inside the heart in ``segmented`` mode
+    3. mask       ``views.apply_input_mask`` with the warped heart (``segmented`` mode only),
+                  last, so neither the geometry nor the intensity ops can leave tissue or
+                  brightness outside the heart: every nonzero pixel lies inside the mask
+
+Intensities are those of the slice store (robustly normalised, mostly in [0, 1]); nothing
+here re-normalises them, so the fine-tuning stage sees the same intensity scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cardioclr.data.views import apply_input_mask, check_mode
+
+__all__ = ["AugmentConfig", "augment_batch", "sample_affine", "two_views"]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random augmentations (defaults: SimCLR's crop, moderate MRI intensity ops).
+
+    Geometry: ``crop_scale`` is the crop's area as a fraction of the image, ``crop_ratio`` its
+    width/height aspect (sampled log-uniformly), ``rotation_deg`` the maximum absolute angle in
+    degrees (uniform in [-r, r]); flips happen with ``p_hflip``/``p_vflip``.
+    Intensity (images ~[0, 1]): brightness offset uniform in [-b, b]; contrast factor in
+    ``contrast``; gamma exponent log-uniform in ``gamma`` (on the sample's min-max range);
+    these three are applied together with probability ``p_intensity`` (SimCLR's colour-jitter
+    probability 0.8). Gaussian noise with std uniform in [0, ``noise_std``] with ``p_noise``.
+    """
+
+    crop_scale: tuple[float, float] = (0.4, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotation_deg: float = 30.0
+    p_hflip: float = 0.5
+    p_vflip: float = 0.5
+    brightness: float = 0.2
+    contrast: tuple[float, float] = (0.7, 1.3)
+    gamma: tuple[float, float] = (0.7, 1.5)
+    p_intensity: float = 0.8
+    noise_std: float = 0.05
+    p_noise: float = 0.5
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
+        if not 0 < self.gamma[0] <= self.gamma[1]:
+            raise ValueError(f"gamma must satisfy 0 < min <= max, got {self.gamma}")
+        for name in ("p_hflip", "p_vflip", "p_intensity", "p_noise"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+
+    @classmethod
+    def identity(cls) -> AugmentConfig:
+        """No augmentation at all (output = input, masked in ``segmented`` mode); for tests."""
+        return cls(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), rotation_deg=0.0, p_hflip=0.0,
+                   p_vflip=0.0, brightness=0.0, contrast=(1.0, 1.0), gamma=(1.0, 1.0),
+                   p_intensity=0.0, noise_std=0.0, p_noise=0.0)
+
+    def to_dict(self) -> dict[str, float | list[float]]:
+        """Plain dict (tuples as lists) for YAML/JSON and Lightning hyper-parameters."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AugmentConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _uniform(n: int, lo: float, hi: float, device: torch.device, generator: torch.Generator | None
+             ) -> Tensor:
+    """(n,) float32 uniform in [lo, hi)."""
+    return lo + (hi - lo) * torch.rand(n, device=device, generator=generator)
+
+
+def _bernoulli(n: int, p: float, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """(n,) bool, True with probability p."""
+    return torch.rand(n, device=device, generator=generator) < p
+
+
+def sample_affine(n: int, height: int, width: int, cfg: AugmentConfig, device: torch.device,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """One random affine sampling matrix per sample for ``F.affine_grid``: (n, 2, 3) float32.
+
+    The matrix maps normalised output coordinates (x, y in [-1, 1]) to input coordinates:
+    ``in = centre + R(angle) @ diag(crop_w * flip_x, crop_h * flip_y) @ out``, i.e. the output
+    shows a crop of relative size (crop_w, crop_h) centred at ``centre`` (kept inside the
+    image), rotated about its centre and possibly mirrored. The rotation is done in pixel units
+    so that it stays a rotation (not a shear) on non-square images.
+    """
+    log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+    area = _uniform(n, *cfg.crop_scale, device, generator)
+    ratio = torch.exp(_uniform(n, log_lo, log_hi, device, generator))
+    # Crop side fractions; an aspect far from 1 at large area would exceed the image: clamp.
+    cw = torch.sqrt(area * ratio).clamp(max=1.0)
+    ch = torch.sqrt(area / ratio).clamp(max=1.0)
+    # Centre in normalised coordinates such that the (unrotated) crop lies inside the image.
+    cx = (1.0 - cw) * _uniform(n, -1.0, 1.0, device, generator)
+    cy = (1.0 - ch) * _uniform(n, -1.0, 1.0, device, generator)
+    angle = torch.deg2rad(_uniform(n, -cfg.rotation_deg, cfg.rotation_deg, device, generator))
+    fx = 1.0 - 2.0 * _bernoulli(n, cfg.p_hflip, device, generator).float()  # -1 = mirror x
+    fy = 1.0 - 2.0 * _bernoulli(n, cfg.p_vflip, device, generator).float()
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # Rotation in pixels conjugated into normalised units: D^-1 R D with D = diag(W/2, H/2).
+    sx, sy = width / 2.0, height / 2.0
+    r00, r01 = cos, -sin * sy / sx
+    r10, r11 = sin * sx / sy, cos
+    theta = torch.empty(n, 2, 3, device=device, dtype=torch.float32)
+    theta[:, 0, 0] = r00 * cw * fx
+    theta[:, 0, 1] = r01 * ch * fy
+    theta[:, 1, 0] = r10 * cw * fx
+    theta[:, 1, 1] = r11 * ch * fy
+    theta[:, 0, 2] = cx
+    theta[:, 1, 2] = cy
+    return theta
+
+
+def _masked_stats(x: Tensor, region: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample mean, min and max of x (B, C, H, W) over ``region`` (0/1, same shape) or all.
+
+    Returns three (B, 1, 1, 1) tensors. An empty region falls back to the whole image (its
+    values are masked to zero at the end anyway).
+    """
+    if region is None:
+        flat = x.flatten(1)
+        return (flat.mean(1).view(-1, 1, 1, 1), flat.amin(1).view(-1, 1, 1, 1),
+                flat.amax(1).view(-1, 1, 1, 1))
+    w = region.flatten(1)
+    empty = w.sum(1) == 0
+    w = torch.where(empty[:, None], torch.ones_like(w), w)
+    flat = x.flatten(1)
+    inside = w > 0
+    mean = (flat * w).sum(1) / w.sum(1)
+    lo = torch.where(inside, flat, torch.full_like(flat, math.inf)).amin(1)
+    hi = torch.where(inside, flat, torch.full_like(flat, -math.inf)).amax(1)
+    return mean.view(-1, 1, 1, 1), lo.view(-1, 1, 1, 1), hi.view(-1, 1, 1, 1)
+
+
+def _intensity(x: Tensor, region: Tensor | None, cfg: AugmentConfig,
+               generator: torch.Generator | None) -> Tensor:
+    """Brightness, contrast, gamma (with probability p_intensity) and noise; x (B, C, H, W)."""
+    b, dev = x.shape[0], x.device
+
+    def per_sample(v: Tensor) -> Tensor:
+        return v.view(b, 1, 1, 1)
+
+    apply = per_sample(_bernoulli(b, cfg.p_intensity, dev, generator).float())
+    # Draw every parameter even when unused, so the random stream does not depend on data.
+    offset = per_sample(_uniform(b, -cfg.brightness, cfg.brightness, dev, generator))
+    factor = per_sample(_uniform(b, *cfg.contrast, dev, generator))
+    log_g = _uniform(b, math.log(cfg.gamma[0]), math.log(cfg.gamma[1]), dev, generator)
+    gamma = per_sample(torch.exp(log_g))
+    noise_on = per_sample(_bernoulli(b, cfg.p_noise, dev, generator).float())
+    sigma = per_sample(_uniform(b, 0.0, cfg.noise_std, dev, generator))
+
+    mean, lo, hi = _masked_stats(x, region)
+    # Gamma acts on the sample's own [min, max] range so negative store values (the store
+    # clips to [-0.5, 1.5]) are handled and the range is preserved.
+    span = (hi - lo).clamp(min=1e-6)
+    g = lo + span * ((x - lo) / span).clamp(0.0, 1.0).pow(gamma)
+    g = (g - mean) * factor + mean + offset
+    x = apply * g + (1.0 - apply) * x
+    if cfg.noise_std > 0 and cfg.p_noise > 0:
+        noise = torch.randn(x.shape, device=dev, generator=generator, dtype=x.dtype)
+        x = x + noise_on * sigma * noise
+    return x
+
+
+def augment_batch(images: Tensor, hearts: Tensor | None, mode: str, cfg: AugmentConfig,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+    """One random view of every sample of a batch, on the batch's device.
+
+    Args:
+        images: (B, 1, H, W) float (or (B, H, W), unsqueezed), store intensities ~[0, 1].
+        hearts: (B, 1, H, W) or (B, H, W) heart masks (0/1, any dtype), or None in ``full``
+            mode when no mask is loaded. Required in ``segmented`` mode.
+        mode: input mode (``full``, ``segmented``, ``roi``; see :mod:`cardioclr.data.views`).
+        cfg: augmentation ranges.
+        generator: a ``torch.Generator`` on the images' device for reproducible views (the
+            validation loss uses a fixed seed); None uses the global RNG.
+
+    Returns:
+        ``(views, warped_hearts)``: views (B, 1, H, W) float32; warped_hearts (B, 1, H, W)
+        float32 0/1 (the mask carried through the same geometric transform), or None when
+        ``hearts`` is None. In ``segmented`` mode every nonzero pixel of ``views`` lies inside
+        ``warped_hearts``.
+    """
+    check_mode(mode)
+    if images.ndim == 3:
+        images = images[:, None]
+    if hearts is not None and hearts.ndim == 3:
+        hearts = hearts[:, None]
+    if mode == "segmented" and hearts is None:
+        raise ValueError("segmented mode needs the heart masks")
+    # Autocast (bf16 on GPU) would resample in low precision; augmentation is cheap anyway.
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        x = images.float()
+        b, c, h, w = x.shape
+        theta = sample_affine(b, h, w, cfg, x.device, generator)
+        grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+        if hearts is not None:
+            # One resampling call for image and mask together: exactly the same geometry.
+            both = F.grid_sample(torch.cat([x, hearts.float()], dim=1), grid, mode="bilinear",
+                                 padding_mode="zeros", align_corners=False)
+            x, warped = both[:, :c], (both[:, c:] > 0.5).float()
+        else:
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            warped = None
+        region = warped if mode == "segmented" else None
+        x = _intensity(x, region, cfg, generator)
+        if warped is not None:
+            # Last, so brightness/noise cannot make the background nonzero.
+            x = apply_input_mask(x, warped, mode)
+    return x, warped
+
+
+def two_views(images: Tensor, hearts: Tensor | None, mode: str, cfg: AugmentConfig,
+              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The two independently augmented views SimCLR contrasts: ((B, 1, H, W), (B, 1, H, W)).
+
+    Both views come from one :func:`augment_batch` call on the batch repeated twice (2B
+    samples, each with its own parameters): one resampling kernel instead of two.
+    """
+    b = images.shape[0]
+    both_hearts = None if hearts is None else torch.cat([hearts, hearts])
+    views, _ = augment_batch(torch.cat([images, images]), both_hearts, mode, cfg, generator)
+    return views[:b], views[b:]
