@@ -45,7 +45,12 @@ def make_splits(
         raise CardioclrError(f"unknown split method {method!r}; choose random or official")
     train, test = sorted(train), sorted(test)
     y_train = [labels[p] for p in train]
-    k = max(2, min(n_folds, min(Counter(y_train).values())))
+    train_counts = Counter(y_train)
+    if max(train_counts.values()) < 2:  # sklearn would raise a bare ValueError
+        raise CardioclrError(f"too few patients: the training split has {dict(train_counts)} "
+                             "patients per class; cross-validation folds need at least 2 training "
+                             "patients in some class (add patients or lower --test-fraction)")
+    k = max(2, min(n_folds, min(train_counts.values())))
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     folds = [sorted(train[i] for i in val) for _, val in skf.split(train, y_train)]
     return {"method": method, "seed": seed, "test_fraction": test_fraction if method == "random"

@@ -1,0 +1,324 @@
+"""``prepare``: bad inputs (skip and list, or --strict), atomicity, and the store's content."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cardioclr.data.prepare as prep
+from cardioclr.cli import main
+from cardioclr.data.prepare import PrepareConfig, prepare
+from cardioclr.data.store import SliceStore, to_source_grid
+from cardioclr.errors import CardioclrError, DataError
+from cardioclr.io.volume import read_label_volume, read_volume
+from conftest import write_nifti, write_tiny_acdc
+
+GROUPS = ("DCM", "NOR")  # 2 classes x 3 patients: still 2 per class after one is skipped
+
+
+def _dataset(root: Path) -> Path:
+    write_tiny_acdc(root, n_per_class=3, seed=1, groups=GROUPS)
+    return root
+
+
+def _cfg(data: Path, work: Path, **kw: object) -> PrepareConfig:
+    settings: dict[str, object] = {"spacing_mm": 3.0, "image_size": 64, "workers": 1, **kw}
+    return PrepareConfig(data=str(data), out=str(work), **settings)  # type: ignore[arg-type]
+
+
+def _frames(d: Path) -> tuple[Path, Path]:
+    """(ED, ES) image paths of a tiny ACDC patient folder."""
+    info = dict(line.split(": ") for line in (d / "Info.cfg").read_text().splitlines())
+    return tuple(d / f"{d.name}_frame{int(info[k]):02d}.nii.gz" for k in ("ED", "ES"))  # type: ignore
+
+
+# Each corrupter damages patient001 and returns (offending file, phrase of the message).
+def _truncated(d: Path) -> tuple[Path, str]:
+    ed, _ = _frames(d)
+    ed.write_bytes(ed.read_bytes()[: ed.stat().st_size // 2])
+    return ed, "truncated"
+
+
+def _missing_info_field(d: Path) -> tuple[Path, str]:
+    cfg = d / "Info.cfg"
+    cfg.write_text("\n".join(x for x in cfg.read_text().splitlines() if not x.startswith("Group")))
+    return cfg, "missing field(s) Group"
+
+
+def _missing_es_frame(d: Path) -> tuple[Path, str]:
+    _, es = _frames(d)
+    es.unlink()
+    return es, "ES frame"
+
+
+def _mask_shape(d: Path) -> tuple[Path, str]:
+    ed, _ = _frames(d)
+    gt = ed.with_name(ed.name.replace(".nii.gz", "_gt.nii.gz"))
+    write_nifti(gt, np.zeros((6, 40, 48), np.uint8))
+    return gt, "mask shape (6, 40, 48) differs from image shape (6, 48, 48)"
+
+
+def _label_values(d: Path) -> tuple[Path, str]:
+    _, es = _frames(d)
+    gt = es.with_name(es.name.replace(".nii.gz", "_gt.nii.gz"))
+    labels = read_label_volume(gt).array
+    labels[0, 0, :2] = (5, 7)
+    write_nifti(gt, labels)
+    return gt, "label values [5, 7] outside 0-3"
+
+
+def _nan(d: Path) -> tuple[Path, str]:
+    ed, _ = _frames(d)
+    arr = read_volume(ed).array
+    arr[2, 10, 10] = np.nan
+    write_nifti(ed, arr)
+    return ed, "1 NaN or infinite intensities"
+
+
+def _inf(d: Path) -> tuple[Path, str]:
+    _, es = _frames(d)
+    arr = read_volume(es).array
+    arr[0, :, 0] = np.inf
+    write_nifti(es, arr)
+    return es, "48 NaN or infinite intensities"
+
+
+def _empty_patient_folder(d: Path) -> tuple[Path, str]:
+    for p in d.iterdir():
+        p.unlink()
+    return d / "Info.cfg", "Info.cfg is missing"
+
+
+def _two_d(d: Path) -> tuple[Path, str]:
+    ed, _ = _frames(d)
+    write_nifti(ed, np.ones((48, 48), np.int16))
+    return ed, "expected a 3D stack (x, y, z), found a 2D image"
+
+
+def _constant(d: Path) -> tuple[Path, str]:
+    ed, es = _frames(d)
+    write_nifti(ed, np.full((6, 48, 48), 100, np.int16))
+    write_nifti(es, np.full((6, 48, 48), 100, np.int16))
+    return ed, "constant intensity"
+
+
+BAD_INPUTS: dict[str, Callable[[Path], tuple[Path, str]]] = {
+    "truncated_nifti": _truncated,
+    "missing_info_field": _missing_info_field,
+    "missing_es_frame": _missing_es_frame,
+    "mask_shape_differs": _mask_shape,
+    "labels_outside_0_3": _label_values,
+    "nan_intensity": _nan,
+    "inf_intensity": _inf,
+    "empty_patient_folder": _empty_patient_folder,
+    "2d_image": _two_d,
+    "constant_image": _constant,
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_INPUTS))
+def test_bad_input_skipped_and_listed_or_strict_fails(tmp_path: Path, kind: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    data = _dataset(tmp_path / "data")
+    bad_file, phrase = BAD_INPUTS[kind](data / "training" / "patient001")
+    work = tmp_path / "work"
+    summary = prepare(_cfg(data, work))
+    assert summary["patients"] == 5 and summary["skipped"] == 1
+    skipped = pd.read_csv(work / "skipped.csv")
+    assert len(skipped) == 1
+    row = skipped.iloc[0]
+    assert row["patient_id"] == "patient001"
+    assert row["path"] == str(bad_file)
+    assert phrase in row["reason"]
+    assert "patient001" not in SliceStore(work).patient_ids
+    # --strict through the CLI: exit code 1, one message naming the file and the problem.
+    strict = tmp_path / "strict"
+    rc = main(["prepare", str(data), "--out", str(strict), "--strict", "--size", "64",
+               "--spacing", "3", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"{bad_file}: " in err and phrase in err
+    assert "Traceback" not in err
+    assert not (strict / "dataset.json").exists()
+
+
+def test_strict_with_workers_pool(tmp_path: Path) -> None:
+    """The process pool path reports the same DataError as the serial one."""
+    data = _dataset(tmp_path / "data")
+    bad, phrase = _nan(data / "training" / "patient004")
+    with pytest.raises(DataError, match="NaN") as info:
+        prepare(PrepareConfig(data=str(data), out=str(tmp_path / "w"), spacing_mm=3.0,
+                              image_size=64, workers=2, strict=True))
+    assert info.value.path == str(bad) and phrase in str(info.value)
+
+
+def test_empty_dataset_folder_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="dataset folder is empty"):
+        prepare(_cfg(tmp_path / "empty", tmp_path / "w"))
+    assert main(["prepare", str(tmp_path / "empty"), "--out", str(tmp_path / "w")]) == 1
+    assert "dataset folder is empty" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="not a dataset"):
+        prepare(_cfg(tmp_path / "other", tmp_path / "w"))
+
+
+def test_every_patient_bad_is_an_error(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for d in write_tiny_acdc(data, n_per_class=1, groups=GROUPS):
+        _nan(d)
+    with pytest.raises(CardioclrError, match="every patient was skipped"):
+        prepare(_cfg(data, tmp_path / "w"))
+    assert not (tmp_path / "w" / "dataset.json").exists()
+
+
+# ---------------------------------------------------------------- atomicity
+
+
+def _fail_after(monkeypatch: pytest.MonkeyPatch, n: int, exc: BaseException) -> None:
+    """Make prepare_case raise ``exc`` once ``n`` patients have been written."""
+    real = prep.prepare_case
+    calls = {"n": 0}
+
+    def flaky(*args: object, **kw: object) -> dict:
+        if calls["n"] >= n:
+            raise exc
+        calls["n"] += 1
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(prep, "prepare_case", flaky)
+
+
+def _snapshot(work: Path) -> dict[str, bytes]:
+    """Every file of a work dir except provenance, by relative path."""
+    return {str(p.relative_to(work)): p.read_bytes() for p in sorted(work.rglob("*"))
+            if p.is_file() and "prepare" not in p.relative_to(work).parts}
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_failure_midway_leaves_nothing_that_looks_complete(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           exc: BaseException) -> None:
+    data = _dataset(tmp_path / "data")
+    work = tmp_path / "work"
+    _fail_after(monkeypatch, 3, exc)
+    with pytest.raises(type(exc)):
+        prepare(_cfg(data, work))
+    assert not (work / "dataset.json").exists()
+    assert not (work / "store").exists()
+    assert not list(work.glob(".store*"))  # the partial store is cleaned up
+    assert not (work / "manifest.csv").exists() and not (work / "splits.json").exists()
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_failed_overwrite_keeps_previous_complete_store(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        exc: BaseException) -> None:
+    data = _dataset(tmp_path / "data")
+    work = tmp_path / "work"
+    prepare(_cfg(data, work))
+    before = _snapshot(work)
+    assert "dataset.json" in before and "store/patient001.npz" in before
+    _fail_after(monkeypatch, 3, exc)
+    with pytest.raises(type(exc)):
+        prepare(_cfg(data, work, overwrite=True))
+    assert _snapshot(work) == before
+    assert not list(work.glob(".store*"))
+    assert SliceStore(work).load("patient006").ed_image.shape == (6, 64, 64)
+
+
+def test_strict_overwrite_failure_keeps_previous_store(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data")
+    work = tmp_path / "work"
+    prepare(_cfg(data, work))
+    before = _snapshot(work)
+    _nan(data / "training" / "patient002")
+    with pytest.raises(DataError, match="NaN"):
+        prepare(_cfg(data, work, overwrite=True, strict=True))
+    assert _snapshot(work) == before
+
+
+def test_overwrite_required_and_keeps_splits(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data")
+    work = tmp_path / "work"
+    prepare(_cfg(data, work, seed=0))
+    splits = (work / "splits.json").read_bytes()
+    with pytest.raises(CardioclrError, match="already prepared"):
+        prepare(_cfg(data, work))
+    # A rebuild with another seed and size rewrites the store but never re-splits.
+    summary = prepare(_cfg(data, work, seed=5, overwrite=True, image_size=32))
+    assert (work / "splits.json").read_bytes() == splits
+    assert summary["image_size"] == 32
+    assert SliceStore(work).load("patient001").ed_image.shape == (6, 32, 32)
+
+
+def test_changed_patient_set_errors_and_keeps_previous(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data")
+    work = tmp_path / "work"
+    prepare(_cfg(data, work))
+    before = _snapshot(work)
+    write_tiny_acdc(data, n_per_class=1, seed=9, groups=GROUPS, start_index=50)
+    with pytest.raises(CardioclrError, match="different set of patients"):
+        prepare(_cfg(data, work, overwrite=True))
+    assert _snapshot(work) == before
+
+
+# ---------------------------------------------------------------- store content
+
+
+def test_store_content(tiny_work: Path) -> None:
+    store = SliceStore(tiny_work)
+    info = json.loads((tiny_work / "dataset.json").read_text())
+    assert info["patients"] == 20 and info["skipped"] == 0
+    assert store.classes == ["DCM", "HCM", "MINF", "NOR", "RV"]
+    assert store.image_size == 64 and store.spacing_mm == 3.0
+    manifest = store.manifest
+    assert manifest["label_index"].tolist() == [store.classes.index(c) for c in manifest["label"]]
+    assert manifest["has_expert_mask"].all()
+    for pid in store.patient_ids[:5]:
+        p = store.load(pid)
+        src = read_volume(manifest.at[pid, "source"] + f"/{pid}_frame01.nii.gz")
+        for img in (p.ed_image, p.es_image):
+            assert img.dtype == np.float32 and img.shape == (src.shape[0], 64, 64)
+            assert img.min() >= -0.5 and img.max() <= 1.5
+            inside = img[img != 0]  # padding is exactly 0
+            assert np.percentile(inside, 99) == pytest.approx(1.0, abs=0.15)
+        assert p.spacing_zyx == pytest.approx((10.0, 3.0, 3.0))
+        assert p.geometry.source_spacing_zyx == pytest.approx(src.spacing)
+        assert p.geometry.source_shape_zyx == src.shape
+        for mask in (p.ed_mask, p.es_mask):
+            assert mask is not None and mask.dtype == np.uint8
+            assert set(np.unique(mask)) == {0, 1, 2, 3}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+@pytest.mark.parametrize(("shape", "spacing"), [((6, 48, 48), (10.0, 3.5, 3.5)),  # padded
+                                                ((3, 128, 112), (8.0, 1.5, 1.5))])  # cropped
+def test_to_source_grid_round_trip(tmp_path: Path, shape: tuple[int, int, int],
+                                   spacing: tuple[float, float, float]) -> None:
+    data = tmp_path / "data"
+    write_tiny_acdc(data, n_per_class=3, groups=GROUPS, shape_zyx=shape, spacing_zyx=spacing)
+    work = tmp_path / "work"
+    prepare(_cfg(data, work))
+    store = SliceStore(work)
+    for pid in ("patient001", "patient002"):
+        p = store.load(pid)
+        src = read_label_volume(Path(store.manifest.at[pid, "source"]) / f"{pid}_frame01_gt.nii.gz")
+        back = to_source_grid(p.ed_mask, p.geometry)
+        assert back.shape == src.shape and back.dtype == np.uint8
+        for label in (1, 2, 3):
+            # Two nearest-neighbour resamplings move edges by at most a pixel.
+            assert _dice(back == label, src.array == label) > 0.85
+        # Store-grid volumes (mm^3) match the source's within a few percent.
+        store_mm3 = (p.ed_mask == 3).sum() * 10.0 * 3.0 * 3.0
+        src_mm3 = (src.array == 3).sum() * np.prod(src.spacing)
+        assert store_mm3 == pytest.approx(src_mm3 * 10.0 / spacing[0], rel=0.1)
