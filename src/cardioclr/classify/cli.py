@@ -1,0 +1,83 @@
+"""``cardioclr finetune``: train and evaluate the dual-phase classifier (see :mod:`.finetune`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cardioclr.classify.finetune import FinetuneConfig, finetune
+from cardioclr.classify.model import INITS
+from cardioclr.data.views import INPUT_MODES
+from cardioclr.segment.masks import MASK_SOURCES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``finetune`` subcommand."""
+    p = sub.add_parser(
+        "finetune",
+        help="train the dual-phase (ED+ES) disease classifier, CV on train, evaluate once on test",
+        description="Cross-validate learning rate x batch size on the train patients (early "
+        "stopping per fold), train final model(s) on all train patients for the CV epoch count, "
+        "evaluate once on the test patients (per patient: mean of slice probabilities). A "
+        "finished OUT with the same configuration is skipped; interrupted runs resume.",
+    )
+    p.add_argument("work", metavar="WORK", help="prepared work directory (cardioclr prepare)")
+    p.add_argument("--encoder", required=True, help="encoder name (vgg16, densenet121, resnet18, "
+                   "resnet50, smallcnn)")
+    p.add_argument("--init", choices=INITS, default="none", help="encoder initialisation")
+    p.add_argument("--weights", default=None, help="imagenet: torchvision state-dict file; "
+                   "simclr: encoder.pt from `cardioclr pretrain`")
+    p.add_argument("--input", dest="input_mode", choices=INPUT_MODES, required=True,
+                   help="downstream input: full image, heart-masked (segmented) or heart crop (roi)")
+    p.add_argument("--masks", dest="mask_source", choices=MASK_SOURCES, default="predicted",
+                   help="heart masks: predicted (segmentation stage, default) or expert (upper bound)")
+    p.add_argument("--out", default=None, help="output directory (default WORK/finetune/"
+                   "<encoder>-<init>-<input>)")
+    p.add_argument("--shared-encoder", action="store_true", help="one encoder for ED and ES "
+                   "(default: separate weights, as in the paper)")
+    p.add_argument("--linear-probe", action="store_true", help="freeze the encoders; train only "
+                   "the output layer")
+    p.add_argument("--image-size", type=int, default=96, help="network input side in pixels")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="final-model seeds (CV uses "
+                   "the first); test probabilities are averaged over seeds")
+    p.add_argument("--grid-lr", type=float, nargs="+", default=[1e-4, 3e-4], help="learning rates")
+    p.add_argument("--grid-batch", type=int, nargs="+", default=[16, 32], help="batch sizes (slice pairs)")
+    p.add_argument("--max-epochs", type=int, default=30, help="epoch cap of each CV run")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
+    p.add_argument("--max-folds", type=int, default=None, help="use only the first K CV folds "
+                   "(default: all folds of splits.json)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no fine-tuning augmentation")
+    p.add_argument("--mask-margin", dest="mask_margin_mm", type=float, default=0.0,
+                   help="dilate the heart mask of segmented inputs by this many mm")
+    p.add_argument("--roi-margin", dest="roi_margin_mm", type=float, default=10.0,
+                   help="margin around the heart box in roi mode (mm)")
+    p.add_argument("--saliency-margin", dest="saliency_margin_mm", type=float, default=5.0,
+                   help="heart dilation (mm) for the saliency in-heart share")
+    p.add_argument("--no-saliency", dest="saliency", action="store_false", help="skip Grad-CAM")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for CIs")
+    p.add_argument("--devices", type=int, default=1, help="devices (GPUs) per run; >1 uses DDP")
+    p.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = FinetuneConfig(
+        work=args.work, encoder=args.encoder, init=args.init, weights=args.weights,
+        input_mode=args.input_mode, mask_source=args.mask_source, out=args.out,
+        shared_encoder=args.shared_encoder, linear_probe=args.linear_probe,
+        image_size=args.image_size, seeds=tuple(args.seeds), grid_lr=tuple(args.grid_lr),
+        grid_batch=tuple(args.grid_batch), max_epochs=args.max_epochs, patience=args.patience,
+        max_folds=args.max_folds, augment=args.augment, mask_margin_mm=args.mask_margin_mm,
+        roi_margin_mm=args.roi_margin_mm, saliency_margin_mm=args.saliency_margin_mm,
+        saliency=args.saliency, n_boot=args.n_boot, devices=args.devices,
+        accelerator=args.accelerator, progress_bar=sys.stderr.isatty(),
+    )
+    m = finetune(cfg)
+    if m:
+        t = m["test"]["macro_auc"]
+        print(json.dumps({"out": str(cfg.out_dir()), "pretraining": m["pretraining"],
+                          "test_macro_auc": t["value"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
+                          "selected": m["selected"]}))
+    return 0

@@ -1,0 +1,363 @@
+"""``cardioclr finetune``: cross-validated hyperparameters, final model(s), one test evaluation.
+
+Protocol (Nakashima et al.; every number per patient):
+
+1. all slice pairs of the ``train`` and ``test`` patients are loaded once (:mod:`.data`);
+2. cross-validation on ``train`` only (:mod:`.cv`): grid of learning rate x batch size, early
+   stopping on each fold's validation patients; the grid point with the best mean validation
+   AUC wins and the epoch count is the mean epochs-to-best over folds;
+3. one final model per seed trains on *all* ``train`` patients for that many epochs (no
+   validation part, no early stopping: nothing looks at ``test``);
+4. the ``test`` patients are predicted once: patient probability = mean over slices, then
+   mean over seeds (``predictions.csv``, ``metrics.json["test"]``); per-seed metrics and their
+   mean +- SD are reported beside it (``per_seed``, ``seed_spread``).
+
+Outputs in ``OUT`` (default ``WORK/finetune/<encoder>-<init>-<input>``): ``config.yaml``,
+``versions.json``, ``metrics.json`` (written last: its presence marks a finished run),
+``predictions.csv``, ``predictions_per_seed.csv``, ``curves.csv``, ``cv.csv``,
+``deep_features.csv``, ``model.pt``, ``saliency/``; ``cv/`` and ``final/`` hold the per-run
+results that make an interrupted run resumable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cardioclr.atomic import atomic_path, read_json, write_json, write_text
+from cardioclr.classify.cv import check_disjoint, cv_table, grid, run_cv, select
+from cardioclr.classify.data import InputSpec, SliceBank, load_patient_inputs, patient_probabilities
+from cardioclr.classify.model import DualPhaseClassifier, check_init, initialise_encoders
+from cardioclr.classify.predict import MODEL_FILE, save_classifier
+from cardioclr.classify.train import RunHyper, fit_run, predict_slices
+from cardioclr.data.store import SliceStore
+from cardioclr.errors import CardioclrError
+from cardioclr.evaluate.metrics import classification_metrics, prob_columns, to_jsonable
+from cardioclr.models.encoders import encoder_names
+from cardioclr.provenance import save_run_info, to_plain
+from cardioclr.training import TrainerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that defines a fine-tuning run (saved as ``config.yaml``).
+
+    Sizes in pixels, margins in mm. ``max_folds`` limits CV to the first folds of
+    ``splits.json`` (None = all). Fields in :data:`NOT_IN_FINGERPRINT` do not change results
+    and may differ when a run is resumed.
+    """
+
+    work: str
+    encoder: str
+    init: str = "none"
+    weights: str | None = None
+    input_mode: str = "segmented"
+    mask_source: str = "predicted"
+    out: str | None = None
+    shared_encoder: bool = False
+    linear_probe: bool = False
+    image_size: int = 96
+    seeds: tuple[int, ...] = (0,)
+    grid_lr: tuple[float, ...] = (1e-4, 3e-4)
+    grid_batch: tuple[int, ...] = (16, 32)
+    max_epochs: int = 30
+    patience: int = 5
+    max_folds: int | None = None
+    augment: bool = True
+    mask_margin_mm: float = 0.0
+    roi_margin_mm: float = 10.0
+    saliency_margin_mm: float = 5.0
+    saliency: bool = True
+    n_boot: int = 2000
+    devices: int = 1
+    accelerator: str = "auto"
+    progress_bar: bool = False
+
+    def out_dir(self) -> Path:
+        """``out`` or ``WORK/finetune/<encoder>-<init>-<input>``."""
+        if self.out:
+            return Path(self.out)
+        return Path(self.work) / "finetune" / f"{self.encoder}-{self.init}-{self.input_mode}"
+
+    def spec(self) -> InputSpec:
+        """The input recipe shared by training, evaluation and inference."""
+        return InputSpec(self.input_mode, self.mask_source, self.image_size, self.mask_margin_mm,
+                         self.roi_margin_mm)
+
+
+NOT_IN_FINGERPRINT = ("out", "devices", "accelerator", "progress_bar", "work")
+
+
+def fingerprint(cfg: FinetuneConfig) -> str:
+    """Hash of the result-relevant configuration (hex, 16 chars)."""
+    d = {k: v for k, v in to_plain(cfg).items() if k not in NOT_IN_FINGERPRINT}
+    if cfg.weights:
+        # The weight file's size and mtime stand in for its content (hashing VGG weights is slow).
+        st = Path(cfg.weights).stat()
+        d["weights_stat"] = [st.st_size, int(st.st_mtime)]
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _rank_zero() -> bool:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Run (or resume, or skip when finished) one fine-tuning configuration; returns metrics."""
+    if cfg.encoder not in encoder_names():
+        raise CardioclrError(f"unknown encoder {cfg.encoder!r}; choose one of {', '.join(encoder_names())}")
+    check_init(cfg.init, cfg.weights)
+    if not cfg.seeds:
+        raise CardioclrError("--seeds needs at least one seed")
+    if not cfg.grid_lr or not cfg.grid_batch:
+        raise CardioclrError("--grid-lr and --grid-batch need at least one value each")
+    spec = cfg.spec()
+    store = SliceStore(cfg.work)
+    out = cfg.out_dir()
+    fp = fingerprint(cfg)
+    metrics_path = out / "metrics.json"
+    if metrics_path.is_file():
+        old = read_json(metrics_path)
+        if old.get("fingerprint") == fp:
+            log.info("%s: finished with the same configuration; skipping", out)
+            return old
+        raise CardioclrError(f"{out} holds a finished run of another configuration; pass another "
+                             "--out or delete that directory")
+    if _rank_zero():
+        save_run_info(out, {**to_plain(cfg), "fingerprint": fp})
+    start = time.perf_counter()
+    splits = store.splits
+    classes = store.classes
+    n_classes = len(classes)
+    check_disjoint("training", splits.train, splits.test)
+
+    def make_model(seed: int) -> DualPhaseClassifier:
+        torch.manual_seed(seed)
+        m = DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe)
+        initialise_encoders(m, cfg.init, cfg.weights)
+        return m
+
+    # Validates the weight file (and reads the SimCLR input mode) before any data is loaded.
+    info = initialise_encoders(DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder),
+                               cfg.init, cfg.weights)
+    log.info("loading %d train + %d test patients (%s input, %s masks, %d px)", len(splits.train),
+             len(splits.test), cfg.input_mode, cfg.mask_source, cfg.image_size)
+    bank = SliceBank.load(store, list(splits.train) + list(splits.test), spec)
+    settings = TrainerSettings(max_epochs=cfg.max_epochs, patience=cfg.patience,
+                               accelerator=cfg.accelerator, devices=cfg.devices,
+                               progress_bar=cfg.progress_bar)
+
+    # ---- 1. cross-validation on train only
+    points = grid(cfg.grid_lr, cfg.grid_batch)
+    cv_results = run_cv(out, bank, splits, points, make_model, cfg.input_mode, n_classes, settings,
+                        seed=cfg.seeds[0], max_folds=cfg.max_folds, fingerprint=fp)
+    table = cv_table(cv_results)
+    chosen = select(table)
+    log.info("selected lr %g, batch %d, %d epochs (CV val AUC %s)", chosen["lr"], chosen["batch_size"],
+             chosen["epochs"], chosen["cv_val_auc_mean"])
+
+    # ---- 2. final model(s) on all of train
+    models, final_results = [], []
+    for seed in cfg.seeds:
+        model, res = _final_model(out / "final" / f"seed{seed}", make_model, seed, bank, splits.train,
+                                  chosen, cfg, n_classes, settings, fp)
+        models.append(model)
+        final_results.append(res)
+    if not _rank_zero():
+        return {}
+
+    # ---- 3. the one evaluation on test
+    test_rows = bank.rows_of(splits.test)
+    per_seed_p = []
+    for model in models:
+        p, _ = predict_slices(model, bank.images[test_rows], bank.hearts[test_rows], cfg.input_mode)
+        per_seed_p.append(p)
+    slice_patient = bank.patient[test_rows].numpy()
+    keys, _ = patient_probabilities(per_seed_p[0], slice_patient)
+    test_ids = [bank.patient_ids[k] for k in keys]
+    y = bank.patient_labels[keys]
+    seed_probs = [patient_probabilities(p, slice_patient)[1] for p in per_seed_p]
+    ens = np.mean(seed_probs, axis=0)
+    test_metrics = classification_metrics(y, ens, classes, n_boot=cfg.n_boot, seed=0)
+    per_seed = []
+    for seed, sp in zip(cfg.seeds, seed_probs, strict=True):
+        m = classification_metrics(y, sp, classes, n_boot=cfg.n_boot, seed=0)
+        per_seed.append({"seed": int(seed), "macro_auc": m["macro_auc"], "accuracy": m["accuracy"],
+                         "balanced_accuracy": m["balanced_accuracy"]})
+    _write_predictions(out, test_ids, y, ens, seed_probs, cfg.seeds, classes)
+
+    # ---- 4. model, features, curves, saliency
+    pretraining = info.pretraining
+    save_classifier(out / MODEL_FILE, models, spec, classes, pretraining, cfg.seeds)
+    n_features = _write_deep_features(out / "deep_features.csv", models[0], bank, store, spec)
+    curves = _curves(cv_results, final_results)
+    write_text(out / "curves.csv", curves.to_csv(index=False))
+    write_text(out / "cv.csv", table.to_csv(index=False))
+    sal = None
+    if cfg.saliency:
+        from cardioclr.evaluate.saliency import run_saliency
+
+        pred = {pid: int(np.argmax(ens[i])) for i, pid in enumerate(test_ids)}
+        sal_patients = [load_patient_inputs(store, pid, spec, cfg.saliency_margin_mm) for pid in test_ids]
+        sal = run_saliency(models[0], sal_patients, pred, classes, cfg.input_mode, out / "saliency",
+                           cfg.saliency_margin_mm, cfg.mask_source)
+
+    cv_touched = sorted({p for r in cv_results for p in r["train_patients"] + r["val_patients"]})
+    final_touched = sorted(splits.train)
+    check_disjoint("CV", cv_touched, splits.test)
+    train_seconds = sum(r["seconds"] for r in cv_results) + sum(r["seconds"] for r in final_results)
+    metrics = {
+        "encoder": cfg.encoder,
+        "pretraining": pretraining,
+        "init": cfg.init,
+        "pretraining_details": info.details,
+        "weights": cfg.weights,
+        "downstream_input": cfg.input_mode,
+        "mask_source": cfg.mask_source,
+        "shared_encoder": cfg.shared_encoder,
+        "linear_probe": cfg.linear_probe,
+        "image_size": cfg.image_size,
+        "classes": classes,
+        "test": test_metrics,
+        "per_seed": per_seed,
+        "seed_spread": _spread(per_seed),
+        "ensemble": f"mean of {len(cfg.seeds)} seed model(s)' patient probabilities",
+        "cv": table.to_dict(orient="records"),
+        "cv_folds": cv_results_summary(cv_results),
+        "selected": chosen,
+        "saliency": sal,
+        "patients": {"train": len(splits.train), "test": len(test_ids),
+                     "cv_touched": cv_touched, "final_touched": final_touched,
+                     "test_ids": test_ids, "test_overlap_with_training": []},
+        "deep_features": {"file": "deep_features.csv", "n_features": n_features,
+                          "model": f"seed {cfg.seeds[0]} final model"},
+        "train_seconds": train_seconds,
+        "seconds": time.perf_counter() - start,
+        "fingerprint": fp,
+    }
+    write_json(metrics_path, to_jsonable(metrics))
+    return metrics
+
+
+def cv_results_summary(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-fold CV rows without the long per-epoch history (that lives in curves.csv)."""
+    keep = ("lr", "batch_size", "fold", "seed", "best_epoch", "epochs_to_best", "val_loss", "val_auc",
+            "epochs_run", "seconds")
+    return [{k: r[k] for k in keep} for r in results]
+
+
+def _final_model(run_dir: Path, make_model: Any, seed: int, bank: SliceBank, train_ids: Sequence[str],
+                 chosen: dict[str, Any], cfg: FinetuneConfig, n_classes: int,
+                 settings: TrainerSettings, fp: str) -> tuple[DualPhaseClassifier, dict[str, Any]]:
+    """Train (or reload) the final model of one seed on all ``train`` patients."""
+    done, weights = run_dir / "result.json", run_dir / "weights.pt"
+    model = make_model(seed)
+    if done.is_file() and weights.is_file():
+        res = read_json(done)
+        if res.get("fingerprint") != fp:
+            raise CardioclrError(f"{done} was written by another configuration; use a new --out")
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        log.info("final model seed %d: done", seed)
+        return model, res
+    hyper = RunHyper(chosen["lr"], chosen["batch_size"], chosen["epochs"], cfg.augment)
+    log.info("final model seed %d: %d train patients, %d epochs", seed, len(train_ids), hyper.max_epochs)
+    r = fit_run(run_dir, model, bank, list(train_ids), None, hyper, cfg.input_mode, n_classes, settings, seed)
+    model = model.cpu()
+    res = {"seed": seed, "lr": hyper.lr, "batch_size": hyper.batch_size, "epochs": hyper.max_epochs,
+           "epochs_run": r["epochs_run"], "seconds": r["seconds"], "history": r["history"],
+           "train_patients": sorted(train_ids), "fingerprint": fp}
+    if _rank_zero():
+        with atomic_path(weights) as tmp:
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        write_json(done, res)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return model, res
+
+
+def _write_predictions(out: Path, test_ids: list[str], y: np.ndarray, ens: np.ndarray,
+                       seed_probs: list[np.ndarray], seeds: Sequence[int], classes: list[str]) -> None:
+    cols = prob_columns(classes)
+    df = pd.DataFrame({"patient_id": test_ids, "label": [classes[i] for i in y], "label_index": y})
+    df[cols] = ens
+    df["pred_index"] = ens.argmax(axis=1)
+    df["pred_label"] = [classes[i] for i in df["pred_index"]]
+    write_text(out / "predictions.csv", df.to_csv(index=False))
+    rows = []
+    for seed, sp in zip(seeds, seed_probs, strict=True):
+        d = pd.DataFrame({"patient_id": test_ids, "seed": int(seed), "label_index": y})
+        d[cols] = sp
+        rows.append(d)
+    write_text(out / "predictions_per_seed.csv", pd.concat(rows).to_csv(index=False))
+
+
+def _write_deep_features(path: Path, model: DualPhaseClassifier, bank: SliceBank, store: SliceStore,
+                         spec: InputSpec) -> int:
+    """``patient_id, f0..f{2D-1}``: mean over a patient's slices of the [ED, ES] features.
+
+    All train and test patients, plus any other stored patient whose masks load (unlabelled).
+    """
+    _, feats = predict_slices(model, bank.images, bank.hearts, spec.input_mode, with_features=True)
+    keys, mean = patient_probabilities(feats, bank.patient.numpy())
+    ids = [bank.patient_ids[k] for k in keys]
+    extra = [p for p in store.patient_ids if p not in set(ids)]
+    rows = [mean]
+    for pid in extra:
+        try:
+            pi = load_patient_inputs(store, pid, spec)
+        except CardioclrError as err:
+            log.info("deep features: skipping %s (%s)", pid, err)
+            continue
+        _, f = predict_slices(model, torch.from_numpy(pi.images), torch.from_numpy(pi.hearts),
+                              spec.input_mode, with_features=True)
+        rows.append(f.mean(axis=0, keepdims=True))
+        ids.append(pid)
+    feats_all = np.concatenate(rows)
+    df = pd.DataFrame(feats_all, columns=[f"f{i}" for i in range(feats_all.shape[1])])
+    df.insert(0, "patient_id", ids)
+    write_text(path, df.to_csv(index=False, float_format="%.6g"))
+    return int(feats_all.shape[1])
+
+
+def _curves(cv_results: Sequence[dict[str, Any]], final_results: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The convergence curves (paper Fig. 1): one row per epoch of every run."""
+    rows = []
+    for r in cv_results:
+        for h in r["history"]:
+            rows.append({"epoch": h["epoch"], "split": "cv", "fold": r["fold"], "seed": r["seed"],
+                         "lr": r["lr"], "batch_size": r["batch_size"], "train_loss": h["train_loss"],
+                         "val_loss": h["val_loss"], "val_auc": h["val_auc"]})
+    for r in final_results:
+        for h in r["history"]:
+            rows.append({"epoch": h["epoch"], "split": "final", "fold": -1, "seed": r["seed"],
+                         "lr": r["lr"], "batch_size": r["batch_size"], "train_loss": h["train_loss"],
+                         "val_loss": math.nan, "val_auc": math.nan})
+    return pd.DataFrame(rows, columns=["epoch", "split", "fold", "seed", "lr", "batch_size", "train_loss",
+                                       "val_loss", "val_auc"])
+
+
+def _spread(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and SD (ddof 1; None for one seed) over seeds of AUC, accuracy, balanced accuracy."""
+    out: dict[str, Any] = {"n_seeds": len(per_seed)}
+    for key in ("macro_auc", "accuracy", "balanced_accuracy"):
+        v = np.array([s[key]["value"] for s in per_seed], dtype=float)
+        v = v[np.isfinite(v)]
+        out[key] = {"mean": float(v.mean()) if v.size else None,
+                    "sd": float(v.std(ddof=1)) if v.size > 1 else None}
+    return out
+

@@ -1,0 +1,191 @@
+"""The paper's dual-phase classifier: an ED encoder, an ES encoder, concatenation, one linear layer.
+
+``DualPhaseClassifier`` holds two encoders from the registry (separate weights by default, as in
+Nakashima et al.; ``shared_encoder=True`` uses one encoder for both phases) and a
+:class:`~cardioclr.models.heads.DualPhaseHead`. With ``freeze_encoders`` (linear probe) only the
+head trains and the encoders stay in eval mode, so their batch-norm statistics do not drift.
+
+Initialisation (:func:`initialise_encoders`):
+
+* ``none``     random (the registry's own initialisation);
+* ``imagenet`` a local torchvision state-dict file (``--weights``), required;
+* ``simclr``   an ``encoder.pt`` written by ``cardioclr pretrain`` (``--weights``), required;
+  its encoder name must match and its pretraining input mode is recorded as
+  ``simclr-full`` / ``simclr-segmented`` / ``simclr-roi``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cardioclr.errors import CardioclrError
+from cardioclr.models.encoders import build_encoder, encoder_names
+from cardioclr.models.heads import DualPhaseHead
+
+INITS = ("none", "imagenet", "simclr")
+
+
+class DualPhaseClassifier(nn.Module):
+    """ED and ES slices -> class logits.
+
+    Inputs ``ed``, ``es``: (B, 1, H, W) float; :meth:`features` returns (B, 2D) = [ED feats,
+    ES feats]; :meth:`forward` returns (B, n_classes) logits.
+    """
+
+    def __init__(self, encoder_name: str, n_classes: int, shared_encoder: bool = False,
+                 freeze_encoders: bool = False, dropout: float = 0.0) -> None:
+        super().__init__()
+        if encoder_name not in encoder_names():
+            raise CardioclrError(f"unknown encoder {encoder_name!r}; choose one of "
+                                 f"{', '.join(encoder_names())}")
+        self.encoder_name = encoder_name
+        self.shared_encoder = shared_encoder
+        self.freeze_encoders = freeze_encoders
+        self.encoder_ed, self.feature_dim = build_encoder(encoder_name, in_channels=1)
+        # With a shared encoder there is no second module at all, so parameter counts, the
+        # state dict and the optimiser see each weight once.
+        self.encoder_es: nn.Module | None = None
+        if not shared_encoder:
+            self.encoder_es, _ = build_encoder(encoder_name, in_channels=1)
+        self.head = DualPhaseHead(self.feature_dim, n_classes, dropout=dropout)
+        if freeze_encoders:
+            for enc in self.encoders():
+                enc.requires_grad_(False)
+
+    def encoders(self) -> list[nn.Module]:
+        """The distinct encoder modules (one when shared, two otherwise)."""
+        return [self.encoder_ed] + ([self.encoder_es] if self.encoder_es is not None else [])
+
+    def train(self, mode: bool = True) -> DualPhaseClassifier:
+        """Like ``nn.Module.train`` but frozen encoders stay in eval mode (linear probe)."""
+        super().train(mode)
+        if self.freeze_encoders:
+            for enc in self.encoders():
+                enc.eval()
+        return self
+
+    def features(self, ed: Tensor, es: Tensor) -> Tensor:
+        """(B, 1, H, W) ED and ES -> (B, 2D) concatenated encoder features [ED, ES]."""
+        if self.encoder_es is None:
+            # One pass over both phases: the same weights, half the kernel launches.
+            f = self.encoder_ed(torch.cat([ed, es], dim=0))
+            f_ed, f_es = f[: ed.shape[0]], f[ed.shape[0]:]
+        else:
+            f_ed, f_es = self.encoder_ed(ed), self.encoder_es(es)
+        return torch.cat([f_ed, f_es], dim=1)
+
+    def forward(self, ed: Tensor, es: Tensor) -> Tensor:
+        """(B, 1, H, W) ED and ES -> (B, n_classes) logits."""
+        f = self.features(ed, es)
+        d = self.feature_dim
+        return self.head(f[:, :d], f[:, d:])
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of (distinct) parameters, optionally only those with ``requires_grad``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+@dataclass(frozen=True)
+class InitInfo:
+    """What initialised the encoders: ``pretraining`` label for tables, plus details."""
+
+    init: str
+    pretraining: str
+    weights: str | None
+    details: dict[str, Any]
+
+
+def check_init(init: str, weights: str | os.PathLike[str] | None) -> None:
+    """Fail early (before any data is loaded) when ``--init`` and ``--weights`` do not fit."""
+    if init not in INITS:
+        raise CardioclrError(f"unknown --init {init!r}; choose one of {', '.join(INITS)}")
+    if init == "imagenet" and not weights:
+        raise CardioclrError("--init imagenet needs --weights FILE: a local torchvision ImageNet "
+                             "state-dict file (e.g. vgg16-397923af.pth); nothing is downloaded")
+    if init == "simclr" and not weights:
+        raise CardioclrError("--init simclr needs --weights encoder.pt (written by `cardioclr "
+                             "pretrain`)")
+    if init == "none" and weights:
+        raise CardioclrError("--weights was given with --init none; pass --init imagenet or simclr")
+    if weights and not Path(weights).is_file():
+        raise CardioclrError(f"{weights}: weight file not found")
+
+
+def read_simclr_info(path: str | os.PathLike[str], encoder_name: str) -> tuple[dict[str, Tensor], dict]:
+    """Encoder state dict and metadata of a SimCLR ``encoder.pt``; checks the encoder name.
+
+    The state dict comes from :func:`cardioclr.ssl.checkpoint.load_encoder_weights` (which
+    validates the file); the metadata (pretraining input mode, encoder name) is read from the
+    same file with ``weights_only=True``.
+    """
+    from cardioclr.ssl.checkpoint import load_encoder_weights
+
+    meta = _simclr_metadata(path)
+    file_encoder = meta.get("encoder") or meta.get("encoder_name")
+    if file_encoder is not None and file_encoder != encoder_name:
+        raise CardioclrError(f"{path}: SimCLR encoder is {file_encoder!r} but --encoder is "
+                             f"{encoder_name!r}; pretrain {encoder_name} or pass --encoder {file_encoder}")
+    try:
+        state = load_encoder_weights(path, encoder_name)
+    except CardioclrError:
+        raise
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CardioclrError(f"{path}: not a SimCLR encoder file for {encoder_name!r} ({err})") from err
+    return state, meta
+
+
+def _simclr_metadata(path: str | os.PathLike[str]) -> dict:
+    """Primitive entries of an ``encoder.pt`` dict (everything but tensors and state dicts)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not our file"
+        raise CardioclrError(f"{path}: cannot be read as an encoder file "
+                             f"({type(err).__name__}: {err})") from err
+    if not isinstance(obj, dict):
+        return {}
+    meta: dict[str, Any] = {}
+    for key, value in obj.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            meta[key] = value
+        elif isinstance(value, dict) and key in ("config", "meta", "metadata"):
+            meta.update({k: v for k, v in value.items() if isinstance(v, (str, int, float, bool))})
+    return meta
+
+
+def simclr_input_mode(meta: dict) -> str | None:
+    """The pretraining input mode recorded in ``encoder.pt`` metadata (None when absent)."""
+    for key in ("input_mode", "input", "pretrain_input"):
+        if isinstance(meta.get(key), str):
+            return str(meta[key])
+    return None
+
+
+def initialise_encoders(model: DualPhaseClassifier, init: str,
+                        weights: str | os.PathLike[str] | None) -> InitInfo:
+    """Load the chosen initial weights into every encoder of ``model`` (in place)."""
+    check_init(init, weights)
+    if init == "none":
+        return InitInfo("none", "none", None, {})
+    name = model.encoder_name
+    if init == "imagenet":
+        for enc in model.encoders():
+            loaded, _ = build_encoder(name, in_channels=1, imagenet_weights=weights)
+            enc.load_state_dict(loaded.state_dict())
+        return InitInfo("imagenet", "imagenet", str(weights), {})
+    state, meta = read_simclr_info(weights, name)
+    for enc in model.encoders():
+        try:
+            enc.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise CardioclrError(f"{weights}: weights do not fit encoder {name!r}: "
+                                 f"{str(err).splitlines()[0]}") from err
+    mode = simclr_input_mode(meta)
+    return InitInfo("simclr", f"simclr-{mode}" if mode else "simclr", str(weights),
+                    {"simclr_input_mode": mode, "simclr_meta": meta})

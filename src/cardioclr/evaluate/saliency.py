@@ -1,0 +1,288 @@
+"""Grad-CAM saliency of the dual-phase classifier and how anatomical it is.
+
+For each test patient, Grad-CAM (``monai.visualize.GradCAM``, Selvaraju et al. 2017) is computed
+on every slice pair for the class the model predicts *for the patient*, separately on the ED
+encoder and on the ES encoder (:func:`gradcam_pairs`). Outputs:
+
+* ``saliency/PID.png`` ED and ES side by side at the mid-ventricular slice (the middle of the
+  patient's heart-bearing slices): input image, Grad-CAM heatmap, heart contour (solid) and
+  the dilated heart region used for the share (dashed);
+* ``saliency/saliency.csv`` one row per patient: ``patient_id, label_index, pred_index,
+  in_heart_share, in_heart_share_ed, in_heart_share_es, n_slices, mid_slice``;
+* a summary ``{in_heart_share_mean, in_heart_share_sd, n, margin_mm, ...}`` for metrics.json.
+
+``in_heart_share`` (:func:`in_heart_share`): the fraction of the *positive* saliency mass (all
+slices, both phases) that falls inside the heart mask dilated by ``margin_mm`` (default 5 mm),
+built from the same mask source as the classifier's inputs. 1.0 = everything the model used
+lies on or next to the heart; the share of the image area inside that mask is reported beside
+it (``mask_area_share_mean``) as the chance level of a spatially uniform map.
+
+Caveat (``segmented`` inputs): outside the heart the input is zero, so the only signal there is
+the mask border and padding; the share is high almost by construction and says little about
+what the model learned. It is reported anyway (and is computable for every mode) so that
+``full`` and ``roi`` models, where it is informative, can be compared on the same scale.
+
+Target layer (:func:`target_layer`): Grad-CAM needs the last spatial feature map of each
+encoder. "The last ``nn.Conv2d``" is wrong for DenseNet (its last conv outputs only the 32
+growth channels) and for VGG (pooled after); instead the encoder is traced once and the module
+that *last* produces a 4-D map with the encoder's ``D`` output channels, is not a pooling layer,
+and runs exactly once per forward is taken (VGG: the last ReLU, DenseNet: ``features`` = norm5,
+ResNet: ``layer4``, SmallCNN: ``features``). A module called twice (ResNet's shared ReLU) would
+pair the last forward activation with the first backward gradient, hence "exactly once".
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from cardioclr.atomic import atomic_path, write_text
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MARGIN_MM = 5.0
+
+_POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+          nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+
+
+# ----------------------------------------------------------------------------- the number
+
+
+def in_heart_share(saliency: np.ndarray, mask: np.ndarray) -> float:
+    """Share of positive saliency inside ``mask``: sum(max(s,0) in mask) / sum(max(s,0)).
+
+    ``saliency``: float array of any shape; ``mask``: bool array of the same shape.
+    Returns a float in [0, 1], NaN when there is no positive saliency at all.
+    """
+    s = np.clip(np.asarray(saliency, dtype=np.float64), 0.0, None)
+    m = np.asarray(mask, dtype=bool)
+    if s.shape != m.shape:
+        raise ValueError(f"saliency {s.shape} and mask {m.shape} differ in shape")
+    total = s.sum()
+    if not total > 0:
+        return math.nan
+    return float(s[m].sum() / total)
+
+
+# ----------------------------------------------------------------------------- target layer
+
+
+def target_layer(encoder: nn.Module, feature_dim: int, image_size: int = 64) -> str:
+    """Name (within ``encoder``) of the module whose output Grad-CAM should use.
+
+    Traces one forward pass of a (1, 1, S, S) zero image (eval mode, no grad) and returns the
+    last-finishing module that outputs (1, feature_dim, h, w), is not a pooling layer (nor a
+    container whose output *is* a pooling output) and is called exactly once. Falls back to
+    the last ``nn.Conv2d`` when nothing qualifies.
+    """
+    calls: dict[str, int] = {}
+    finished: list[tuple[str, Tensor]] = []
+    pooled: set[int] = set()
+    hooks = []
+    for name, mod in encoder.named_modules():
+        if not name:
+            continue
+
+        def hook(m: nn.Module, _inp: Any, out: Any, name: str = name) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(out, Tensor):
+                if isinstance(m, _POOLS):
+                    pooled.add(id(out))
+                finished.append((name, out))
+
+        hooks.append(mod.register_forward_hook(hook))
+    was_training = encoder.training
+    try:
+        encoder.eval()
+        with torch.no_grad():
+            param = next(encoder.parameters())
+            encoder(torch.zeros(1, 1, image_size, image_size, device=param.device, dtype=param.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        encoder.train(was_training)
+    modules = dict(encoder.named_modules())
+    for name, out in reversed(finished):
+        if (out.ndim == 4 and out.shape[1] == feature_dim and calls[name] == 1
+                and not isinstance(modules[name], _POOLS) and id(out) not in pooled):
+            return name
+    convs = [n for n, m in encoder.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("encoder has no spatial feature map for Grad-CAM")
+    return convs[-1]
+
+
+class _PairNet(nn.Module):
+    """(B, 2, H, W) masked pair -> logits, with one encoder module per phase.
+
+    A shared encoder is deep-copied so that each phase has its own module to hook; the copy has
+    the same weights, so the logits are unchanged.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.encoder_ed = copy.deepcopy(model.encoder_ed)
+        es = model.encoder_es if model.encoder_es is not None else model.encoder_ed
+        self.encoder_es = copy.deepcopy(es)
+        self.head = copy.deepcopy(model.head)
+        self.requires_grad_(True)  # frozen (linear-probe) encoders still need gradients here
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 2, H, W) -> (B, K)."""
+        return self.head(self.encoder_ed(x[:, 0:1]), self.encoder_es(x[:, 1:2]))
+
+
+def gradcam_pairs(model: nn.Module, inputs: Tensor, class_idx: int, image_size: int | None = None
+                  ) -> np.ndarray:
+    """Raw Grad-CAM maps of ``model`` (a DualPhaseClassifier) for masked slice pairs.
+
+    ``inputs``: (n, 2, H, W) float network inputs (already masked per input mode); ``class_idx``:
+    the class whose score is explained. Returns float32 (n, 2, H, W): [ED map, ES map], ReLU'd
+    and bilinearly upsampled to H x W but *not* normalised (so shares and ED/ES magnitudes are
+    comparable).
+    """
+    from monai.visualize import GradCAM
+
+    net = _PairNet(model).to(inputs.device)
+    size = image_size or int(inputs.shape[-1])
+    d = int(model.feature_dim)
+    layers = [f"encoder_ed.{target_layer(net.encoder_ed, d, size)}",
+              f"encoder_es.{target_layer(net.encoder_es, d, size)}"]
+    cam = GradCAM(nn_module=net, target_layers=layers, postprocessing=lambda x: x)
+    maps = []
+    for layer_idx in (0, 1):
+        with torch.enable_grad():
+            m = cam(inputs.float(), class_idx=int(class_idx), layer_idx=layer_idx)
+        maps.append(m.detach()[:, 0].float().cpu().numpy())
+    return np.stack(maps, axis=1)
+
+
+# ----------------------------------------------------------------------------- per patient
+
+
+def mid_slice(n: int) -> int:
+    """Index of the mid-ventricular slice among ``n`` heart-bearing slices (base first)."""
+    return max(0, (n - 1) // 2)
+
+
+def patient_saliency(model: nn.Module, images: np.ndarray, hearts: np.ndarray,
+                     share_mask: np.ndarray, input_mode: str, class_idx: int,
+                     device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Grad-CAM and in-heart shares of one patient.
+
+    ``images`` float32 (n, 2, H, W), ``hearts`` bool (n, 2, H, W) input masks, ``share_mask``
+    bool (n, 2, H, W) dilated heart for the share. Returns ``{maps (n,2,H,W), inputs (n,2,H,W),
+    in_heart_share, in_heart_share_ed, in_heart_share_es, mask_area_share}``.
+    """
+    from cardioclr.data.views import apply_input_mask
+
+    x = apply_input_mask(torch.from_numpy(images).float(), torch.from_numpy(hearts).float(), input_mode)
+    maps = gradcam_pairs(model, x.to(device), class_idx)
+    return {
+        "maps": maps,
+        "inputs": x.numpy(),
+        "in_heart_share": in_heart_share(maps, share_mask),
+        "in_heart_share_ed": in_heart_share(maps[:, 0], share_mask[:, 0]),
+        "in_heart_share_es": in_heart_share(maps[:, 1], share_mask[:, 1]),
+        "mask_area_share": float(np.mean(share_mask)),
+    }
+
+
+def save_overlay(path: str | Path, inputs: np.ndarray, maps: np.ndarray, hearts: np.ndarray,
+                 share_mask: np.ndarray, title: str) -> None:
+    """PNG with ED and ES side by side: image (grey), Grad-CAM (jet, alpha), contours.
+
+    ``inputs``, ``maps``: (2, H, W) float; ``hearts``, ``share_mask``: (2, H, W) bool. Both
+    heatmaps share one colour scale (the max over ED and ES) so their strengths compare.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vmax = float(maps.max()) if maps.max() > 0 else 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.5), dpi=100)
+    for ax, phase, k in zip(axes, ("ED", "ES"), (0, 1), strict=True):
+        ax.imshow(inputs[k], cmap="gray", interpolation="nearest")
+        ax.imshow(maps[k], cmap="jet", alpha=0.45, vmin=0.0, vmax=vmax, interpolation="bilinear")
+        if hearts[k].any():
+            ax.contour(hearts[k].astype(float), levels=[0.5], colors="white", linewidths=0.9)
+        if share_mask[k].any():
+            ax.contour(share_mask[k].astype(float), levels=[0.5], colors="yellow", linewidths=0.7,
+                       linestyles="dashed")
+        ax.set_title(phase, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def run_saliency(model: nn.Module, patients: Sequence[Any], pred_index: dict[str, int],
+                 classes: Sequence[str], input_mode: str, out_dir: str | Path,
+                 margin_mm: float = DEFAULT_MARGIN_MM, mask_source: str = "",
+                 device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Saliency for every patient in ``patients`` (:class:`~cardioclr.classify.data.PatientInputs`
+    loaded with ``saliency_margin_mm=margin_mm``); writes PNGs and ``saliency.csv`` into
+    ``out_dir`` and returns the summary for metrics.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in patients:
+        if p.saliency_hearts is None:
+            raise ValueError(f"patient {p.patient_id}: loaded without saliency masks")
+        cls = int(pred_index[p.patient_id])
+        r = patient_saliency(model, p.images, p.hearts, p.saliency_hearts, input_mode, cls, device)
+        k = mid_slice(p.n_slices)
+        label = classes[p.label_index] if 0 <= p.label_index < len(classes) else "?"
+        share = r["in_heart_share"]
+        save_overlay(out / f"{p.patient_id}.png", r["inputs"][k], r["maps"][k], p.hearts[k],
+                     p.saliency_hearts[k],
+                     f"{p.patient_id}  true {label}  pred {classes[cls]}  slice {int(p.slice_index[k])}"
+                     f"  in-heart {share:.2f}")
+        rows.append({"patient_id": p.patient_id, "label_index": p.label_index, "pred_index": cls,
+                     "in_heart_share": share, "in_heart_share_ed": r["in_heart_share_ed"],
+                     "in_heart_share_es": r["in_heart_share_es"],
+                     "mask_area_share": r["mask_area_share"], "n_slices": p.n_slices,
+                     "mid_slice": int(p.slice_index[k])})
+    df = pd.DataFrame(rows, columns=["patient_id", "label_index", "pred_index", "in_heart_share",
+                                     "in_heart_share_ed", "in_heart_share_es", "mask_area_share",
+                                     "n_slices", "mid_slice"])
+    write_text(out / "saliency.csv", df.to_csv(index=False))
+    return summarise(df, margin_mm, input_mode, mask_source)
+
+
+def summarise(df: pd.DataFrame, margin_mm: float, input_mode: str, mask_source: str) -> dict[str, Any]:
+    """Model-level summary of ``saliency.csv`` rows (NaN shares, i.e. empty maps, left out)."""
+    s = df["in_heart_share"].astype(float)
+    s = s[np.isfinite(s)]
+    area = df["mask_area_share"].astype(float) if len(df) else pd.Series(dtype=float)
+
+    def num(x: float) -> float | None:
+        return float(x) if math.isfinite(x) else None
+
+    note = ("segmented input is zero outside the heart, so the share is high by construction"
+            if input_mode == "segmented" else "")
+    return {
+        "in_heart_share_mean": num(float(s.mean())) if len(s) else None,
+        "in_heart_share_sd": num(float(s.std(ddof=1))) if len(s) > 1 else None,
+        "n": int(len(s)),
+        "n_empty_maps": int(len(df) - len(s)),
+        "margin_mm": float(margin_mm),
+        "mask_source": mask_source,
+        "mask_area_share_mean": num(float(area.mean())) if len(area) else None,
+        "method": "Grad-CAM (monai) per phase encoder, class = patient's predicted class, all "
+                  "heart-bearing slices; share of positive saliency inside the dilated heart mask",
+        "caveat": note,
+    }
