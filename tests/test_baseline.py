@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -12,12 +13,21 @@ import pytest
 
 import cardioclr.clinical.features as features_mod
 import cardioclr.evaluate.baseline as baseline_mod
-from cardioclr.cli import main
 from cardioclr.clinical.indices import compute_indices
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
 from cardioclr.evaluate.baseline import BaselineConfig, run_baseline
+from cardioclr.evaluate.cli import register
 from cardioclr.evaluate.metrics import read_predictions
+
+
+def main(argv: list[str]) -> int:
+    """Run an evaluate subcommand through its own parser (independent of other stages' CLIs)."""
+    parser = argparse.ArgumentParser(prog="cardioclr")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
 
 # A tiny grid so each run takes well under a second per CV fit.
 TINY = {"n_estimators": (25,), "max_depth": (2, None), "max_features": ("sqrt",), "n_boot": 200}
