@@ -1,0 +1,368 @@
+"""The study configuration: one frozen dataclass, built from a preset plus YAML overrides.
+
+A study is fully described by :class:`StudyConfig`. It is assembled in three layers, each
+overriding the one before:
+
+1. a preset (:data:`PRESETS`): ``demo`` (synthetic cohort, ``smallcnn``, minutes on a CPU) or
+   ``paper`` (VGG16 + DenseNet121 at the paper's settings, meant for a GPU);
+2. a YAML file (``--config study.yaml``), any subset of the full form written to
+   ``OUT/study.yaml`` (see ``configs/study_demo.yaml`` / ``configs/study_paper.yaml``);
+3. command-line options (``--data``, ``--split``, ``--imagenet-weights``, ``--devices``).
+
+Stage settings that belong to another stage's own config dataclass (epochs, batch sizes, ...)
+are passed through ``options`` mappings, checked against that dataclass's fields before
+anything runs (see :func:`cardioclr.study.stages.check_options`), so a typo fails in the first
+second rather than after an hour of training.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cardioclr.atomic import write_text
+from cardioclr.errors import CardioclrError
+from cardioclr.provenance import to_plain
+
+#: Fine-tuning initialisations of the grid (``simclr`` expands to one cell per pretraining input).
+INITS = ("none", "imagenet", "simclr")
+#: Pretraining labels as written in fine-tune ``metrics.json`` (``pretraining`` key).
+PRETRAININGS = ("none", "imagenet", "simclr-full", "simclr-segmented")
+INPUTS = ("full", "segmented", "roi")
+
+
+@dataclass(frozen=True)
+class SyntheticSettings:
+    """The built-in synthetic cohort, used when no ``--data`` is given."""
+
+    patients: int = 80
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """Store grid and patient split (see :class:`cardioclr.data.prepare.PrepareConfig`)."""
+
+    image_size: int = 192
+    spacing_mm: float = 1.5
+    split: str = "random"
+    test_fraction: float = 0.3
+    n_folds: int = 5
+    seed: int = 0
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """One stage: field overrides of the stage's own config dataclass (nested ones as mappings)."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SegmentSettings(StageSettings):
+    """Segmentation: the segment stage's preset (``cpu``/``gpu``) plus ``options`` overriding its
+    training config, and ``predict_options`` overriding its prediction config."""
+
+    preset: str = "cpu"
+    predict_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PretrainSettings(StageSettings):
+    """SimCLR pretraining: one encoder per (encoder, input) pair of ``inputs``."""
+
+    inputs: tuple[str, ...] = ("full", "segmented")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings(StageSettings):
+    """The fine-tuning grid: ``inits`` x downstream ``inputs`` x encoders."""
+
+    inits: tuple[str, ...] = INITS
+    inputs: tuple[str, ...] = ("full", "segmented")
+
+
+@dataclass(frozen=True)
+class BaselineSettings(StageSettings):
+    """Clinical-feature random forest, and the hybrid (clinical + deep features of one cell).
+
+    ``hybrid_from``: ``PRETRAINING/INPUT`` of the fine-tune cell (first encoder) whose deep
+    features feed the hybrid; fixed in advance, never chosen by test AUC (that would leak).
+    """
+
+    enabled: bool = True
+    hybrid: bool = True
+    hybrid_from: str = "simclr-segmented/segmented"
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What the report shows: saliency patients per model, bootstrap resamples of p-values."""
+
+    saliency_patients: int = 3
+    n_boot: int = 2000
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study needs; saved as ``OUT/study.yaml`` and compared on every re-run.
+
+    ``data``: dataset path (ACDC layout or CSV manifest); None = the built-in synthetic cohort
+    written to ``OUT/data``. ``imagenet_weights``: encoder name -> local torchvision weight
+    file; ImageNet cells of encoders without one are listed as not run, with the reason.
+    """
+
+    preset: str = "demo"
+    data: str | None = None
+    encoders: tuple[str, ...] = ("smallcnn",)
+    imagenet_weights: dict[str, str] = field(default_factory=dict)
+    mask_source: str = "predicted"
+    accelerator: str = "auto"
+    devices: int = 1
+    seed: int = 0
+    synthetic: SyntheticSettings = SyntheticSettings()
+    prepare: PrepareSettings = PrepareSettings()
+    segment: SegmentSettings = SegmentSettings()
+    pretrain: PretrainSettings = PretrainSettings()
+    finetune: FinetuneSettings = FinetuneSettings()
+    baseline: BaselineSettings = BaselineSettings()
+    report: ReportSettings = ReportSettings()
+
+
+# Dotted keys that may change between runs of the same study without changing which cells it
+# has or what they compute: where it runs (hardware, worker processes) and how it is reported.
+RUNTIME_FIELDS = ("accelerator", "devices", "prepare.workers", "report")
+
+
+# ------------------------------------------------------------------------------------ presets
+
+# The demo preset is sized so that the full grid for smallcnn (synthetic cohort, prepare,
+# segmentation, 2 SimCLR pretrainings, 6 fine-tunings, 2 baselines) finishes in under 10
+# minutes on 2 CPU cores: small images, a single CV fold and grid point, one seed, few epochs.
+# It shows the pipeline working end to end; its numbers are not the paper's.
+_DEMO: dict[str, Any] = {
+    "preset": "demo",
+    "encoders": ["smallcnn"],
+    "accelerator": "cpu",
+    "synthetic": {"patients": 80, "seed": 0, "options": {}},
+    "prepare": {"image_size": 64, "spacing_mm": 2.5, "n_folds": 2, "workers": 2},
+    "segment": {"preset": "cpu", "options": {
+        "network": {"channels": [8, 16, 32, 64, 128]},
+        "optim": {"time_budget_s": 75},
+        "trainer": {"max_epochs": 25, "patience": 6}, "crop": 64, "batch_size": 16}},
+    "pretrain": {"options": {"batch_size": 64, "lr": 1e-3, "max_epochs": 6, "patience": 3,
+                             "use_cine": False}},
+    "finetune": {"options": {"grid_lr": [1e-3], "grid_batch": [32], "max_folds": 1,
+                             "seeds": [0], "max_epochs": 10, "patience": 3, "n_boot": 500}},
+    "baseline": {"options": {"n_estimators": [100], "max_depth": [3, None],
+                             "max_features": ["sqrt"]}},
+    "report": {"saliency_patients": 3, "n_boot": 1000},
+}
+
+# The paper: VGG16 and DenseNet121, 224 px, SimCLR batch 256 (the top of the paper's 64-256
+# grid), Adam lr 1e-4, temperature 0.1, early stopping; downstream lr x batch (64-256) grid by
+# 5-fold CV on the training patients; 3 seeds.
+_PAPER: dict[str, Any] = {
+    "preset": "paper",
+    "encoders": ["vgg16", "densenet121"],
+    "accelerator": "auto",
+    "prepare": {"image_size": 224, "spacing_mm": 1.5, "n_folds": 5, "workers": 8},
+    "segment": {"preset": "gpu", "options": {}},
+    "pretrain": {"options": {"batch_size": 256, "lr": 1e-4, "temperature": 0.1, "max_epochs": 200,
+                             "patience": 20, "image_size": 224, "workers": 4}},
+    "finetune": {"options": {"grid_lr": [1e-4, 3e-4], "grid_batch": [64, 128, 256],
+                             "seeds": [0, 1, 2], "max_epochs": 100, "patience": 10,
+                             "image_size": 224, "n_boot": 2000}},
+    "baseline": {"options": {}},
+    "report": {"saliency_patients": 4, "n_boot": 2000},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"demo": _DEMO, "paper": _PAPER}
+
+
+# ------------------------------------------------------------------------------ construction
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """The plain (YAML) form of preset ``name``; raises naming the choices when unknown."""
+    if name not in PRESETS:
+        raise CardioclrError(f"unknown study preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return to_plain(from_dict(copy.deepcopy(PRESETS[name])))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override`` recursively (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in (
+                "options", "predict_options", "imagenet_weights"):
+            out[key] = deep_merge(out[key], value)
+        else:
+            # options/imagenet_weights merge one level (key by key) but their values replace.
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                merged = dict(out[key])
+                merged.update(value)
+                out[key] = merged
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> StudyConfig:
+    """Build a :class:`StudyConfig` from its plain form; unknown keys are errors naming the path."""
+    return _build(StudyConfig, data, "study")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise CardioclrError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise CardioclrError(f"{where}: unknown key(s) {unknown}; known: {', '.join(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = fields[name].default
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)  # frozen: tuples, and YAML lists compare equal after to_plain
+        elif name in ("options", "predict_options", "imagenet_weights"):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise CardioclrError(f"{where}.{name}: expected a mapping")
+            kwargs[name] = dict(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(preset: str | None = None, config_file: str | os.PathLike[str] | None = None,
+                overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Preset, then YAML file, then ``overrides`` (plain form); validated.
+
+    The preset is ``preset`` if given, else the YAML's ``preset`` key, else ``demo``.
+    """
+    file_data: dict[str, Any] = {}
+    if config_file is not None:
+        p = Path(config_file)
+        if not p.is_file():
+            raise CardioclrError(f"{p}: study config file not found")
+        try:
+            file_data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise CardioclrError(f"{p}: not valid YAML ({err})") from err
+        if not isinstance(file_data, dict):
+            raise CardioclrError(f"{p}: expected a mapping at the top level")
+    name = preset or file_data.get("preset") or "demo"
+    merged = deep_merge(preset_dict(name), file_data)
+    merged["preset"] = name
+    merged = deep_merge(merged, {k: v for k, v in (overrides or {}).items() if v is not None})
+    cfg = from_dict(merged)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: StudyConfig) -> None:
+    """Checks that need no other stage: names, inputs, inits, weights files."""
+    from cardioclr.models.encoders import ENCODERS
+
+    if not cfg.encoders:
+        raise CardioclrError("study: no encoder listed (encoders: [...])")
+    for enc in cfg.encoders:
+        if enc not in ENCODERS:
+            raise CardioclrError(f"study.encoders: unknown encoder {enc!r}; choose from "
+                                 f"{', '.join(ENCODERS)}")
+    for name in cfg.imagenet_weights:
+        if name not in cfg.encoders:
+            raise CardioclrError(f"study.imagenet_weights: {name!r} is not one of the study's "
+                                 f"encoders ({', '.join(cfg.encoders)})")
+    for enc, path in cfg.imagenet_weights.items():
+        if not Path(path).is_file():
+            raise CardioclrError(f"{path}: ImageNet weight file for {enc} not found")
+    for where, values, allowed in (("pretrain.inputs", cfg.pretrain.inputs, INPUTS),
+                                   ("finetune.inputs", cfg.finetune.inputs, INPUTS),
+                                   ("finetune.inits", cfg.finetune.inits, INITS)):
+        bad = [v for v in values if v not in allowed]
+        if bad or len(set(values)) != len(values):
+            raise CardioclrError(f"study.{where}: {list(values)} must be distinct values of "
+                                 f"{', '.join(allowed)}")
+    if cfg.mask_source not in ("predicted", "expert"):
+        raise CardioclrError("study.mask_source must be predicted or expert")
+    if cfg.prepare.split not in ("random", "official"):
+        raise CardioclrError("study.prepare.split must be random or official")
+    if "/" not in cfg.baseline.hybrid_from:
+        raise CardioclrError("study.baseline.hybrid_from must be PRETRAINING/INPUT, e.g. "
+                             "simclr-segmented/segmented")
+    if cfg.devices < 1:
+        raise CardioclrError("study.devices must be >= 1")
+
+
+def resolve_imagenet_weights(values: list[str] | None, encoders: tuple[str, ...]) -> dict[str, str]:
+    """``--imagenet-weights`` values (``FILE`` or ``ENCODER=FILE``) -> encoder -> file.
+
+    A bare ``FILE`` goes to the encoder whose name appears in the file name (torchvision's
+    ``vgg16-397923af.pth``, ``densenet121-a639ec97.pth``), or to the only encoder of the study.
+    """
+    out: dict[str, str] = {}
+    for value in values or []:
+        if "=" in value and value.split("=", 1)[0] in encoders:
+            enc, path = value.split("=", 1)
+        else:
+            path = value
+            named = [e for e in encoders if e in Path(value).name.lower()]
+            if len(named) == 1:
+                enc = named[0]
+            elif len(encoders) == 1:
+                enc = encoders[0]
+            else:
+                raise CardioclrError(f"--imagenet-weights {value}: cannot tell which encoder of "
+                                     f"{', '.join(encoders)} it is for; write ENCODER={value}")
+        out[enc] = str(Path(path).expanduser().resolve())
+    return out
+
+
+def config_to_yaml(cfg: StudyConfig) -> str:
+    """The full plain form of ``cfg`` as YAML (what ``OUT/study.yaml`` holds)."""
+    return yaml.safe_dump(to_plain(cfg), sort_keys=False)
+
+
+def save_config(cfg: StudyConfig, path: str | os.PathLike[str]) -> None:
+    """Write ``cfg`` atomically as YAML."""
+    write_text(path, config_to_yaml(cfg))
+
+
+def read_saved_config(path: str | os.PathLike[str]) -> StudyConfig:
+    """Read an ``OUT/study.yaml`` written by :func:`save_config` (no preset layering)."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise CardioclrError(f"{p}: unreadable study config ({err})") from err
+    return from_dict(data)
+
+
+def config_differences(old: StudyConfig, new: StudyConfig) -> list[str]:
+    """Dotted keys whose values differ, ignoring :data:`RUNTIME_FIELDS`."""
+    diffs: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if where in RUNTIME_FIELDS:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+        elif a != b:
+            diffs.append(f"{where}: {a!r} -> {b!r}")
+
+    walk(to_plain(old), to_plain(new), "")
+    return diffs

@@ -1,0 +1,149 @@
+"""Grid expansion: a :class:`StudyConfig` -> the ordered list of cells a study runs.
+
+Every cell is one directory under ``OUT`` (its stage writes config, versions, logs,
+checkpoint and ``metrics.json`` there). Layout::
+
+    OUT/data/                                   synthetic cohort (only without --data)
+    OUT/work/                                   prepared store (dataset.json, store/, splits.json)
+    OUT/work/segmentation/{model,masks,...}     segmentation train / predict / evaluate
+    OUT/work/pretrain/<encoder>-<input>/        SimCLR encoder pretrained on full|segmented
+    OUT/finetune/<encoder>__<pretraining>__<input>/   one fine-tuning cell of Tables 1-3
+    OUT/baseline/clinical/, OUT/baseline/hybrid/      clinical-feature RF and the hybrid
+
+Cells that cannot run (ImageNet without a weight file, an encoder with no ImageNet weights)
+are still listed, with ``not_run_reason``, so the report can say why a table cell is empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cardioclr.study.config import StudyConfig
+
+#: Relative cost of one cell of each kind, before any has been timed (ETA prior). Only the
+#: ratios matter; they were measured on the demo preset (2 CPU cores).
+KIND_WEIGHTS: dict[str, float] = {
+    "synthetic": 0.2,
+    "prepare": 0.3,
+    "segment-train": 3.0,
+    "segment-predict": 0.4,
+    "segment-evaluate": 0.3,
+    "pretrain": 3.0,
+    "finetune": 2.0,
+    "baseline": 0.3,
+    "hybrid": 0.3,
+}
+
+DATA_DIR, WORK_DIR = "data", "work"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of the study: a stage run into its own directory ``path`` (relative to OUT).
+
+    ``params`` are the stage arguments (encoder, init, pretraining, input, ...); ``deps`` are
+    the ids of cells that must be done first; ``not_run_reason`` is set when the cell is listed
+    but cannot run with this configuration.
+    """
+
+    id: str
+    kind: str
+    path: str
+    params: dict[str, Any] = field(default_factory=dict)
+    deps: tuple[str, ...] = ()
+    not_run_reason: str | None = None
+
+    @property
+    def weight(self) -> float:
+        """Relative expected cost (see :data:`KIND_WEIGHTS`)."""
+        return KIND_WEIGHTS.get(self.kind, 1.0)
+
+
+def finetune_cell_name(encoder: str, pretraining: str, downstream_input: str) -> str:
+    """Directory name of a fine-tuning cell, e.g. ``smallcnn__simclr-full__segmented``."""
+    return f"{encoder}__{pretraining}__{downstream_input}"
+
+
+def pretrain_cell_name(encoder: str, pretrain_input: str) -> str:
+    """Directory name of a pretraining cell, e.g. ``smallcnn-full`` (the ssl stage's layout)."""
+    return f"{encoder}-{pretrain_input}"
+
+
+def imagenet_unavailable(cfg: StudyConfig, encoder: str) -> str | None:
+    """Why the ImageNet cell of ``encoder`` cannot run, or None when it can."""
+    from cardioclr.models.encoders import ENCODERS
+
+    spec = ENCODERS.get(encoder)
+    if spec is not None and spec.imagenet_key_map is None:
+        return f"{encoder} is not an ImageNet architecture (no ImageNet weights exist)"
+    if encoder not in cfg.imagenet_weights:
+        return ("no ImageNet weight file given (pass --imagenet-weights FILE, a torchvision "
+                f"{encoder} state dict; nothing is downloaded)")
+    return None
+
+
+def expand_grid(cfg: StudyConfig) -> list[Cell]:
+    """All cells of the study in run order (dependencies always come earlier)."""
+    cells: list[Cell] = []
+    work = WORK_DIR
+    if cfg.data is None:
+        cells.append(Cell("synthetic", "synthetic", DATA_DIR,
+                          {"patients": cfg.synthetic.patients, "seed": cfg.synthetic.seed}))
+    cells.append(Cell("prepare", "prepare", work, {}, ("synthetic",) if cfg.data is None else ()))
+    seg = f"{work}/segmentation"
+    cells.append(Cell("segment-train", "segment-train", f"{seg}/model", {}, ("prepare",)))
+    cells.append(Cell("segment-predict", "segment-predict", f"{seg}/masks", {}, ("segment-train",)))
+    cells.append(Cell("segment-evaluate", "segment-evaluate", seg, {}, ("segment-predict",)))
+    masks_dep = ("segment-predict",) if cfg.mask_source == "predicted" else ("prepare",)
+
+    simclr_inputs = cfg.pretrain.inputs if "simclr" in cfg.finetune.inits else ()
+    for enc in cfg.encoders:
+        for inp in simclr_inputs:
+            deps = ("prepare", *(masks_dep if inp != "full" else ()))
+            cells.append(Cell(f"pretrain/{pretrain_cell_name(enc, inp)}", "pretrain",
+                              f"{work}/pretrain/{pretrain_cell_name(enc, inp)}",
+                              {"encoder": enc, "input": inp}, deps))
+
+    for enc in cfg.encoders:
+        for init in cfg.finetune.inits:
+            pretrainings = [f"simclr-{i}" for i in simclr_inputs] if init == "simclr" else [init]
+            for pretraining in pretrainings:
+                for inp in cfg.finetune.inputs:
+                    name = finetune_cell_name(enc, pretraining, inp)
+                    # Saliency's in-heart share needs masks even for full-image cells.
+                    deps: tuple[str, ...] = ("prepare", *masks_dep)
+                    params: dict[str, Any] = {"encoder": enc, "init": init,
+                                              "pretraining": pretraining, "input": inp}
+                    reason = None
+                    if init == "simclr":
+                        pre = pretrain_cell_name(enc, pretraining.removeprefix("simclr-"))
+                        deps = (*deps, f"pretrain/{pre}")
+                        params["weights"] = f"{work}/pretrain/{pre}/encoder.pt"
+                    elif init == "imagenet":
+                        reason = imagenet_unavailable(cfg, enc)
+                        params["weights"] = cfg.imagenet_weights.get(enc)
+                    cells.append(Cell(f"finetune/{name}", "finetune", f"finetune/{name}", params,
+                                      deps, reason))
+
+    if cfg.baseline.enabled:
+        cells.append(Cell("baseline/clinical", "baseline", "baseline/clinical", {}, masks_dep))
+        if cfg.baseline.hybrid:
+            pretraining, inp = cfg.baseline.hybrid_from.split("/", 1)
+            src = f"finetune/{finetune_cell_name(cfg.encoders[0], pretraining, inp)}"
+            known = {c.id: c for c in cells}
+            reason = None
+            if src not in known:
+                reason = (f"hybrid_from {cfg.baseline.hybrid_from} names no fine-tuning cell of "
+                          "this grid")
+            elif known[src].not_run_reason:
+                reason = f"its deep features come from {src}, which is not run"
+            cells.append(Cell("baseline/hybrid", "hybrid", "baseline/hybrid",
+                              {"deep_features": known[src].path if src in known else None,
+                               "source_cell": src}, (*masks_dep, src), reason))
+    return cells
+
+
+def runnable(cells: list[Cell]) -> list[Cell]:
+    """Cells that can run with this configuration (no ``not_run_reason``)."""
+    return [c for c in cells if c.not_run_reason is None]

@@ -1,0 +1,100 @@
+"""Progress display on stderr: the cell being run, cells done of total, elapsed time and ETA.
+
+The ETA weights remaining cells by kind: a kind with finished cells is estimated by their mean
+duration (this run's, or a previous run's recorded in the state); a kind with none yet by its
+prior weight (:data:`cardioclr.study.grid.KIND_WEIGHTS`) times the seconds per unit of weight
+observed so far. Before anything has finished there is no ETA.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+from typing import TextIO
+
+from cardioclr.study.grid import Cell
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``75`` -> ``1m15s``; ``3725`` -> ``1h02m``; None -> ``?``."""
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def estimate_remaining(remaining: list[Cell], durations: dict[str, list[float]],
+                       finished: list[Cell], finished_seconds: list[float]) -> float | None:
+    """Seconds left for ``remaining`` cells.
+
+    ``durations``: kind -> measured seconds of finished cells of that kind; ``finished`` and
+    ``finished_seconds``: all measured cells and their seconds (calibrate the prior weights).
+    None when nothing has been measured yet.
+    """
+    if not remaining:
+        return 0.0
+    measured_weight = sum(c.weight for c in finished)
+    total_seconds = sum(finished_seconds)
+    if measured_weight <= 0 or total_seconds <= 0:
+        return None
+    per_weight = total_seconds / measured_weight
+    eta = 0.0
+    for cell in remaining:
+        times = durations.get(cell.kind)
+        eta += sum(times) / len(times) if times else cell.weight * per_weight
+    return eta
+
+
+class Progress:
+    """Prints one line per event to ``stream`` (stderr): start of a cell, its end, skips."""
+
+    def __init__(self, cells: list[Cell], stream: TextIO | None = None) -> None:
+        self.cells = [c for c in cells if c.not_run_reason is None]
+        self.total = len(self.cells)
+        self.stream = stream or sys.stderr
+        self.done: set[str] = set()
+        self.durations: dict[str, list[float]] = defaultdict(list)
+        self.measured: list[tuple[Cell, float]] = []
+        self.t0 = time.perf_counter()
+
+    def record(self, cell: Cell, seconds: float | None, finished: bool = True) -> None:
+        """Account a finished (or failed, ``finished=False``) cell and its duration."""
+        self.done.add(cell.id)
+        if seconds is not None and seconds > 0 and finished:
+            self.durations[cell.kind].append(seconds)
+            self.measured.append((cell, seconds))
+
+    def eta(self) -> float | None:
+        """Estimated seconds left for the cells not yet done."""
+        left = [c for c in self.cells if c.id not in self.done]
+        return estimate_remaining(left, self.durations, [c for c, _ in self.measured],
+                                  [s for _, s in self.measured])
+
+    def _line(self, text: str) -> None:
+        elapsed = time.perf_counter() - self.t0
+        print(f"[study {len(self.done)}/{self.total} done | {format_seconds(elapsed)} elapsed | "
+              f"ETA {format_seconds(self.eta())}] {text}", file=self.stream, flush=True)
+
+    def start(self, cell: Cell) -> None:
+        """Announce the cell about to run."""
+        index = next((i for i, c in enumerate(self.cells, 1) if c.id == cell.id), 0)
+        self._line(f"running {index}/{self.total}: {cell.id}")
+
+    def finish(self, cell: Cell, seconds: float, status: str, note: str = "") -> None:
+        """Announce the end of a cell (done / failed)."""
+        self.record(cell, seconds, finished=status == "done")
+        self._line(f"{status}: {cell.id} in {format_seconds(seconds)}{' - ' + note if note else ''}")
+
+    def skip(self, cell: Cell, seconds: float | None) -> None:
+        """A cell already finished by an earlier run: counted done; its old duration feeds the ETA."""
+        self.record(cell, seconds)
+        self._line(f"already done: {cell.id}")
+
+    def message(self, text: str) -> None:
+        """Any other line (not-run cells, the report)."""
+        self._line(text)

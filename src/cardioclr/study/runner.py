@@ -1,0 +1,261 @@
+"""Run a study: every cell of the grid in order, resumable, failures recorded, then the report.
+
+Resumability rests on two things:
+
+* each stage resumes by itself from its directory (``checkpoints/last.ckpt``), so a cell that
+  was interrupted picks up where it stopped when it is run again;
+* a cell counts as finished only when its completion marker ``CELL_DIR/study_cell.json`` exists
+  (written by the runner after the stage function returned, and after the stage's own
+  ``metrics.json`` where it has one). Re-running the same command therefore skips finished
+  cells, resumes the interrupted one and runs the rest.
+
+The stage functions live in :data:`cardioclr.study.stages.STAGES` (kind -> function); tests
+replace them with cheap fakes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from cardioclr.atomic import read_json, write_json, write_text
+from cardioclr.errors import CardioclrError
+from cardioclr.provenance import environment_info
+from cardioclr.study.config import (
+    StudyConfig,
+    config_differences,
+    read_saved_config,
+    save_config,
+)
+from cardioclr.study.grid import DATA_DIR, WORK_DIR, Cell, expand_grid
+from cardioclr.study.progress import Progress
+from cardioclr.study.state import StudyState
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "study.yaml"
+MARKER = "study_cell.json"
+#: Files a cell of each kind must have besides the marker to count as finished.
+REQUIRED_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "prepare": ("dataset.json",),
+    "segment-evaluate": ("metrics.json",),
+    "pretrain": ("metrics.json",),
+    "finetune": ("metrics.json",),
+    "baseline": ("metrics.json",),
+    "hybrid": ("metrics.json",),
+}
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What every stage function gets besides its cell: the config and the study's folders."""
+
+    cfg: StudyConfig
+    out: Path
+
+    @property
+    def work(self) -> Path:
+        """The prepared work directory ``OUT/work``."""
+        return self.out / WORK_DIR
+
+    @property
+    def data(self) -> Path:
+        """The dataset: ``--data`` or the synthetic cohort ``OUT/data``."""
+        return Path(self.cfg.data) if self.cfg.data is not None else self.out / DATA_DIR
+
+    def cell_dir(self, cell: Cell) -> Path:
+        """Absolute directory of ``cell``."""
+        return self.out / cell.path
+
+
+StageFunction = Callable[[StudyContext, Cell], "dict[str, Any] | None"]
+
+
+@dataclass
+class StudyResult:
+    """Outcome of :func:`run_study`: ids by status, and the report's files (if it was built)."""
+
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    not_run: dict[str, str] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    report: dict[str, str] = field(default_factory=dict)
+    report_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when no cell failed and the report was built."""
+        return not self.failed and self.report_error is None
+
+
+def cell_finished(ctx: StudyContext, cell: Cell) -> bool:
+    """Whether ``cell`` finished in an earlier run (marker and required outputs present)."""
+    d = ctx.cell_dir(cell)
+    if not (d / MARKER).is_file():
+        return False
+    return all((d / name).is_file() for name in REQUIRED_OUTPUTS.get(cell.kind, ()))
+
+
+def _marker_seconds(ctx: StudyContext, cell: Cell) -> float | None:
+    try:
+        return float(read_json(ctx.cell_dir(cell) / MARKER).get("seconds"))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def prepare_out(cfg: StudyConfig, out: Path) -> None:
+    """Create ``out`` and save the config; refuse to mix two different studies in one folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / CONFIG_FILE
+    if saved.is_file():
+        diffs = config_differences(read_saved_config(saved), cfg)
+        if diffs:
+            raise CardioclrError(
+                f"{out} holds a study with a different configuration ({saved}): "
+                + "; ".join(diffs[:8]) + ("; ..." if len(diffs) > 8 else "")
+                + ". Re-run with the same options (or --config " + str(saved)
+                + "), or choose another --out.")
+    save_config(cfg, saved)
+
+
+class _CellLog:
+    """During one cell: its log lines go to ``OUT/logs/<cell>.log``; the console shows warnings.
+
+    The study's own progress lines are the console output; the stages' INFO chatter (Lightning
+    banners, per-epoch messages) would drown them, so it goes to the cell's log file instead.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handler: logging.Handler | None = None
+        self.saved: list[tuple[logging.Handler, int]] = []
+
+    def __enter__(self) -> _CellLog:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        root = logging.getLogger()
+        self.handler = logging.FileHandler(self.path, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler.setLevel(logging.DEBUG)
+        for h in root.handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                self.saved.append((h, h.level))
+                h.setLevel(max(h.level, logging.WARNING))
+        root.addHandler(self.handler)
+        self.root_level = root.level
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        root = logging.getLogger()
+        if self.handler is not None:
+            root.removeHandler(self.handler)
+            self.handler.close()
+        for h, level in self.saved:
+            h.setLevel(level)
+        root.setLevel(self.root_level)
+
+
+def _log_name(cell: Cell) -> str:
+    return cell.id.replace("/", "__") + ".log"
+
+
+def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
+              stages: dict[str, StageFunction] | None = None, stream: TextIO | None = None,
+              build_report: bool = True) -> StudyResult:
+    """Run (or resume) the study ``cfg`` in ``out``; returns what happened to every cell.
+
+    A failing cell is recorded (``study_state.json``, ``OUT/logs/<cell>.log`` with the
+    traceback) and the study goes on with every cell that does not depend on it. The report is
+    built at the end from whatever finished.
+    """
+    from cardioclr.study.stages import STAGES, check_options
+
+    stages = STAGES if stages is None else stages
+    out = Path(out).resolve()
+    prepare_out(cfg, out)
+    check_options(cfg, stages)
+    ctx = StudyContext(cfg, out)
+    cells = expand_grid(cfg)
+    state = StudyState(out, cells)
+    progress = Progress(cells, stream or sys.stderr)
+    result = StudyResult()
+    t0 = time.perf_counter()
+    blocked: dict[str, str] = {}  # cell id -> why it cannot provide its outputs
+    write_json(out / "study_environment.json", environment_info())
+
+    for cell in cells:
+        if cell.not_run_reason:
+            state.set(cell.id, "not-run", reason=cell.not_run_reason)
+            result.not_run[cell.id] = cell.not_run_reason
+            blocked[cell.id] = "not run"
+            progress.message(f"not run: {cell.id} ({cell.not_run_reason})")
+            continue
+        bad = [d for d in cell.deps if d in blocked]
+        if bad:
+            reason = f"depends on {bad[0]}, which {blocked[bad[0]]}"
+            state.set(cell.id, "not-run", reason=reason)
+            result.not_run[cell.id] = reason
+            blocked[cell.id] = "was not run"
+            progress.message(f"not run: {cell.id} ({reason})")
+            continue
+        if cell_finished(ctx, cell):
+            seconds = _marker_seconds(ctx, cell)
+            state.set(cell.id, "done", seconds=seconds)
+            result.done.append(cell.id)
+            progress.skip(cell, seconds)
+            continue
+        fn = stages.get(cell.kind)
+        if fn is None:
+            raise CardioclrError(f"no stage function for cell kind {cell.kind!r}")
+        progress.start(cell)
+        state.set(cell.id, "running")
+        start = time.perf_counter()
+        log_path = out / "logs" / _log_name(cell)
+        try:
+            with _CellLog(log_path):
+                log.info("cell %s (%s) -> %s", cell.id, cell.kind, ctx.cell_dir(cell))
+                summary = fn(ctx, cell) or {}
+        except KeyboardInterrupt:
+            state.set(cell.id, "pending", seconds=time.perf_counter() - start,
+                      error="interrupted; re-run the same command to resume")
+            raise
+        except Exception as err:  # noqa: BLE001 - one bad cell must not stop the study
+            seconds = time.perf_counter() - start
+            message = f"{type(err).__name__}: {err}"
+            with open(log_path, "a", encoding="utf-8") as fh:
+                fh.write(traceback.format_exc())
+            state.set(cell.id, "failed", seconds=seconds, error=message)
+            result.failed[cell.id] = message
+            blocked[cell.id] = "failed"
+            progress.finish(cell, seconds, "failed", f"{message} (log: {log_path})")
+            continue
+        seconds = time.perf_counter() - start
+        write_json(ctx.cell_dir(cell) / MARKER, {"id": cell.id, "kind": cell.kind,
+                                                 "seconds": round(seconds, 2),
+                                                 "params": cell.params, "summary": summary})
+        state.set(cell.id, "done", seconds=seconds)
+        result.done.append(cell.id)
+        result.ran.append(cell.id)
+        progress.finish(cell, seconds, "done")
+
+    result.seconds = time.perf_counter() - t0
+    if build_report:
+        from cardioclr.study.report import build_report as _build
+
+        try:
+            result.report = {k: str(v) for k, v in _build(out).items()}
+            progress.message(f"report: {out / 'report.html'}")
+        except Exception as err:  # noqa: BLE001 - the cells' results stay; say why no report
+            result.report_error = f"{type(err).__name__}: {err}"
+            write_text(out / "logs" / "report.log", traceback.format_exc())
+            progress.message(f"report failed: {result.report_error} (log: {out / 'logs' / 'report.log'})")
+    return result

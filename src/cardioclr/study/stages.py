@@ -1,0 +1,271 @@
+"""Stage functions of a study: one per cell kind, each calling the stage's Python API.
+
+Every function takes the :class:`~cardioclr.study.runner.StudyContext` and the
+:class:`~cardioclr.study.grid.Cell` and runs the stage into the cell's directory; the stage
+itself saves config, versions, logs, checkpoints and ``metrics.json`` there, resumes from its
+checkpoint and skips work it already finished. Stage options of the study config
+(``segment.options``, ``pretrain.options``, ...) are applied to the stage's own config
+dataclass by :func:`apply_options`, nested dataclasses included (``optim: {lr: 1e-3}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cardioclr.atomic import read_json, write_json
+from cardioclr.errors import CardioclrError
+from cardioclr.provenance import environment_info
+from cardioclr.study.config import StudyConfig
+from cardioclr.study.grid import Cell
+
+if TYPE_CHECKING:
+    from cardioclr.study.runner import StudyContext
+
+
+def apply_options(obj: Any, options: dict[str, Any], where: str) -> Any:
+    """``dataclasses.replace`` with ``options``, recursing into nested dataclass fields.
+
+    Lists become tuples (the stage configs are frozen). Unknown keys raise
+    :class:`CardioclrError` naming ``where`` and the known fields.
+    """
+    if not options:
+        return obj
+    fields = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise CardioclrError(f"study.{where}: unknown option(s) {unknown} for "
+                             f"{type(obj).__name__}; known: {', '.join(sorted(fields))}")
+    changes: dict[str, Any] = {}
+    for key, value in options.items():
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[key] = apply_options(current, value, f"{where}.{key}")
+        elif isinstance(value, list):
+            changes[key] = tuple(value)
+        else:
+            changes[key] = value
+    return dataclasses.replace(obj, **changes)
+
+
+def _device(cfg: StudyConfig) -> str:
+    return "cpu" if cfg.accelerator == "cpu" else "auto"
+
+
+# ------------------------------------------------------------------------------ config builders
+# Each builder returns the stage config of a cell; check_options calls them on a dummy cell so
+# that a wrong option fails before the first cell runs.
+
+
+def synthetic_kwargs(cfg: StudyConfig) -> dict[str, Any]:
+    """Keyword arguments of :func:`cardioclr.data.synthetic.write_synthetic_cohort`."""
+    import inspect
+
+    from cardioclr.data.synthetic import write_synthetic_cohort
+
+    params = set(inspect.signature(write_synthetic_cohort).parameters) - {"out_dir", "progress"}
+    unknown = sorted(set(cfg.synthetic.options) - params)
+    if unknown:
+        raise CardioclrError(f"study.synthetic.options: unknown option(s) {unknown}; known: "
+                             f"{', '.join(sorted(params))}")
+    return {"n_patients": cfg.synthetic.patients, "seed": cfg.synthetic.seed,
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.synthetic.options.items()}}
+
+
+def prepare_config(cfg: StudyConfig, data: Path, work: Path) -> Any:
+    """:class:`cardioclr.data.prepare.PrepareConfig` of the study."""
+    from cardioclr.data.prepare import PrepareConfig
+
+    p = cfg.prepare
+    return PrepareConfig(data=str(data), out=str(work), spacing_mm=p.spacing_mm,
+                         image_size=p.image_size, split=p.split, test_fraction=p.test_fraction,
+                         n_folds=p.n_folds, seed=p.seed, workers=p.workers)
+
+
+def segment_train_config(cfg: StudyConfig, work: Path) -> Any:
+    """:class:`cardioclr.segment.train.SegTrainConfig`: the preset, study options, hardware."""
+    from cardioclr.segment.train import preset_config
+
+    seg = preset_config(work, cfg.segment.preset)
+    seg = apply_options(seg, cfg.segment.options, "segment.options")
+    trainer = dataclasses.replace(seg.trainer, devices=cfg.devices, accelerator=cfg.accelerator,
+                                  progress_bar=False)
+    return dataclasses.replace(seg, trainer=trainer)
+
+
+def segment_predict_config(cfg: StudyConfig, work: Path) -> Any:
+    """:class:`cardioclr.segment.predict.PredictConfig` (``segment.predict_options``)."""
+    from cardioclr.segment.predict import PredictConfig
+
+    return apply_options(PredictConfig(work=str(work), device=_device(cfg)),
+                         cfg.segment.predict_options, "segment.predict_options")
+
+
+def pretrain_config(cfg: StudyConfig, work: Path, out: Path, encoder: str, input_mode: str) -> Any:
+    """:class:`cardioclr.ssl.pretrain.PretrainConfig` of one (encoder, input) cell.
+
+    The network input size defaults to the store grid (no resampling) unless
+    ``pretrain.options.image_size`` says otherwise.
+    """
+    from cardioclr.ssl.pretrain import PretrainConfig
+
+    base = PretrainConfig(work=str(work), encoder=encoder, input_mode=input_mode,
+                          masks=cfg.mask_source, out=str(out), image_size=cfg.prepare.image_size,
+                          seed=cfg.seed)
+    pc = apply_options(base, cfg.pretrain.options, "pretrain.options")
+    return dataclasses.replace(pc, devices=cfg.devices, accelerator=cfg.accelerator,
+                               progress_bar=False, work=str(work), out=str(out), encoder=encoder,
+                               input_mode=input_mode)
+
+
+def finetune_config(cfg: StudyConfig, work: Path, out: Path, params: dict[str, Any],
+                    weights: str | None) -> Any:
+    """:class:`cardioclr.classify.finetune.FinetuneConfig` of one grid cell."""
+    from cardioclr.classify.finetune import FinetuneConfig
+
+    base = FinetuneConfig(work=str(work), encoder=params["encoder"], init=params["init"],
+                          weights=weights, input_mode=params["input"], mask_source=cfg.mask_source,
+                          out=str(out), image_size=cfg.prepare.image_size)
+    fc = apply_options(base, cfg.finetune.options, "finetune.options")
+    return dataclasses.replace(fc, devices=cfg.devices, accelerator=cfg.accelerator,
+                               progress_bar=False, work=str(work), out=str(out),
+                               encoder=params["encoder"], init=params["init"], weights=weights,
+                               input_mode=params["input"])
+
+
+def baseline_config(cfg: StudyConfig, work: Path, out: Path, deep_features: Path | None) -> Any:
+    """:class:`cardioclr.evaluate.baseline.BaselineConfig` (clinical, or hybrid with features)."""
+    from cardioclr.evaluate.baseline import BaselineConfig
+
+    base = BaselineConfig(work=str(work), out=str(out), masks=cfg.mask_source, seed=cfg.seed,
+                          n_boot=cfg.report.n_boot)
+    bc = apply_options(base, cfg.baseline.options, "baseline.options")
+    return dataclasses.replace(bc, work=str(work), out=str(out),
+                               deep_features=str(deep_features) if deep_features else None)
+
+
+def check_options(cfg: StudyConfig, stages: dict[str, Callable[..., Any]] | None = None) -> None:
+    """Build every stage config once with dummy paths: unknown options fail now, not mid-study.
+
+    Only the kinds in ``stages`` that are the real stage functions are checked (tests replace
+    them with fakes and may use options the real stages do not know).
+    """
+    real = {k for k, fn in (stages or STAGES).items() if STAGES.get(k) is fn}
+    work, out = Path("WORK"), Path("OUT")
+    enc = cfg.encoders[0]
+    if "synthetic" in real and cfg.data is None:
+        synthetic_kwargs(cfg)
+    if "segment-train" in real:
+        segment_train_config(cfg, work)
+    if "segment-predict" in real:
+        segment_predict_config(cfg, work)
+    if "pretrain" in real:
+        pretrain_config(cfg, work, out, enc, "full")
+    if "finetune" in real:
+        finetune_config(cfg, work, out, {"encoder": enc, "init": "none", "input": "full"}, None)
+    if "baseline" in real:
+        baseline_config(cfg, work, out, None)
+
+
+# ------------------------------------------------------------------------------ stage functions
+
+
+def run_synthetic(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
+    """Write the built-in synthetic cohort into ``OUT/data`` (ACDC layout)."""
+    from cardioclr.data.synthetic import write_synthetic_cohort
+
+    kwargs = synthetic_kwargs(ctx.cfg)
+    ids = write_synthetic_cohort(ctx.data, **kwargs)
+    write_json(ctx.data.parent / "data_info.json", {"synthetic": kwargs, "patients": len(ids),
+                                                   "environment": environment_info()})
+    return {"patients": len(ids)}
+
+
+def run_prepare(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
+    """Prepare the store ``OUT/work`` (a store finished by an earlier run is kept)."""
+    from cardioclr.data.prepare import prepare
+
+    if (ctx.work / "dataset.json").is_file():
+        return read_json(ctx.work / "dataset.json")
+    return prepare(prepare_config(ctx.cfg, ctx.data, ctx.work))
+
+
+def run_segment_train(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
+    """Train the segmentation model on the train split (resumes, skips when finished)."""
+    from cardioclr.segment.train import train
+
+    info = train(segment_train_config(ctx.cfg, ctx.work))
+    return {k: info.get(k) for k in ("train_seconds", "best_val_dice", "epochs") if k in info}
+
+
+def run_segment_predict(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
+    """Segment every patient of the store (masks, NIfTI, QC)."""
+    from cardioclr.segment.predict import predict
+
+    summary = predict(segment_predict_config(ctx.cfg, ctx.work))
+    if summary.get("segmented", 0) == 0:
+        raise CardioclrError(f"segmentation failed for every patient: {summary.get('failed')}")
+    return {k: summary.get(k) for k in ("patients", "segmented", "flagged_patients", "seconds")}
+
+
+def run_segment_evaluate(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
+    """Dice, HD95 and clinical-index agreement on the test split."""
+    from cardioclr.segment.evaluate import evaluate
+
+    m = evaluate(ctx.work)
+    return {"mean_dice": m.get("mean_dice"), "mean_hd95": m.get("mean_hd95")}
+
+
+def run_pretrain(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
+    """SimCLR pretraining of one encoder on full or segmented images."""
+    from cardioclr.ssl.pretrain import pretrain
+
+    p = cell.params
+    m = pretrain(pretrain_config(ctx.cfg, ctx.work, ctx.cell_dir(cell), p["encoder"], p["input"]))
+    return {k: m.get(k) for k in ("best_val_loss", "best_epoch", "epochs", "train_seconds")}
+
+
+def run_finetune(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
+    """One fine-tuning cell: CV, final model(s), test evaluation, saliency."""
+    from cardioclr.classify.finetune import finetune
+
+    p = cell.params
+    weights = p.get("weights")
+    if weights and p["init"] == "simclr":
+        weights = str(ctx.out / weights)
+    m = finetune(finetune_config(ctx.cfg, ctx.work, ctx.cell_dir(cell), p, weights))
+    auc = ((m.get("test") or {}).get("macro_auc") or {}).get("value")
+    return {"auc": auc, "train_seconds": m.get("train_seconds")}
+
+
+def run_baseline(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
+    """Clinical-feature random forest (``baseline``) or the hybrid with deep features."""
+    from cardioclr.evaluate.baseline import run_baseline as _run
+
+    deep = ctx.out / cell.params["deep_features"] if cell.kind == "hybrid" else None
+    m = _run(baseline_config(ctx.cfg, ctx.work, ctx.cell_dir(cell), deep))
+    return {"auc": (m.get("macro_auc") or {}).get("value"), "model": m.get("model")}
+
+
+STAGES: dict[str, Callable[[StudyContext, Cell], dict[str, Any] | None]] = {
+    "synthetic": run_synthetic,
+    "prepare": run_prepare,
+    "segment-train": run_segment_train,
+    "segment-predict": run_segment_predict,
+    "segment-evaluate": run_segment_evaluate,
+    "pretrain": run_pretrain,
+    "finetune": run_finetune,
+    "baseline": run_baseline,
+    "hybrid": run_baseline,
+}
+
+
+def stage_seconds(state_cells: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Seconds per cell kind from ``study_state.json``'s cells (for the benchmark)."""
+    out: dict[str, float] = {}
+    for rec in state_cells.values():
+        if rec.get("seconds"):
+            out[rec["kind"]] = round(out.get(rec["kind"], 0.0) + float(rec["seconds"]), 2)
+    return out
