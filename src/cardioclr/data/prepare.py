@@ -219,9 +219,11 @@ def _resample(a: np.ndarray, shape_yx: tuple[int, int], order: int) -> np.ndarra
     """Resample (z, H, W) in-plane to (z, *shape_yx); order 0 for labels, 1 for images."""
     if a.shape[1:] == shape_yx:
         return a
-    factors = (1.0, shape_yx[0] / a.shape[1], shape_yx[1] / a.shape[2])
-    out = zoom(a, factors, order=order, grid_mode=True, mode="grid-constant" if order == 0
-               else "nearest")
+    factors = (shape_yx[0] / a.shape[1], shape_yx[1] / a.shape[2])
+    mode = "grid-constant" if order == 0 else "nearest"
+    # Slice by slice: the same values as a 3D zoom with z factor 1, at half the cost (a 3D
+    # linear zoom interpolates along z too, with weights 0/1).
+    out = np.stack([zoom(s, factors, order=order, grid_mode=True, mode=mode) for s in a])
     if out.shape[1:] != shape_yx:  # zoom rounds; force the exact shape
         fixed = np.zeros((a.shape[0], *shape_yx), dtype=out.dtype)
         h, w = min(out.shape[1], shape_yx[0]), min(out.shape[2], shape_yx[1])
