@@ -88,8 +88,13 @@ def _block_ce(anchors: Tensor, candidates: Tensor, self_start: int, pos_start: i
     """
     logits = anchors @ candidates.T  # (B, 2N); the matmul's backward needs only its inputs
     # Row i's self-similarity lies at (i, self_start + i): one diagonal, filled in place
-    # instead of building a (B, 2N) mask.
-    logits.diagonal(offset=self_start).fill_(_SELF_LOGIT)
+    # instead of building a (B, 2N) mask. The fill is hidden from autograd, which saves the
+    # (B, 2N) gradient copy an in-place op on a view costs: it is still exact, because the
+    # softmax weight of a filled entry is exp(-1e9 - lse) = 0, so log-softmax passes zero
+    # gradient there — the same as through a constant — and the matmul saved no output that
+    # the in-place write could corrupt.
+    with torch.no_grad():
+        logits.diagonal(offset=self_start).fill_(_SELF_LOGIT)
     targets = torch.arange(pos_start, pos_start + anchors.shape[0], device=anchors.device)
     return F.cross_entropy(logits, targets, reduction="sum")
 
