@@ -16,6 +16,7 @@ Initialisation (:func:`initialise_encoders`):
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from torch import Tensor, nn
 from cardioclr.errors import CardioclrError
 from cardioclr.models.encoders import build_encoder, encoder_names
 from cardioclr.models.heads import DualPhaseHead
+
+log = logging.getLogger(__name__)
 
 INITS = ("none", "imagenet", "simclr")
 
@@ -119,52 +122,24 @@ def check_init(init: str, weights: str | os.PathLike[str] | None) -> None:
 
 
 def read_simclr_info(path: str | os.PathLike[str], encoder_name: str) -> tuple[dict[str, Tensor], dict]:
-    """Encoder state dict and metadata of a SimCLR ``encoder.pt``; checks the encoder name.
+    """Encoder state dict and metadata (primitives only) of a SimCLR ``encoder.pt``.
 
-    The state dict comes from :func:`cardioclr.ssl.checkpoint.load_encoder_weights` (which
-    validates the file); the metadata (pretraining input mode, encoder name) is read from the
-    same file with ``weights_only=True``.
+    Validation (format, encoder name) is :mod:`cardioclr.ssl.checkpoint`'s; a file holding
+    another architecture raises a :class:`~cardioclr.errors.DataError` naming both encoders.
     """
-    from cardioclr.ssl.checkpoint import load_encoder_weights
+    from cardioclr.ssl.checkpoint import load_encoder_weights, read_encoder_file
 
-    meta = _simclr_metadata(path)
-    file_encoder = meta.get("encoder") or meta.get("encoder_name")
-    if file_encoder is not None and file_encoder != encoder_name:
-        raise CardioclrError(f"{path}: SimCLR encoder is {file_encoder!r} but --encoder is "
-                             f"{encoder_name!r}; pretrain {encoder_name} or pass --encoder {file_encoder}")
-    try:
-        state = load_encoder_weights(path, encoder_name)
-    except CardioclrError:
-        raise
-    except (RuntimeError, KeyError, ValueError) as err:
-        raise CardioclrError(f"{path}: not a SimCLR encoder file for {encoder_name!r} ({err})") from err
+    state = load_encoder_weights(path, encoder_name)
+    payload = read_encoder_file(path)
+    meta = {k: v for k, v in payload.items()
+            if isinstance(v, (str, int, float, bool)) or v is None}
     return state, meta
 
 
-def _simclr_metadata(path: str | os.PathLike[str]) -> dict:
-    """Primitive entries of an ``encoder.pt`` dict (everything but tensors and state dicts)."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not our file"
-        raise CardioclrError(f"{path}: cannot be read as an encoder file "
-                             f"({type(err).__name__}: {err})") from err
-    if not isinstance(obj, dict):
-        return {}
-    meta: dict[str, Any] = {}
-    for key, value in obj.items():
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            meta[key] = value
-        elif isinstance(value, dict) and key in ("config", "meta", "metadata"):
-            meta.update({k: v for k, v in value.items() if isinstance(v, (str, int, float, bool))})
-    return meta
-
-
 def simclr_input_mode(meta: dict) -> str | None:
-    """The pretraining input mode recorded in ``encoder.pt`` metadata (None when absent)."""
-    for key in ("input_mode", "input", "pretrain_input"):
-        if isinstance(meta.get(key), str):
-            return str(meta[key])
-    return None
+    """The pretraining input mode recorded in ``encoder.pt`` (None when absent)."""
+    mode = meta.get("input_mode")
+    return str(mode) if isinstance(mode, str) else None
 
 
 def initialise_encoders(model: DualPhaseClassifier, init: str,
@@ -187,5 +162,9 @@ def initialise_encoders(model: DualPhaseClassifier, init: str,
             raise CardioclrError(f"{weights}: weights do not fit encoder {name!r}: "
                                  f"{str(err).splitlines()[0]}") from err
     mode = simclr_input_mode(meta)
+    if meta.get("image_size") is not None:
+        # Encoders end in global pooling, so any size runs; a large mismatch changes the scale
+        # of what the filters learned to see, which users should know about.
+        log.info("SimCLR encoder pretrained at %s px (%s input)", meta.get("image_size"), mode)
     return InitInfo("simclr", f"simclr-{mode}" if mode else "simclr", str(weights),
                     {"simclr_input_mode": mode, "simclr_meta": meta})

@@ -196,6 +196,7 @@ def fit_run(run_dir: str | Path, model: DualPhaseClassifier, bank: SliceBank, tr
         # In-memory tensors: DataLoader workers would only add process overhead.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")  # final runs: by design
         trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
                     ckpt_path=resume_checkpoint(run))
     seconds = time.perf_counter() - start

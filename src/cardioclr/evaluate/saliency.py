@@ -159,10 +159,12 @@ def gradcam_pairs(model: nn.Module, inputs: Tensor, class_idx: int, image_size: 
     layers = [f"encoder_ed.{target_layer(net.encoder_ed, d, size)}",
               f"encoder_es.{target_layer(net.encoder_es, d, size)}"]
     cam = GradCAM(nn_module=net, target_layers=layers, postprocessing=lambda x: x)
+    # An input that requires grad makes the full backward hooks fire the documented way.
+    x = inputs.detach().float().requires_grad_(True)
     maps = []
     for layer_idx in (0, 1):
         with torch.enable_grad():
-            m = cam(inputs.float(), class_idx=int(class_idx), layer_idx=layer_idx)
+            m = cam(x, class_idx=int(class_idx), layer_idx=layer_idx)
         maps.append(m.detach()[:, 0].float().cpu().numpy())
     return np.stack(maps, axis=1)
 
