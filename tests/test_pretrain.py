@@ -1,0 +1,312 @@
+"""SimCLR pretraining: sample lists (never test), data loading, module, end-to-end CLI, checkpoint API."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cardioclr.data.augment import AugmentConfig, augment_batch
+from cardioclr.data.prepare import PrepareConfig, prepare
+from cardioclr.data.store import SliceStore
+from cardioclr.errors import CardioclrError, DataError
+from cardioclr.models.encoders import build_encoder
+from cardioclr.ssl.checkpoint import ENCODER_FORMAT, load_encoder_weights, read_encoder_file, save_encoder
+from cardioclr.ssl.data import (
+    MAIN,
+    PatientRef,
+    SliceDataset,
+    Source,
+    check_no_test,
+    collate_slices,
+    load_arrays,
+    load_patient,
+    resolve_extras,
+    split_validation,
+)
+from cardioclr.ssl.pretrain import PretrainConfig, build_sample_lists, pretrain, run_key
+from cardioclr.ssl.simclr import SimCLRModule
+from conftest import write_tiny_acdc
+
+SIZE = 32  # network input side in these tests: small enough for a fast CPU step
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # The CI box is shared by several jobs: two OpenMP threads on two busy cores spin-wait
+    # ~40x slower than one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cfg(work: Path, out: Path, **kw: object) -> PretrainConfig:
+    base = {"encoder": "smallcnn", "input_mode": "segmented", "masks": "expert", "image_size": SIZE,
+            "batch_size": 16, "max_epochs": 2, "patience": 5, "accelerator": "cpu",
+            "limit_train_batches": 2, "progress_bar": False}
+    base.update(kw)
+    return PretrainConfig(work=str(work), out=str(out), **base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_work: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[PretrainConfig, dict]:
+    """One tiny end-to-end pretraining (smallcnn, segmented/expert, 32 px, 2 epochs x 2 batches)."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("pretrain") / "smallcnn-segmented"
+    cfg = _cfg(tiny_work, out)
+    return cfg, pretrain(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Which patients
+# --------------------------------------------------------------------------------------------
+
+
+def test_sample_lists_exclude_test_patients(tiny_work: Path, tmp_path: Path) -> None:
+    store = SliceStore(tiny_work)
+    sources, train, val = build_sample_lists(_cfg(tiny_work, tmp_path / "o"), tmp_path / "o")
+    test = set(store.splits.test)
+    assert test  # the fixture has a test split, so the check below can fail
+    ids = {r.patient_id for r in train + val}
+    assert not ids & test
+    assert {r.patient_id for r in val} <= set(store.splits.train)
+    assert not {r.patient_id for r in val} & {r.patient_id for r in train}
+    assert ids == set(store.splits.train) | set(store.splits.unlabelled)
+    assert [s.name for s in sources] == [MAIN]
+    with pytest.raises(CardioclrError, match="test patients"):
+        check_no_test([PatientRef(MAIN, store.splits.test[0])], store)
+    # A test ID under another source name (an extra dataset) is a different patient.
+    check_no_test([PatientRef("extra:x", store.splits.test[0])], store)
+
+
+def test_validation_split_is_by_patient_and_seeded() -> None:
+    ids = [f"p{i:02d}" for i in range(20)]
+    train, val = split_validation(ids, 0.1, seed=1)
+    assert len(val) == 2 and not set(train) & set(val) and sorted(train + val) == ids
+    assert split_validation(ids, 0.1, seed=1) == (train, val)
+    assert split_validation(ids, 0.1, seed=2) != (train, val)
+    assert len(split_validation(ids[:2], 0.1, 0)[1]) == 1
+    with pytest.raises(CardioclrError, match="at least 2"):
+        split_validation(ids[:1], 0.1, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and augmenting slices
+# --------------------------------------------------------------------------------------------
+
+
+def test_load_patient_modes(tiny_work: Path) -> None:
+    store = SliceStore(tiny_work)
+    pid = store.splits.train[0]
+    z = store.load(pid).n_slices
+    full, no_heart = load_patient(store, pid, "full", SIZE, "expert")
+    assert full.shape == (2 * z, SIZE, SIZE) and full.dtype == np.float16 and no_heart is None
+    seg, hearts = load_patient(store, pid, "segmented", SIZE, "expert")
+    assert hearts is not None and hearts.shape == seg.shape and hearts.dtype == np.uint8
+    assert hearts.reshape(len(hearts), -1).any(axis=1).all()  # empty-heart slices are dropped
+    assert len(seg) <= 2 * z
+    roi, _ = load_patient(store, pid, "roi", SIZE, "expert")
+    assert roi.shape == full.shape and not np.allclose(roi, full, atol=1e-2)  # zoomed on the heart
+
+
+def test_segmented_views_are_masked(tiny_work: Path) -> None:
+    store = SliceStore(tiny_work)
+    refs = [PatientRef(MAIN, p) for p in store.splits.train[:3]]
+    arrays = load_arrays([Source(MAIN, tiny_work, "expert")], refs, "segmented", SIZE)
+    ds = SliceDataset(arrays.images, arrays.hearts)
+    batch = collate_slices(ds.__getitems__(list(range(min(24, len(ds))))))
+    assert batch["image"].shape == (min(24, len(ds)), SIZE, SIZE) and "heart" in batch
+    cfg = dataclasses.replace(AugmentConfig(), p_intensity=1.0, brightness=0.4, p_noise=1.0)
+    views, warped = augment_batch(batch["image"], batch["heart"], "segmented", cfg,
+                                  torch.Generator().manual_seed(0))
+    assert warped is not None and (warped == 0).any()
+    assert (views[warped == 0] == 0).all()  # nothing outside the (augmented) heart
+    assert (views[warped == 1] != 0).float().mean() > 0.9
+    # The module's own view maker does the same: compare with full-mode views of the batch.
+    module = SimCLRModule("smallcnn", "segmented", SIZE)
+    v0, v1 = module.make_views(batch, torch.Generator().manual_seed(1))
+    assert v0.shape == (len(batch["image"]), 1, SIZE, SIZE)
+    assert (v0 == 0).float().mean() > 0.3  # most of the field of view is background
+
+
+def test_validation_loss_is_reproducible() -> None:
+    torch.manual_seed(0)
+    module = SimCLRModule("smallcnn", "full", SIZE).eval()
+    batch = {"image": torch.rand(8, SIZE, SIZE).half()}
+    module.log = lambda *a, **k: None  # type: ignore[method-assign]  # no trainer attached
+    with torch.no_grad():
+        a = module.validation_step(batch, 0)
+        b = module.validation_step(batch, 0)
+        c = module.validation_step(batch, 1)
+    assert a.item() == b.item() and a.item() != c.item()
+
+
+# --------------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------------
+
+
+def test_end_to_end_outputs(run: tuple[PretrainConfig, dict]) -> None:
+    cfg, metrics = run
+    out = Path(cfg.out or "")
+    for name in ("encoder.pt", "metrics.json", "config.yaml", "versions.json",
+                 "checkpoints/last.ckpt", "checkpoints/best.ckpt", "logs/csv/metrics.csv"):
+        assert (out / name).is_file(), name
+    assert any((out / "logs" / "tensorboard").iterdir())
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["config"] == run_key(cfg) and metrics["epochs"] == 2
+    assert np.isfinite(on_disk["best_val_loss"]) and on_disk["best_val_loss"] > 0
+    assert on_disk["images_seen"] == 2 * 2 * 16  # epochs x limited batches x global batch
+    assert on_disk["n_train_images"] > on_disk["n_val_images"] > 0
+    assert on_disk["images_per_second"] > 0 and on_disk["train_seconds"] > 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["encoder"] == "smallcnn"
+    csv = (out / "logs" / "csv" / "metrics.csv").read_text()
+    assert "val/loss" in csv and "train/loss_step" in csv
+
+
+def test_encoder_file_loads_strictly(run: tuple[PretrainConfig, dict]) -> None:
+    cfg, _ = run
+    path = Path(cfg.out or "") / "encoder.pt"
+    payload = read_encoder_file(path)
+    assert payload["format"] == ENCODER_FORMAT and payload["encoder"] == "smallcnn"
+    assert payload["feature_dim"] == 256 and payload["input_mode"] == "segmented"
+    assert payload["image_size"] == SIZE and payload["mask_source"] == "expert"
+    weights = load_encoder_weights(path, "smallcnn")
+    encoder, _ = build_encoder("smallcnn")
+    fresh = {k: v.clone() for k, v in encoder.state_dict().items()}
+    encoder.load_state_dict(weights, strict=True)
+    # It is the best checkpoint's encoder, and training changed it.
+    best = torch.load(Path(cfg.out or "") / "checkpoints" / "best.ckpt", map_location="cpu",
+                      weights_only=True)["state_dict"]
+    torch.testing.assert_close(weights["features.0.weight"], best["encoder.features.0.weight"])
+    assert not torch.equal(weights["features.0.weight"], fresh["features.0.weight"])
+    with torch.no_grad():
+        assert encoder.eval()(torch.rand(2, 1, SIZE, SIZE)).shape == (2, 256)
+
+
+def test_wrong_encoder_name_is_a_clear_error(run: tuple[PretrainConfig, dict]) -> None:
+    path = Path(run[0].out or "") / "encoder.pt"
+    with pytest.raises(DataError, match=r"encoder\.pt.*'smallcnn' encoder, not 'vgg16'"):
+        load_encoder_weights(path, "vgg16")
+    with pytest.raises(DataError, match="not a cardioclr encoder file"):
+        load_encoder_weights(path.parent / "checkpoints" / "last.ckpt", "smallcnn")
+    with pytest.raises(DataError, match="does not exist"):
+        load_encoder_weights(path.parent / "nope.pt", "smallcnn")
+
+
+def test_same_config_is_skipped_other_config_refused(run: tuple[PretrainConfig, dict]) -> None:
+    cfg, _ = run
+    out = Path(cfg.out or "")
+    mtime = (out / "encoder.pt").stat().st_mtime_ns
+    again = pretrain(dataclasses.replace(cfg, workers=0, progress_bar=True))  # hardware-only change
+    assert again["skipped"] is True and (out / "encoder.pt").stat().st_mtime_ns == mtime
+    with pytest.raises(CardioclrError, match="lr: 0.0001 -> 0.001"):
+        pretrain(dataclasses.replace(cfg, lr=1e-3))
+
+
+def test_resume_continues_from_last_checkpoint(run: tuple[PretrainConfig, dict], tmp_path: Path) -> None:
+    cfg, first = run
+    out = tmp_path / "resumed"
+    shutil.copytree(Path(cfg.out or ""), out)
+    # A longer run in the same folder resumes from last.ckpt (epoch 2) instead of restarting.
+    metrics = pretrain(dataclasses.replace(cfg, out=str(out), max_epochs=3))
+    assert metrics["epochs"] == 3 and metrics["images_seen"] == 3 * 2 * 16
+    assert metrics["images_seen"] - first["images_seen"] == 2 * 16  # one new epoch only
+    # The first session's CSV log survives the resume (Lightning would delete it).
+    kept = (out / "logs" / "csv" / "metrics.before-1.csv").read_text()
+    assert kept == (Path(cfg.out or "") / "logs" / "csv" / "metrics.csv").read_text()
+
+
+def test_full_mode_cli(tiny_work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from cardioclr.ssl import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cli"
+    args = parser.parse_args(["pretrain", str(tiny_work), "--encoder", "smallcnn", "--input", "full",
+                              "--image-size", str(SIZE), "--batch-size", "32", "--max-epochs", "1",
+                              "--accelerator", "cpu", "--out", str(out), "--cosine"])
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["epochs"] == 1 and summary["n_train_images"] > 0
+    assert read_encoder_file(out / "encoder.pt")["input_mode"] == "full"
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["cosine"] is True and config["batch_size"] == 32
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pretrain", str(tiny_work), "--encoder", "nope", "--input", "full"])
+
+
+# --------------------------------------------------------------------------------------------
+# Extra data
+# --------------------------------------------------------------------------------------------
+
+
+def test_extra_raw_dataset_is_prepared_and_used(tiny_work: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "more"
+    write_tiny_acdc(raw, n_per_class=1, seed=9, groups=("NOR", "DCM"))
+    for info in raw.rglob("Info.cfg"):  # truly unlabelled: no Group line
+        info.write_text("".join(x for x in info.read_text().splitlines(True) if not x.startswith("Group")))
+    out = tmp_path / "o"
+    sources, train, val = build_sample_lists(_cfg(tiny_work, out, extra=(str(raw),)), out)
+    assert (out / "extra" / "more" / "dataset.json").is_file()
+    extra = [r for r in train if r.source == "extra:more"]
+    assert sorted(r.patient_id for r in extra) == ["patient001", "patient002"]  # all, no split
+    assert all(r.source == MAIN for r in val)
+    arrays = load_arrays(sources, extra, "segmented", SIZE)  # expert masks found ("auto")
+    assert arrays.per_source["extra:more"] == len(arrays) > 0
+
+
+def test_extra_without_masks_needs_segment_predict(tiny_work: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "nomask"
+    write_tiny_acdc(raw, n_per_class=1, seed=3, groups=("NOR",))
+    for gt in raw.rglob("*_gt.nii.gz"):
+        gt.unlink()
+    for info in raw.rglob("Info.cfg"):
+        info.write_text("".join(x for x in info.read_text().splitlines(True) if not x.startswith("Group")))
+    work = tmp_path / "nomask_work"
+    prepare(PrepareConfig(data=str(raw), out=str(work), spacing_mm=3.0, image_size=64,
+                          unlabelled=True, workers=1))
+    (src,) = resolve_extras([work], tmp_path / "o", SliceStore(tiny_work))
+    assert src.work == work and not src.all_patients
+    refs = [PatientRef(src.name, p) for p in SliceStore(work).patient_ids]
+    with pytest.raises(CardioclrError, match=f"cardioclr segment predict {work}"):
+        load_arrays([src], refs, "segmented", SIZE)
+    assert len(load_arrays([src], refs, "full", SIZE)) > 0  # full mode needs no mask
+
+
+def test_extra_refuses_main_work_and_its_source(tiny_work: Path, tmp_path: Path) -> None:
+    main = SliceStore(tiny_work)
+    with pytest.raises(CardioclrError, match="main work directory"):
+        resolve_extras([tiny_work], tmp_path, main)
+    with pytest.raises(CardioclrError, match="prepared from"):
+        resolve_extras([main.info["source"]], tmp_path, main)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint API
+# --------------------------------------------------------------------------------------------
+
+
+def test_save_encoder_round_trip_and_validation(tmp_path: Path) -> None:
+    encoder, dim = build_encoder("smallcnn")
+    path = save_encoder(tmp_path / "e.pt", encoder, "smallcnn", dim, "full", 64, note="x")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(raw) >= {"format", "encoder", "feature_dim", "input_mode", "image_size", "state_dict"}
+    weights = load_encoder_weights(path, "smallcnn")
+    assert weights.keys() == encoder.state_dict().keys()
+    with pytest.raises(TypeError, match="primitive"):
+        save_encoder(tmp_path / "f.pt", encoder, "smallcnn", dim, "full", 64, bad=object())
+    torch.save({"format": "something-else"}, tmp_path / "g.pt")
+    with pytest.raises(DataError, match=r"g\.pt.*not a cardioclr encoder file"):
+        read_encoder_file(tmp_path / "g.pt")
+    assert not list(tmp_path.glob(".*.tmp*"))  # atomic writes leave no temporary files
