@@ -3,8 +3,8 @@
 * :func:`write_tiny_acdc` writes a tiny ACDC-layout dataset (NIfTI + Info.cfg) with full control
   over every patient, for bad-input tests.
 * :func:`write_dicom_series` writes a synthetic single-frame MR DICOM series with pydicom.
-* ``tiny_work`` (session): a prepared work directory of 20 synthetic patients (4 per ACDC group)
-  at ``image_size=64``, ``spacing_mm=3.0``. Treat it as read-only.
+* ``tiny_work`` (session): a prepared work directory of 20 synthetic phantoms (4 per ACDC group,
+  :mod:`cardioclr.data.synthetic`) at ``image_size=64``, ``spacing_mm=3.0``. Treat it as read-only.
 * ``acdc_root`` (session): the real ACDC data at ``<repo>/../shared/data/acdc``; skips when absent.
 """
 
@@ -179,11 +179,14 @@ def write_dicom_series(folder: str | os.PathLike[str], volume_zyx: np.ndarray,
 @pytest.fixture(scope="session")
 def tiny_work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared work directory (dataset.json, store/, manifest.csv, splits.json) of 20 synthetic
-    patients, 4 per ACDC group, store grid 64 x 64 at 3.0 mm. Shared by the session: read-only."""
+    phantoms (:func:`cardioclr.data.synthetic.write_synthetic_cohort`, 4 per ACDC group, 64 x 64
+    source matrix, seed 0), store grid 64 x 64 at 3.0 mm, random stratified split (seed 0).
+    Shared by the whole session: treat it as read-only."""
     from cardioclr.data.prepare import PrepareConfig, prepare
+    from cardioclr.data.synthetic import write_synthetic_cohort
 
-    root = tmp_path_factory.mktemp("tiny_data")
-    write_tiny_acdc(root, n_per_class=4, seed=0)
+    root = tmp_path_factory.mktemp("tiny_data") / "cohort"
+    write_synthetic_cohort(root, n_patients=20, seed=0, matrix=64)
     work = tmp_path_factory.mktemp("tiny_work")
     prepare(PrepareConfig(data=str(root), out=str(work), spacing_mm=3.0, image_size=64,
                           workers=1, seed=0))

@@ -283,18 +283,34 @@ def test_store_content(tiny_work: Path) -> None:
     assert manifest["has_expert_mask"].all()
     for pid in store.patient_ids[:5]:
         p = store.load(pid)
-        src = read_volume(manifest.at[pid, "source"] + f"/{pid}_frame01.nii.gz")
+        row = manifest.loc[pid]
+        src = read_volume(Path(row["source"]) / f"{pid}_frame{int(row['ed_frame']):02d}.nii.gz")
         for img in (p.ed_image, p.es_image):
             assert img.dtype == np.float32 and img.shape == (src.shape[0], 64, 64)
             assert img.min() >= -0.5 and img.max() <= 1.5
-            inside = img[img != 0]  # padding is exactly 0
-            assert np.percentile(inside, 99) == pytest.approx(1.0, abs=0.15)
-        assert p.spacing_zyx == pytest.approx((10.0, 3.0, 3.0))
+            # Normalised contrast (exact mapping: test_normalisation_maps_percentiles): bright
+            # blood pool and dark lung both inside the cropped window.
+            assert (img > 0.5).any() and (img < 0.1).any()
+        assert p.spacing_zyx == pytest.approx((src.spacing[0], 3.0, 3.0))
+        assert row["slice_spacing_mm"] == pytest.approx(src.spacing[0])
         assert p.geometry.source_spacing_zyx == pytest.approx(src.spacing)
         assert p.geometry.source_shape_zyx == src.shape
         for mask in (p.ed_mask, p.es_mask):
             assert mask is not None and mask.dtype == np.uint8
             assert set(np.unique(mask)) == {0, 1, 2, 3}
+
+
+def test_normalisation_maps_percentiles(tmp_path: Path) -> None:
+    """A patient whose store grid covers its whole image: 1st/99th percentiles -> 0/1."""
+    data = _dataset(tmp_path / "data")
+    work = tmp_path / "work"
+    prepare(_cfg(data, work, spacing_mm=3.5, image_size=48))  # same grid as the source
+    d = data / "training" / "patient001"
+    ed, es = (read_volume(f).array for f in _frames(d))
+    low, high = np.percentile(np.concatenate([ed.ravel(), es.ravel()]), [1, 99])
+    p = SliceStore(work).load("patient001")
+    expected = np.clip((ed - low) / (high - low), -0.5, 1.5)
+    np.testing.assert_allclose(p.ed_image, expected, atol=1e-5)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
