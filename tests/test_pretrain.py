@@ -117,6 +117,39 @@ def test_load_patient_modes(tiny_work: Path) -> None:
     assert roi.shape == full.shape and not np.allclose(roi, full, atol=1e-2)  # zoomed on the heart
 
 
+def _strip_groups(root: Path) -> None:
+    """Make a tiny ACDC folder unlabelled (no Group line), as extra pretraining data is."""
+    for info in root.rglob("Info.cfg"):
+        info.write_text("".join(x for x in info.read_text().splitlines(True) if not x.startswith("Group")))
+
+
+def test_cine_frames_are_used_without_duplicating_ed_es(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    raw = tmp_path / "cine"
+    (d,) = write_tiny_acdc(raw, n_per_class=1, seed=4, groups=("NOR",))
+    _strip_groups(raw)
+    ed_file, es_file = sorted(d.glob("*_frame??.nii.gz"))
+    ed, es = (np.asarray(nib.load(f).dataobj) for f in (ed_file, es_file))  # (x, y, z)
+    # 4 cine frames: ED, a blend, ES, another blend -> 2 new frames beyond ED and ES.
+    frames = [ed, (0.5 * ed + 0.5 * es).astype(ed.dtype), es, (0.3 * ed + 0.7 * es).astype(ed.dtype)]
+    cine = nib.Nifti1Image(np.stack(frames, axis=-1), nib.load(ed_file).affine)
+    nib.save(cine, str(d / f"{d.name}_4d.nii.gz"))
+    work = tmp_path / "cine_work"
+    prepare(PrepareConfig(data=str(raw), out=str(work), spacing_mm=3.0, image_size=64, unlabelled=True,
+                          workers=1))
+    store = SliceStore(work)
+    z = store.load(d.name).n_slices
+    with_cine, _ = load_patient(store, d.name, "full", SIZE, "expert", use_cine=True)
+    without, _ = load_patient(store, d.name, "full", SIZE, "expert", use_cine=False)
+    assert len(without) == 2 * z and len(with_cine) == 4 * z
+    np.testing.assert_array_equal(with_cine[: 2 * z], without)
+    # Cine frames in segmented mode use the union of the ED and ES hearts.
+    seg, hearts = load_patient(store, d.name, "segmented", SIZE, "expert", use_cine=True)
+    assert hearts is not None and len(seg) > len(load_patient(store, d.name, "segmented", SIZE, "expert",
+                                                              use_cine=False)[0])
+
+
 def test_segmented_views_are_masked(tiny_work: Path) -> None:
     store = SliceStore(tiny_work)
     refs = [PatientRef(MAIN, p) for p in store.splits.train[:3]]
@@ -254,8 +287,7 @@ def test_full_mode_cli(tiny_work: Path, tmp_path: Path, capsys: pytest.CaptureFi
 def test_extra_raw_dataset_is_prepared_and_used(tiny_work: Path, tmp_path: Path) -> None:
     raw = tmp_path / "more"
     write_tiny_acdc(raw, n_per_class=1, seed=9, groups=("NOR", "DCM"))
-    for info in raw.rglob("Info.cfg"):  # truly unlabelled: no Group line
-        info.write_text("".join(x for x in info.read_text().splitlines(True) if not x.startswith("Group")))
+    _strip_groups(raw)
     out = tmp_path / "o"
     sources, train, val = build_sample_lists(_cfg(tiny_work, out, extra=(str(raw),)), out)
     assert (out / "extra" / "more" / "dataset.json").is_file()
@@ -271,8 +303,7 @@ def test_extra_without_masks_needs_segment_predict(tiny_work: Path, tmp_path: Pa
     write_tiny_acdc(raw, n_per_class=1, seed=3, groups=("NOR",))
     for gt in raw.rglob("*_gt.nii.gz"):
         gt.unlink()
-    for info in raw.rglob("Info.cfg"):
-        info.write_text("".join(x for x in info.read_text().splitlines(True) if not x.startswith("Group")))
+    _strip_groups(raw)
     work = tmp_path / "nomask_work"
     prepare(PrepareConfig(data=str(raw), out=str(work), spacing_mm=3.0, image_size=64,
                           unlabelled=True, workers=1))
