@@ -52,10 +52,11 @@ def environment_info() -> dict[str, Any]:
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
     }
+    # Only when torch is already loaded: importing it costs ~1 s that prepare does not need.
+    torch = sys.modules.get("torch")
     try:
-        import torch
-
-        info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["cuda_devices"] = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+                                if torch is not None else [])
     except Exception:  # noqa: BLE001 - provenance must never break a run
         info["cuda_devices"] = []
     return info
