@@ -137,6 +137,8 @@ class _CellLog:
         self.path = path
         self.handler: logging.Handler | None = None
         self.saved: list[tuple[logging.Handler, int]] = []
+        self.attached: list[logging.Logger] = []
+        self.root_level = logging.WARNING
 
     def __enter__(self) -> _CellLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,11 +146,26 @@ class _CellLog:
         self.handler = logging.FileHandler(self.path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.handler.setLevel(logging.DEBUG)
-        for h in root.handlers:
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                self.saved.append((h, h.level))
-                h.setLevel(max(h.level, logging.WARNING))
-        root.addHandler(self.handler)
+        # Lightning installs its own console handler (propagate=False) when imported before
+        # logging is configured, so every logger with handlers is quietened, not just the root.
+        loggers = [root] + [lg for lg in logging.root.manager.loggerDict.values()
+                            if isinstance(lg, logging.Logger) and lg.handlers]
+        for lg in loggers:
+            for h in lg.handlers:
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                    self.saved.append((h, h.level))
+                    h.setLevel(max(h.level, logging.WARNING))
+            if lg is root or not lg.propagate:
+                lg.addHandler(self.handler)
+                self.attached.append(lg)
+        # Library warnings (deprecations) go to the cell's log, not between the progress lines.
+        logging.captureWarnings(True)
+        warn_logger = logging.getLogger("py.warnings")
+        self.warn_propagate = warn_logger.propagate
+        warn_logger.propagate = False
+        if warn_logger not in self.attached:
+            warn_logger.addHandler(self.handler)
+            self.attached.append(warn_logger)
         self.root_level = root.level
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)
@@ -157,10 +174,13 @@ class _CellLog:
     def __exit__(self, *exc: object) -> None:
         root = logging.getLogger()
         if self.handler is not None:
-            root.removeHandler(self.handler)
+            for lg in self.attached:
+                lg.removeHandler(self.handler)
             self.handler.close()
         for h, level in self.saved:
             h.setLevel(level)
+        logging.getLogger("py.warnings").propagate = self.warn_propagate
+        logging.captureWarnings(False)
         root.setLevel(self.root_level)
 
 

@@ -1,0 +1,242 @@
+"""Study config, grid expansion, progress/ETA and the resumable runner (stages faked)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cardioclr.errors import CardioclrError
+from cardioclr.study.config import (
+    config_differences,
+    load_config,
+    read_saved_config,
+    resolve_imagenet_weights,
+    save_config,
+)
+from cardioclr.study.grid import Cell, expand_grid, runnable
+from cardioclr.study.progress import estimate_remaining, format_seconds
+from cardioclr.study.runner import MARKER, StudyContext, run_study
+from cardioclr.study.stages import apply_options
+
+# ------------------------------------------------------------------------------ config
+
+
+def test_presets_and_yaml_override(tmp_path: Path) -> None:
+    demo = load_config("demo")
+    assert demo.encoders == ("smallcnn",) and demo.data is None
+    paper = load_config("paper")
+    assert paper.encoders == ("vgg16", "densenet121") and paper.prepare.image_size == 224
+    y = tmp_path / "s.yaml"
+    y.write_text(yaml.safe_dump({"preset": "demo", "prepare": {"image_size": 96},
+                                 "finetune": {"options": {"max_epochs": 3}}}))
+    cfg = load_config(None, y)
+    assert cfg.prepare.image_size == 96 and cfg.prepare.spacing_mm == demo.prepare.spacing_mm
+    # options merge key by key: the preset's other finetune options survive.
+    assert cfg.finetune.options["max_epochs"] == 3
+    assert cfg.finetune.options["grid_lr"] == demo.finetune.options["grid_lr"]
+    # Saved form round-trips and compares equal.
+    save_config(cfg, tmp_path / "study.yaml")
+    assert config_differences(read_saved_config(tmp_path / "study.yaml"), cfg) == []
+    assert any("image_size" in d for d in config_differences(demo, cfg))
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    y = tmp_path / "bad.yaml"
+    y.write_text(yaml.safe_dump({"prepare": {"imagesize": 96}}))
+    with pytest.raises(CardioclrError, match="imagesize"):
+        load_config("demo", y)
+    with pytest.raises(CardioclrError, match="unknown encoder"):
+        load_config("demo", overrides={"encoders": ["resnet999"]})
+    with pytest.raises(CardioclrError, match="preset"):
+        load_config("nope")
+
+
+def test_runtime_fields_may_change() -> None:
+    a = load_config("demo")
+    b = load_config("demo", overrides={"devices": 2, "accelerator": "gpu"})
+    assert config_differences(a, b) == []
+
+
+def test_configs_files_match_presets() -> None:
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("demo", "paper"):
+        cfg = load_config(None, root / f"study_{name}.yaml")
+        assert config_differences(load_config(name), cfg) == [], name
+
+
+def test_imagenet_weights_resolution(tmp_path: Path) -> None:
+    f = tmp_path / "vgg16-397923af.pth"
+    f.write_bytes(b"x")
+    assert resolve_imagenet_weights([str(f)], ("vgg16", "densenet121")) == {"vgg16": str(f)}
+    assert resolve_imagenet_weights([f"densenet121={f}"], ("vgg16", "densenet121")) == {
+        "densenet121": str(f)}
+    g = tmp_path / "weights.pth"
+    with pytest.raises(CardioclrError, match="which encoder"):
+        resolve_imagenet_weights([str(g)], ("vgg16", "densenet121"))
+
+
+def test_apply_options_nested_and_unknown() -> None:
+    from dataclasses import dataclass, field
+
+    @dataclass(frozen=True)
+    class Inner:
+        lr: float = 1.0
+
+    @dataclass(frozen=True)
+    class Outer:
+        inner: Inner = field(default_factory=Inner)
+        sizes: tuple[int, ...] = (1,)
+
+    o = apply_options(Outer(), {"inner": {"lr": 0.5}, "sizes": [2, 3]}, "x")
+    assert o.inner.lr == 0.5 and o.sizes == (2, 3)
+    with pytest.raises(CardioclrError, match="nope"):
+        apply_options(Outer(), {"nope": 1}, "x")
+
+
+# ------------------------------------------------------------------------------ grid
+
+
+def test_demo_grid_cells() -> None:
+    cells = expand_grid(load_config("demo"))
+    kinds = Counter(c.kind for c in cells)
+    assert kinds == {"synthetic": 1, "prepare": 1, "segment-train": 1, "segment-predict": 1,
+                     "segment-evaluate": 1, "pretrain": 2, "finetune": 8, "baseline": 1, "hybrid": 1}
+    ids = [c.id for c in cells]
+    assert len(set(ids)) == len(ids) and len({c.path for c in cells}) == len(cells)
+    for i, c in enumerate(cells):  # dependencies come first
+        assert all(d in ids[:i] for d in c.deps), c.id
+    ft = {c.id: c for c in cells if c.kind == "finetune"}
+    assert set(ft) == {f"finetune/smallcnn__{p}__{i}" for p in
+                       ("none", "imagenet", "simclr-full", "simclr-segmented")
+                       for i in ("full", "segmented")}
+    for i in ("full", "segmented"):
+        im = ft[f"finetune/smallcnn__imagenet__{i}"]
+        assert im.not_run_reason and "ImageNet" in im.not_run_reason
+    assert "pretrain/smallcnn-segmented" in ft["finetune/smallcnn__simclr-segmented__full"].deps
+    assert len(runnable(cells)) == 15 and len(cells) == 17
+
+
+def test_paper_grid_imagenet_reason_and_weights(tmp_path: Path) -> None:
+    cells = expand_grid(load_config("paper"))
+    im = [c for c in cells if c.kind == "finetune" and c.params["init"] == "imagenet"]
+    assert len(im) == 4 and all("--imagenet-weights" in (c.not_run_reason or "") for c in im)
+    w = tmp_path / "vgg16.pth"
+    w.write_bytes(b"x")
+    cells = expand_grid(load_config("paper", overrides={"imagenet_weights": {"vgg16": str(w)}}))
+    im = {c.params["encoder"]: c for c in cells if c.kind == "finetune" and c.params["init"] == "imagenet"
+          and c.params["input"] == "full"}
+    assert im["vgg16"].not_run_reason is None and im["vgg16"].params["weights"] == str(w)
+    assert im["densenet121"].not_run_reason
+    assert sum(c.kind == "finetune" for c in cells) == 16
+
+
+# ------------------------------------------------------------------------------ progress
+
+
+def test_eta_weighted_by_kind() -> None:
+    a = Cell("a", "pretrain", "a")
+    b = Cell("b", "finetune", "b")
+    c = Cell("c", "finetune", "c")
+    d = Cell("d", "baseline", "d")
+    assert estimate_remaining([b], {}, [], []) is None
+    # pretrain measured at 30 s (weight 3) -> 10 s per unit; finetune (weight 2) -> 20 s each.
+    assert estimate_remaining([b, c], {"pretrain": [30.0]}, [a], [30.0]) == pytest.approx(40.0)
+    # a measured finetune overrides the prior.
+    assert estimate_remaining([c, d], {"pretrain": [30.0], "finetune": [50.0]}, [a, b],
+                              [30.0, 50.0]) == pytest.approx(50.0 + 0.3 * 80.0 / 5.0)
+    assert format_seconds(75) == "1m15s" and format_seconds(3725) == "1h02m"
+
+
+# ------------------------------------------------------------------------------ runner
+
+
+class FakeStages:
+    """Cheap stand-ins for every stage: write metrics.json where the real one would."""
+
+    def __init__(self, fail_on: str | None = None, die_after: int | None = None) -> None:
+        self.calls: Counter[str] = Counter()
+        self.fail_on = fail_on
+        self.die_after = die_after
+
+    def __call__(self, ctx: StudyContext, cell: Cell) -> dict[str, Any]:
+        self.calls[cell.id] += 1
+        if self.die_after is not None and sum(self.calls.values()) > self.die_after:
+            raise KeyboardInterrupt  # the study is killed while this cell runs
+        if cell.id == self.fail_on:
+            raise RuntimeError("simulated failure")
+        d = ctx.cell_dir(cell)
+        d.mkdir(parents=True, exist_ok=True)
+        name = "dataset.json" if cell.kind == "prepare" else "metrics.json"
+        (d / name).write_text(json.dumps({"cell": cell.id}))
+        return {"ok": True}
+
+    def table(self) -> dict[str, Any]:
+        kinds = ("synthetic", "prepare", "segment-train", "segment-predict", "segment-evaluate",
+                 "pretrain", "finetune", "baseline", "hybrid")
+        return dict.fromkeys(kinds, self)
+
+
+def test_resume_after_kill_runs_each_cell_once(tmp_path: Path) -> None:
+    cfg = load_config("demo")
+    out = tmp_path / "study"
+    killed = FakeStages(die_after=5)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, out, stages=killed.table(), stream=io.StringIO(), build_report=False)
+    state = json.loads((out / "study_state.json").read_text())
+    assert [k for k, r in state["cells"].items() if r["status"] == "done"] == \
+        ["synthetic", "prepare", "segment-train", "segment-predict", "segment-evaluate"]
+    assert state["cells"]["pretrain/smallcnn-full"]["status"] == "pending"
+
+    again = FakeStages()
+    stream = io.StringIO()
+    result = run_study(cfg, out, stages=again.table(), stream=stream, build_report=False)
+    assert result.ok and len(result.done) == 15 and len(result.not_run) == 2
+    # Finished cells were not re-run; the interrupted one and the rest ran exactly once.
+    assert set(again.calls) == {c.id for c in runnable(expand_grid(cfg))} - set(killed.calls) | {
+        "pretrain/smallcnn-full"}
+    assert all(n == 1 for n in again.calls.values())
+    assert "already done: prepare" in stream.getvalue() and "ETA" in stream.getvalue()
+    for c in runnable(expand_grid(cfg)):
+        assert (out / c.path / MARKER).is_file()
+
+    third = FakeStages()
+    assert run_study(cfg, out, stages=third.table(), stream=io.StringIO(), build_report=False).ok
+    assert not third.calls  # everything finished: nothing runs
+
+
+def test_failed_cell_recorded_dependents_not_run(tmp_path: Path) -> None:
+    cfg = load_config("demo")
+    out = tmp_path / "study"
+    stages = FakeStages(fail_on="pretrain/smallcnn-full")
+    result = run_study(cfg, out, stages=stages.table(), stream=io.StringIO(), build_report=False)
+    assert not result.ok and list(result.failed) == ["pretrain/smallcnn-full"]
+    assert "simulated failure" in result.failed["pretrain/smallcnn-full"]
+    state = json.loads((out / "study_state.json").read_text())["cells"]
+    assert state["pretrain/smallcnn-full"]["status"] == "failed"
+    for inp in ("full", "segmented"):
+        rec = state[f"finetune/smallcnn__simclr-full__{inp}"]
+        assert rec["status"] == "not-run" and "pretrain/smallcnn-full" in rec["reason"]
+    # Cells that do not depend on it ran.
+    assert state["finetune/smallcnn__simclr-segmented__segmented"]["status"] == "done"
+    assert state["finetune/smallcnn__none__full"]["status"] == "done"
+    assert "Traceback" in (out / "logs" / "pretrain__smallcnn-full.log").read_text()
+    # A re-run retries the failed cell (and its dependents) only.
+    retry = FakeStages()
+    assert run_study(cfg, out, stages=retry.table(), stream=io.StringIO(), build_report=False).ok
+    assert set(retry.calls) == {"pretrain/smallcnn-full", "finetune/smallcnn__simclr-full__full",
+                                "finetune/smallcnn__simclr-full__segmented"}
+
+
+def test_different_config_in_same_out_refused(tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    stages = FakeStages()
+    run_study(load_config("demo"), out, stages=stages.table(), stream=io.StringIO(), build_report=False)
+    other = load_config("demo", overrides={"prepare": {"image_size": 96}})
+    with pytest.raises(CardioclrError, match="image_size"):
+        run_study(other, out, stages=stages.table(), stream=io.StringIO(), build_report=False)
