@@ -435,16 +435,21 @@ def _heart_extent(h: Heart) -> float:
 
 def _sample_grid(rng: np.random.Generator, extent: float, dz: float, nz: int,
                  matrix: int | None) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """Matrix (nx, ny, nz) and spacing (dx, dy, dz) mm, large enough to hold the heart."""
+    """Matrix (nx, ny, nz) and spacing (dx, dy, dz) mm, large enough to hold the heart.
+
+    The field of view is drawn from a range that holds any phantom heart, independently of
+    its size, so the pixel grid does not hint at the diagnosis (only rare giant hearts
+    widen it).
+    """
     need = 2.0 * extent + 40.0  # heart plus room for its offset from the image centre
     if matrix is None:
-        n_long = int(rng.choice(np.arange(192, 257, 8)))
-        n_short = int(rng.integers(80, n_long // 2 + 1)) * 2
-        n_short = max(n_short, 160)
         dx = _u(rng, 1.2, 1.9)
-        if n_short * dx < need:  # coarser pixels (up to ACDC's 1.9 mm), then a wider matrix
+        fov_short = max(_u(rng, 250.0, 360.0), need)
+        n_short = int(np.clip(round(fov_short / dx / 2.0) * 2, 160, 256))
+        if n_short * dx < need:  # coarser pixels rather than a matrix beyond ACDC's
             dx = min(1.9, need / n_short)
             n_short = max(n_short, int(math.ceil(need / dx / 2.0)) * 2)
+        n_long = max(n_short, int(rng.choice(np.arange(192, 257, 8))))
         nx, ny = (n_short, n_long) if rng.random() < 0.8 else (n_long, n_short)
     else:
         fov = max(_u(rng, 300.0, 400.0), need)
@@ -856,33 +861,56 @@ def _background(rng: np.random.Generator, spec: PatientSpec, tis: dict[str, floa
     stomach = (hc + _rot((_u(rng, 40, 80), _u(rng, 60, 100)), rot), _u(rng, 25, 45),
                _u(rng, 20, 35)) if rng.random() < 0.6 else None
 
+    # Lungs, liver and stomach scale about fixed centres along the stack, so one quadratic
+    # form per organ (2D) serves every slice: inside when q <= scale^2.
+    def qform(c: np.ndarray, ax: float, ay: float, ang: float) -> np.ndarray:
+        ca, sa = math.cos(ang), math.sin(ang)
+        u = (X - c[0]) * ca + (Y - c[1]) * sa
+        v = -(X - c[0]) * sa + (Y - c[1]) * ca
+        return ((u / ax) ** 2 + (v / ay) ** 2).astype(np.float32)
+
+    q_lungs = [qform(*lung) for lung in lungs]
+    q_liver = qform(*liver)
+    q_stomach = qform(*stomach, rot) if stomach is not None else None
+
     img = np.repeat(base[:, :, None], nz, axis=2)
     for k in range(nz):
         zf = k / max(nz - 1, 1)  # 0 at the base, 1 at the apex
         sl = img[:, :, k]
         shrink = 1.0 - 0.35 * zf
-        for c, ax, ay, ang in lungs:
-            m = ell(c, ax * shrink, ay * shrink, ang) & thorax
+        for (c, ax, ay, _), q in zip(lungs, q_lungs, strict=True):
+            m = (q <= shrink * shrink) & thorax
             sl[m] = tis["lung"]
-            for _ in range(int(rng.integers(6, 16))):  # pulmonary vessels
+            for _ in range(int(rng.integers(4, 10))):  # pulmonary vessels
                 a, rr = rng.uniform(0, 2 * np.pi), math.sqrt(rng.random()) * 0.9
                 p = c + shrink * rr * np.array([ax * math.cos(a), ay * math.sin(a)])
                 _disc(img, k, x, y, p, _u(rng, 0.8, 2.5), tis["vessel"], where=m)
         grow = math.sqrt(min(max((zf - z0) / (1.0 - z0 + 0.25), 0.0), 1.0))
         if grow > 0:
-            c, ax, ay, ang = liver
-            sl[ell(c, ax * grow, ay * grow, ang) & thorax] = tis["liver"]
+            sl[(q_liver <= grow * grow) & thorax] = tis["liver"]
         grow = math.sqrt(min(max((zf - z0 - 0.2) / 0.6, 0.0), 1.0))
-        if stomach is not None and grow > 0:
-            c, ax, ay = stomach
-            sl[ell(c, ax * grow, ay * grow, rot) & thorax] = tis["stomach"]
+        if q_stomach is not None and grow > 0:
+            sl[(q_stomach <= grow * grow) & thorax] = tis["stomach"]
         sl[has_front] = front[has_front]
-    # Mild smooth tissue texture (+-5 %), so organs are not perfectly flat.
-    coarse = rng.normal(0.0, 0.05, (max(nx // 12, 2), max(ny // 12, 2), nz)).astype(np.float32)
-    texture = ndimage.zoom(coarse, (nx / coarse.shape[0], ny / coarse.shape[1], 1), order=1,
-                           grid_mode=True, mode="nearest")
-    img *= 1.0 + texture[:nx, :ny]
+    # Mild smooth tissue texture (+-5 %), so organs are not perfectly flat: coarse noise
+    # interpolated bilinearly by two small matrix products.
+    cx, cy = max(nx // 12, 2), max(ny // 12, 2)
+    coarse = rng.normal(0.0, 0.05, (cx, cy, nz)).astype(np.float32)
+    along_x = np.tensordot(_interp_matrix(nx, cx), coarse, axes=(1, 0))  # (nx, cy, nz)
+    texture = np.matmul(along_x.transpose(0, 2, 1), _interp_matrix(ny, cy).T)  # (nx, nz, ny)
+    img *= 1.0 + texture.transpose(0, 2, 1)
     return img
+
+
+def _interp_matrix(n: int, m: int) -> np.ndarray:
+    """(n, m) float32 matrix mapping m coarse samples to n fine ones by linear interpolation."""
+    pos = np.linspace(0.0, m - 1.0, n)
+    lo = np.minimum(np.floor(pos).astype(int), m - 2)
+    w = (pos - lo).astype(np.float32)
+    mat = np.zeros((n, m), np.float32)
+    mat[np.arange(n), lo] = 1.0 - w
+    mat[np.arange(n), lo + 1] = w
+    return mat
 
 
 def _fat_table(rng: np.random.Generator, h: Heart) -> np.ndarray:
@@ -1048,7 +1076,8 @@ def _rasterize_checked(spec: PatientSpec
     ed_lab = _labels(spec, box, 0.0)
     es_lab = _labels(spec, box, 1.0)
     for lab in (ed_lab, es_lab):
-        if set(np.unique(lab).tolist()) != {0, 1, 2, 3}:
+        # labels live only in the box; every structure must be present at both phases
+        if np.count_nonzero(np.bincount(lab[box.sl].ravel(), minlength=4)[1:]) != 3:
             return None
     ind = phantom_indices(ed_lab, es_lab, spec.spacing, spec.height_cm, spec.weight_kg)
     if diagnose(ind) != spec.group:
