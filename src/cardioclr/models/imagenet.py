@@ -95,7 +95,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a state dict"
+    except Exception as exc:  # any unpickling failure means "not a state dict"
         raise ImageNetWeightsError(
             p, f"cannot be read as a PyTorch state-dict file ({type(exc).__name__}: {exc})"
         ) from exc

@@ -38,7 +38,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
         world = dist.get_world_size()
         ctx.rank = dist.get_rank()  # type: ignore[attr-defined]
         ctx.local = x.shape[0]  # type: ignore[attr-defined]
@@ -48,7 +48,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return torch.cat(parts, dim=0)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # noqa: D102
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
         # Clone: all_reduce works in place and autograd may still own ``grad``.
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
