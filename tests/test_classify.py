@@ -291,3 +291,21 @@ def test_simclr_init_loads_weights_and_records_input_mode(tmp_path: Path) -> Non
     for e in model.encoders():
         for k, v in enc.state_dict().items():
             torch.testing.assert_close(e.state_dict()[k], v)
+
+
+def test_interrupted_run_resumes_from_last_checkpoint(tiny_work: Path, tmp_path: Path) -> None:
+    from cardioclr.classify.train import RunHyper, fit_run
+
+    store = SliceStore(tiny_work)
+    few = store.splits.train[:4]  # small: only the resume mechanics matter here
+    bank = SliceBank.load(store, few, InputSpec("segmented", "expert", image_size=32))
+    settings = TrainerSettings(progress_bar=False)
+    run = tmp_path / "run"
+    first = fit_run(run, DualPhaseClassifier("smallcnn", 5), bank, few, None,
+                    RunHyper(1e-3, 32, 1), "segmented", 5, settings, seed=0)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    # Same run asked for 2 epochs (as if stopped after the first): continues, keeps epoch 0's row.
+    second = fit_run(run, DualPhaseClassifier("smallcnn", 5), bank, few, None,
+                     RunHyper(1e-3, 32, 2), "segmented", 5, settings, seed=0)
+    assert [h["epoch"] for h in second["history"]] == [0, 1]
+    assert second["history"][0]["train_loss"] == first["history"][0]["train_loss"]

@@ -96,7 +96,10 @@ def load_patient_inputs(store: SliceStore, patient_id: str, spec: InputSpec,
     ED, ES and all slices) is shared by both phases so they keep a common scale.
     """
     ps = store.load(patient_id)
-    ed_lab, es_lab = load_labels(store.work, patient_id, spec.mask_source)
+    if spec.mask_source == "expert" and ps.ed_mask is not None and ps.es_mask is not None:
+        ed_lab, es_lab = ps.ed_mask, ps.es_mask  # already loaded with the images
+    else:
+        ed_lab, es_lab = load_labels(store.work, patient_id, spec.mask_source)
     if ed_lab.shape != ps.ed_image.shape or es_lab.shape != ps.es_image.shape:
         raise CardioclrError(f"patient {patient_id}: {spec.mask_source} mask shape {ed_lab.shape} "
                              f"differs from the image {ps.ed_image.shape}")

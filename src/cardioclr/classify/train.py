@@ -200,6 +200,9 @@ def fit_run(run_dir: str | Path, model: DualPhaseClassifier, bank: SliceBank, tr
         trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
                     ckpt_path=resume_checkpoint(run))
     seconds = time.perf_counter() - start
+    if trainer.interrupted:
+        # Lightning swallows Ctrl-C and returns; the run must not be recorded as finished.
+        raise KeyboardInterrupt
     history = sorted(module.history, key=lambda r: r["epoch"])
     out: dict[str, Any] = {"history": history, "epochs_run": len(history), "seconds": seconds}
     if val_dl is not None and history:

@@ -17,10 +17,12 @@ built from the same mask source as the classifier's inputs. 1.0 = everything the
 lies on or next to the heart; the share of the image area inside that mask is reported beside
 it (``mask_area_share_mean``) as the chance level of a spatially uniform map.
 
-Caveat (``segmented`` inputs): outside the heart the input is zero, so the only signal there is
-the mask border and padding; the share is high almost by construction and says little about
-what the model learned. It is reported anyway (and is computable for every mode) so that
-``full`` and ``roi`` models, where it is informative, can be compared on the same scale.
+Caveat (``segmented`` inputs): outside the heart the input is zero, so saliency there cannot
+come from image content there, only from the receptive fields of the coarse last feature map
+(16-32x down-sampled) and its bilinear upsampling. A high share is therefore expected and says
+little about what the model learned; a share near ``mask_area_share`` means the map is too
+coarse or flat to localise anything. It is reported anyway (and is computable for every mode);
+compare shares between models with the same input mode and encoder, where it is informative.
 
 Target layer (:func:`target_layer`): Grad-CAM needs the last spatial feature map of each
 encoder. "The last ``nn.Conv2d``" is wrong for DenseNet (its last conv outputs only the 32
@@ -274,8 +276,9 @@ def summarise(df: pd.DataFrame, margin_mm: float, input_mode: str, mask_source: 
     def num(x: float) -> float | None:
         return float(x) if math.isfinite(x) else None
 
-    note = ("segmented input is zero outside the heart, so the share is high by construction"
-            if input_mode == "segmented" else "")
+    note = ("segmented input is zero outside the heart: saliency there comes only from receptive "
+            "fields and upsampling, so a high share is expected; compare with models of the same "
+            "input mode" if input_mode == "segmented" else "")
     return {
         "in_heart_share_mean": num(float(s.mean())) if len(s) else None,
         "in_heart_share_sd": num(float(s.std(ddof=1))) if len(s) > 1 else None,
