@@ -1,0 +1,100 @@
+"""``cardioclr segment train|predict|evaluate WORK``."""
+
+from __future__ import annotations
+
+import argparse
+
+from cardioclr.segment.train import PRESETS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``segment`` command with its ``train``, ``predict`` and ``evaluate`` subcommands."""
+    p = sub.add_parser("segment", help="heart segmentation (the anatomic prior): train, predict, "
+                       "evaluate", description="2D U-Net segmentation of RV cavity, LV myocardium "
+                       "and LV cavity, trained on the expert masks of the train split.")
+    ss = p.add_subparsers(dest="segment_command", metavar="STEP")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    t = ss.add_parser("train", help="train the segmentation model (resumes; skips when finished)",
+                      description="Writes WORK/segmentation/model/. Re-running resumes from "
+                      "checkpoints/last.ckpt; a finished training (done.json) is skipped.")
+    t.add_argument("work", help="prepared work directory")
+    t.add_argument("--preset", choices=tuple(PRESETS), default="cpu",
+                   help="cpu: small U-Net, < 15 min on 2 cores (default); gpu: nnU-Net-like DynUNet, "
+                   "long schedule")
+    t.add_argument("--max-epochs", type=int, default=None)
+    t.add_argument("--devices", type=int, default=None, help="GPUs (or CPU processes) to use")
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--patience", type=int, default=None, help="early-stopping patience (epochs)")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (log files)")
+    t.add_argument("--overwrite", action="store_true", help="discard the existing model and retrain")
+    t.set_defaults(func=_train)
+
+    pr = ss.add_parser("predict", help="segment every patient, write masks, NIfTI, QC; then evaluate",
+                       description="Writes WORK/segmentation/masks, nifti, qc, qc_flags.csv and, when "
+                       "the test split has expert masks, metrics.json and indices.csv.")
+    pr.add_argument("work", help="prepared work directory")
+    pr.add_argument("--model", default=None, help="model directory or model.pt (default: "
+                    "WORK/segmentation/model)")
+    pr.add_argument("--margin-mm", type=float, default=None,
+                    help="also store heart masks (union of the structures) dilated by this margin")
+    pr.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation")
+    pr.add_argument("--no-png", action="store_true", help="no QC pictures")
+    pr.add_argument("--no-evaluate", action="store_true", help="do not evaluate on the test split")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    pr.set_defaults(func=_predict)
+
+    e = ss.add_parser("evaluate", help="Dice, HD95 and clinical-index agreement on the test split",
+                      description="Writes WORK/segmentation/metrics.json, metrics_per_patient.csv and "
+                      "indices.csv from the predicted masks.")
+    e.add_argument("work", help="prepared work directory")
+    e.set_defaults(func=_evaluate)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cardioclr.segment.train import preset_config, train
+
+    cfg = preset_config(args.work, args.preset, max_epochs=args.max_epochs, devices=args.devices,
+                        batch_size=args.batch_size, patience=args.patience, seed=args.seed,
+                        progress_bar=False if args.no_progress else None)
+    info = train(cfg, overwrite=args.overwrite)
+    if info:
+        print(f"segmentation model: best validation Dice {info['best_val_dice']:.3f} after "
+              f"{info['epochs']} epochs, {info['train_seconds']:.0f} s ({info['stopped_by']}); "
+              f"{len(info['train_patients'])} training / {len(info['val_patients'])} validation "
+              f"patients, {len(info['excluded_patients'])} excluded")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from cardioclr.segment.predict import PredictConfig, predict
+
+    s = predict(PredictConfig(work=args.work, model=args.model, margin_mm=args.margin_mm,
+                              tta=not args.no_tta, device=args.device, qc_png=not args.no_png))
+    print(f"segmented {s['segmented']}/{s['patients']} patients in {s['seconds']} s; "
+          f"{s['flags']} QC flags on {s['flagged_patients']} patients (qc_flags.csv)")
+    if s["failed"]:
+        print("failed: " + ", ".join(s["failed"]))
+    if not args.no_evaluate:
+        _evaluate_if_possible(args.work)
+    return 1 if s["segmented"] == 0 else 0
+
+
+def _evaluate_if_possible(work: str) -> None:
+    from cardioclr.data.store import SliceStore
+    from cardioclr.segment.evaluate import evaluate, format_summary
+
+    store = SliceStore(work)
+    if not any(bool(store.manifest.at[p, "has_expert_mask"]) for p in store.splits.test
+               if p in store.manifest.index):
+        print("no expert masks in the test split: skipping evaluation")
+        return
+    print(format_summary(evaluate(work)))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cardioclr.segment.evaluate import evaluate, format_summary
+
+    print(format_summary(evaluate(args.work)))
+    return 0

@@ -1,0 +1,164 @@
+"""Training data of the segmentation model: 2D slices of the train split's expert masks.
+
+Only patients of ``splits.json["train"]`` are ever loaded (the test split stays unseen); a few
+of them (``val_fraction``) are held out for validation and early stopping. Every slice of the
+ED and ES frames is one sample; slices stay at store resolution (S x S) and are cropped and
+augmented on the device (:mod:`cardioclr.segment.augment`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cardioclr.data.store import SliceStore
+from cardioclr.errors import CardioclrError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PatientSelection:
+    """Train-split patients used for fitting and validation, and those left out (with why)."""
+
+    train: list[str]
+    val: list[str]
+    excluded: dict[str, str]
+
+
+def select_patients(store: SliceStore, val_fraction: float, seed: int) -> PatientSelection:
+    """Split the store's ``train`` patients with usable expert masks into fit / validation.
+
+    Patients without an expert mask, or whose ED or ES mask is empty, are excluded with a
+    warning naming them. Raises :class:`CardioclrError` when no patient is usable.
+    """
+    excluded: dict[str, str] = {}
+    usable: list[str] = []
+    for pid in store.splits.train:
+        if pid not in store.manifest.index:
+            excluded[pid] = "listed in splits.json but not in the store"
+        elif not bool(store.manifest.at[pid, "has_expert_mask"]):
+            excluded[pid] = "no expert mask"
+        else:
+            ps = store.load(pid)
+            empty = [ph for ph, m in (("ED", ps.ed_mask), ("ES", ps.es_mask))
+                     if m is None or not m.any()]
+            if empty:
+                excluded[pid] = f"expert {'/'.join(empty)} mask is empty (all background)"
+            else:
+                usable.append(pid)
+    for pid, why in excluded.items():
+        log.warning("segmentation training: excluding %s (%s): %s", pid, store.path(pid), why)
+    if not usable:
+        raise CardioclrError(f"{store.work}: no train-split patient has a usable expert mask "
+                             f"({len(excluded)} excluded); cannot train the segmentation model")
+    order = np.random.default_rng(seed).permutation(len(usable))
+    n_val = int(round(val_fraction * len(usable))) if len(usable) >= 2 else 0
+    n_val = min(max(n_val, 1 if len(usable) >= 2 and val_fraction > 0 else 0), len(usable) - 1)
+    val = sorted(usable[i] for i in order[:n_val])
+    fit = sorted(usable[i] for i in order[n_val:])
+    if not val:
+        log.warning("segmentation training: only %d usable patient(s); validating on the training "
+                    "patient(s), so early stopping means little", len(usable))
+        val = list(fit)
+    return PatientSelection(train=fit, val=val, excluded=excluded)
+
+
+class SliceDataset(Dataset):
+    """Slices in memory: image float16 (N, S, S), labels uint8 (N, S, S), heart centre (N, 2) px."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images = torch.from_numpy(images.astype(np.float16))
+        self.labels = torch.from_numpy(labels.astype(np.uint8))
+        self.centres = torch.from_numpy(heart_centres(labels))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.images[i][None].float(), self.labels[i].long(), self.centres[i]
+
+
+def heart_centres(labels: np.ndarray) -> np.ndarray:
+    """Centre (y, x) in pixels of the labelled pixels of each (N, S, S) slice; slice centre if none."""
+    n, h, w = labels.shape
+    out = np.tile(np.array([(h - 1) / 2, (w - 1) / 2], np.float32), (n, 1))
+    for i in range(n):
+        ys, xs = np.nonzero(labels[i])
+        if ys.size:
+            out[i] = (ys.mean(), xs.mean())
+    return out
+
+
+def pad_to_multiple(a: np.ndarray, divisor: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Zero-pad the last two axes of ``a`` at the end to multiples of ``divisor``.
+
+    Returns the padded array and the original (H, W) to crop back to.
+    """
+    h, w = a.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    if ph == 0 and pw == 0:
+        return a, (h, w)
+    pad = [(0, 0)] * (a.ndim - 2) + [(0, ph), (0, pw)]
+    return np.pad(a, pad), (h, w)
+
+
+def load_slices(store: SliceStore, patient_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every ED and ES slice of the patients: images float32 (N, S, S), labels uint8 (N, S, S)."""
+    images, labels = [], []
+    for pid in patient_ids:
+        ps = store.load(pid)
+        for img, m in ((ps.ed_image, ps.ed_mask), (ps.es_image, ps.es_mask)):
+            if m is None:
+                raise CardioclrError(f"{store.path(pid)}: patient {pid} has no expert mask")
+            images.append(img)
+            labels.append(m)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+class SegDataModule(L.LightningDataModule):
+    """Fit/validation loaders over the selected train-split patients."""
+
+    def __init__(self, work: str | os.PathLike[str], selection: PatientSelection, batch_size: int,
+                 divisor: int) -> None:
+        super().__init__()
+        self.work = work
+        self.selection = selection
+        self.batch_size = batch_size
+        self.divisor = divisor
+        self.train_set: SliceDataset | None = None
+        self.val_set: SliceDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the slices once (a few hundred MB at most for ACDC)."""
+        if self.train_set is not None:
+            return
+        store = SliceStore(self.work)
+        img, lab = load_slices(store, self.selection.train)
+        self.train_set = SliceDataset(img, lab)
+        vimg, vlab = load_slices(store, self.selection.val)
+        # Validation runs on whole slices, padded so every downsampling level divides evenly.
+        self.val_set = SliceDataset(pad_to_multiple(vimg, self.divisor)[0],
+                                    pad_to_multiple(vlab, self.divisor)[0])
+        log.info("segmentation data: %d training slices (%d patients), %d validation slices "
+                 "(%d patients)", len(self.train_set), len(self.selection.train), len(self.val_set),
+                 len(self.selection.val))
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled slices; data is in memory and augmentation is batched on the device."""
+        assert self.train_set is not None
+        # Drop a last ragged batch only when there are several batches (tiny cohorts keep all).
+        drop = len(self.train_set) >= 2 * self.batch_size
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=drop,
+                          num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        """Whole validation slices in order."""
+        assert self.val_set is not None
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=0)

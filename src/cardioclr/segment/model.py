@@ -1,0 +1,176 @@
+"""The 2D segmentation network (MONAI) and its Lightning module.
+
+Input: one short-axis slice, float (B, 1, H, W) with H, W multiples of :func:`size_divisor`.
+Output: logits (B, 4, H, W) for background, RV cavity, LV myocardium, LV cavity.
+Fully convolutional: trained on heart-centred crops, applied to whole store slices.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from cardioclr.segment.augment import AugmentConfig, augment_batch
+from cardioclr.segment.masks import N_CLASSES, STRUCTURES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture. ``arch``: ``unet`` (MONAI ``UNet``, residual units) or ``dynunet``
+    (MONAI ``DynUNet``, the nnU-Net layout). ``channels``: features per resolution level."""
+
+    arch: str = "unet"
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    num_res_units: int = 1
+    norm: str = "batch"
+    dropout: float = 0.0
+
+
+def size_divisor(cfg: NetworkConfig) -> int:
+    """Input height and width must be multiples of this (2 ** number of downsamplings)."""
+    return 2 ** (len(cfg.channels) - 1)
+
+
+def build_network(cfg: NetworkConfig) -> nn.Module:
+    """A fresh MONAI 2D network with 1 input channel and 4 output classes."""
+    n = len(cfg.channels)
+    if n < 2:
+        raise ValueError(f"need at least 2 resolution levels, got channels={cfg.channels}")
+    if cfg.arch == "unet":
+        from monai.networks.nets import UNet
+
+        return UNet(spatial_dims=2, in_channels=1, out_channels=N_CLASSES, channels=tuple(cfg.channels),
+                    strides=(2,) * (n - 1), num_res_units=cfg.num_res_units, norm=cfg.norm,
+                    dropout=cfg.dropout)
+    if cfg.arch == "dynunet":
+        from monai.networks.nets import DynUNet
+
+        return DynUNet(spatial_dims=2, in_channels=1, out_channels=N_CLASSES, kernel_size=[3] * n,
+                       strides=[1] + [2] * (n - 1), upsample_kernel_size=[2] * (n - 1),
+                       filters=list(cfg.channels), norm_name=cfg.norm, res_block=True,
+                       dropout=cfg.dropout or None, deep_supervision=False)
+    raise ValueError(f"unknown architecture {cfg.arch!r}; choose unet or dynunet")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a linear warm-up then polynomial decay (nnU-Net's 0.9 power) to zero.
+
+    ``time_budget_s``: when set, the schedule's progress is the larger of the step fraction and
+    the fraction of the wall-clock budget used, so the learning rate reaches ~0 by the deadline
+    even on a slower or busier machine than expected (training then stops; see TrainClock).
+    """
+
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.03
+    time_budget_s: float | None = None
+
+
+class SegModule(L.LightningModule):
+    """Dice + cross-entropy training of a 2D network on augmented heart-centred crops.
+
+    Batches: ``(image float (B,1,S,S), labels long (B,S,S), centre_yx float (B,2))``. Validation
+    logs ``val_dice`` (mean of the LV, MYO, RV Dice pooled over all validation slices).
+    """
+
+    def __init__(self, network: dict[str, Any], optim: dict[str, Any], augment: dict[str, Any],
+                 crop: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net_cfg = NetworkConfig(**{**network, "channels": tuple(network["channels"])})
+        self.optim_cfg = OptimConfig(**optim)
+        self.aug_cfg = AugmentConfig(**augment)
+        self.crop = crop
+        self.network = build_network(self.net_cfg)
+        from monai.losses import DiceCELoss
+
+        # batch=True: Dice pooled over the batch, so slices without a structure do not blow up.
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        self.clock: Any = None  # set by train(): a TrainClock giving the elapsed training time
+        self._val_counts = torch.zeros(3, len(STRUCTURES))
+        self._total_steps: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 4, H, W) of images (B, 1, H, W)."""
+        return self.network(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        """Augment on the device, then Dice+CE loss."""
+        image, labels, centre = batch
+        with torch.no_grad():
+            x, y = augment_batch(image, labels, centre, self.crop, self.aug_cfg)
+        loss = self.loss(self(x), y[:, None])
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        """Reset the pooled intersection / prediction / reference voxel counts."""
+        self._val_counts = torch.zeros(3, len(STRUCTURES), device=self.device, dtype=torch.float64)
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        """Accumulate pooled Dice counts on whole (padded) slices."""
+        image, labels, _ = batch
+        pred = self(image).argmax(dim=1)
+        for j, value in enumerate(STRUCTURES.values()):
+            p, r = pred == value, labels == value
+            self._val_counts[0, j] += (p & r).sum()
+            self._val_counts[1, j] += p.sum()
+            self._val_counts[2, j] += r.sum()
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val_dice`` and per-structure ``val_dice_LV`` etc. (summed over DDP ranks)."""
+        counts = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum")
+        d = 2 * counts[0] / (counts[1] + counts[2]).clamp_min(1)
+        for j, name in enumerate(STRUCTURES):
+            self.log(f"val_dice_{name}", d[j].float(), sync_dist=False)
+        self.log("val_dice", d.mean().float(), prog_bar=True, sync_dist=False)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            # One line per epoch, so logs without a progress bar still show how training goes.
+            elapsed = self.clock.elapsed() if self.clock is not None else float("nan")
+            log.info("epoch %d: val Dice %.3f (%s), lr %.2e, %.0f s", self.current_epoch,
+                     float(d.mean()), ", ".join(f"{n} {float(d[j]):.3f}" for j, n in enumerate(STRUCTURES)),
+                     self.optimizers().param_groups[0]["lr"], elapsed)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW; the learning rate is set each step by :meth:`on_train_batch_start`."""
+        return torch.optim.AdamW(self.parameters(), lr=self.optim_cfg.lr,
+                                 weight_decay=self.optim_cfg.weight_decay)
+
+    def progress(self) -> float:
+        """Fraction of training done, 0-1: steps, or wall-clock budget if that is further along."""
+        if self._total_steps is None:  # estimated_stepping_batches is not free: compute once
+            self._total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = self._total_steps
+        p = self.global_step / total
+        if self.optim_cfg.time_budget_s and self.clock is not None:
+            p = max(p, self.clock.elapsed() / self.optim_cfg.time_budget_s)
+        return min(p, 1.0)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Warm-up then poly decay, computed from :meth:`progress` (resumes exactly)."""
+        p = self.progress()
+        w = self.optim_cfg.warmup_fraction
+        factor = p / w if p < w else (1 - (p - w) / (1 - w)) ** 0.9
+        for g in self.optimizers().param_groups:
+            g["lr"] = self.optim_cfg.lr * max(factor, 1e-3)
+
+
+def network_config_dict(cfg: NetworkConfig) -> dict[str, Any]:
+    """Plain dict of a NetworkConfig (lists, not tuples), storable with weights_only loading."""
+    d = asdict(cfg)
+    d["channels"] = list(cfg.channels)
+    return d
+
+
+def network_config_from_dict(d: dict[str, Any]) -> NetworkConfig:
+    """Inverse of :func:`network_config_dict`."""
+    return NetworkConfig(**{**d, "channels": tuple(int(c) for c in d["channels"])})

@@ -1,0 +1,189 @@
+"""Quality control of predicted masks: automatic flags and a contour picture per patient.
+
+Flags (one row each in ``qc_flags.csv``: patient_id, phase, flag, detail):
+
+* ``structure_missing``: LV cavity, myocardium or RV absent on a mid-ventricular slice (the
+  middle third of the slices that show the LV), or no LV at all;
+* ``fragmented``: more than :data:`FRAGMENT_FRACTION` of a structure's predicted voxels lay in
+  pieces apart from its main body (removed by post-processing: the network was unsure);
+* ``myo_not_enclosing``: on a mid slice, more than :data:`OPEN_FRACTION` of the LV cavity's
+  border touches something other than myocardium (the wall has a gap);
+* ``implausible_volume``: LV or RV end-diastolic volume outside :data:`EDV_RANGE_ML`;
+* ``implausible_ef``: LV ejection fraction outside :data:`EF_RANGE_PCT` (or ESV > EDV);
+* ``predict_failed``: the patient could not be segmented (the reason is in ``detail``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cardioclr.atomic import atomic_path
+from cardioclr.segment.masks import LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY, STRUCTURES
+
+FRAGMENT_FRACTION = 0.05
+OPEN_FRACTION = 0.10
+EDV_RANGE_ML = (20.0, 500.0)
+EF_RANGE_PCT = (5.0, 90.0)
+QC_COLUMNS = ("patient_id", "phase", "flag", "detail")
+#: Contour colours (structure name -> matplotlib colour).
+COLOURS = {"LV": "tab:red", "MYO": "tab:green", "RV": "tab:blue"}
+
+
+def mid_slices(labels: np.ndarray) -> list[int]:
+    """Indices of the middle third (at least one slice) of the slices showing the LV."""
+    zs = np.nonzero(((labels == LV_CAVITY) | (labels == LV_MYOCARDIUM)).any(axis=(1, 2)))[0]
+    if zs.size == 0:
+        return []
+    z0, z1 = int(zs.min()), int(zs.max())
+    third = (z1 - z0 + 1) // 3
+    return list(range(z0 + third, z1 - third + 1))
+
+
+def open_fraction(slice_labels: np.ndarray) -> float:
+    """Share of LV-cavity border pixels (4-neighbourhood) touching neither cavity nor myocardium."""
+    cav = slice_labels == LV_CAVITY
+    if not cav.any():
+        return 0.0
+    lv = np.pad(cav | (slice_labels == LV_MYOCARDIUM), 1, constant_values=False)
+    c = np.pad(cav, 1, constant_values=False)
+    inner = c[1:-1, 1:-1]
+    nbrs = (lv[:-2, 1:-1], lv[2:, 1:-1], lv[1:-1, :-2], lv[1:-1, 2:])
+    cnbrs = (c[:-2, 1:-1], c[2:, 1:-1], c[1:-1, :-2], c[1:-1, 2:])
+    border = inner & ~np.logical_and.reduce(cnbrs)
+    leaking = inner & ~np.logical_and.reduce(nbrs)
+    n_border = int(border.sum())
+    return float(leaking.sum()) / n_border if n_border else 0.0
+
+
+def volume_ml(labels: np.ndarray, value: int, spacing_zyx: Sequence[float]) -> float:
+    """Volume in mL of one label (voxel count x voxel volume)."""
+    return float((labels == value).sum()) * float(np.prod(spacing_zyx)) / 1000.0
+
+
+def qc_flags(labels: dict[str, np.ndarray], removed: dict[str, dict[str, float]],
+             spacing_zyx: Sequence[float]) -> list[dict[str, str]]:
+    """Flags for one patient's post-processed ``{"ED": labels, "ES": labels}`` (uint8 (z, S, S)).
+
+    ``removed``: per phase, the fraction of each structure removed by post-processing
+    (:func:`cardioclr.segment.postprocess.postprocess_with_stats`). Rows lack ``patient_id``.
+    """
+    rows: list[dict[str, str]] = []
+
+    def flag(phase: str, name: str, detail: str) -> None:
+        rows.append({"phase": phase, "flag": name, "detail": detail})
+
+    for phase, lab in labels.items():
+        mids = mid_slices(lab)
+        if not mids:
+            flag(phase, "structure_missing", "no LV (cavity or myocardium) on any slice")
+        else:
+            for name, value in STRUCTURES.items():
+                absent = [k for k in mids if not (lab[k] == value).any()]
+                if absent:
+                    flag(phase, "structure_missing",
+                         f"{name} absent on mid-ventricular slice(s) {', '.join(map(str, absent))}")
+            open_slices = [k for k in mids if open_fraction(lab[k]) > OPEN_FRACTION]
+            if open_slices:
+                flag(phase, "myo_not_enclosing", "LV cavity touches background/RV over more than "
+                     f"{OPEN_FRACTION:.0%} of its border on slice(s) {', '.join(map(str, open_slices))}")
+        for name, frac in removed.get(phase, {}).items():
+            if frac > FRAGMENT_FRACTION:
+                flag(phase, "fragmented", f"{name}: {frac:.1%} of the predicted voxels lay in pieces "
+                     "apart from the main one (removed)")
+    if "ED" in labels:
+        lo, hi = EDV_RANGE_ML
+        for name, value in (("LV", LV_CAVITY), ("RV", RV_CAVITY)):
+            v = volume_ml(labels["ED"], value, spacing_zyx)
+            if not lo <= v <= hi:
+                flag("ED", "implausible_volume", f"{name} EDV {v:.1f} mL outside {lo:g}-{hi:g} mL")
+    if "ED" in labels and "ES" in labels:
+        edv = volume_ml(labels["ED"], LV_CAVITY, spacing_zyx)
+        esv = volume_ml(labels["ES"], LV_CAVITY, spacing_zyx)
+        ef = 100.0 * (edv - esv) / edv if edv > 0 else math.nan
+        lo, hi = EF_RANGE_PCT
+        if not (math.isfinite(ef) and lo <= ef <= hi):
+            flag("ED/ES", "implausible_ef", f"LV EF {ef:.1f} % (EDV {edv:.1f} mL, ESV {esv:.1f} mL) "
+                 f"outside {lo:g}-{hi:g} %")
+    return rows
+
+
+def _view_slices(labels: np.ndarray) -> list[tuple[str, int]]:
+    """(name, z) of a basal, a mid and an apical slice of the heart in ``labels`` (z, S, S).
+
+    The end of the LV extent with the larger LV cavity is taken as the base (slice order varies
+    between datasets). Without any heart, the first, middle and last slices.
+    """
+    nz = labels.shape[0]
+    zs = np.nonzero((labels > 0).any(axis=(1, 2)))[0]
+    if zs.size == 0:
+        return [("first", 0), ("mid", nz // 2), ("last", nz - 1)]
+    z0, z1 = int(zs.min()), int(zs.max())
+    area = (labels == LV_CAVITY).sum(axis=(1, 2))
+    base, apex = (z0, z1) if area[z0] >= area[z1] else (z1, z0)
+    return [("basal", base), ("mid", (z0 + z1) // 2), ("apical", apex)]
+
+
+def _window(arrays: list[np.ndarray], size: int, margin: int = 12) -> tuple[slice, slice]:
+    heart = np.zeros((size, size), bool)
+    for a in arrays:
+        heart |= (a > 0).any(axis=0)
+    if not heart.any():
+        return slice(0, size), slice(0, size)
+    ys, xs = np.nonzero(heart)
+    cy, cx = (ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2
+    half = max(ys.max() - ys.min(), xs.max() - xs.min()) // 2 + margin
+    y0, x0 = max(cy - half, 0), max(cx - half, 0)
+    return slice(y0, min(cy + half, size)), slice(x0, min(cx + half, size))
+
+
+def qc_figure(path: str | os.PathLike[str], patient_id: str, images: dict[str, np.ndarray],
+              predicted: dict[str, np.ndarray], expert: dict[str, np.ndarray] | None,
+              flags: list[dict[str, Any]] | None = None) -> None:
+    """Write a PNG: rows ED/ES, columns basal/mid/apical, predicted contours solid, expert dashed.
+
+    ``images``/``predicted``/``expert``: ``{"ED": (z, S, S), "ES": (z, S, S)}``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    size = next(iter(images.values())).shape[-1]
+    win = _window(list(predicted.values()) + (list(expert.values()) if expert else []), size)
+    views = _view_slices(predicted["ED"] if predicted["ED"].any() or not expert else expert["ED"])
+    phases = list(images)
+    fig, axes = plt.subplots(len(phases), len(views), figsize=(3 * len(views), 3 * len(phases)),
+                             squeeze=False)
+    for i, phase in enumerate(phases):
+        for j, (view, z) in enumerate(views):
+            ax = axes[i, j]
+            ax.imshow(images[phase][z][win], cmap="gray", vmin=-0.1, vmax=1.1, interpolation="nearest")
+            for source, style in ((predicted, "solid"), (expert, "dashed")):
+                if source is None:
+                    continue
+                for name, value in STRUCTURES.items():
+                    m = source[phase][z][win] == value
+                    if m.any() and m.shape[0] > 1 and m.shape[1] > 1:
+                        ax.contour(m.astype(np.float32), levels=[0.5], colors=COLOURS[name],
+                                   linewidths=1.2, linestyles=style)
+            ax.set_title(f"{phase} {view} (z={z})", fontsize=9)
+            ax.axis("off")
+    handles = [Line2D([], [], color=c, label=n) for n, c in COLOURS.items()]
+    handles.append(Line2D([], [], color="k", label="predicted"))
+    if expert:
+        handles.append(Line2D([], [], color="k", linestyle="dashed", label="expert"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    title = patient_id
+    if flags:
+        title += "  FLAGS: " + "; ".join(sorted({f["flag"] for f in flags}))
+    fig.suptitle(title, fontsize=10, color="darkred" if flags else "black")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)

@@ -1,0 +1,242 @@
+"""``cardioclr segment train WORK``: fit the 2D U-Net on the train split's expert masks.
+
+Writes ``WORK/segmentation/model/``: ``checkpoints/last.ckpt`` (resumable) and ``best.ckpt``
+(best validation Dice), ``logs/``, ``config.yaml`` + ``versions.json``, then ``model.pt`` (the
+best network's weights and everything ``predict`` needs, loadable with ``weights_only=True``)
+and ``done.json`` last: its presence marks a finished training, which a re-run skips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from cardioclr.atomic import atomic_path, read_json, write_json
+from cardioclr.data.store import SliceStore
+from cardioclr.errors import CardioclrError
+from cardioclr.provenance import save_run_info, to_plain
+from cardioclr.segment.augment import AugmentConfig
+from cardioclr.segment.datamodule import SegDataModule, select_patients
+from cardioclr.segment.masks import segmentation_dir
+from cardioclr.segment.model import (
+    NetworkConfig,
+    OptimConfig,
+    SegModule,
+    network_config_dict,
+    size_divisor,
+)
+from cardioclr.training import TrainerSettings, make_trainer, resume_checkpoint
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SegTrainConfig:
+    """Everything that defines a segmentation training run (saved as config.yaml).
+
+    ``crop``: training crop side in store pixels (the store's in-plane spacing is kept, so the
+    network sees real mm; predictions run on whole slices). ``val_fraction``: share of the
+    usable train-split patients held out for validation / early stopping.
+    """
+
+    work: str
+    preset: str = "cpu"
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    crop: int = 128
+    batch_size: int = 16
+    val_fraction: float = 0.1
+    seed: int = 0
+
+
+#: Presets. ``cpu``: small residual U-Net fitted in < 15 min on 2 CPU cores (wall-clock budget
+#: of 12 min on the schedule). ``gpu``: nnU-Net-like DynUNet (32-512 features, 6 levels,
+#: instance norm), whole 192 px slices, batch 32, long poly schedule, as nnU-Net's 2D ACDC setup.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "network": NetworkConfig(arch="unet", channels=(16, 32, 64, 128, 256), num_res_units=1,
+                                 norm="batch"),
+        "optim": OptimConfig(lr=3e-3, weight_decay=1e-4, time_budget_s=12 * 60),
+        "trainer": TrainerSettings(max_epochs=60, patience=15),
+        "crop": 128,
+        "batch_size": 16,
+    },
+    "gpu": {
+        "network": NetworkConfig(arch="dynunet", channels=(32, 64, 128, 256, 512, 512),
+                                 norm="instance"),
+        "optim": OptimConfig(lr=1e-3, weight_decay=3e-5, time_budget_s=None),
+        "trainer": TrainerSettings(max_epochs=500, patience=60),
+        "crop": 192,
+        "batch_size": 32,
+    },
+}
+
+
+def preset_config(work: str | os.PathLike[str], preset: str = "cpu", **overrides: Any) -> SegTrainConfig:
+    """The config of a preset, with ``overrides`` (None values ignored) applied on top.
+
+    Trainer fields (``max_epochs``, ``devices``, ``patience``, ...) may be given directly.
+    """
+    if preset not in PRESETS:
+        raise CardioclrError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = SegTrainConfig(work=str(work), preset=preset, **PRESETS[preset])
+    trainer_fields = {f.name for f in dataclasses.fields(TrainerSettings)}
+    top, tr = {}, {}
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        (tr if k in trainer_fields else top)[k] = v
+    if tr:
+        top["trainer"] = dataclasses.replace(cfg.trainer, **tr)
+    return dataclasses.replace(cfg, **top)
+
+
+class TrainClock(L.Callback):
+    """Training wall-clock time, kept across resumes (in the checkpoint), with an optional budget.
+
+    Stops training at the end of an epoch when another epoch would exceed ``budget_s``.
+    """
+
+    def __init__(self, budget_s: float | None = None) -> None:
+        self.budget_s = budget_s
+        self._before = 0.0  # seconds from earlier (resumed) runs
+        self._start: float | None = None
+        self._epoch_start = 0.0
+        self._epoch_seconds: list[float] = []
+        self.stopped_by_budget = False
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, over all resumed runs."""
+        return self._before + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self._start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self._epoch_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        if trainer.sanity_checking or not self._epoch_start:
+            return
+        self._epoch_seconds.append(time.perf_counter() - self._epoch_start)
+        per_epoch = sum(self._epoch_seconds[-3:]) / len(self._epoch_seconds[-3:])
+        if self.budget_s and self.elapsed() + per_epoch > self.budget_s:
+            log.info("training time budget of %.0f s reached after %.0f s; stopping",
+                     self.budget_s, self.elapsed())
+            self.stopped_by_budget = True
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, float]:  # noqa: D102
+        return {"elapsed_s": self.elapsed()}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:  # noqa: D102
+        self._before = float(state_dict.get("elapsed_s", 0.0))
+
+
+def limit_cpu_threads() -> None:
+    """Use one intra-op thread when the CPU is already oversubscribed (load >= cores).
+
+    With OpenMP's default active waiting, 2 threads on 2 busy cores run 5-10x slower than one
+    (threads spin waiting for each other while descheduled). Setting ``OMP_WAIT_POLICY=PASSIVE``
+    before torch is imported avoids this too; this is the fallback when it was not set.
+    """
+    if torch.cuda.is_available() or os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    cores = os.cpu_count() or 1
+    if cores > 1 and load >= cores and torch.get_num_threads() > 1:
+        log.info("CPU load %.1f on %d cores: using 1 torch thread", load, cores)
+        torch.set_num_threads(1)
+
+
+def model_dir(work: str | os.PathLike[str]) -> Path:
+    """``WORK/segmentation/model``."""
+    return segmentation_dir(work) / "model"
+
+
+def train(cfg: SegTrainConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Train (or resume, or skip when finished) and export ``model.pt``; returns done.json's dict."""
+    from monai.data import set_track_meta
+
+    out = model_dir(cfg.work)
+    done = out / "done.json"
+    if done.is_file() and not overwrite:
+        info = read_json(done)
+        log.info("segmentation model already trained (%s); skipping. Pass --overwrite to retrain.", done)
+        return info
+    if overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    store = SliceStore(cfg.work)
+    div = size_divisor(cfg.network)
+    if cfg.crop % div:
+        raise CardioclrError(f"crop {cfg.crop} must be a multiple of {div} for {len(cfg.network.channels)} "
+                             "resolution levels")
+    limit_cpu_threads()
+    set_track_meta(False)  # plain tensors: MetaTensor bookkeeping only costs time here
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    selection = select_patients(store, cfg.val_fraction, cfg.seed)
+    dm = SegDataModule(cfg.work, selection, cfg.batch_size, div)
+    module = SegModule(network=network_config_dict(cfg.network), optim=asdict(cfg.optim),
+                       augment=asdict(cfg.augment), crop=cfg.crop)
+    clock = TrainClock(cfg.optim.time_budget_s)
+    module.clock = clock
+    save_run_info(out, cfg)
+    trainer = make_trainer(out, cfg.trainer, monitor="val_dice", mode="max", extra_callbacks=[clock])
+    with warnings.catch_warnings():
+        # In-memory data, augmentation on the device: loader workers would only add overhead.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(out))
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    if not trainer.is_global_zero:
+        return {}
+    best = out / "checkpoints" / "best.ckpt"
+    if not best.is_file():
+        raise CardioclrError(f"{best} was not written (no validation epoch finished?)")
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("network."): v for k, v in ckpt["state_dict"].items() if k.startswith("network.")}
+    best_score = trainer.checkpoint_callback.best_model_score
+    export = {
+        "format": MODEL_FORMAT,
+        "state_dict": state,
+        "network": network_config_dict(cfg.network),
+        "image_size": store.image_size,
+        "spacing_mm": store.spacing_mm,
+        "best_val_dice": float(best_score) if best_score is not None else None,
+        "trained_on": str(Path(cfg.work).resolve()),
+    }
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(export, tmp)
+    info = {
+        "train_seconds": round(clock.elapsed(), 1),
+        "epochs": int(trainer.current_epoch),
+        "stopped_by": ("time budget" if clock.stopped_by_budget else
+                       "early stopping" if trainer.current_epoch < cfg.trainer.max_epochs else "max epochs"),
+        "best_val_dice": export["best_val_dice"],
+        "train_patients": selection.train,
+        "val_patients": selection.val,
+        "excluded_patients": selection.excluded,
+        "image_size": store.image_size,
+        "spacing_mm": store.spacing_mm,
+        "config": to_plain(cfg),
+    }
+    write_json(done, info)  # last: marks the training finished
+    return info
