@@ -175,7 +175,7 @@ def evaluate(work: str | os.PathLike[str]) -> dict[str, Any]:
     store = SliceStore(work)
     seg = segmentation_dir(work)
     test = [p for p in store.splits.test if p in set(store.patient_ids)]
-    with_expert = [p for p in test if bool(store.manifest.at[p, "has_expert_mask"])]
+    with_expert = [p for p in test if _has_expert(work, p)]
     if not with_expert:
         raise CardioclrError(f"{work}: no test patient has an expert mask; nothing to evaluate")
     missing = [p for p in with_expert if not predicted_mask_path(work, p).is_file()]
@@ -212,9 +212,7 @@ def evaluate(work: str | os.PathLike[str]) -> dict[str, Any]:
     metrics["n_test"] = len(per_patient)
     metrics["test_without_prediction"] = missing
 
-    indices = clinical_indices_table(work, [p for p in store.patient_ids
-                                            if predicted_mask_path(work, p).is_file()
-                                            or bool(store.manifest.at[p, "has_expert_mask"])])
+    indices = clinical_indices_table(work, store.patient_ids)
     write_text(seg / "indices.csv", indices.to_csv(index=False, float_format="%.3f"))
     metrics["indices_agreement"] = _index_agreement(indices, set(df.index))
 
@@ -228,6 +226,14 @@ def evaluate(work: str | os.PathLike[str]) -> dict[str, Any]:
     write_json(seg / "metrics.json", metrics)
     write_text(seg / "metrics_per_patient.csv", df.to_csv(float_format="%.4f"))
     return metrics
+
+
+def _has_expert(work: str | os.PathLike[str], pid: str) -> bool:
+    try:
+        load_labels(work, pid, "expert")
+    except CardioclrError:
+        return False
+    return True
 
 
 def _index_agreement(indices: pd.DataFrame, patients: set[str]) -> dict[str, Any]:

@@ -5,9 +5,9 @@ Labels (z, S, S) uint8: 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity.
 1. Per structure, keep the largest 3D connected component. Slices are 5-10 mm apart, so the
    connectivity is 8-neighbour in-plane and face-only across slices (a diagonal step across a
    10 mm gap is not evidence of continuity). A one-slice volume simply becomes 2D.
-2. Per slice, fill holes: background enclosed by one structure becomes that structure, and
-   anything enclosed by the LV (myocardium + cavity) becomes LV cavity, so the cavity is closed
-   inside its wall (papillary muscles are cavity in the ACDC convention).
+2. Per slice, fill holes: background enclosed by the RV or by the LV cavity becomes that
+   structure, and anything enclosed by the LV (myocardium + cavity) becomes LV cavity, so the
+   cavity is closed inside its wall (papillary muscles are cavity in the ACDC convention).
 
 The heart mask (union of structures, dilated by a margin) is built by
 :func:`cardioclr.data.views.heart_mask`; this module only returns labels.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import binary_fill_holes, label
 
-from cardioclr.segment.masks import LV_CAVITY, LV_MYOCARDIUM, STRUCTURES
+from cardioclr.segment.masks import LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY, STRUCTURES
 
 # 8-connected in-plane, 6-connected (face) across slices.
 _CONNECTIVITY = np.zeros((3, 3, 3), dtype=bool)
@@ -56,7 +56,7 @@ def postprocess_with_stats(labels: np.ndarray) -> tuple[np.ndarray, dict[str, fl
         out[keep] = value
     for k in range(out.shape[0]):
         sl = out[k]
-        for value in STRUCTURES.values():
+        for value in (RV_CAVITY, LV_CAVITY):  # not MYO: what a ring encloses is cavity
             m = sl == value
             if m.any():
                 sl[binary_fill_holes(m) & (sl == 0)] = value

@@ -1,0 +1,268 @@
+"""Segmentation stage end to end on a tiny synthetic cohort: train, resume, predict, evaluate.
+
+One module-scoped work directory (12 synthetic patients, 48 px at 3.5 mm) with hand-set splits:
+a train patient with an empty expert mask, a one-slice patient, a test patient without an
+expert mask. The network is tiny (4-8-16 channels) and trains for one epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cardioclr.atomic import save_npz
+from cardioclr.data.prepare import PrepareConfig, prepare
+from cardioclr.data.store import SliceStore
+from cardioclr.errors import CardioclrError, DataError
+from cardioclr.segment import train as train_mod
+from cardioclr.segment.datamodule import select_patients
+from cardioclr.segment.evaluate import evaluate
+from cardioclr.segment.masks import MASK_SOURCES, load_labels, predicted_mask_path
+from cardioclr.segment.model import NetworkConfig
+from cardioclr.segment.predict import (
+    LoadedModel,
+    PredictConfig,
+    check_compatible,
+    predict,
+    write_source_nifti,
+)
+from cardioclr.segment.train import preset_config, train
+from conftest import write_nifti, write_tiny_acdc
+
+TRAIN = ["patient001", "patient002", "patient003", "patient004", "patient005", "patient006",
+         "patient011"]
+TEST = ["patient007", "patient008", "patient009", "patient010", "patient012"]
+EMPTY_MASK = "patient002"   # train patient whose ED expert mask is all background
+ONE_SLICE = "patient011"    # a single short-axis slice
+NO_EXPERT = "patient012"    # test patient without expert mask
+
+
+def _tiny_config(work: Path, **kw: object) -> train_mod.SegTrainConfig:
+    cfg = preset_config(work, "cpu", **{"max_epochs": 1, "progress_bar": False, "batch_size": 8, **kw})
+    return dataclasses.replace(cfg, network=NetworkConfig(channels=(4, 8, 16), num_res_units=0),
+                               crop=32, val_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("seg_data")
+    write_tiny_acdc(root, n_per_class=2, seed=1)  # patient001-010, 6 slices
+    write_tiny_acdc(root, n_per_class=1, seed=2, groups=("NOR", "DCM"), start_index=11,
+                    shape_zyx=(1, 48, 48))  # patient011-012, one slice
+    gt = root / "training" / EMPTY_MASK / f"{EMPTY_MASK}_frame01_gt.nii.gz"
+    write_nifti(gt, np.zeros(nib.load(gt).shape[::-1], np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def work(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    w = tmp_path_factory.mktemp("seg_work")
+    prepare(PrepareConfig(data=str(data_root), out=str(w), spacing_mm=3.5, image_size=48, workers=1,
+                          test_fraction=0.5, n_folds=2))
+    (w / "splits.json").write_text(json.dumps({"train": TRAIN, "test": TEST, "folds": [TRAIN[:2]],
+                                               "unlabelled": [], "seed": 0, "method": "random"}))
+    # Drop the expert mask of one test patient (as for a cohort annotated only in part).
+    p = w / "store" / f"{NO_EXPERT}.npz"
+    with np.load(p) as z:
+        arrays = dict(z)
+    arrays["has_mask"] = np.array(False)
+    save_npz(p, **arrays)
+    m = pd.read_csv(w / "manifest.csv", dtype={"patient_id": str})
+    m.loc[m["patient_id"] == NO_EXPERT, "has_expert_mask"] = False
+    m.to_csv(w / "manifest.csv", index=False)
+    return w
+
+
+@pytest.fixture(scope="module")
+def trained(work: Path) -> tuple[Path, dict, set[str]]:
+    """Train once, recording every patient the store hands out while training."""
+    loaded: set[str] = set()
+    original = SliceStore.load
+
+    def recording_load(self: SliceStore, patient_id: str, with_cine: bool = False):
+        loaded.add(patient_id)
+        return original(self, patient_id, with_cine)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SliceStore, "load", recording_load)
+        info = train(_tiny_config(work))
+    return work, info, loaded
+
+
+def test_training_only_touches_train_split_and_excludes_empty_masks(trained):
+    work, info, loaded = trained
+    assert loaded, "the recorder saw no load at all"
+    assert loaded <= set(TRAIN)
+    assert not loaded & set(TEST)
+    assert EMPTY_MASK in info["excluded_patients"]
+    assert "empty" in info["excluded_patients"][EMPTY_MASK]
+    used = set(info["train_patients"]) | set(info["val_patients"])
+    assert used == set(TRAIN) - {EMPTY_MASK}
+    assert not set(info["train_patients"]) & set(info["val_patients"])
+    model = work / "segmentation" / "model"
+    for f in ("model.pt", "done.json", "config.yaml", "versions.json", "checkpoints/last.ckpt"):
+        assert (model / f).is_file(), f
+    blob = torch.load(model / "model.pt", weights_only=True)
+    assert blob["image_size"] == 48 and blob["spacing_mm"] == 3.5
+
+
+def test_finished_training_is_skipped_and_interrupted_one_resumes(trained, tmp_path, monkeypatch):
+    work, info, _ = trained
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("a finished training must not build a trainer")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(train_mod, "make_trainer", no_trainer)
+        again = train(_tiny_config(copy))
+    assert again["train_seconds"] == info["train_seconds"]
+    # Simulate an interrupted run: checkpoints but no done.json; ask for one more epoch.
+    (copy / "segmentation" / "model" / "done.json").unlink()
+    resumed = train(_tiny_config(copy, max_epochs=2))
+    assert resumed["epochs"] == 2
+    assert resumed["train_seconds"] >= info["train_seconds"]  # the clock is kept in the checkpoint
+    logged = pd.read_csv(copy / "segmentation" / "model" / "logs" / "csv" / "metrics.csv")
+    assert logged["val_dice"].notna().sum() >= 1
+
+
+def test_no_usable_train_patient_is_a_clear_error(work, tmp_path):
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("segmentation"))
+    (copy / "splits.json").write_text(json.dumps({"train": [EMPTY_MASK], "test": TEST, "folds": [],
+                                                  "seed": 0, "method": "random"}))
+    with pytest.raises(CardioclrError, match="no train-split patient has a usable expert mask"):
+        select_patients(SliceStore(copy), 0.1, 0)
+
+
+@pytest.fixture(scope="module")
+def predicted(trained) -> tuple[Path, dict]:
+    work, _, _ = trained
+    # QC pictures cost ~0.3 s each: drawn for one patient in its own test below.
+    return work, predict(PredictConfig(work=str(work), tta=False, margin_mm=7.0, qc_png=False))
+
+
+def test_predict_writes_masks_for_every_patient(predicted):
+    work, summary = predicted
+    store = SliceStore(work)
+    assert summary["segmented"] == len(store.patient_ids) == 12 and not summary["failed"]
+    for pid in store.patient_ids:
+        ed, es = load_labels(work, pid, "predicted")
+        n = store.load(pid).n_slices
+        assert ed.shape == es.shape == (n, 48, 48) and ed.dtype == np.uint8 and ed.max() <= 3
+        with np.load(predicted_mask_path(work, pid)) as z:
+            assert z["ed_heart"].shape == ed.shape and z["ed_heart"].dtype == bool
+            assert (z["ed_heart"] | ~(ed > 0)).all()  # the heart mask covers every label
+    assert store.load(ONE_SLICE).n_slices == 1
+    flags = pd.read_csv(work / "segmentation" / "qc_flags.csv")
+    assert list(flags.columns) == ["patient_id", "phase", "flag", "detail"]
+
+
+def test_predict_draws_qc_pictures_with_tta(trained, tmp_path):
+    work, _, _ = trained
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy)
+    s = predict(PredictConfig(work=str(copy), tta=True, qc_png=True), patient_ids=["patient001", ONE_SLICE])
+    assert s["segmented"] == 2
+    for pid in ("patient001", ONE_SLICE):
+        assert (copy / "segmentation" / "qc" / f"{pid}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predicted_nifti_has_source_affine_and_shape(predicted, data_root):
+    work, _ = predicted
+    pid = "patient007"
+    src_img = nib.load(data_root / "training" / pid / f"{pid}_frame01.nii.gz")
+    pred = nib.load(work / "segmentation" / "nifti" / pid / f"{pid}_frame01_pred.nii.gz")
+    assert pred.shape == src_img.shape
+    np.testing.assert_allclose(pred.affine, src_img.affine)
+    assert pred.get_data_dtype() == np.uint8
+    es_files = sorted((work / "segmentation" / "nifti" / pid).glob("*_pred.nii.gz"))
+    assert len(es_files) == 2
+
+
+def test_source_nifti_round_trip_reproduces_the_expert_file(work, data_root, tmp_path):
+    # Axis order and geometry: the store's expert labels written back must equal the source file.
+    store = SliceStore(work)
+    pid = "patient003"
+    ps = store.load(pid)
+    write_source_nifti(tmp_path, store, ps, {"ED": ps.ed_mask, "ES": ps.es_mask})
+    es_frame = int(store.manifest.at[pid, "es_frame"])
+    for frame in (1, es_frame):
+        ours = np.asarray(nib.load(tmp_path / f"{pid}_frame{frame:02d}_pred.nii.gz").dataobj)
+        ref = np.asarray(nib.load(data_root / "training" / pid / f"{pid}_frame{frame:02d}_gt.nii.gz").dataobj)
+        assert np.array_equal(ours, ref)
+
+
+def test_one_bad_patient_does_not_stop_predict(trained, tmp_path, monkeypatch):
+    work, _, _ = trained
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy)
+    bad = "patient008"
+    stale = predicted_mask_path(copy, bad)
+    save_npz(stale, ed_mask=np.zeros((6, 48, 48), np.uint8), es_mask=np.zeros((6, 48, 48), np.uint8))
+    original = SliceStore.load
+
+    def failing_load(self: SliceStore, patient_id: str, with_cine: bool = False):
+        if patient_id == bad:
+            raise DataError(self.path(patient_id), "corrupt archive")
+        return original(self, patient_id, with_cine)
+
+    monkeypatch.setattr(SliceStore, "load", failing_load)
+    s = predict(PredictConfig(work=str(copy), tta=False, qc_png=False))
+    assert list(s["failed"]) == [bad] and s["segmented"] == 11
+    assert not stale.exists() and not (copy / "segmentation" / "nifti" / bad).exists()
+    flags = pd.read_csv(copy / "segmentation" / "qc_flags.csv")
+    row = flags[flags["flag"] == "predict_failed"]
+    assert row["patient_id"].tolist() == [bad] and "corrupt archive" in row["detail"].iloc[0]
+    assert predicted_mask_path(copy, "patient007").is_file()
+
+
+def test_model_for_another_store_grid_is_refused(work):
+    store = SliceStore(work)
+    model = LoadedModel(torch.nn.Identity(), 4, 64, 3.0, Path("model.pt"), {})
+    with pytest.raises(CardioclrError, match="trained on a 64 px store at 3.0 mm"):
+        check_compatible(model, store)
+    check_compatible(dataclasses.replace(model, image_size=48, spacing_mm=3.5), store)
+
+
+def test_load_labels_sources_and_errors(work, tmp_path):
+    assert MASK_SOURCES == ("predicted", "expert")
+    ed, es = load_labels(work, "patient001", "expert")
+    assert ed.dtype == np.uint8 and ed.shape == (6, 48, 48) and set(np.unique(ed)) == {0, 1, 2, 3}
+    with pytest.raises(CardioclrError, match="no expert mask"):
+        load_labels(work, NO_EXPERT, "expert")
+    with pytest.raises(CardioclrError, match="unknown mask source"):
+        load_labels(work, "patient001", "manual")
+    fresh = tmp_path / "w"
+    shutil.copytree(work, fresh, ignore=shutil.ignore_patterns("segmentation"))
+    with pytest.raises(CardioclrError, match=r"cardioclr segment predict"):
+        load_labels(fresh, "patient001", "predicted")
+
+
+def test_evaluate_with_perfect_predictions(work, tmp_path):
+    # Predicted = expert: Dice 1, HD95 0, index bias 0 -- the test patient without expert is skipped.
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("segmentation"))
+    for pid in TEST:
+        if pid != NO_EXPERT:
+            ed, es = load_labels(copy, pid, "expert")
+            save_npz(predicted_mask_path(copy, pid), ed_mask=ed, es_mask=es)
+    m = evaluate(copy)
+    assert m["n_test"] == len(TEST) - 1
+    assert m["mean_dice"] == 1.0 and m["mean_hd95"] == 0.0
+    assert m["dice"]["ED"] == {"RV": 1.0, "MYO": 1.0, "LV": 1.0}
+    lv = m["indices_agreement"]["lv_edv_ml"]
+    assert lv["n"] == len(TEST) - 1 and lv["bias"] == 0.0 and lv["pearson_r"] == pytest.approx(1.0)
+    assert json.loads((copy / "segmentation" / "metrics.json").read_text())["n_test"] == m["n_test"]
+    idx = pd.read_csv(copy / "segmentation" / "indices.csv")
+    assert set(idx["source"]) == {"predicted", "expert"}
+    assert {"lv_edv_ml", "lv_ef_pct", "myo_mass_ed_g", "wt_ed_max_mm"} <= set(idx.columns)

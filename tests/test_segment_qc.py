@@ -1,0 +1,66 @@
+"""QC flags: silent on a plausible heart, firing on broken masks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cardioclr.segment.qc import mid_slices, open_fraction, qc_figure, qc_flags
+
+SPACING = (10.0, 1.5, 1.5)
+
+
+def _heart(n_slices: int = 8, r_lv: float = 20, wall: float = 6, r_rv: float = 16) -> np.ndarray:
+    """Cartoon stack (z, 96, 96): LV cavity disk, myocardium ring, RV disk beside it."""
+    yy, xx = np.mgrid[:96, :96]
+    lab = np.zeros((n_slices, 96, 96), np.uint8)
+    for k in range(n_slices):
+        t = 1.0 - 0.4 * k / max(n_slices - 1, 1)
+        d = np.hypot(yy - 48, xx - 52)
+        rv = np.hypot(yy - 48, xx - (52 - (r_lv + wall) * t - 0.6 * r_rv * t)) <= r_rv * t
+        lab[k][rv] = 1
+        lab[k][d <= (r_lv + wall) * t] = 2
+        lab[k][d <= r_lv * t] = 3
+    return lab
+
+
+def _flags(labels: dict, removed: dict | None = None) -> set[tuple[str, str]]:
+    return {(r["phase"], r["flag"]) for r in qc_flags(labels, removed or {}, SPACING)}
+
+
+def test_plausible_heart_has_no_flags():
+    ed, es = _heart(), _heart(r_lv=14, wall=8)
+    assert _flags({"ED": ed, "ES": es}) == set()
+
+
+def test_flags_fire_for_broken_masks():
+    ed, es = _heart(), _heart(r_lv=14, wall=8)
+    mids = mid_slices(ed)
+    assert mids == [2, 3, 4, 5]
+    broken = es.copy()
+    broken[mids[1]][broken[mids[1]] == 1] = 0  # RV missing on a mid slice
+    gap = ed.copy()
+    gap[mids[0], 40:56, 20:52] = np.where(gap[mids[0], 40:56, 20:52] == 2, 0, gap[mids[0], 40:56, 20:52])
+    f = _flags({"ED": gap, "ES": broken}, {"ED": {"MYO": 0.2, "LV": 0.01}})
+    assert ("ES", "structure_missing") in f
+    assert ("ED", "myo_not_enclosing") in f
+    assert ("ED", "fragmented") in f and ("ES", "fragmented") not in f
+    assert open_fraction(gap[mids[0]]) > 0.1 and open_fraction(ed[mids[0]]) == 0.0
+
+
+def test_volume_and_ef_flags():
+    tiny = _heart(n_slices=2, r_lv=5, wall=3)  # LV EDV ~ 2 mL
+    f = _flags({"ED": tiny, "ES": tiny})
+    assert ("ED", "implausible_volume") in f
+    assert ("ED/ES", "implausible_ef") in f  # ES = ED: EF 0 %
+    no_lv = np.zeros_like(tiny)
+    f = _flags({"ED": no_lv, "ES": no_lv})
+    assert ("ED", "structure_missing") in f and ("ED/ES", "implausible_ef") in f
+
+
+def test_qc_figure_writes_a_png(tmp_path):
+    ed, es = _heart(), _heart(r_lv=14, wall=8)
+    img = {"ED": (ed > 0).astype(np.float32), "ES": (es > 0).astype(np.float32)}
+    out = tmp_path / "qc" / "p1.png"
+    qc_figure(out, "p1", img, {"ED": ed, "ES": es}, {"ED": ed, "ES": es}, [{"flag": "fragmented"}])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(out.parent.iterdir()) == [out]  # no temporary file left behind
