@@ -89,9 +89,10 @@ def test_html_self_contained(fake_report: Path) -> None:
 
 def test_report_sections_present(fake_report: Path) -> None:
     md = (fake_report / "report.md").read_text()
-    for needle in ("Figure 1", "ROC", "In-heart saliency", "Dice", "HD95", "QC flags:** 1 of 2",
-                   "lv_ef_pct", "clinical-rf", "hybrid-rf", "Patients per class", "patient999",
-                   "abc123", "Durations per stage"):
+    for needle in ("Figure 1", "ROC", "In-heart saliency", "Dice", "HD95",
+                   "QC flags:** 1 of 90 segmented patients flagged, 2 flags", "lv_ef_pct",
+                   "clinical-rf", "hybrid-rf", "Patients per class", "patient999", "abc123",
+                   "Durations per stage"):
         assert needle in md, needle
 
 

@@ -84,8 +84,8 @@ def write_fake_study(out: Path, n_test_per_class: int = 6, failed: tuple[str, ..
         "hd95": {"ED": {"RV": 9.5, "MYO": 6.1, "LV": 4.2}, "ES": {"RV": 11.0, "MYO": 7.0, "LV": 5.0}},
         "mean_dice": 0.797, "mean_hd95": 7.1, "n_test": len(test),
         "indices_agreement": {"lv_ef_pct": {"n": len(test), "pearson_r": 0.93, "bias": -1.2, "sd": 4.5}}}))
-    _write(seg / "qc_flags.csv", "patient_id,flagged,reasons\npatient001,True,small LV\n"
-           "patient002,False,\n")
+    _write(seg / "qc_flags.csv", "patient_id,phase,flag,detail\npatient001,ED,fragmented,LV: 9%\n"
+           "patient001,ES,fragmented,LV: 7%\n")
     (seg / "qc").mkdir(parents=True, exist_ok=True)
     (seg / "qc" / "patient001.png").write_bytes(tiny_png(200))
     for name in ("smallcnn-full", "smallcnn-segmented"):

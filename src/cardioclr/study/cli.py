@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "ImageNet cells are listed as not run")
     s.add_argument("--devices", type=int, default=None, help="GPUs (or CPU processes) per stage")
     s.add_argument("--accelerator", default=None, help="auto, cpu, gpu (default: the preset's)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the preset's; demo: 1, which is fastest on "
+                   "a shared or busy CPU)")
     s.set_defaults(func=_run_study)
 
     r = sub.add_parser("report", help="rebuild OUT/report.html, report.md and results.csv from a "
@@ -87,6 +90,8 @@ def _run_study(args: argparse.Namespace) -> int:
         overrides["devices"] = args.devices
     if args.accelerator is not None:
         overrides["accelerator"] = args.accelerator
+    if args.threads is not None:
+        overrides["threads"] = args.threads
     cfg = load_config(preset, config_file, overrides)
     if args.imagenet_weights:
         from cardioclr.study.config import validate

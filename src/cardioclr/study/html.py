@@ -71,9 +71,10 @@ class Gallery:
 
 @dataclass(frozen=True)
 class Code:
-    """Preformatted text (the saved configuration)."""
+    """Preformatted text (the saved configuration), collapsed under ``summary`` in HTML."""
 
     text: str
+    summary: str = "show"
 
 
 Block = Heading | Para | Table | Figure | Gallery | Code
@@ -107,6 +108,7 @@ nav.toc a{margin-right:14px;white-space:nowrap}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:6px 10px}
 .small{font-size:.85em;color:#57606a}
 pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:.8em}
+summary{cursor:pointer;color:#2c5d8f}
 """
 
 _LINK = re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+)\)")
@@ -146,7 +148,9 @@ def render_html(title: str, blocks: list[Block]) -> str:
         elif isinstance(block, Table):
             parts.append(_table_html(block))
         elif isinstance(block, Code):
-            parts.append(f"<pre>{html.escape(block.text)}</pre>")
+            # Collapsed: the configuration is for the record, not for reading first.
+            parts.append(f"<details><summary>{html.escape(block.summary)}</summary>"
+                         f"<pre>{html.escape(block.text)}</pre></details>")
         elif isinstance(block, Figure):
             parts.append(f'<figure><img src="{data_uri(block.png)}" alt="{html.escape(block.caption)}">'
                          f"<figcaption>{_inline_html(block.caption)}</figcaption></figure>")

@@ -358,7 +358,8 @@ def auc_row(cells: list[CellResult | None]) -> list[TCell]:
         if c is None:
             out.append(TCell("—"))
         elif c.status != "done":
-            out.append(TCell(c.status.replace("-", " "), sub=_short_reason(c.reason)))
+            # The reason is in the note under the table; the cell only says that there is one.
+            out.append(TCell(c.status.replace("-", " "), sub="see note" if c.reason else ""))
         else:
             sub = "reference" if c.pretraining == "none" else fmt_p(c.p_vs_none)
             if c.p_vs_none is not None:
@@ -532,23 +533,29 @@ def _saliency_images(cell: CellResult) -> dict[str, Path]:
 def saliency_section(data: StudyData, n: int) -> list[Block]:
     """In-heart saliency share per model and a few patients' overlays per model."""
     blocks: list[Block] = []
-    rows = []
-    sal_keys: list[str] = []
+    rows, caveats = [], []
     for c in data.cells:
         s = (c.metrics or {}).get("saliency")
-        if isinstance(s, dict):
-            sal_keys += [k for k, v in s.items() if k not in sal_keys and _num(v) is not None]
-    for c in data.cells:
-        s = (c.metrics or {}).get("saliency")
-        if c.status == "done" and isinstance(s, dict):
-            rows.append([TCell(c.label), *[TCell(fmt(_num(s.get(k)))) for k in sal_keys]])
+        if c.status != "done" or not isinstance(s, dict):
+            continue
+        sd = _num(s.get("in_heart_share_sd"))
+        rows.append([TCell(c.label), TCell(fmt(_num(s.get("in_heart_share_mean")))),
+                     TCell(fmt(sd) if sd is not None else "—"),
+                     TCell(fmt(_num(s.get("mask_area_share_mean")))),
+                     TCell(str(s.get("n", "")))])
+        if s.get("caveat") and s["caveat"] not in caveats:
+            caveats.append(str(s["caveat"]))
     if rows:
-        best = max((_num(r[1].text) or -1.0) for r in rows) if sal_keys else None
-        if sal_keys and sal_keys[0] == "in_heart_share_mean" and best is not None:
-            rows = [[r[0], TCell(r[1].text, bold=_num(r[1].text) == best), *r[2:]] for r in rows]
-        blocks.append(Table("In-heart saliency score per model (share of the saliency map inside "
-                            "the predicted heart mask, test patients; higher = attends to the heart)",
-                            ["Model", *sal_keys], rows))
+        vals = [_num(r[1].text) for r in rows]
+        best = max((v for v in vals if v is not None), default=None)
+        rows = [[r[0], TCell(r[1].text, bold=v is not None and v == best), *r[2:]]
+                for r, v in zip(rows, vals, strict=True)]
+        blocks.append(Table(
+            "In-heart saliency score per model: share of the Grad-CAM saliency inside the "
+            "(dilated) predicted heart mask, mean over test patients; higher = the model looks at "
+            "the heart. Chance level = the mask's share of the image.",
+            ["Model", "In-heart share (mean)", "SD", "Chance level (mask area share)", "Patients"],
+            rows, [f"Note: {c}" for c in caveats]))
     images = {c.cell: _saliency_images(c) for c in data.cells}
     images = {k: v for k, v in images.items() if v}
     if not images:
@@ -615,21 +622,30 @@ def segmentation_section(data: StudyData) -> list[Block]:
     if qc.is_file():
         try:
             flags = pd.read_csv(qc, dtype={"patient_id": str})
-        except (OSError, ValueError):
-            flags = pd.DataFrame()
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            flags = pd.DataFrame(columns=["patient_id"])
         flagged = _flagged(flags)
-        blocks.append(Para(f"**QC flags:** {len(flagged)} of {len(flags)} patients flagged "
-                           "(qc_flags.csv)."))
+        ids = sorted(set(flagged["patient_id"])) if "patient_id" in flagged.columns else []
+        summary = _read_json_or_none(sdir / "predict_summary.json", data.warnings) or {}
+        total = summary.get("patients") or data.dataset.get("patients") or "?"
+        kinds = Counter(flagged["flag"]) if "flag" in flagged.columns else Counter()
+        blocks.append(Para(f"**QC flags:** {len(ids)} of {total} segmented patients flagged, "
+                           f"{len(flagged)} flags" + (" (" + ", ".join(f"{k}: {v}" for k, v in
+                                                                     kinds.most_common()) + ")"
+                                                      if kinds else "") + " — qc_flags.csv."))
         if len(flagged):
-            cols = list(flagged.columns)[:8]
-            rows = [[TCell(_cell_str(v)) for v in r] for r in flagged[cols].head(25).itertuples(index=False)]
-            blocks.append(Table("Flagged patients (first 25)", cols, rows))
+            cols = list(flagged.columns)[:6]
+            rows = [[TCell(_cell_str(v)) for v in r] for r in flagged[cols].head(20).itertuples(index=False)]
+            more = ([f"{len(flagged) - 20} more flags in work/segmentation/qc_flags.csv"]
+                    if len(flagged) > 20 else [])
+            blocks.append(Table("QC flags (first 20)", cols, rows, more))
         qc_imgs = sorted((sdir / "qc").glob("*.png")) if (sdir / "qc").is_dir() else []
         if qc_imgs:
-            ids = set(flagged["patient_id"]) if "patient_id" in flagged.columns else set()
-            pick = [p for p in qc_imgs if p.stem in ids][:3] or qc_imgs[:3]
-            blocks.append(Gallery("Segmentation QC images", [
-                (f"qc_{p.stem}.png", p.read_bytes(), p.stem + (" (flagged)" if p.stem in ids else ""))
+            flagged_set = set(ids)
+            pick = ([p for p in qc_imgs if p.stem in flagged_set][:2]
+                    + [p for p in qc_imgs if p.stem not in flagged_set][:2]) or qc_imgs[:4]
+            blocks.append(Gallery("Segmentation QC images (predicted contours solid, expert dashed)", [
+                (f"qc_{p.stem}.png", p.read_bytes(), p.stem + (" (flagged)" if p.stem in flagged_set else ""))
                 for p in pick]))
     else:
         blocks.append(Para("No QC flags file (work/segmentation/qc_flags.csv) was found."))
@@ -637,16 +653,16 @@ def segmentation_section(data: StudyData) -> list[Block]:
 
 
 def _flagged(flags: pd.DataFrame) -> pd.DataFrame:
-    """Rows of qc_flags.csv that carry a flag (a true ``flagged`` column or a non-empty reason)."""
+    """Rows of qc_flags.csv that carry a flag: one row per flag (``patient_id, phase, flag,
+    detail``); a boolean ``flagged`` column is honoured too."""
     if flags.empty:
         return flags
-    for col in ("flagged", "flag", "is_flagged"):
-        if col in flags.columns:
-            return flags[flags[col].astype(str).str.lower().isin(("true", "1", "yes"))]
-    for col in ("flags", "reasons", "reason"):
+    if "flagged" in flags.columns:
+        return flags[flags["flagged"].astype(str).str.lower().isin(("true", "1", "yes"))]
+    for col in ("flag", "flags", "reason"):
         if col in flags.columns:
             return flags[flags[col].fillna("").astype(str).str.strip() != ""]
-    return flags  # one row per flagged patient
+    return flags
 
 
 def _cell_str(v: Any) -> str:
@@ -808,7 +824,7 @@ def provenance_section(data: StudyData) -> list[Block]:
     if (data.out / "study.yaml").is_file():
         blocks.append(Para("**Configuration** (OUT/study.yaml; every cell also keeps its own "
                            "config.yaml and versions.json):"))
-        blocks.append(Code((data.out / "study.yaml").read_text(encoding="utf-8")))
+        blocks.append(Code((data.out / "study.yaml").read_text(encoding="utf-8"), "show study.yaml"))
     return blocks
 
 

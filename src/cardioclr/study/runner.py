@@ -201,6 +201,10 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
 
     stages = STAGES if stages is None else stages
     out = Path(out).resolve()
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     prepare_out(cfg, out)
     check_options(cfg, stages)
     ctx = StudyContext(cfg, out)

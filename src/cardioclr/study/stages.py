@@ -204,10 +204,43 @@ def run_segment_predict(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
     """Segment every patient of the store (masks, NIfTI, QC)."""
     from cardioclr.segment.predict import predict
 
-    summary = predict(segment_predict_config(ctx.cfg, ctx.work))
+    pc = segment_predict_config(ctx.cfg, ctx.work)
+    summary = predict(pc)
     if summary.get("segmented", 0) == 0:
         raise CardioclrError(f"segmentation failed for every patient: {summary.get('failed')}")
+    if not pc.qc_png:
+        qc_examples(ctx.work, QC_EXAMPLES)
     return {k: summary.get(k) for k in ("patients", "segmented", "flagged_patients", "seconds")}
+
+
+#: QC pictures drawn when the segment stage was told to draw none (the demo: one matplotlib
+#: figure per patient costs more than segmenting it): the flagged patients first, then test ones.
+QC_EXAMPLES = 4
+
+
+def qc_examples(work: Path, n: int) -> list[str]:
+    """Draw ``WORK/segmentation/qc/PID.png`` for ``n`` patients; returns their ids."""
+    import pandas as pd
+
+    from cardioclr.data.store import SliceStore
+    from cardioclr.segment.masks import load_labels, predicted_mask_path
+    from cardioclr.segment.qc import qc_figure
+
+    store = SliceStore(work)
+    seg = work / "segmentation"
+    flags = pd.read_csv(seg / "qc_flags.csv", dtype={"patient_id": str}) if (
+        seg / "qc_flags.csv").is_file() else pd.DataFrame(columns=["patient_id"])
+    order = list(dict.fromkeys([*flags["patient_id"], *store.splits.test, *store.patient_ids]))
+    chosen = [p for p in order if predicted_mask_path(work, p).is_file()][:n]
+    for pid in chosen:
+        ps = store.load(pid)
+        ed, es = load_labels(work, pid, "predicted")
+        expert = ({"ED": ps.ed_mask, "ES": ps.es_mask}
+                  if ps.ed_mask is not None and ps.es_mask is not None else None)
+        rows = flags[flags["patient_id"] == pid].drop(columns="patient_id").to_dict("records")
+        qc_figure(seg / "qc" / f"{pid}.png", pid, {"ED": ps.ed_image, "ES": ps.es_image},
+                  {"ED": ed, "ES": es}, expert, rows)
+    return chosen
 
 
 def run_segment_evaluate(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
