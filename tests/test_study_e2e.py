@@ -1,0 +1,117 @@
+"""End to end: ``cardioclr study`` on a tiny synthetic cohort, then ``report`` and ``predict``.
+
+Everything is as small as the stages allow (20 patients, 32 px, one or two epochs), so the
+numbers mean nothing; the test checks that the real stages chain, that the tables come out
+with every cell, and that a re-run skips finished work.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cardioclr.cli import main
+
+TINY = {
+    "preset": "demo",
+    "synthetic": {"patients": 20, "seed": 1, "options": {"matrix": 64}},
+    "prepare": {"image_size": 32, "spacing_mm": 5.0, "n_folds": 2},
+    "segment": {"options": {"network": {"channels": [4, 8, 16, 32, 64]}, "crop": 32,
+                            "batch_size": 16, "trainer": {"max_epochs": 2, "patience": 2},
+                            "optim": {"time_budget_s": 20}}},
+    "pretrain": {"options": {"batch_size": 16, "max_epochs": 1, "patience": 1,
+                             "val_fraction": 0.2}},
+    "finetune": {"options": {"max_epochs": 2, "patience": 1, "n_boot": 50, "grid_batch": [16]}},
+    "baseline": {"options": {"n_estimators": [20], "max_depth": [3], "n_boot": 50}},
+    "report": {"saliency_patients": 2, "n_boot": 50},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    root = tmp_path_factory.mktemp("e2e")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    out = root / "study"
+    start = time.perf_counter()
+    code = main(["study", "--out", str(out), "--config", str(cfg)])
+    seconds = time.perf_counter() - start
+    assert code == 0, (out / "study_state.json").read_text()
+    return out, seconds
+
+
+@pytest.mark.slow
+def test_study_tables(tiny_study: tuple[Path, float]) -> None:
+    out, seconds = tiny_study
+    df = pd.read_csv(out / "results.csv")
+    ft = df[df["kind"] == "finetune"]
+    assert len(ft) == 8
+    done = ft[ft["status"] == "done"]
+    assert set(zip(done["pretraining"], done["downstream_input"], strict=True)) == {
+        (p, i) for p in ("none", "simclr-full", "simclr-segmented") for i in ("full", "segmented")}
+    assert done["auc"].between(0, 1).all()
+    assert (done["auc_ci_low"] <= done["auc_ci_high"]).all()
+    assert done["accuracy"].between(0, 1).all()
+    assert (ft[ft["pretraining"] == "imagenet"]["status"] == "not-run").all()
+    base = df[df["kind"] == "baseline"]
+    assert len(base) == 2 and base["auc"].between(0, 1).all()
+    md = (out / "report.md").read_text()
+    for table in ("Table 1.", "Table 2.", "Table 3."):
+        assert table in md
+    assert "**" in md.split("Table 1.")[1].split("Table 2.")[0]  # a bold best cell
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and 'src="http' not in html
+    state = json.loads((out / "study_state.json").read_text())
+    assert {r["status"] for r in state["cells"].values()} == {"done", "not-run"}
+    # Every cell is its own directory with its provenance.
+    cell = out / "finetune" / "smallcnn__simclr-segmented__segmented"
+    for name in ("config.yaml", "versions.json", "metrics.json", "predictions.csv", "curves.csv",
+                 "model.pt"):
+        assert (cell / name).is_file(), name
+    print(f"tiny study: {seconds:.0f} s")
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_cells(tiny_study: tuple[Path, float],
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out, _ = tiny_study
+    start = time.perf_counter()
+    assert main(["study", "--out", str(out)]) == 0  # same study, config read from OUT/study.yaml
+    assert time.perf_counter() - start < 30
+    assert "15 cells done (0 run now)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_predict_new_patients(tiny_study: tuple[Path, float], tmp_path: Path) -> None:
+    out, _ = tiny_study
+    data = out / "data"
+    folders = sorted(p for p in data.glob("*/patient*") if p.is_dir())[:2]
+    bad = tmp_path / "patient999"
+    bad.mkdir()
+    (bad / "Info.cfg").write_text("ED: 1\nES: 9\n")  # frames missing
+    nifti = sorted(folders[0].glob("*_frame??.nii.gz"))
+    assert len(nifti) == 2
+    ed, es = nifti[0], nifti[1]
+    shutil.copy(ed, tmp_path / "anon_ed.nii.gz")
+    shutil.copy(es, tmp_path / "anon_es.nii.gz")
+    model = out / "finetune" / "smallcnn__simclr-segmented__segmented"
+    pred_out = tmp_path / "pred"
+    code = main(["predict", str(model), *map(str, folders), str(bad), "--ed",
+                 str(tmp_path / "anon_ed.nii.gz"), "--es", str(tmp_path / "anon_es.nii.gz"),
+                 "--id", "anon1", "--out", str(pred_out), "--device", "cpu"])
+    assert code == 1  # one patient failed; the others were predicted
+    df = pd.read_csv(pred_out / "predictions.csv")
+    assert list(df["patient_id"]) == [f.name for f in folders] + ["anon1"]
+    probs = df[[c for c in df.columns if c.startswith("prob_")]]
+    assert probs.shape[1] == 5 and (probs.sum(axis=1) - 1).abs().max() < 1e-4
+    assert set(df["predicted"]) <= {c[5:] for c in probs.columns}
+    failed = pd.read_csv(pred_out / "failed.csv")
+    assert list(failed["patient_id"]) == ["patient999"] and "frame" in failed["reason"][0]
+    for pid in df["patient_id"]:
+        assert (pred_out / "saliency" / f"{pid}.png").is_file()
