@@ -112,6 +112,13 @@ def fingerprint(cfg: FinetuneConfig) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def inference_device(accelerator: str) -> torch.device:
+    """Where test prediction, features and Grad-CAM run: the GPU when training could use one."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def _rank_zero() -> bool:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -173,7 +180,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
              chosen["epochs"], chosen["cv_val_auc_mean"])
 
     # ---- 2. final model(s) on all of train
-    models, final_results = [], []
+    models: list[DualPhaseClassifier] = []
+    final_results: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         model, res = _final_model(out / "final" / f"seed{seed}", make_model, seed, bank, splits.train,
                                   chosen, cfg, n_classes, settings, fp)
@@ -183,10 +191,11 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         return {}
 
     # ---- 3. the one evaluation on test
+    device = inference_device(cfg.accelerator)
     test_rows = bank.rows_of(splits.test)
     per_seed_p = []
     for model in models:
-        p, _ = predict_slices(model, bank.images[test_rows], bank.hearts[test_rows], cfg.input_mode)
+        p, _ = predict_slices(model, bank.images[test_rows], bank.hearts[test_rows], cfg.input_mode, device)
         per_seed_p.append(p)
     slice_patient = bank.patient[test_rows].numpy()
     keys, _ = patient_probabilities(per_seed_p[0], slice_patient)
@@ -205,7 +214,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     # ---- 4. model, features, curves, saliency
     pretraining = info.pretraining
     save_classifier(out / MODEL_FILE, models, spec, classes, pretraining, cfg.seeds)
-    n_features = _write_deep_features(out / "deep_features.csv", models[0], bank, store, spec)
+    n_features = _write_deep_features(out / "deep_features.csv", models[0], bank, store, spec, device)
     curves = _curves(cv_results, final_results)
     write_text(out / "curves.csv", curves.to_csv(index=False))
     write_text(out / "cv.csv", table.to_csv(index=False))
@@ -216,7 +225,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         pred = {pid: int(np.argmax(ens[i])) for i, pid in enumerate(test_ids)}
         sal_patients = [load_patient_inputs(store, pid, spec, cfg.saliency_margin_mm) for pid in test_ids]
         sal = run_saliency(models[0], sal_patients, pred, classes, cfg.input_mode, out / "saliency",
-                           cfg.saliency_margin_mm, cfg.mask_source)
+                           cfg.saliency_margin_mm, cfg.mask_source, device)
 
     cv_touched = sorted({p for r in cv_results for p in r["train_patients"] + r["val_patients"]})
     final_touched = sorted(splits.train)
@@ -307,12 +316,12 @@ def _write_predictions(out: Path, test_ids: list[str], y: np.ndarray, ens: np.nd
 
 
 def _write_deep_features(path: Path, model: DualPhaseClassifier, bank: SliceBank, store: SliceStore,
-                         spec: InputSpec) -> int:
+                         spec: InputSpec, device: torch.device) -> int:
     """``patient_id, f0..f{2D-1}``: mean over a patient's slices of the [ED, ES] features.
 
     All train and test patients, plus any other stored patient whose masks load (unlabelled).
     """
-    _, feats = predict_slices(model, bank.images, bank.hearts, spec.input_mode, with_features=True)
+    _, feats = predict_slices(model, bank.images, bank.hearts, spec.input_mode, device, with_features=True)
     keys, mean = patient_probabilities(feats, bank.patient.numpy())
     ids = [bank.patient_ids[k] for k in keys]
     extra = [p for p in store.patient_ids if p not in set(ids)]
@@ -324,7 +333,7 @@ def _write_deep_features(path: Path, model: DualPhaseClassifier, bank: SliceBank
             log.info("deep features: skipping %s (%s)", pid, err)
             continue
         _, f = predict_slices(model, torch.from_numpy(pi.images), torch.from_numpy(pi.hearts),
-                              spec.input_mode, with_features=True)
+                              spec.input_mode, device, with_features=True)
         rows.append(f.mean(axis=0, keepdims=True))
         ids.append(pid)
     feats_all = np.concatenate(rows)
