@@ -309,3 +309,58 @@ def test_interrupted_run_resumes_from_last_checkpoint(tiny_work: Path, tmp_path:
                      RunHyper(1e-3, 32, 2), "segmented", 5, settings, seed=0)
     assert [h["epoch"] for h in second["history"]] == [0, 1]
     assert second["history"][0]["train_loss"] == first["history"][0]["train_loss"]
+
+
+def test_binary_task_end_to_end(tmp_path: Path) -> None:
+    # A two-class cohort (NOR vs DCM): the macro AUC is the plain AUC of class 1, computed on
+    # patient probabilities (mean of slice probabilities), and several seeds report a spread.
+    from sklearn.metrics import roc_auc_score
+
+    from cardioclr.data.prepare import PrepareConfig, prepare
+    from conftest import write_tiny_acdc
+
+    write_tiny_acdc(tmp_path / "raw", n_per_class=6, seed=3, groups=("NOR", "DCM"))
+    work = tmp_path / "work"
+    prepare(PrepareConfig(data=str(tmp_path / "raw"), out=str(work), spacing_mm=3.5, image_size=48,
+                          workers=1, seed=0))
+    cfg = FinetuneConfig(work=str(work), encoder="smallcnn", init="none", input_mode="segmented",
+                         mask_source="expert", out=str(tmp_path / "run"), image_size=32,
+                         grid_lr=(1e-3,), grid_batch=(16,), max_epochs=1, patience=1, max_folds=1,
+                         seeds=(0, 1), n_boot=50, saliency=False, accelerator="cpu")
+    m = finetune(cfg)
+    store = SliceStore(work)
+    assert len(store.classes) == 2 and m["classes"] == store.classes
+    pred = pd.read_csv(tmp_path / "run" / "predictions.csv", dtype={"patient_id": str})
+    assert sorted(pred["patient_id"]) == sorted(store.splits.test)
+    p1 = pred[prob_columns(store.classes)[1]].to_numpy()
+    y = pred["label_index"].to_numpy()
+    assert len(set(y)) == 2  # both classes in test, so the AUC is defined
+    assert m["test"]["macro_auc"]["value"] == pytest.approx(roc_auc_score(y, p1), abs=1e-12)
+    aucs = [m["test"]["per_class_auc"][c]["value"] for c in store.classes]
+    assert aucs[0] == pytest.approx(aucs[1], abs=1e-12)
+    assert m["seed_spread"]["n_seeds"] == 2 and len(m["per_seed"]) == 2
+    per_seed = pd.read_csv(tmp_path / "run" / "predictions_per_seed.csv", dtype={"patient_id": str})
+    cols = prob_columns(store.classes)
+    ens = per_seed.groupby("patient_id")[cols].mean().loc[pred["patient_id"]].to_numpy()
+    np.testing.assert_allclose(ens, pred[cols].to_numpy(), atol=1e-6)  # seed ensemble = mean
+
+
+def test_linear_probe_run_changes_only_the_head(tiny_work: Path, tmp_path: Path) -> None:
+    # Through a real Lightning fit (train + validation epochs): frozen encoders keep their
+    # weights AND their batch-norm running statistics (they stay in eval mode); the head learns.
+    from cardioclr.classify.train import RunHyper, fit_run
+
+    store = SliceStore(tiny_work)
+    train_ids, val_ids = store.splits.train[:4], store.splits.train[4:6]
+    bank = SliceBank.load(store, train_ids + val_ids, InputSpec("segmented", "expert", image_size=32))
+    torch.manual_seed(0)
+    model = DualPhaseClassifier("smallcnn", 5, freeze_encoders=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit_run(tmp_path / "run", model, bank, train_ids, val_ids, RunHyper(1e-2, 8, 1), "segmented", 5,
+            TrainerSettings(progress_bar=False, accelerator="cpu"), seed=0)
+    after = model.state_dict()
+    encoder_keys = [k for k in before if k.startswith("encoder_")]
+    assert any("running_mean" in k for k in encoder_keys)
+    for k in encoder_keys:
+        assert torch.equal(after[k].cpu(), before[k]), k
+    assert not torch.equal(after["head.fc.weight"].cpu(), before["head.fc.weight"])

@@ -268,13 +268,16 @@ def test_full_mode_cli(tiny_work: Path, tmp_path: Path, capsys: pytest.CaptureFi
     out = tmp_path / "cli"
     args = parser.parse_args(["pretrain", str(tiny_work), "--encoder", "smallcnn", "--input", "full",
                               "--image-size", str(SIZE), "--batch-size", "32", "--max-epochs", "1",
-                              "--accelerator", "cpu", "--out", str(out), "--cosine"])
+                              "--accelerator", "cpu", "--out", str(out), "--cosine",
+                              "--precision", "bf16-mixed"])
     assert args.func(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["epochs"] == 1 and summary["n_train_images"] > 0
     assert read_encoder_file(out / "encoder.pt")["input_mode"] == "full"
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["cosine"] is True and config["batch_size"] == 32
+    # --precision reaches the trainer (auto would be 32-true on a CPU).
+    assert json.loads((out / "metrics.json").read_text())["precision"] == "bf16-mixed"
     with pytest.raises(SystemExit):
         parser.parse_args(["pretrain", str(tiny_work), "--encoder", "nope", "--input", "full"])
 
@@ -321,6 +324,19 @@ def test_extra_refuses_main_work_and_its_source(tiny_work: Path, tmp_path: Path)
         resolve_extras([tiny_work], tmp_path, main)
     with pytest.raises(CardioclrError, match="prepared from"):
         resolve_extras([main.info["source"]], tmp_path, main)
+    # A folder holding the main raw data (it would be discovered inside) is refused too.
+    with pytest.raises(CardioclrError, match="prepared from"):
+        resolve_extras([Path(main.info["source"]).parent], tmp_path, main)
+
+
+def test_extra_work_dir_of_the_same_raw_data_is_refused(tiny_work: Path, tmp_path: Path) -> None:
+    # Another preparation of the main raw data (here: a copy with another split seed) has its
+    # own train/test split, so its train patients include main test patients.
+    main = SliceStore(tiny_work)
+    other = tmp_path / "other_work"
+    shutil.copytree(tiny_work, other)
+    with pytest.raises(CardioclrError, match="main test patients"):
+        resolve_extras([other], tmp_path, main)
 
 
 # --------------------------------------------------------------------------------------------

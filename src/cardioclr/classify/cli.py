@@ -10,6 +10,7 @@ from cardioclr.classify.finetune import FinetuneConfig, finetune
 from cardioclr.classify.model import INITS
 from cardioclr.data.views import INPUT_MODES
 from cardioclr.segment.masks import MASK_SOURCES
+from cardioclr.training import PRECISIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,6 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for CIs")
     p.add_argument("--devices", type=int, default=1, help="devices (GPUs) per run; >1 uses DDP")
     p.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
+    p.add_argument("--num-nodes", type=int, default=1, help="nodes (torchrun/SLURM); --devices is "
+                   "per node")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16-mixed on a bf16-capable GPU (16-mixed on older GPUs), 32-true "
+                   "on CPU")
     p.set_defaults(func=_run)
 
 
@@ -72,7 +78,8 @@ def _run(args: argparse.Namespace) -> int:
         max_folds=args.max_folds, augment=args.augment, mask_margin_mm=args.mask_margin_mm,
         roi_margin_mm=args.roi_margin_mm, saliency_margin_mm=args.saliency_margin_mm,
         saliency=args.saliency, n_boot=args.n_boot, devices=args.devices,
-        accelerator=args.accelerator, progress_bar=sys.stderr.isatty(),
+        accelerator=args.accelerator, num_nodes=args.num_nodes, precision=args.precision,
+        progress_bar=sys.stderr.isatty(),
     )
     m = finetune(cfg)
     if m:

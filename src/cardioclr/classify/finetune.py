@@ -85,6 +85,8 @@ class FinetuneConfig:
     n_boot: int = 2000
     devices: int = 1
     accelerator: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"
     progress_bar: bool = False
 
     def out_dir(self) -> Path:
@@ -99,7 +101,8 @@ class FinetuneConfig:
                          self.roi_margin_mm)
 
 
-NOT_IN_FINGERPRINT = ("out", "devices", "accelerator", "progress_bar", "work")
+NOT_IN_FINGERPRINT = ("out", "devices", "accelerator", "num_nodes", "precision", "progress_bar",
+                      "work")
 
 
 def fingerprint(cfg: FinetuneConfig) -> str:
@@ -168,6 +171,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     bank = SliceBank.load(store, list(splits.train) + list(splits.test), spec)
     settings = TrainerSettings(max_epochs=cfg.max_epochs, patience=cfg.patience,
                                accelerator=cfg.accelerator, devices=cfg.devices,
+                               num_nodes=cfg.num_nodes, precision=cfg.precision,
                                progress_bar=cfg.progress_bar)
 
     # ---- 1. cross-validation on train only

@@ -60,6 +60,10 @@ class DualPhaseClassifier(nn.Module):
         if freeze_encoders:
             for enc in self.encoders():
                 enc.requires_grad_(False)
+                # Eval mode from the start: Lightning (>= 2.2) no longer calls .train() when
+                # fitting, so modules keep the mode they were built in (training, for torch) and
+                # batch norm would update its running statistics on the first epoch.
+                enc.eval()
 
     def encoders(self) -> list[nn.Module]:
         """The distinct encoder modules (one when shared, two otherwise)."""

@@ -8,6 +8,7 @@ import json
 from cardioclr.data.views import INPUT_MODES
 from cardioclr.models.encoders import encoder_names
 from cardioclr.segment.masks import MASK_SOURCES
+from cardioclr.training import PRECISIONS
 
 _EPILOG = """\
 what it learns from:
@@ -66,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, default=1, help="GPUs (or CPU processes) per node (1)")
     p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16-mixed on a bf16-capable GPU (16-mixed on older GPUs), 32-true "
+                   "on CPU")
     p.add_argument("--imagenet-weights", default=None, metavar="FILE",
                    help="start from a local torchvision ImageNet state-dict file (never downloaded)")
     p.add_argument("--seed", type=int, default=0)
@@ -88,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         extra=tuple(args.extra), out=args.out, batch_size=args.batch_size, lr=args.lr,
         cosine=args.cosine, temperature=args.temperature, max_epochs=args.max_epochs,
         patience=args.patience, image_size=args.image_size, devices=args.devices,
-        accelerator=args.accelerator, num_nodes=args.num_nodes,
+        accelerator=args.accelerator, num_nodes=args.num_nodes, precision=args.precision,
         imagenet_weights=args.imagenet_weights, seed=args.seed, workers=args.workers,
         use_cine=args.use_cine, mask_margin_mm=args.mask_margin_mm,
         roi_margin_mm=args.roi_margin_mm)

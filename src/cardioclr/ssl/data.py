@@ -301,8 +301,10 @@ def resolve_extras(datas: Sequence[str | os.PathLike[str]], out: Path, main: Sli
     Each is either a prepared WORK dir (used in place) or a raw dataset folder, prepared
     (``unlabelled=True``, on the main store's grid) into ``OUT/extra/<name>`` once. With several
     processes (``rank`` > 0) only rank 0 prepares; the others wait for its ``dataset.json``.
-    Refuses the main work directory itself and the raw data it was prepared from (its test
-    patients would leak into pretraining).
+    Refuses the main work directory itself, the raw data it was prepared from (or a folder
+    containing or inside it), and a work directory prepared from that same raw data (its own
+    split may put main test patients in its train part): test patients would leak into
+    pretraining.
     """
     sources: list[Source] = []
     used: set[str] = set()
@@ -313,9 +315,11 @@ def resolve_extras(datas: Sequence[str | os.PathLike[str]], out: Path, main: Sli
         if path == main.work.resolve():
             raise CardioclrError(f"--extra {data} is the main work directory; its train patients "
                                  "are used already and its test patients must not be")
-        if path == Path(str(main.info.get("source", ""))).resolve():
-            raise CardioclrError(f"--extra {data} is the dataset {main.work} was prepared from; "
-                                 "its test patients must not be used for pretraining")
+        main_source = _source_of(main)
+        if main_source is not None and _overlaps(path, main_source):
+            raise CardioclrError(f"--extra {data} is (or contains, or lies inside) the dataset "
+                                 f"{main.work} was prepared from; its test patients must not be "
+                                 "used for pretraining")
         # Two extras with the same folder name get -2, -3 (names key counts and OUT/extra/).
         name, k = path.name, 2
         while name in used:
@@ -337,12 +341,31 @@ def resolve_extras(datas: Sequence[str | os.PathLike[str]], out: Path, main: Sli
                 else:
                     _wait_for(work / "dataset.json", wait_seconds)
         store = SliceStore(work)
+        extra_source = _source_of(store)
+        if (not prepared_here and main_source is not None and extra_source is not None
+                and _overlaps(extra_source, main_source)):
+            # Another preparation of the same raw data has its own split: its train patients
+            # may be main test patients.
+            raise CardioclrError(f"--extra {data} was prepared from {extra_source}, the data of "
+                                 f"{main.work} ({main_source}); its patients may be main test "
+                                 "patients and must not be used for pretraining")
         if abs(store.spacing_mm - main.spacing_mm) > 1e-6:
             log.warning("extra dataset %s has %.2f mm pixels, the main store %.2f mm: anatomy "
                         "appears at a different scale", work, store.spacing_mm, main.spacing_mm)
         sources.append(Source(name=f"extra:{name}", work=work, mask_source="auto",
                               all_patients=prepared_here))
     return sources
+
+
+def _source_of(store: SliceStore) -> Path | None:
+    """The resolved raw-data folder a work directory was prepared from (None when unrecorded)."""
+    source = str(store.info.get("source") or "")
+    return Path(source).resolve() if source else None
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    """True when resolved paths ``a`` and ``b`` are equal or one lies inside the other."""
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
 def _wait_for(path: Path, seconds: float) -> None:

@@ -70,7 +70,9 @@ class PretrainConfig:
 
     ``batch_size`` is global (see the module docstring). ``val_fraction`` of the ``train``
     patients is held out for early stopping. ``limit_train_batches`` caps batches per epoch
-    (int: count, float: fraction), for smoke tests.
+    (int: count, float: fraction), for smoke tests. ``precision``: a Lightning precision
+    (``auto``: bf16-mixed on a bf16-capable GPU, 32-true on CPU; see
+    :func:`cardioclr.training.resolve_precision`).
     """
 
     work: str
@@ -89,6 +91,7 @@ class PretrainConfig:
     devices: int = 1
     accelerator: str = "auto"
     num_nodes: int = 1
+    precision: str = "auto"
     imagenet_weights: str | None = None
     seed: int = 0
     workers: int = 0
@@ -101,8 +104,10 @@ class PretrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-# Fields that do not change what is learnt: a run may be resumed/skipped with other values.
-_HARDWARE = ("work", "out", "devices", "accelerator", "num_nodes", "workers", "progress_bar")
+# Fields that do not change what is learnt: a run may be resumed/skipped with other values
+# (precision, like the number of devices, changes only rounding).
+_HARDWARE = ("work", "out", "devices", "accelerator", "num_nodes", "precision", "workers",
+             "progress_bar")
 # Fields that only extend training: a finished run with other values is resumed, not redone.
 _EXTENDABLE = ("max_epochs", "patience")
 
@@ -271,7 +276,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     timer = _Throughput()
     settings = TrainerSettings(max_epochs=cfg.max_epochs, patience=cfg.patience,
                                accelerator=cfg.accelerator, devices=cfg.devices,
-                               num_nodes=cfg.num_nodes, progress_bar=cfg.progress_bar,
+                               num_nodes=cfg.num_nodes, precision=cfg.precision,
+                               progress_bar=cfg.progress_bar,
                                limit_train_batches=cfg.limit_train_batches)
     trainer = make_trainer(out, settings, monitor=MONITOR, mode="min", extra_callbacks=[timer])
     world = int(trainer.world_size)
