@@ -40,6 +40,35 @@ def test_nifti_trailing_singleton_time_axis_is_3d(tmp_path: Path) -> None:
     assert vol.array[0, 0, 0] == 7
 
 
+@pytest.mark.parametrize("shape", [(5, 4, 3, 1), (5, 4, 3, 1, 1)])
+def test_nifti_trailing_singleton_axes_are_3d(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    p = tmp_path / "t.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4)), str(p))
+    assert read_volume(p).shape == (3, 4, 5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_nifti_stored_types_become_float32_with_scaling(tmp_path: Path, dtype: type) -> None:
+    stored = np.arange(2 * 3 * 4).reshape(4, 3, 2).astype(dtype)  # (x, y, z)
+    img = nib.Nifti1Image(stored, np.diag([1.5, 1.5, 8.0, 1.0]))
+    img.header.set_data_dtype(dtype)
+    img.header.set_slope_inter(2.0, -1.0)  # scanners store scaled integers
+    p = tmp_path / "s.nii.gz"
+    nib.save(img, str(p))
+    vol = read_volume(p)
+    assert vol.array.dtype == np.float32 and vol.shape == (2, 3, 4)
+    np.testing.assert_allclose(vol.array, stored.transpose(2, 1, 0).astype(np.float32) * 2 - 1)
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])])
+def test_nifti_complex_or_rgb_is_refused(tmp_path: Path, dtype: object) -> None:
+    p = tmp_path / "c.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), dtype=dtype), np.eye(4)), str(p))
+    with pytest.raises(DataError, match="unsupported NIfTI data type") as info:
+        read_volume(p)
+    assert info.value.path == str(p)
+
+
 @pytest.mark.parametrize(("shape", "word"), [((8, 8), "2D image"), ((4, 4, 3, 2), "4D")])
 def test_nifti_wrong_dimensionality(tmp_path: Path, shape: tuple[int, ...], word: str) -> None:
     p = tmp_path / "bad.nii.gz"

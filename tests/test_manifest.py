@@ -122,11 +122,14 @@ def test_bad_rows_are_skipped_with_row_and_reason(tmp_path: Path) -> None:
         f"nomask,ICM,{ok},a/gone_gt.nii.gz,\n"         # row 7
         f"txt,ICM,notes.txt,{f['es_image']},,\n"       # row 8
         f"tall,ICM,{ok},,huge\n"                       # row 9
+        f"same,ICM,{f['ed_image']},{f['ed_image']},,\n"  # row 10: ES = ED by mistake
     )
     cases, skipped = read_manifest(csv)
     assert [c.patient_id for c in cases] == ["good"]
     reasons = {s.patient_id: s for s in skipped}
-    assert set(reasons) == {"nofile", "nolabel", "../evil", "a/b", "nomask", "txt", "tall"}
+    assert set(reasons) == {"nofile", "nolabel", "../evil", "a/b", "nomask", "txt", "tall", "same"}
+    assert "row 10" in reasons["same"].reason
+    assert "ed_image and es_image name the same file" in reasons["same"].reason
     assert reasons["nofile"].reason.startswith("row 3 of m.csv: ed_image")
     assert "does not exist" in reasons["nofile"].reason
     assert reasons["nofile"].path == str(tmp_path.resolve() / "a" / "missing.nii.gz")

@@ -6,17 +6,19 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
 import cardioclr.data.prepare as prep
 from cardioclr.cli import main
+from cardioclr.data.acdc import find_acdc_cases
 from cardioclr.data.prepare import PrepareConfig, prepare
 from cardioclr.data.store import SliceStore, to_source_grid
 from cardioclr.errors import CardioclrError, DataError
 from cardioclr.io.volume import read_label_volume, read_volume
-from conftest import write_nifti, write_tiny_acdc
+from conftest import TINY_SPACING_ZYX, write_nifti, write_tiny_acdc
 
 GROUPS = ("DCM", "NOR")  # 2 classes x 3 patients: still 2 per class after one is skipped
 # With 5 patients, one class can have a single patient in a CV fold; sklearn says so, rightly.
@@ -52,6 +54,19 @@ def _missing_info_field(d: Path) -> tuple[Path, str]:
     return cfg, "missing field(s) Group"
 
 
+def _same_ed_es(d: Path) -> tuple[Path, str]:
+    cfg = d / "Info.cfg"
+    cfg.write_text("\n".join("ES: 1" if x.startswith("ES:") else x
+                             for x in cfg.read_text().splitlines()))
+    return cfg, "ED and ES name the same frame (1)"
+
+
+def _missing_ed_frame(d: Path) -> tuple[Path, str]:
+    ed, _ = _frames(d)
+    ed.unlink()
+    return ed, "ED frame 1 named in Info.cfg does not exist"
+
+
 def _missing_es_frame(d: Path) -> tuple[Path, str]:
     _, es = _frames(d)
     es.unlink()
@@ -63,6 +78,12 @@ def _mask_shape(d: Path) -> tuple[Path, str]:
     gt = ed.with_name(ed.name.replace(".nii.gz", "_gt.nii.gz"))
     write_nifti(gt, np.zeros((6, 40, 48), np.uint8))
     return gt, "mask shape (6, 40, 48) differs from image shape (6, 48, 48)"
+
+
+def _es_spacing(d: Path) -> tuple[Path, str]:
+    _, es = _frames(d)
+    write_nifti(es, read_volume(es).array, spacing_zyx=(8.0, 3.5, 3.5))
+    return es, "voxel spacing (8.0, 3.5, 3.5) mm (z, y, x) differs from the ED frame's"
 
 
 def _label_values(d: Path) -> tuple[Path, str]:
@@ -112,8 +133,11 @@ def _constant(d: Path) -> tuple[Path, str]:
 BAD_INPUTS: dict[str, Callable[[Path], tuple[Path, str]]] = {
     "truncated_nifti": _truncated,
     "missing_info_field": _missing_info_field,
+    "same_ed_es_frame": _same_ed_es,
+    "missing_ed_frame": _missing_ed_frame,
     "missing_es_frame": _missing_es_frame,
     "mask_shape_differs": _mask_shape,
+    "es_spacing_differs": _es_spacing,
     "labels_outside_0_3": _label_values,
     "nan_intensity": _nan,
     "inf_intensity": _inf,
@@ -246,15 +270,18 @@ def test_strict_overwrite_failure_keeps_previous_store(tmp_path: Path) -> None:
     assert _snapshot(work) == before
 
 
-def test_overwrite_required_and_keeps_splits(tmp_path: Path) -> None:
+def test_overwrite_required_and_keeps_splits(tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     data = _dataset(tmp_path / "data")
     work = tmp_path / "work"
     prepare(_cfg(data, work, seed=0))
     splits = (work / "splits.json").read_bytes()
     with pytest.raises(CardioclrError, match="already prepared"):
         prepare(_cfg(data, work))
-    # A rebuild with another seed and size rewrites the store but never re-splits.
-    summary = prepare(_cfg(data, work, seed=5, overwrite=True, image_size=32))
+    # A rebuild with another seed and size rewrites the store but never re-splits, and says so.
+    with caplog.at_level("WARNING", logger="cardioclr.data.prepare"):
+        summary = prepare(_cfg(data, work, seed=5, overwrite=True, image_size=32))
+    assert "seed: kept 0, asked 5" in caplog.text and "splits.json is kept" in caplog.text
     assert (work / "splits.json").read_bytes() == splits
     assert summary["image_size"] == 32
     assert SliceStore(work).load("patient001").ed_image.shape == (6, 32, 32)
@@ -340,3 +367,52 @@ def test_to_source_grid_round_trip(tmp_path: Path, shape: tuple[int, int, int],
         store_mm3 = (p.ed_mask == 3).sum() * 10.0 * 3.0 * 3.0
         src_mm3 = (src.array == 3).sum() * np.prod(src.spacing)
         assert store_mm3 == pytest.approx(src_mm3 * 10.0 / spacing[0], rel=0.1)
+
+
+def test_uncompressed_nifti_files_are_found(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data")
+    d = data / "training" / "patient002"
+    for p in sorted(d.glob("*.nii.gz")):
+        nib.save(nib.load(p), str(p.with_name(p.name.removesuffix(".gz"))))
+        p.unlink()
+    cases, skipped = find_acdc_cases(data)
+    assert skipped == []
+    case = next(c for c in cases if c.patient_id == "patient002")
+    assert case.ed_image.name == "patient002_frame01.nii" and case.ed_mask is not None
+    assert case.es_mask is not None and case.es_mask.suffix == ".nii"
+
+
+# ---------------------------------------------------------------- 4D cine
+
+
+def _add_cine(d: Path, n_frames: int = 4, shape_zyx: tuple[int, int, int] | None = None) -> None:
+    """Write ``PID_4d.nii.gz`` whose frames 0 and 2 are the ED and ES images (int16, x y z t)."""
+    ed, es = (read_volume(p).array for p in _frames(d))
+    mid = (ed + es) / 2
+    frames = [ed, mid, es, ed][:n_frames] if shape_zyx is None else \
+        [np.zeros(shape_zyx, np.float32) + k for k in range(n_frames)]
+    cine = np.stack([f.transpose(2, 1, 0) for f in frames], axis=-1).astype(np.int16)
+    sz, sy, sx = TINY_SPACING_ZYX
+    nib.save(nib.Nifti1Image(cine, np.diag([sx, sy, sz, 1.0])), str(d / f"{d.name}_4d.nii.gz"))
+
+
+def test_cine_every_frame_stored_and_bad_cine_skipped(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data")
+    patients = sorted((data / "training").iterdir())
+    for d in patients[1:]:
+        _add_cine(d)
+    _add_cine(patients[0], shape_zyx=(5, 48, 48))  # one slice fewer than the ED/ES frames
+    work = tmp_path / "work"
+    summary = prepare(_cfg(data, work))
+    assert summary["patients"] == 5 and summary["skipped"] == 1
+    skipped = pd.read_csv(work / "skipped.csv")
+    assert skipped.loc[0, "path"] == str(patients[0] / "patient001_4d.nii.gz")
+    assert "cine frames (5, 48, 48) differ from ED frame (6, 48, 48)" in skipped.loc[0, "reason"]
+    store = SliceStore(work)
+    assert (store.manifest["cine_frames"] == 4).all()
+    p = store.load("patient002", with_cine=True)
+    assert p.cine is not None and p.cine.shape == (4, 6, 64, 64) and p.cine.dtype == np.float16
+    # Same resampling and normalisation as the ED/ES frames (up to float16 rounding).
+    np.testing.assert_allclose(p.cine[0], p.ed_image, atol=2e-3)
+    np.testing.assert_allclose(p.cine[2], p.es_image, atol=2e-3)
+    assert store.load("patient002").cine is None  # only loaded when asked

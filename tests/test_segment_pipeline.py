@@ -144,6 +144,28 @@ def test_no_usable_train_patient_is_a_clear_error(work, tmp_path):
         select_patients(SliceStore(copy), 0.1, 0)
 
 
+def test_unreadable_or_off_grid_store_files_are_excluded_not_fatal(work, tmp_path):
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("segmentation"))
+    truncated = copy / "store" / "patient001.npz"
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    off_grid = copy / "store" / "patient003.npz"
+    with np.load(off_grid) as z:
+        arrays = dict(z)
+    for k in ("ed_image", "es_image", "ed_mask", "es_mask"):
+        arrays[k] = arrays[k][:, :40, :40]  # not the store's 48 x 48 grid
+    save_npz(off_grid, **arrays)
+    store = SliceStore(copy)
+    with pytest.raises(DataError, match="unreadable store file") as info:
+        store.load("patient001")
+    assert info.value.path == str(truncated)
+    sel = select_patients(store, 0.2, 0)
+    assert "unreadable store file" in sel.excluded["patient001"]
+    assert "not the store's (48, 48)" in sel.excluded["patient003"]
+    assert {"patient001", "patient003"}.isdisjoint(sel.train + sel.val)
+    assert sel.train  # the others still train
+
+
 @pytest.fixture(scope="module")
 def predicted(trained) -> tuple[Path, dict]:
     work, _, _ = trained
@@ -177,6 +199,28 @@ def test_predict_draws_qc_pictures_with_tta(trained, tmp_path):
         assert (copy / "segmentation" / "qc" / f"{pid}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_predict_segments_every_cine_frame(trained, tmp_path):
+    # A store patient with a 4D cine (frames: ED, ES, ED): every frame gets post-processed labels.
+    work, _, _ = trained
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("masks", "nifti", "qc"))
+    pid = "patient007"
+    path = copy / "store" / f"{pid}.npz"
+    with np.load(path) as z:
+        arrays = dict(z)
+    arrays["cine"] = np.stack([arrays["ed_image"], arrays["es_image"], arrays["ed_image"]]
+                              ).astype(np.float16)
+    save_npz(path, **arrays)
+    s = predict(PredictConfig(work=str(copy), tta=False, qc_png=False), patient_ids=[pid])
+    assert s["segmented"] == 1
+    with np.load(predicted_mask_path(copy, pid)) as z:
+        cine, ed, es = z["cine_masks"], z["ed_mask"], z["es_mask"]
+    assert cine.shape == (3, 6, 48, 48) and cine.dtype == np.uint8 and cine.max() <= 3
+    # Frames equal to ED/ES (up to float16 rounding of the input) give the same labels.
+    for frame, ref in ((0, ed), (1, es), (2, ed)):
+        assert (cine[frame] == ref).mean() > 0.99
+
+
 def test_predicted_nifti_has_source_affine_and_shape(predicted, data_root):
     work, _ = predicted
     pid = "patient007"
@@ -187,6 +231,20 @@ def test_predicted_nifti_has_source_affine_and_shape(predicted, data_root):
     assert pred.get_data_dtype() == np.uint8
     es_files = sorted((work / "segmentation" / "nifti" / pid).glob("*_pred.nii.gz"))
     assert len(es_files) == 2
+
+
+def test_source_nifti_keeps_the_source_voxel_size_with_an_acdc_style_affine(work, tmp_path):
+    # ACDC headers: sform diag(-1, -1, 1) (no spacing in it), true spacing in pixdim only.
+    store = SliceStore(work)
+    ps = store.load("patient003")
+    quirk = np.diag([-1.0, -1.0, 1.0, 1.0])
+    ps = dataclasses.replace(ps, geometry=dataclasses.replace(ps.geometry, source_affine=quirk))
+    write_source_nifti(tmp_path, store, ps, {"ED": ps.ed_mask, "ES": ps.es_mask})
+    for f in sorted(tmp_path.glob("*_pred.nii.gz")):
+        img = nib.load(f)
+        np.testing.assert_allclose(img.affine, quirk)
+        sz, sy, sx = ps.geometry.source_spacing_zyx
+        np.testing.assert_allclose(img.header.get_zooms()[:3], (sx, sy, sz))
 
 
 def test_source_nifti_round_trip_reproduces_the_expert_file(work, data_root, tmp_path):
@@ -266,3 +324,16 @@ def test_evaluate_with_perfect_predictions(work, tmp_path):
     idx = pd.read_csv(copy / "segmentation" / "indices.csv")
     assert set(idx["source"]) == {"predicted", "expert"}
     assert {"lv_edv_ml", "lv_ef_pct", "myo_mass_ed_g", "wt_ed_max_mm"} <= set(idx.columns)
+
+
+def test_cli_preset_names_match_presets_and_parser_needs_no_torch():
+    import subprocess
+    import sys
+
+    from cardioclr.segment.cli import PRESET_NAMES
+
+    assert PRESET_NAMES == tuple(train_mod.PRESETS)
+    code = ("import sys, cardioclr.segment.cli, cardioclr.data.cli_synth, "
+            "cardioclr.data.cli_prepare; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -8,6 +8,8 @@
     ROOT/training/patientNNN/patientNNN_4d.nii.gz        optional cine (x, y, z, t)
     ROOT/testing/...                                     same layout
 
+Uncompressed ``.nii`` files are accepted where ``.nii.gz`` is absent.
+
 ``ROOT`` may also be a single ``training`` or ``testing`` folder.
 """
 
@@ -38,7 +40,8 @@ def is_acdc_root(root: str | os.PathLike[str]) -> bool:
 def read_info_cfg(path: str | os.PathLike[str], require_label: bool = True) -> dict[str, str]:
     """Parse an ACDC ``Info.cfg`` (``Key: value`` lines) into a dict of strings.
 
-    Raises :class:`DataError` naming the file when it is missing or lacks ED, ES or Group.
+    Raises :class:`DataError` naming the file when it is missing, lacks ED, ES or Group, or
+    names the same frame for ED and ES.
     """
     p = Path(path)
     if not p.is_file():
@@ -55,6 +58,9 @@ def read_info_cfg(path: str | os.PathLike[str], require_label: bool = True) -> d
     for key in ("ED", "ES"):
         if not fields[key].isdigit():
             raise DataError(p, f"field {key} must be a frame number, found {fields[key]!r}")
+    if int(fields["ED"]) == int(fields["ES"]):
+        # Two copies of one frame would pass every later check and give EF = 0.
+        raise DataError(p, f"ED and ES name the same frame ({fields['ED']})")
     return fields
 
 
@@ -67,12 +73,12 @@ def read_acdc_case(patient_dir: str | os.PathLike[str], subset: str | None = Non
     ed, es = int(info["ED"]), int(info["ES"])
     paths = {}
     for phase, frame in (("ed", ed), ("es", es)):
-        image = d / f"{pid}_frame{frame:02d}.nii.gz"
-        if not image.is_file():
-            raise DataError(image, f"{phase.upper()} frame {frame} named in Info.cfg does not exist")
-        mask = d / f"{pid}_frame{frame:02d}_gt.nii.gz"
-        paths[phase] = (image, mask if mask.is_file() else None)
-    cine = d / f"{pid}_4d.nii.gz"
+        image = _nifti(d, f"{pid}_frame{frame:02d}")
+        if image is None:
+            raise DataError(d / f"{pid}_frame{frame:02d}.nii.gz",
+                            f"{phase.upper()} frame {frame} named in Info.cfg does not exist")
+        paths[phase] = (image, _nifti(d, f"{pid}_frame{frame:02d}_gt"))
+    cine = _nifti(d, f"{pid}_4d")
     return Case(
         patient_id=pid,
         label=info.get("Group") or None,
@@ -80,7 +86,7 @@ def read_acdc_case(patient_dir: str | os.PathLike[str], subset: str | None = Non
         es_image=paths["es"][0],
         ed_mask=paths["ed"][1],
         es_mask=paths["es"][1],
-        cine=cine if cine.is_file() else None,
+        cine=cine,
         ed_frame=ed,
         es_frame=es,
         height_cm=_optional_float(info.get("Height")),
@@ -118,6 +124,15 @@ def find_acdc_cases(root: str | os.PathLike[str], require_label: bool = True
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise DataError(r, f"patient IDs appear in both training/ and testing/: {dup[:5]}")
     return cases, skipped
+
+
+def _nifti(folder: Path, stem: str) -> Path | None:
+    """``folder/stem.nii.gz``, or ``stem.nii`` (some ACDC copies are decompressed), or None."""
+    for suffix in (".nii.gz", ".nii"):
+        p = folder / f"{stem}{suffix}"
+        if p.is_file():
+            return p
+    return None
 
 
 def _optional_float(value: str | None) -> float | None:

@@ -121,6 +121,10 @@ def _row_case(fields: dict[str, str], row: int, csv_path: Path, base: Path,
         raise _RowProblem("empty label (pass --unlabelled to use patients without a diagnosis)")
     paths = {name: _resolve(fields, name, base, required=name in REQUIRED_COLUMNS)
              for name in ("ed_image", "es_image", "ed_mask", "es_mask", "cine")}
+    for a, b in (("ed_image", "es_image"), ("ed_mask", "es_mask")):
+        if paths[a] is not None and paths[a] == paths[b]:
+            # Two copies of one frame would pass every later check and give EF = 0.
+            raise _RowProblem(f"{a} and {b} name the same file or folder", str(paths[a]))
     subset_text = fields.get("subset", "")
     subset = _SUBSETS.get(subset_text.lower()) if subset_text else None
     if subset_text and subset is None:

@@ -134,6 +134,7 @@ def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> d
     if ed.shape != es.shape:
         raise DataError(case.es_image, f"ES frame shape {es.shape} differs from ED frame shape "
                         f"{ed.shape} ({case.ed_image})")
+    _check_spacing(case.es_image, es.spacing, ed)
     masks = [_read_mask(m, img) for m, img in ((case.ed_mask, ed), (case.es_mask, es))]
     has_mask = masks[0] is not None and masks[1] is not None
     low, high = _robust_range(case, ed.array, es.array)
@@ -167,6 +168,7 @@ def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> d
         if cine.shape[1:] != ed.shape:
             raise DataError(case.cine, f"cine frames {cine.shape[1:]} differ from ED frame "
                             f"{ed.shape}")
+        _check_spacing(case.cine, cine_spacing, ed)
         arrays["cine"] = np.stack([image_to_store(f) for f in cine]).astype(np.float16)
         n_cine = cine.shape[0]
     from cardioclr.atomic import save_npz
@@ -195,6 +197,14 @@ def body_surface_area(height_cm: float | None, weight_kg: float | None) -> float
     if not height_cm or not weight_kg or height_cm <= 0 or weight_kg <= 0:
         return None
     return math.sqrt(height_cm * weight_kg / 3600.0)
+
+
+def _check_spacing(path: Path, spacing: tuple[float, float, float], ed: Volume) -> None:
+    """Every frame of a patient is resampled with the ED spacing: refuse one that differs."""
+    if not np.allclose(spacing, ed.spacing, rtol=1e-3, atol=1e-4):
+        raise DataError(path, f"voxel spacing {tuple(round(s, 4) for s in spacing)} mm (z, y, x) "
+                        f"differs from the ED frame's {tuple(round(s, 4) for s in ed.spacing)} "
+                        f"mm ({ed.path})")
 
 
 def _read_mask(path: Path | None, image: Volume) -> Volume | None:
@@ -275,6 +285,16 @@ def _plan_splits(work: Path, manifest: pd.DataFrame, cfg: PrepareConfig) -> tupl
             raise CardioclrError(f"{path} was written for a different set of patients "
                                  f"({len(known)} vs {len(labels)} now); delete it explicitly to "
                                  "re-split (every later result depends on it)")
+        asked = {"method": cfg.split, "seed": cfg.seed,
+                 "test_fraction": cfg.test_fraction if cfg.split == "random" else None}
+        differs = {k: (splits.get(k), v) for k, v in asked.items() if splits.get(k) != v}
+        if differs:
+            # Kept on purpose (written once), but a silently ignored --split/--seed would make
+            # a user believe results use a split they do not.
+            log.warning("%s is kept and differs from the requested split (%s); delete it "
+                        "explicitly to re-split", path,
+                        ", ".join(f"{k}: kept {old!r}, asked {new!r}"
+                                  for k, (old, new) in differs.items()))
         return splits, False
     if len(labels) < 2:
         splits = {"method": cfg.split, "seed": cfg.seed, "test_fraction": None, "train": [],

@@ -15,6 +15,7 @@ Splits are by patient, written once by ``prepare`` and only read afterwards.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -141,10 +142,21 @@ class SliceStore:
         return self.work / "store" / f"{patient_id}.npz"
 
     def load(self, patient_id: str, with_cine: bool = False) -> PatientSlices:
-        """Load one patient's arrays (cine only when asked: it is the largest part)."""
+        """Load one patient's arrays (cine only when asked: it is the largest part).
+
+        Raises :class:`DataError` naming the file when it is missing, truncated or lacks arrays.
+        """
         p = self.path(patient_id)
         if not p.is_file():
             raise DataError(p, f"patient {patient_id} is not in the store")
+        try:
+            return self._load(p, patient_id, with_cine)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(p, f"unreadable store file ({type(err).__name__}: {err}); rebuild it "
+                            "with `cardioclr prepare DATA --out WORK --overwrite`") from err
+
+    @staticmethod
+    def _load(p: Path, patient_id: str, with_cine: bool) -> PatientSlices:
         with np.load(p) as z:
             has_mask = bool(z["has_mask"])
             cine = z["cine"] if with_cine and "cine" in z.files else None

@@ -4,6 +4,8 @@ IO contract: every reader returns a :class:`Volume` whose ``array`` is float32 (
 images or uint8 (z, y, x) for label maps, and ``spacing`` is (z, y, x) in millimetres.
 ``affine`` is the 4x4 voxel-to-world matrix of the *source file's own axis order* (NIfTI:
 i, j, k = x, y, z), kept so derived masks can be written back with the same geometry.
+NIfTI spacing comes from the header's voxel size (pixdim), never from the affine: the ACDC files
+have an sform of diag(-1, -1, 1) whatever their true 1.4-1.7 x 5-10 mm voxels.
 """
 
 from __future__ import annotations
@@ -97,9 +99,9 @@ def read_cine(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, fl
 def _read_nifti(p: Path, expect_ndim: int) -> Volume:
     img = _load_nifti_header(p)
     shape = tuple(int(s) for s in img.shape)
-    # A trailing singleton time axis (x, y, z, 1) is a 3D volume in disguise.
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
+    # Trailing singleton axes (x, y, z, 1[, 1]) -- time, or 5D vector exports -- hide a 3D volume.
+    while len(shape) > expect_ndim and shape[-1] == 1:
+        shape = shape[:-1]
     if len(shape) != expect_ndim:
         kind = "a 2D image" if len(shape) == 2 else f"a {len(shape)}D array"
         raise DataError(p, f"expected a 3D stack (x, y, z), found {kind} of shape {shape}")
@@ -121,6 +123,11 @@ def _load_nifti_header(p: Path) -> nib.Nifti1Image:
 
 
 def _nifti_data(p: Path, img: nib.Nifti1Image) -> np.ndarray:
+    dtype = img.get_data_dtype()
+    # RGB (structured) and complex data cannot become intensities without losing information.
+    if dtype.kind not in "biuf":
+        raise DataError(p, f"unsupported NIfTI data type {dtype} (expected a real-valued "
+                        "grey-level image: int, uint or float)")
     try:
         # dataobj applies scl_slope/inter; int16, uint8 and float32 files all become float32.
         return np.asarray(img.dataobj, dtype=np.float32)

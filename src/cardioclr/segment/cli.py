@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from cardioclr.segment.train import PRESETS
+# The names of :data:`cardioclr.segment.train.PRESETS`, spelled out so that building the
+# command-line parser does not import torch and Lightning (seconds for every command, even synth).
+PRESET_NAMES = ("cpu", "gpu")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       description="Writes WORK/segmentation/model/. Re-running resumes from "
                       "checkpoints/last.ckpt; a finished training (done.json) is skipped.")
     t.add_argument("work", help="prepared work directory")
-    t.add_argument("--preset", choices=tuple(PRESETS), default="cpu",
+    t.add_argument("--preset", choices=PRESET_NAMES, default="cpu",
                    help="cpu: small U-Net, < 15 min on 2 cores (default); gpu: nnU-Net-like DynUNet, "
                    "long schedule")
     t.add_argument("--max-epochs", type=int, default=None)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cardioclr.data.store import SliceStore
-from cardioclr.errors import CardioclrError
+from cardioclr.errors import CardioclrError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,9 @@ class PatientSelection:
 def select_patients(store: SliceStore, val_fraction: float, seed: int) -> PatientSelection:
     """Split the store's ``train`` patients with usable expert masks into fit / validation.
 
-    Patients without an expert mask, or whose ED or ES mask is empty, are excluded with a
-    warning naming them. Raises :class:`CardioclrError` when no patient is usable.
+    Patients without an expert mask, whose ED or ES mask is empty, whose store file is
+    unreadable, or whose slices are not on the store grid are excluded with a warning naming
+    them. Raises :class:`CardioclrError` when no patient is usable.
     """
     excluded: dict[str, str] = {}
     usable: list[str] = []
@@ -46,10 +47,21 @@ def select_patients(store: SliceStore, val_fraction: float, seed: int) -> Patien
         elif not bool(store.manifest.at[pid, "has_expert_mask"]):
             excluded[pid] = "no expert mask"
         else:
-            ps = store.load(pid)
+            try:
+                ps = store.load(pid)
+            except DataError as err:  # one unreadable file must not stop the training
+                excluded[pid] = err.problem
+                continue
+            size = (store.image_size, store.image_size)
             empty = [ph for ph, m in (("ED", ps.ed_mask), ("ES", ps.es_mask))
                      if m is None or not m.any()]
-            if empty:
+            if any(a.shape[1:] != size for a in (ps.ed_image, ps.es_image)):
+                excluded[pid] = (f"slices of {ps.ed_image.shape[1:]} px, not the store's {size}; "
+                                 "rebuild the store with `cardioclr prepare --overwrite`")
+            elif any(m is not None and m.shape != img.shape for m, img in
+                     ((ps.ed_mask, ps.ed_image), (ps.es_mask, ps.es_image))):
+                excluded[pid] = "expert mask and image shapes differ"
+            elif empty:
                 excluded[pid] = f"expert {'/'.join(empty)} mask is empty (all background)"
             else:
                 usable.append(pid)

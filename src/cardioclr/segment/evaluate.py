@@ -153,7 +153,11 @@ def clinical_indices_table(work: str | os.PathLike[str], patient_ids: Sequence[s
     rows: list[dict[str, Any]] = []
     for pid in patient_ids:
         h, w = _body_size(store, pid)
-        spacing = store.load(pid).spacing_zyx
+        try:
+            spacing = store.load(pid).spacing_zyx
+        except CardioclrError as err:  # one unreadable patient must not stop the table
+            log.warning("clinical indices: skipping %s: %s", pid, err)
+            continue
         for source in ("predicted", "expert"):
             try:
                 ed, es = load_labels(work, pid, source)

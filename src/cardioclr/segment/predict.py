@@ -157,13 +157,21 @@ def frame_tag(store: SliceStore, pid: str, phase: str) -> str:
 
 def write_source_nifti(folder: Path, store: SliceStore, ps: PatientSlices,
                        labels: dict[str, np.ndarray]) -> None:
-    """ED/ES labels mapped back to the source grid, with the source affine, into ``folder``."""
+    """ED/ES labels mapped back to the source grid, with the source affine and voxel size, into
+    ``folder``.
+
+    The header's voxel size (pixdim) is set from the source spacing, not derived from the
+    affine: ACDC files carry an sform of diag(-1, -1, 1) and their true spacing in pixdim only,
+    so an affine-derived pixdim would claim 1 x 1 x 1 mm voxels.
+    """
     import nibabel as nib
 
+    sz, sy, sx = ps.geometry.source_spacing_zyx
     for phase in ("ED", "ES"):
         src = to_source_grid(labels[phase], ps.geometry)  # (z, H, W)
         img = nib.Nifti1Image(np.ascontiguousarray(src.transpose(2, 1, 0)), ps.geometry.source_affine)
         img.set_data_dtype(np.uint8)
+        img.header.set_zooms((sx, sy, sz))
         img.header.set_xyzt_units("mm", "sec")
         nib.save(img, str(folder / f"{ps.patient_id}_{frame_tag(store, ps.patient_id, phase)}_pred.nii.gz"))
 
