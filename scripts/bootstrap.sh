@@ -20,14 +20,15 @@ pip=("$venv/bin/python" -m pip)
 "${pip[@]}" install -q --upgrade pip >/dev/null 2>&1 || true
 
 if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
+  # ${a[@]+"${a[@]}"} below: an empty array under `set -u` is an error in bash < 4.4 (macOS).
   index_args=()
   if [ -n "${TORCH_INDEX:-}" ]; then index_args=(--extra-index-url "$TORCH_INDEX"); fi
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "bootstrap: NVIDIA GPU found: installing the standard (CUDA) PyTorch build"
-    "${pip[@]}" install -q "${index_args[@]}" torch
+    "${pip[@]}" install -q ${index_args[@]+"${index_args[@]}"} torch
   else
     echo "bootstrap: no GPU found: installing the CPU build torch==2.13.0"
-    "${pip[@]}" install -q "${index_args[@]}" "torch==2.13.0"
+    "${pip[@]}" install -q ${index_args[@]+"${index_args[@]}"} "torch==2.13.0"
   fi
 fi
 

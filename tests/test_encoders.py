@@ -375,3 +375,20 @@ def test_dual_phase_head_dropout_only_in_training() -> None:
 def test_heads_copyable() -> None:
     # Lightning / EMA code deep-copies modules; make sure nothing in the heads prevents it.
     assert isinstance(copy.deepcopy(ProjectionHead(8)), ProjectionHead)
+
+
+def test_cli_encoder_choices_match_the_registry() -> None:
+    from cardioclr.choices import ENCODER_NAMES
+    from cardioclr.models.encoders import encoder_names
+
+    assert list(ENCODER_NAMES) == encoder_names()
+
+
+def test_building_the_cli_parser_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from cardioclr.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'lightning', 'monai') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"

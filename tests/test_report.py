@@ -125,3 +125,44 @@ def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").is_file()
     assert "smallcnn__simclr-full__full" in capsys.readouterr().out
+
+
+def test_collapsed_classifier_and_mixed_revisions_are_reported(tmp_path: Path) -> None:
+    import json
+
+    out = write_fake_study(tmp_path / "s")
+    cell = out / "finetune" / "smallcnn__none__full"
+    pred = pd.read_csv(cell / "predictions.csv")
+    cols = [c for c in pred.columns if c.startswith("prob_")]
+    pred[cols] = 0.1
+    pred["prob_RV"] = 0.6  # the same class for every patient
+    pred.to_csv(cell / "predictions.csv", index=False)
+    for name, rev in (("smallcnn__none__full", "aaa111"), ("smallcnn__simclr-full__full", "bbb222")):
+        (out / "finetune" / name / "versions.json").write_text(json.dumps({"git_revision": rev}))
+    build_report(out)
+    md = (out / "report.md").read_text()
+    notes = md.split("**Table 1.")[1].split("**Table 2.")[0]
+    assert "No pretraining → full images: predicts RV for every test patient" in notes
+    assert "Test split: 30 patients, 5 classes" in notes
+    assert "different code revisions" in md and "aaa111" in md and "bbb222" in md
+
+
+def test_html_layout_details(fake_report: Path) -> None:
+    html = (fake_report / "report.html").read_text()
+    # Numbers stay on one line; "total" rows are bold but not highlighted as a row's best.
+    assert re.search(r'<td class="(best )?num">(<strong>)?0\.\d{3} \(', html)
+    assert '<td class="best"><strong>total' not in html and "<strong>total</strong>" in html
+    # TOC links are separated, so the bar wraps instead of widening the page.
+    assert "</a> <a href=" in html
+    assert "<code>abc123</code>" in html  # `backticks` rendered as code, not literally
+
+
+def test_not_run_reason_without_state_file(tmp_path: Path) -> None:
+    out = write_fake_study(tmp_path / "s")
+    (out / "study_state.json").unlink()  # the report needs the cells' files and study.yaml only
+    build_report(out)
+    df = pd.read_csv(out / "results.csv")
+    im = df[df["pretraining"] == "imagenet"]
+    assert len(im) == 2 and (im["status"] == "not-run").all()
+    assert im["reason"].str.contains("ImageNet").all()
+    assert len(df[(df["kind"] == "finetune") & (df["status"] == "done")]) == 6

@@ -214,7 +214,10 @@ def test_failed_cell_recorded_dependents_not_run(tmp_path: Path) -> None:
     cfg = load_config("demo")
     out = tmp_path / "study"
     stages = FakeStages(fail_on="pretrain/smallcnn-full")
-    result = run_study(cfg, out, stages=stages.table(), stream=io.StringIO(), build_report=False)
+    stream = io.StringIO()
+    result = run_study(cfg, out, stages=stages.table(), stream=stream, build_report=False)
+    # The two cells that depend on the failed one leave the total: the last line adds up.
+    assert stream.getvalue().strip().splitlines()[-1].startswith("[study 13/13 done")
     assert not result.ok and list(result.failed) == ["pretrain/smallcnn-full"]
     assert "simulated failure" in result.failed["pretrain/smallcnn-full"]
     state = json.loads((out / "study_state.json").read_text())["cells"]
@@ -240,3 +243,39 @@ def test_different_config_in_same_out_refused(tmp_path: Path) -> None:
     other = load_config("demo", overrides={"prepare": {"image_size": 96}})
     with pytest.raises(CardioclrError, match="image_size"):
         run_study(other, out, stages=stages.table(), stream=io.StringIO(), build_report=False)
+
+
+def test_predict_refuses_to_replace_a_foreign_work_dir(tmp_path: Path) -> None:
+    from cardioclr.study.predict import PREDICT_MARKER, _check_replaceable
+
+    study_work = tmp_path / "study" / "work"
+    study_work.mkdir(parents=True)
+    (study_work / "dataset.json").write_text("{}")
+    # `predict ... --out OUT` of the study itself must not wipe the training store.
+    with pytest.raises(CardioclrError, match="own work directory"):
+        _check_replaceable(study_work, study_work)
+    other = tmp_path / "pred" / "work"
+    other.mkdir(parents=True)
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(CardioclrError, match="not written by cardioclr predict"):
+        _check_replaceable(other, study_work)
+    (other / PREDICT_MARKER).write_text("")
+    _check_replaceable(other, study_work)  # an earlier predict's store may be replaced
+    _check_replaceable(tmp_path / "absent" / "work", study_work)
+
+
+def test_lightning_style_exit_is_an_interruption(tmp_path: Path) -> None:
+    """Lightning's fit() turns Ctrl-C into sys.exit(1) (SIGTERM: a SystemExit subclass)."""
+    cfg = load_config("demo")
+    out = tmp_path / "study"
+    stages = FakeStages()
+
+    def exits(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
+        raise SystemExit(1)
+
+    table = {**stages.table(), "segment-train": exits}
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, out, stages=table, stream=io.StringIO(), build_report=False)
+    state = json.loads((out / "study_state.json").read_text())["cells"]
+    assert state["segment-train"]["status"] == "pending"
+    assert "resume" in state["segment-train"]["error"]

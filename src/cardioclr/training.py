@@ -23,9 +23,6 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 log = logging.getLogger(__name__)
 
-#: ``--precision`` choices of the training commands (Lightning names; ``auto``: see
-#: :func:`resolve_precision`).
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 
 
 @dataclass(frozen=True)

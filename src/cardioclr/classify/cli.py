@@ -6,11 +6,7 @@ import argparse
 import json
 import sys
 
-from cardioclr.classify.finetune import FinetuneConfig, finetune
-from cardioclr.classify.model import INITS
-from cardioclr.data.views import INPUT_MODES
-from cardioclr.segment.masks import MASK_SOURCES
-from cardioclr.training import PRECISIONS
+from cardioclr.choices import INITS, INPUT_MODES, MASK_SOURCES, PRECISIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Imported here: building the parser must not load torch and Lightning.
+    from cardioclr.classify.finetune import FinetuneConfig, finetune
+
     cfg = FinetuneConfig(
         work=args.work, encoder=args.encoder, init=args.init, weights=args.weights,
         input_mode=args.input_mode, mask_source=args.mask_source, out=args.out,

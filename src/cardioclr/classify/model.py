@@ -25,13 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cardioclr.choices import INITS
 from cardioclr.errors import CardioclrError
 from cardioclr.models.encoders import build_encoder, encoder_names
 from cardioclr.models.heads import DualPhaseHead
 
 log = logging.getLogger(__name__)
-
-INITS = ("none", "imagenet", "simclr")
 
 
 class DualPhaseClassifier(nn.Module):

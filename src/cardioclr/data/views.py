@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import binary_dilation
 
-INPUT_MODES = ("full", "segmented", "roi")
+from cardioclr.choices import INPUT_MODES
 
 
 def check_mode(mode: str) -> str:

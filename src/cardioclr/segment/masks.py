@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cardioclr.choices import MASK_SOURCES
 from cardioclr.errors import CardioclrError, DataError
-
-MASK_SOURCES = ("predicted", "expert")
 
 # Label values on the store grid (ACDC convention).
 BACKGROUND, RV_CAVITY, LV_MYOCARDIUM, LV_CAVITY = 0, 1, 2, 3

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cardioclr.data.views import INPUT_MODES
-from cardioclr.models.encoders import encoder_names
-from cardioclr.segment.masks import MASK_SOURCES
-from cardioclr.training import PRECISIONS
+from cardioclr.choices import ENCODER_NAMES, INPUT_MODES, MASK_SOURCES, PRECISIONS
 
 _EPILOG = """\
 what it learns from:
@@ -45,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "segmentation (Nakashima et al.).",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("work", help="prepared work directory (cardioclr prepare)")
-    p.add_argument("--encoder", required=True, choices=encoder_names())
+    p.add_argument("--encoder", required=True, choices=ENCODER_NAMES)
     p.add_argument("--input", dest="input_mode", required=True, choices=INPUT_MODES,
                    help="full image, heart-masked (segmented, the paper) or heart box (roi)")
     p.add_argument("--masks", choices=MASK_SOURCES, default="predicted",

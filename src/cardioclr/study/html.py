@@ -95,14 +95,16 @@ th,td{border:1px solid #d0d7de;padding:4px 9px;text-align:center;vertical-align:
 th{background:#eef2f6}
 td:first-child,th:first-child{text-align:left}
 td.best{background:#e6f4ea}
+td.num{white-space:nowrap}
+code{font-size:.9em;background:#f3f6f9;padding:0 3px;border-radius:3px}
 td .sub{display:block;font-size:.8em;color:#57606a}
 .notes{font-size:.82em;color:#57606a;margin:.1em 0 1em}
 figure{margin:.8em 0 1.2em}
 figure img{max-width:100%;border:1px solid #e1e4e8}
 figcaption{font-size:.85em;color:#57606a;margin-top:.2em}
 .gallery{display:flex;flex-wrap:wrap;gap:10px;margin:.4em 0 1em}
-.gallery figure{margin:0;width:260px}
-.gallery img{width:260px;height:auto}
+.gallery figure{margin:0;width:340px}
+.gallery img{width:340px;height:auto}
 nav.toc{font-size:.9em;background:#f3f6f9;padding:8px 14px;border-radius:6px;margin:1em 0}
 nav.toc a{margin-right:14px;white-space:nowrap}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:6px 10px}
@@ -113,11 +115,16 @@ summary{cursor:pointer;color:#2c5d8f}
 
 _LINK = re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+)\)")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
+_CODE = re.compile(r"`([^`]+)`")
+#: A table cell that starts with a number (an estimate, a count): kept on one line in HTML so
+#: that ``0.853 (0.801–0.902)`` does not break inside its confidence interval.
+_NUMERIC = re.compile(r"^[-−]?\d")
 
 
 def _inline_html(text: str) -> str:
     out = html.escape(text)
     out = _BOLD.sub(r"<strong>\1</strong>", out)
+    out = _CODE.sub(r"<code>\1</code>", out)
     # Links are citations (doi.org, arxiv.org): <a href> is not a resource load, so the page
     # stays self-contained.
     return _LINK.sub(lambda m: f'<a href="{m.group(2)}">{m.group(1)}</a>', out)
@@ -139,7 +146,9 @@ def render_html(title: str, blocks: list[Block]) -> str:
             anchor = f' id="{html.escape(block.anchor)}"' if block.anchor else ""
             parts.append(f"<h{block.level}{anchor}>{html.escape(block.text)}</h{block.level}>")
             if block.level == 1 and toc:
-                parts.append('<nav class="toc">' + "".join(
+                # Joined by spaces: nowrap links need a break opportunity between them, or the
+                # bar overflows the page (a horizontal scrollbar at 1400 px).
+                parts.append('<nav class="toc">' + " ".join(
                     f'<a href="#{html.escape(h.anchor)}">{html.escape(h.text)}</a>' for h in toc)
                     + "</nav>")
         elif isinstance(block, Para):
@@ -176,7 +185,9 @@ def _table_html(t: Table) -> str:
             if c.bold:
                 text = f"<strong>{text}</strong>"
             sub = f'<span class="sub">{_inline_html(c.sub)}</span>' if c.sub else ""
-            td = '<td class="best">' if c.bold else "<td>"
+            classes = " ".join(k for k, on in (("best", c.bold), ("num", bool(_NUMERIC.match(c.text))))
+                               if on)
+            td = f'<td class="{classes}">' if classes else "<td>"
             cells.append(f"{td}{text}{sub}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     rows.append("</tbody></table>")

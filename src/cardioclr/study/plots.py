@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # headless: the report is built on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 100
 #: One colour per initialisation, the same in every figure of the report.
@@ -86,6 +87,7 @@ def convergence_figure(panels: Sequence[tuple[str, dict[str, pd.DataFrame]]]) ->
         ax_auc.set_title(f"{title}: validation macro AUC", fontsize=10)
         for ax in (ax_loss, ax_auc):
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 0.5" ticks
             ax.grid(alpha=0.3)
         ax_loss.set_ylabel("cross-entropy")
         ax_auc.set_ylabel("AUC")

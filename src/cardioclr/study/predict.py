@@ -139,6 +139,25 @@ def _prepare_store(cases: list[Case], tmp_work: Path, info: dict[str, Any], clas
     return ids
 
 
+#: Written first into ``DIR/work`` so that a later predict (even after a crash) may replace it.
+PREDICT_MARKER = "cardioclr_predict_work"
+
+
+def _check_replaceable(tmp_work: Path, train_work: Path) -> None:
+    """Refuse to delete ``tmp_work`` unless it is absent or an earlier predict's store.
+
+    ``--out OUT`` of the study itself would otherwise wipe the study's ``OUT/work`` (the
+    training store, segmentation model and SimCLR encoders).
+    """
+    if not tmp_work.exists():
+        return
+    if tmp_work.resolve() == train_work.resolve():
+        raise CardioclrError(f"{tmp_work} is the study's own work directory; choose another --out")
+    if any(tmp_work.iterdir()) and not (tmp_work / PREDICT_MARKER).is_file():
+        raise CardioclrError(f"{tmp_work} exists and was not written by cardioclr predict; "
+                             "refusing to replace it: choose another --out")
+
+
 def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInput],
                      out: str | os.PathLike[str], device: str = "auto",
                      saliency: bool = True) -> PredictResult:
@@ -171,7 +190,10 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
             log.error("patient %s: %s", item.patient_id, failed[item.patient_id])
 
     tmp_work = out / "work"  # kept: masks, NIfTI and QC of the new patients live here
+    _check_replaceable(tmp_work, work)
     shutil.rmtree(tmp_work, ignore_errors=True)
+    tmp_work.mkdir(parents=True, exist_ok=True)
+    (tmp_work / PREDICT_MARKER).write_text("store of new patients written by cardioclr predict\n")
     ready = _prepare_store(cases, tmp_work, info, clf.classes, failed)
     if ready:
         summary = segment(PredictConfig(work=str(tmp_work), model=str(seg_model), device=device))

@@ -95,6 +95,11 @@ class Progress:
         self.record(cell, seconds)
         self._line(f"already done: {cell.id}")
 
+    def drop(self, cell: Cell) -> None:
+        """A cell that will not run after all (a dependency failed): out of the total and ETA."""
+        self.cells = [c for c in self.cells if c.id != cell.id]
+        self.total = len(self.cells)
+
     def message(self, text: str) -> None:
         """Any other line (not-run cells, the report)."""
         self._line(text)

@@ -215,6 +215,23 @@ def collect(out: str | os.PathLike[str]) -> StudyData:
         cells[name] = CellResult(name, "finetune", out / rec.get("path", f"finetune/{name}"),
                                  enc, pre, inp, status, reason, _num(rec.get("seconds")))
 
+    if cfg is not None:
+        # Cells that cannot run with this configuration (ImageNet without weights) follow from
+        # study.yaml alone, so the tables say why they are empty even without study_state.json.
+        from cardioclr.study.grid import expand_grid
+
+        try:
+            grid = expand_grid(cfg)
+        except Exception as err:  # noqa: BLE001 - the report works without the grid
+            warnings.append(f"grid of {out / 'study.yaml'}: {err}")
+            grid = []
+        for gc in grid:
+            name = gc.path.removeprefix("finetune/")
+            if gc.kind == "finetune" and gc.not_run_reason and name not in cells:
+                enc, pre, inp = _split_cell_name(name)
+                cells[name] = CellResult(name, "finetune", out / gc.path, enc, pre, inp, "not-run",
+                                         gc.not_run_reason)
+
     order_enc = list(cfg.encoders) if cfg else []
     order_enc += sorted({c.encoder for c in cells.values()} - set(order_enc))
     inputs = ["full", "segmented", "roi"]
@@ -272,6 +289,29 @@ def _predictions(cell: CellResult) -> pd.DataFrame | None:
         return pd.read_csv(p, dtype={"patient_id": str})
     except (OSError, ValueError):
         return None
+
+
+def single_class(cell: CellResult, classes: list[str]) -> str | None:
+    """The class a cell predicts for every test patient, or None when it predicts several.
+
+    A collapsed classifier (one class for everyone) has an accuracy equal to that class's
+    share and a zero-width stratified-bootstrap CI; the report says so instead of leaving
+    ``0.208 (0.208–0.208)`` unexplained.
+    """
+    df = _predictions(cell)
+    if df is None or len(df) < 2:
+        return None
+    if "pred_label" in df.columns:
+        predicted = df["pred_label"].astype(str)
+    else:
+        from cardioclr.evaluate.metrics import prob_columns
+
+        cols = prob_columns(classes)
+        if not classes or any(c not in df.columns for c in cols):
+            return None
+        predicted = pd.Series(np.asarray(classes)[df[cols].to_numpy(float).argmax(axis=1)])
+    values = predicted.unique()
+    return str(values[0]) if len(values) == 1 else None
 
 
 def add_comparisons(data: StudyData, n_boot: int = 2000) -> None:
@@ -390,13 +430,30 @@ def _not_run_notes(cells: list[CellResult | None]) -> list[str]:
     for c in cells:
         if c is not None and c.status != "done" and c.reason and c.reason not in seen:
             seen.add(c.reason)
-            notes.append(f"{c.label}: {c.status} — {c.reason}")
+            notes.append(f"{c.label}: {c.status.replace('-', ' ')} — {c.reason}")
     return notes
 
 
 _AUC_NOTE = ("Macro one-vs-rest ROC AUC on the test split (95% CI: stratified patient bootstrap). "
              "Bold: best of the row. p: paired comparison with no pretraining (same encoder and "
              "downstream input; DeLong for two classes, paired bootstrap of the macro AUC otherwise).")
+
+
+def _auc_note(data: StudyData) -> str:
+    """:data:`_AUC_NOTE` preceded by the test split's size (the CIs' width depends on it)."""
+    n = next((c.test.get("n") for c in data.cells if c.status == "done" and c.test.get("n")), None)
+    size = f"Test split: {n} patients, " if n else ""
+    return (f"{size}{len(data.classes)} classes (chance AUC 0.5). " if data.classes else size) + _AUC_NOTE
+
+
+def _collapsed_notes(cells: list[CellResult | None], classes: list[str]) -> list[str]:
+    notes = []
+    for c in cells:
+        one = single_class(c, classes) if c is not None else None
+        if one:
+            notes.append(f"{c.label}: predicts {one} for every test patient (a collapsed "
+                         "classifier; its accuracy CI has zero width).")
+    return notes
 
 
 def tables_1_2(data: StudyData) -> list[Block]:
@@ -414,7 +471,8 @@ def tables_1_2(data: StudyData) -> list[Block]:
             rows.append([TCell(enc), *auc_row(cells)])
         caption = (f"Table {number}. Downstream training on {INPUT_LABELS[inp]}: macro AUC (95% CI)")
         if rows:
-            blocks.append(Table(caption, header, rows, [_AUC_NOTE, *_not_run_notes(all_cells)]))
+            blocks.append(Table(caption, header, rows, [_auc_note(data), *_not_run_notes(all_cells),
+                                                        *_collapsed_notes(all_cells, data.classes)]))
         else:
             blocks.append(Para(f"{caption}: no cell of this table was run."))
     return blocks
@@ -442,8 +500,8 @@ def table_3(data: StudyData) -> list[Block]:
         return [Para(f"{caption}: no SimCLR cell was run.")]
     return [Table(caption, header, rows, [
         "Columns: images SimCLR was pretrained on → images the classifier was trained and "
-        "tested on. " + _AUC_NOTE.replace("Bold: best of the row", "Bold: best SimCLR "
-                                          "combination of the row"),
+        "tested on. " + _auc_note(data).replace("Bold: best of the row", "Bold: best SimCLR "
+                                                "combination of the row"),
         *_not_run_notes(all_cells)])]
 
 
@@ -452,12 +510,15 @@ def all_cells_table(data: StudyData) -> Table:
     rows = []
     for c in [*data.cells, *data.baselines]:
         acc, bacc = c.estimate("accuracy"), c.estimate("balanced_accuracy")
+        one = single_class(c, data.classes)
+        single = f"predicts {one} for every test patient" if one else ""
         rows.append([TCell(c.label), TCell(auc_text(c) if c.status == "done" else "—"),
                      TCell(f"{fmt(acc[0])} ({fmt(acc[1])}–{fmt(acc[2])})" if acc[0] is not None else "—"),
                      TCell(fmt(bacc[0]) if bacc[0] is not None else "—"),
                      TCell(fmt(c.in_heart) if c.in_heart is not None else "—"),
                      TCell(format_seconds(c.seconds) if c.seconds else "—"),
-                     TCell(c.status, sub=_short_reason(c.reason) if c.status != "done" else "")])
+                     TCell(c.status.replace("-", " "),
+                           sub=_short_reason(c.reason) if c.status != "done" else single)])
     return Table("All cells (also in results.csv)",
                  ["Cell", "Macro AUC (95% CI)", "Accuracy (95% CI)", "Balanced accuracy",
                   "In-heart saliency", "Time", "Status"], rows)
@@ -533,11 +594,12 @@ def _saliency_images(cell: CellResult) -> dict[str, Path]:
 def saliency_section(data: StudyData, n: int) -> list[Block]:
     """In-heart saliency share per model and a few patients' overlays per model."""
     blocks: list[Block] = []
-    rows, caveats = [], []
+    rows, caveats, modes = [], [], []
     for c in data.cells:
         s = (c.metrics or {}).get("saliency")
         if c.status != "done" or not isinstance(s, dict):
             continue
+        modes.append(c.downstream_input)
         sd = _num(s.get("in_heart_share_sd"))
         rows.append([TCell(c.label), TCell(fmt(_num(s.get("in_heart_share_mean")))),
                      TCell(fmt(sd) if sd is not None else "—"),
@@ -546,14 +608,18 @@ def saliency_section(data: StudyData, n: int) -> list[Block]:
         if s.get("caveat") and s["caveat"] not in caveats:
             caveats.append(str(s["caveat"]))
     if rows:
+        # Bold: the best of each downstream input (full and segmented shares are not comparable:
+        # a segmented image is zero outside the heart, see the caveat).
         vals = [_num(r[1].text) for r in rows]
-        best = max((v for v in vals if v is not None), default=None)
-        rows = [[r[0], TCell(r[1].text, bold=v is not None and v == best), *r[2:]]
-                for r, v in zip(rows, vals, strict=True)]
+        best = {m: max((v for v, mm in zip(vals, modes, strict=True) if mm == m and v is not None),
+                       default=None) for m in set(modes)}
+        rows = [[r[0], TCell(r[1].text, bold=v is not None and v == best[m]), *r[2:]]
+                for r, v, m in zip(rows, vals, modes, strict=True)]
         blocks.append(Table(
             "In-heart saliency score per model: share of the Grad-CAM saliency inside the "
             "(dilated) predicted heart mask, mean over test patients; higher = the model looks at "
-            "the heart. Chance level = the mask's share of the image.",
+            "the heart. Chance level = the mask's share of the image. Bold: best per downstream "
+            "input.",
             ["Model", "In-heart share (mean)", "SD", "Chance level (mask area share)", "Patients"],
             rows, [f"Note: {c}" for c in caveats]))
     images = {c.cell: _saliency_images(c) for c in data.cells}
@@ -749,7 +815,8 @@ def dataset_section(data: StudyData) -> list[Block]:
             classes = data.classes or sorted({c for cnt in counts.values() for c in cnt if c})
             rows = [[TCell(c), TCell(str(counts["train"][c])), TCell(str(counts["test"][c])),
                      TCell(str(counts["train"][c] + counts["test"][c]))] for c in classes]
-            rows.append([TCell("total", bold=True), TCell(str(sum(counts["train"].values()))),
+            # "**total**": bold text; TCell(bold=True) means "best of the row" (highlighted).
+            rows.append([TCell("**total**"), TCell(str(sum(counts["train"].values()))),
                          TCell(str(sum(counts["test"].values()))),
                          TCell(str(sum(counts["train"].values()) + sum(counts["test"].values())))])
             folds = splits.get("folds") or []
@@ -790,6 +857,23 @@ def _is_acdc(data: StudyData) -> bool:
     return "acdc" in src.lower() or (Path(src).is_dir() and is_acdc_root(src))
 
 
+def cell_revisions(out: Path) -> dict[str, list[str]]:
+    """Git revision -> stage directories (relative to ``out``) whose ``versions.json`` has it."""
+    found: dict[str, list[str]] = {}
+    # The cells' own directories only: a recursive glob would walk the whole slice store.
+    patterns = ("finetune/*/versions.json", "baseline/*/versions.json",
+                f"{WORK_DIR}/*/versions.json", f"{WORK_DIR}/segmentation/*/versions.json",
+                f"{WORK_DIR}/pretrain/*/versions.json")
+    for p in sorted({q for pattern in patterns for q in out.glob(pattern)}):
+        rel = p.parent.relative_to(out)
+        try:
+            rev = str(read_json(p).get("git_revision") or "unknown")
+        except (OSError, ValueError, AttributeError):
+            continue
+        found.setdefault(rev, []).append(rel.as_posix())
+    return found
+
+
 def provenance_section(data: StudyData) -> list[Block]:
     """Git revision, versions, hardware, durations per stage and the saved configuration."""
     env = data.environment
@@ -801,7 +885,16 @@ def provenance_section(data: StudyData) -> list[Block]:
             f"Python {env.get('python')}; " + ", ".join(f"{k} {v}" for k, v in pk.items() if v)
             + f". **Hardware:** {env.get('platform')}, {env.get('cpu_count')} CPU cores, GPUs: "
             + (", ".join(env.get("cuda_devices") or []) or "none")
-            + f". **Started:** {env.get('time_utc')}. **Command:** `{env.get('command')}`."))
+            # study_environment.json is rewritten by every (re-)run; the state keeps the first.
+            + f". **Study started:** {(data.state or {}).get('started') or env.get('time_utc')}; "
+            f"**last run started:** {env.get('time_utc')}. **Command:** `{env.get('command')}`."))
+    revisions = cell_revisions(data.out)
+    if len(revisions) > 1:
+        blocks.append(Table(
+            "The cells ran at different code revisions (the checkout changed while the study "
+            "ran or between its runs); results may not be comparable", ["Git revision", "Cells"],
+            [[TCell(f"`{rev}`"), TCell(", ".join(dirs))] for rev, dirs in revisions.items()],
+            css="warn"))
     cells = (data.state or {}).get("cells") or {}
     if cells:
         by_kind: dict[str, list[float]] = {}
@@ -812,8 +905,8 @@ def provenance_section(data: StudyData) -> list[Block]:
         rows = [[TCell(k), TCell(str(len(v))), TCell(format_seconds(sum(v))),
                  TCell(format_seconds(sum(v) / len(v)))] for k, v in by_kind.items()]
         total = sum(sum(v) for v in by_kind.values())
-        rows.append([TCell("total", bold=True), TCell(str(sum(len(v) for v in by_kind.values()))),
-                     TCell(format_seconds(total), bold=True), TCell("")])
+        rows.append([TCell("**total**"), TCell(str(sum(len(v) for v in by_kind.values()))),
+                     TCell(f"**{format_seconds(total)}**"), TCell("")])
         blocks.append(Table("Durations per stage (all runs of this study)",
                             ["Stage", "Cells", "Total", "Per cell"], rows,
                             ["Cell status: " + ", ".join(f"{k} {v}" for k, v in status.items())]))

@@ -229,6 +229,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
             state.set(cell.id, "not-run", reason=reason)
             result.not_run[cell.id] = reason
             blocked[cell.id] = "was not run"
+            progress.drop(cell)
             progress.message(f"not run: {cell.id} ({reason})")
             continue
         if cell_finished(ctx, cell):
@@ -248,10 +249,14 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
             with _CellLog(log_path):
                 log.info("cell %s (%s) -> %s", cell.id, cell.kind, ctx.cell_dir(cell))
                 summary = fn(ctx, cell) or {}
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit) as err:
+            # Lightning turns Ctrl-C inside fit() into sys.exit(1), and SIGTERM into
+            # SIGTERMException (a SystemExit): all three are an interrupted cell, resumable.
             state.set(cell.id, "pending", seconds=time.perf_counter() - start,
                       error="interrupted; re-run the same command to resume")
-            raise
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            raise KeyboardInterrupt from err
         except Exception as err:  # noqa: BLE001 - one bad cell must not stop the study
             seconds = time.perf_counter() - start
             message = f"{type(err).__name__}: {err}"

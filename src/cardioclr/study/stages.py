@@ -214,7 +214,7 @@ def run_segment_predict(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
 
 
 #: QC pictures drawn when the segment stage was told to draw none (the demo: one matplotlib
-#: figure per patient costs more than segmenting it): the flagged patients first, then test ones.
+#: figure per patient costs more than segmenting it): half flagged patients, half test ones.
 QC_EXAMPLES = 4
 
 
@@ -230,8 +230,12 @@ def qc_examples(work: Path, n: int) -> list[str]:
     seg = work / "segmentation"
     flags = pd.read_csv(seg / "qc_flags.csv", dtype={"patient_id": str}) if (
         seg / "qc_flags.csv").is_file() else pd.DataFrame(columns=["patient_id"])
-    order = list(dict.fromkeys([*flags["patient_id"], *store.splits.test, *store.patient_ids]))
-    chosen = [p for p in order if predicted_mask_path(work, p).is_file()][:n]
+    # Half flagged, half not (the report shows both kinds side by side); test patients first.
+    flagged = [p for p in dict.fromkeys(flags["patient_id"]) if predicted_mask_path(work, p).is_file()]
+    others = [p for p in dict.fromkeys([*store.splits.test, *store.patient_ids])
+              if p not in set(flagged) and predicted_mask_path(work, p).is_file()]
+    k = min(len(flagged), max(n - len(others), (n + 1) // 2))
+    chosen = (flagged[:k] + others)[:n]
     for pid in chosen:
         ps = store.load(pid)
         ed, es = load_labels(work, pid, "predicted")
