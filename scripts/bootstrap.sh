@@ -27,6 +27,14 @@ if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
     echo "bootstrap: NVIDIA GPU found: installing the standard (CUDA) PyTorch build"
     "${pip[@]}" install -q ${index_args[@]+"${index_args[@]}"} torch
   else
+    # PyPI's Linux torch wheel depends on the CUDA libraries (several GB). The CPU build comes
+    # from a local wheel (this project's machines) or from PyTorch's CPU index when reachable.
+    cpu_index="https://download.pytorch.org/whl/cpu"
+    if [ -z "${TORCH_INDEX:-}" ] && [ "$(uname -s)" = Linux ] \
+       && "$venv/bin/python" -c "import urllib.request as u; u.urlopen('$cpu_index/torch/', timeout=5)" \
+          >/dev/null 2>&1; then
+      index_args=(--extra-index-url "$cpu_index")
+    fi
     echo "bootstrap: no GPU found: installing the CPU build torch==2.13.0"
     "${pip[@]}" install -q ${index_args[@]+"${index_args[@]}"} "torch==2.13.0"
   fi

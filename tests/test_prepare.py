@@ -416,3 +416,18 @@ def test_cine_every_frame_stored_and_bad_cine_skipped(tmp_path: Path) -> None:
     np.testing.assert_allclose(p.cine[0], p.ed_image, atol=2e-3)
     np.testing.assert_allclose(p.cine[2], p.es_image, atol=2e-3)
     assert store.load("patient002").cine is None  # only loaded when asked
+
+
+def test_atomic_outputs_get_umask_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from cardioclr.atomic import atomic_dir, write_text
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_text(tmp_path / "report.md", "x")
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o666 & ~mask
+    with atomic_dir(tmp_path / "store") as d:
+        (d / "a").write_text("y")
+    assert stat.S_IMODE((tmp_path / "store").stat().st_mode) == 0o777 & ~mask

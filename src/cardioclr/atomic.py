@@ -17,6 +17,10 @@ from typing import Any
 
 import numpy as np
 
+# The process umask, read once at import (os.umask has no getter: set it and restore it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -33,6 +37,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 files; results are shared, so give them the usual umask mode.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -72,6 +78,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
