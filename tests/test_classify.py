@@ -364,3 +364,33 @@ def test_linear_probe_run_changes_only_the_head(tiny_work: Path, tmp_path: Path)
     for k in encoder_keys:
         assert torch.equal(after[k].cpu(), before[k]), k
     assert not torch.equal(after["head.fc.weight"].cpu(), before["head.fc.weight"])
+
+
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tiny_work: Path,
+                                                                          tmp_path: Path) -> None:
+    # Shuffling and augmentation draw random numbers every epoch: a resumed run must continue
+    # the interrupted run's random state, not restart it, to finish with identical weights.
+    import torch
+
+    from cardioclr.classify.train import RunHyper, fit_run
+
+    store = SliceStore(tiny_work)
+    few = store.splits.train[:4]
+    bank = SliceBank.load(store, few, InputSpec("segmented", "expert", image_size=32))
+    settings = TrainerSettings(progress_bar=False, accelerator="cpu")
+    torch.manual_seed(0)
+    straight = DualPhaseClassifier("smallcnn", 5)
+    init = {k: v.clone() for k, v in straight.state_dict().items()}
+    fit_run(tmp_path / "straight", straight, bank, few, None, RunHyper(1e-3, 8, 3), "segmented", 5,
+            settings, seed=0)
+    resumed = DualPhaseClassifier("smallcnn", 5)
+    resumed.load_state_dict(init)
+    fit_run(tmp_path / "resumed", resumed, bank, few, None, RunHyper(1e-3, 8, 1), "segmented", 5,
+            settings, seed=0)
+    torch.manual_seed(12345)  # a fresh process: another global random state
+    again = DualPhaseClassifier("smallcnn", 5)
+    again.load_state_dict(init)  # weights come from last.ckpt anyway
+    fit_run(tmp_path / "resumed", again, bank, few, None, RunHyper(1e-3, 8, 3), "segmented", 5,
+            settings, seed=0)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key

@@ -357,3 +357,22 @@ def test_save_encoder_round_trip_and_validation(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"g\.pt.*not a cardioclr encoder file"):
         read_encoder_file(tmp_path / "g.pt")
     assert not list(tmp_path.glob(".*.tmp*"))  # atomic writes leave no temporary files
+
+
+def test_resumed_pretraining_matches_an_uninterrupted_one(run: tuple[PretrainConfig, dict],
+                                                          tmp_path: Path) -> None:
+    # The 2-epoch fixture run resumed to 3 epochs must end with the same encoder as a 3-epoch run
+    # from scratch: shuffling and view sampling continue from the checkpointed random state.
+    from cardioclr.ssl.checkpoint import load_encoder_weights
+
+    cfg, _ = run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(Path(cfg.out or ""), resumed)
+    pretrain(dataclasses.replace(cfg, out=str(resumed), max_epochs=3))
+    straight = tmp_path / "straight"
+    pretrain(dataclasses.replace(cfg, out=str(straight), max_epochs=3))
+    a = load_encoder_weights(resumed / "encoder.pt", "smallcnn")
+    b = load_encoder_weights(straight / "encoder.pt", "smallcnn")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -55,20 +59,111 @@ def resolve_precision(settings: TrainerSettings) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+#: ``generators(trainer, module)`` -> the named ``torch.Generator`` objects a run draws from
+#: besides the global random state (e.g. the DataLoader's shuffling generator).
+GeneratorsFn = Callable[[L.Trainer, L.LightningModule], "dict[str, torch.Generator]"]
+
+
+class RandomState(L.Callback):
+    """Keeps the random-number state in every checkpoint and restores it on resume.
+
+    Without it a resumed run re-seeds (or keeps the fresh process's) random state, so the
+    epochs after an interruption draw other shuffles and augmentations than an uninterrupted
+    run: a killed study would not finish with the same results. Saved: Python's, NumPy's and
+    torch's global states (CUDA's too when present) and the run's own generators. Restored at
+    ``on_fit_start`` (before any DataLoader iterator draws from them); a generator that a
+    module creates in its own ``on_fit_start`` is restored at ``on_train_start``.
+    """
+
+    def __init__(self, generators: GeneratorsFn | None = None) -> None:
+        self.generators = generators
+        self._trainer: L.Trainer | None = None
+        self._module: L.LightningModule | None = None
+        self._pending: dict[str, Any] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # noqa: D102
+        self._trainer, self._module = trainer, pl_module
+
+    def _named(self) -> dict[str, torch.Generator]:
+        if self.generators is None or self._trainer is None or self._module is None:
+            return {}
+        return self.generators(self._trainer, self._module)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The current random state (called by Lightning when a checkpoint is saved)."""
+        state: dict[str, Any] = {
+            "python": random.getstate(),
+            "numpy": _numpy_state(),
+            "torch": torch.get_rng_state(),
+            "generators": {k: g.get_state() for k, g in self._named().items()},
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the saved state; it is applied when training starts."""
+        self._pending = state_dict
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        # Before the first DataLoader iterator exists: creating one draws its base seed (and,
+        # without a generator, the shuffling seed) from the state restored here.
+        state = self._pending
+        if not state:
+            return
+        random.setstate(state["python"])
+        _set_numpy_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        self._restore_generators(state)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        # Generators that modules create in their own on_fit_start (after the callbacks').
+        if self._pending:
+            self._restore_generators(self._pending)
+        self._pending = None
+
+    def _restore_generators(self, state: dict[str, Any]) -> None:
+        """Set every saved generator that exists now, once; the rest stay pending."""
+        named = self._named()
+        left = dict(state.get("generators", {}))
+        for name in list(left):
+            if name in named:
+                named[name].set_state(left.pop(name))
+        state["generators"] = left
+
+
+def _numpy_state() -> dict[str, Any]:
+    """NumPy's global state as tensors and numbers (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _set_numpy_state(s: dict[str, Any]) -> None:
+    np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"],
+                         s["cached"]))
+
+
 def make_trainer(
     out_dir: str | os.PathLike[str],
     settings: TrainerSettings,
     monitor: str,
     mode: str = "min",
     extra_callbacks: list[L.Callback] | None = None,
+    generators: GeneratorsFn | None = None,
 ) -> L.Trainer:
     """A trainer that early-stops on ``monitor``, keeps ``last.ckpt`` and ``best.ckpt``, and logs.
 
-    ``monitor`` must be logged by the module once per validation epoch.
+    ``monitor`` must be logged by the module once per validation epoch. Checkpoints carry the
+    random state (:class:`RandomState`, with the run's own ``generators``), so a resumed run
+    continues as the uninterrupted one would have.
     """
     out = Path(out_dir)
     ckpt_dir = out / "checkpoints"
     callbacks: list[L.Callback] = [
+        RandomState(generators),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
                         save_last=True, save_top_k=1, enable_version_counter=False),
         EarlyStopping(monitor=monitor, mode=mode, patience=settings.patience),

@@ -184,13 +184,16 @@ def fit_run(run_dir: str | Path, model: DualPhaseClassifier, bank: SliceBank, tr
         val_dl = DataLoader(bank.dataset(val_ids), batch_size=EVAL_BATCH, shuffle=False, num_workers=0)
     module = ClassifierModule(model, hyper.lr, input_mode, n_classes, bank.patient,
                               FINETUNE_AUGMENT if hyper.augment else None)
+    def generators(*_: Any) -> dict[str, torch.Generator]:
+        return {"shuffle": gen}  # the shuffling order continues where a resumed run stopped
+
     if val_dl is None:
         # No validation: checkpoint on the training loss and never stop early.
         s = replace(settings, max_epochs=hyper.max_epochs, patience=hyper.max_epochs + 1)
-        trainer = make_trainer(run, s, monitor="train_loss", mode="min")
+        trainer = make_trainer(run, s, monitor="train_loss", mode="min", generators=generators)
     else:
         s = replace(settings, max_epochs=hyper.max_epochs)
-        trainer = make_trainer(run, s, monitor="val_loss", mode="min")
+        trainer = make_trainer(run, s, monitor="val_loss", mode="min", generators=generators)
     start = time.perf_counter()
     with warnings.catch_warnings():
         # In-memory tensors: DataLoader workers would only add process overhead.

@@ -241,13 +241,13 @@ def build_sample_lists(cfg: PretrainConfig, out: Path, rank_zero: bool = True
 
 
 def _loaders(train: SSLArrays, val: SSLArrays, batch: int, val_batch: int, workers: int,
-             pin: bool, seed: int) -> tuple[DataLoader, DataLoader]:
+             pin: bool, shuffle: torch.Generator) -> tuple[DataLoader, DataLoader]:
     """In-memory loaders; Lightning swaps in a DistributedSampler under DDP."""
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": pin, "collate_fn": collate_slices,
                               "persistent_workers": workers > 0}
     train_loader = DataLoader(SliceDataset(train.images, train.hearts), batch_size=batch, shuffle=True,
                               drop_last=True,  # equal batches on every rank for the gather
-                              generator=torch.Generator().manual_seed(seed), **common)
+                              generator=shuffle, **common)
     # Fixed val batches of equal size: NT-Xent's value depends on the number of negatives.
     val_loader = DataLoader(SliceDataset(val.images, val.hearts), batch_size=val_batch, shuffle=False,
                             drop_last=True, **common)
@@ -279,7 +279,19 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                                num_nodes=cfg.num_nodes, precision=cfg.precision,
                                progress_bar=cfg.progress_bar,
                                limit_train_batches=cfg.limit_train_batches)
-    trainer = make_trainer(out, settings, monitor=MONITOR, mode="min", extra_callbacks=[timer])
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+
+    def generators(_: L.Trainer, module: L.LightningModule) -> dict[str, torch.Generator]:
+        # What a resumed run must continue: the shuffling (one process; DDP's sampler is
+        # seeded per epoch) and the module's view sampling (created in its on_fit_start).
+        named = {"shuffle": shuffle}
+        views = getattr(module, "_train_gen", None)
+        if isinstance(views, torch.Generator):
+            named["views"] = views
+        return named
+
+    trainer = make_trainer(out, settings, monitor=MONITOR, mode="min", extra_callbacks=[timer],
+                           generators=generators)
     world = int(trainer.world_size)
     global_batch = _fit_batch(cfg.batch_size, world, len(train))
     per_device = global_batch // world
@@ -297,7 +309,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         # their shared local statistics. SyncBatchNorm has no CPU/gloo implementation.
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     train_loader, val_loader = _loaders(train, val, per_device, val_batch, cfg.workers,
-                                        _uses_gpu(cfg.accelerator), cfg.seed)
+                                        _uses_gpu(cfg.accelerator), shuffle)
     log.info("pretraining %s on %s images: %d train slices (%d patients), %d held-out slices "
              "(%d patients); global batch %d = %d x %d processes -> %s", cfg.encoder,
              cfg.input_mode, len(train), len(train_refs), len(val), len(val_refs), global_batch,
