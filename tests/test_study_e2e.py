@@ -115,3 +115,30 @@ def test_predict_new_patients(tiny_study: tuple[Path, float], tmp_path: Path) ->
     assert list(failed["patient_id"]) == ["patient999"] and "frame" in failed["reason"][0]
     for pid in df["patient_id"]:
         assert (pred_out / "saliency" / f"{pid}.png").is_file()
+
+
+@pytest.mark.slow
+def test_two_devices_run_each_training_cell_as_its_own_ddp_job(tmp_path: Path) -> None:
+    # With devices > 1 Lightning's DDP launcher re-runs the current command for the other ranks.
+    # Training cells therefore run as `python -m cardioclr.study.cell`, so a second rank trains
+    # that cell only; were it `cardioclr study`, rank 1 would re-run the whole study (its
+    # progress lines, data preparation and report) beside rank 0.
+    tiny = {**TINY, "devices": 2, "accelerator": "cpu",
+            "pretrain": {**TINY["pretrain"], "inputs": ["segmented"]},
+            "finetune": {**TINY["finetune"], "inits": ["simclr"], "inputs": ["segmented"]},
+            "baseline": {**TINY["baseline"], "hybrid": False}}
+    cfg = tmp_path / "tiny2.yaml"
+    cfg.write_text(yaml.safe_dump(tiny))
+    out = tmp_path / "study"
+    assert main(["study", "--out", str(out), "--config", str(cfg)]) == 0, (
+        out / "study_state.json").read_text()
+    df = pd.read_csv(out / "results.csv")
+    cell = df[df["cell"] == "smallcnn__simclr-segmented__segmented"].iloc[0]
+    assert cell["status"] == "done" and 0 <= cell["auc"] <= 1
+    metrics = json.loads((out / "work" / "pretrain" / "smallcnn-segmented" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    log = (out / "logs" / "finetune__smallcnn__simclr-segmented__segmented.log").read_text()
+    assert "cardioclr.study.cell" in log
+    # One study ran: the study-level progress file was written by one process only.
+    state = json.loads((out / "study_state.json").read_text())
+    assert {r["status"] for r in state["cells"].values()} <= {"done", "not-run"}

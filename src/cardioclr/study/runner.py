@@ -28,6 +28,7 @@ from typing import Any, TextIO
 from cardioclr.atomic import read_json, write_json, write_text
 from cardioclr.errors import CardioclrError
 from cardioclr.provenance import environment_info
+from cardioclr.study.cell import SUMMARY_FILE, TRAINING_KINDS
 from cardioclr.study.config import (
     StudyConfig,
     config_differences,
@@ -188,6 +189,24 @@ def _log_name(cell: Cell) -> str:
     return cell.id.replace("/", "__") + ".log"
 
 
+def _run_in_own_process(ctx: StudyContext, cell: Cell, log_path: Path) -> dict[str, Any]:
+    """Run a training cell as ``python -m cardioclr.study.cell`` (see that module for why).
+
+    Its output is appended to the cell's log; a non-zero exit is the cell's failure.
+    """
+    import subprocess
+
+    summary_path = ctx.cell_dir(cell) / SUMMARY_FILE
+    summary_path.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "cardioclr.study.cell", str(ctx.out), cell.id]
+    log.info("running in its own process (devices=%d): %s", ctx.cfg.devices, " ".join(command))
+    with open(log_path, "a", encoding="utf-8") as fh:
+        code = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+    if code != 0:
+        raise CardioclrError(f"the cell's process ({' '.join(command)}) exited with status {code}")
+    return read_json(summary_path) if summary_path.is_file() else {}
+
+
 def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
               stages: dict[str, StageFunction] | None = None, stream: TextIO | None = None,
               build_report: bool = True) -> StudyResult:
@@ -248,7 +267,10 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
         try:
             with _CellLog(log_path):
                 log.info("cell %s (%s) -> %s", cell.id, cell.kind, ctx.cell_dir(cell))
-                summary = fn(ctx, cell) or {}
+                if cfg.devices > 1 and cell.kind in TRAINING_KINDS and stages is STAGES:
+                    summary = _run_in_own_process(ctx, cell, log_path)
+                else:
+                    summary = fn(ctx, cell) or {}
         except (KeyboardInterrupt, SystemExit) as err:
             # Lightning turns Ctrl-C inside fit() into sys.exit(1), and SIGTERM into
             # SIGTERMException (a SystemExit): all three are an interrupted cell, resumable.
