@@ -142,6 +142,25 @@ def test_hybrid_uses_pca_of_deep_features(tiny_work: Path, tmp_path: Path) -> No
     assert lr["model"] == "hybrid-logistic" and lr["hyperparameters"]["C"] in (0.1, 1.0)
 
 
+def test_hybrid_with_simclr_features_file(tiny_work: Path, tmp_path: Path) -> None:
+    """The study's hybrid: indices + the features ``cardioclr pretrain`` writes (a file path)."""
+    from cardioclr.models.encoders import build_encoder
+    from cardioclr.ssl.checkpoint import save_encoder
+    from cardioclr.ssl.features import write_simclr_features
+
+    encoder, dim = build_encoder("smallcnn")
+    save_encoder(tmp_path / "encoder.pt", encoder, "smallcnn", dim, "segmented", 32,
+                 mask_source="expert")
+    info = write_simclr_features(tmp_path / "encoder.pt", tiny_work)
+    csv = tmp_path / "deep_features.csv"  # default: beside encoder.pt
+    assert info["file"] == str(csv) and info["n_features"] == 2 * dim
+    assert info["n_patients"] == len(SliceStore(tiny_work).patient_ids) and not info["skipped"]
+    r = run_baseline(BaselineConfig(work=str(tiny_work), out=str(tmp_path / "h"), masks="expert",
+                                    deep_features=str(csv), pca_components=4, **TINY))
+    assert r["model"] == "hybrid-rf" and r["deep_features"]["n_input"] == 2 * dim
+    assert r["deep_features"]["file"] == str(csv)
+
+
 def test_hybrid_missing_patient_is_a_data_error(tiny_work: Path, tmp_path: Path) -> None:
     store = SliceStore(tiny_work)
     write_deep(tmp_path / "deep", store, informative=False, drop=store.splits.train[0])

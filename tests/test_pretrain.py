@@ -203,6 +203,94 @@ def test_end_to_end_outputs(run: tuple[PretrainConfig, dict]) -> None:
     assert yaml.safe_load((out / "config.yaml").read_text())["encoder"] == "smallcnn"
     csv = (out / "logs" / "csv" / "metrics.csv").read_text()
     assert "val/loss" in csv and "train/loss_step" in csv
+    # The label-free features of the hybrid baseline, summarised in metrics.json.
+    assert (out / "deep_features.csv").is_file()
+    assert on_disk["deep_features"]["n_features"] == 2 * 256
+    assert on_disk["deep_features"]["input_mode"] == "segmented"
+
+
+# --------------------------------------------------------------------------------------------
+# SimCLR features of every patient (the hybrid baseline's deep features)
+# --------------------------------------------------------------------------------------------
+
+
+def _relabelled_copy(work: Path, dest: Path) -> Path:
+    """A copy of ``work`` whose every patient has another label (store files shared by link)."""
+    import pandas as pd
+
+    dest.mkdir()
+    for item in work.iterdir():
+        if item.name != "manifest.csv":
+            (dest / item.name).symlink_to(item)
+    df = pd.read_csv(work / "manifest.csv", dtype={"patient_id": str, "label": str})
+    classes = json.loads((work / "dataset.json").read_text())["classes"]
+    df["label_index"] = (df["label_index"] + 1) % len(classes)
+    df["label"] = [classes[i] for i in df["label_index"]]
+    df.to_csv(dest / "manifest.csv", index=False)
+    return dest
+
+
+def test_features_one_row_per_patient_from_encoder_only(run: tuple[PretrainConfig, dict],
+                                                        tmp_path: Path) -> None:
+    import pandas as pd
+
+    from cardioclr.ssl.features import write_simclr_features
+
+    cfg, _ = run
+    out = Path(cfg.out or "")
+    store = SliceStore(cfg.work)
+    df = pd.read_csv(out / "deep_features.csv", dtype={"patient_id": str})
+    # Every stored patient (train and test alike), [ED, ES] x D = 256 features, all finite.
+    assert sorted(df["patient_id"]) == sorted(store.patient_ids)
+    assert set(store.splits.test) <= set(df["patient_id"]) and store.splits.test
+    assert list(df.columns) == ["patient_id"] + [f"f{i}" for i in range(512)]
+    feats = df.drop(columns="patient_id").to_numpy()
+    assert np.isfinite(feats).all() and feats.std(axis=0).max() > 0  # patients differ
+
+    # The same encoder on a store whose labels all changed: byte-identical features.
+    relabelled = _relabelled_copy(Path(cfg.work), tmp_path / "relabelled")
+    pid = store.splits.train[0]
+    assert SliceStore(relabelled).label_index(pid) != store.label_index(pid)
+    write_simclr_features(out / "encoder.pt", relabelled, tmp_path / "again.csv")
+    assert (tmp_path / "again.csv").read_bytes() == (out / "deep_features.csv").read_bytes()
+
+    # ... while other encoder weights give other features: they do come from encoder.pt.
+    other, dim = build_encoder("smallcnn")
+    save_encoder(tmp_path / "other.pt", other, "smallcnn", dim, "segmented", SIZE,
+                 mask_source="expert")
+    write_simclr_features(tmp_path / "other.pt", cfg.work, tmp_path / "other.csv")
+    assert (tmp_path / "other.csv").read_bytes() != (out / "deep_features.csv").read_bytes()
+
+
+def test_features_match_the_encoder_on_the_classifier_inputs(run: tuple[PretrainConfig, dict]
+                                                             ) -> None:
+    import pandas as pd
+
+    from cardioclr.classify.data import InputSpec, load_patient_inputs, network_inputs
+
+    cfg, _ = run
+    out = Path(cfg.out or "")
+    encoder, _ = build_encoder("smallcnn")
+    encoder.load_state_dict(load_encoder_weights(out / "encoder.pt", "smallcnn"))
+    pid = SliceStore(cfg.work).splits.test[0]
+    pi = load_patient_inputs(SliceStore(cfg.work), pid, InputSpec("segmented", "expert", SIZE))
+    ed, es = network_inputs(torch.from_numpy(pi.images), torch.from_numpy(pi.hearts).float(),
+                            "segmented")
+    with torch.no_grad():
+        expected = torch.cat([encoder.eval()(ed), encoder(es)], dim=1).mean(dim=0).numpy()
+    df = pd.read_csv(out / "deep_features.csv", dtype={"patient_id": str}).set_index("patient_id")
+    np.testing.assert_allclose(df.loc[pid].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_skipped_run_writes_missing_features(run: tuple[PretrainConfig, dict], tmp_path: Path) -> None:
+    cfg, _ = run
+    out = tmp_path / "copy"
+    shutil.copytree(Path(cfg.out or ""), out)
+    (out / "deep_features.csv").unlink()  # a run finished before features were written
+    again = pretrain(dataclasses.replace(cfg, out=str(out)))
+    assert again["skipped"] is True
+    assert (out / "deep_features.csv").read_bytes() == (
+        Path(cfg.out or "") / "deep_features.csv").read_bytes()
 
 
 def test_encoder_file_loads_strictly(run: tuple[PretrainConfig, dict]) -> None:

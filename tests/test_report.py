@@ -96,6 +96,14 @@ def test_report_sections_present(fake_report: Path) -> None:
         assert needle in md, needle
 
 
+def test_hybrid_described_as_self_supervised_features(fake_report: Path) -> None:
+    md = (fake_report / "report.md").read_text()
+    section = md.split("Baselines: clinical features and hybrid")[1]
+    assert "PCA of self-supervised SimCLR features, which never saw the labels" in section
+    row = [line for line in section.splitlines() if line.startswith("| hybrid-rf")]
+    assert len(row) == 1 and "deep features: smallcnn-segmented/deep_features.csv" in row[0]
+
+
 def test_acdc_citation_when_data_is_acdc(tmp_path: Path) -> None:
     import yaml
 

@@ -137,6 +137,10 @@ def write_fake_study(out: Path, n_test_per_class: int = 6, failed: tuple[str, ..
         m = {"model": f"{name}-rf", "mask_source": "predicted",
              **classification_metrics(y, proba, CLASSES, n_boot=200, seed=0),
              "feature_importances": {"lv_ef_pct": 0.3, "rv_edv_ml": 0.2}}
+        if name == "hybrid":  # as the study writes it: the SimCLR pretraining's features
+            m["deep_features"] = {"file": str(out / "work" / "pretrain" / "smallcnn-segmented" /
+                                              "deep_features.csv"), "n_input": 512,
+                                  "pca_components": 16}
         _write(d / "metrics.json", json.dumps(to_jsonable(m)))
     _write(out / "study_environment.json", json.dumps({"cardioclr": "0.1.0", "git_revision": "abc123",
                                                        "python": "3.11", "packages": {"torch": "2.x"},

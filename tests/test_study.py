@@ -120,6 +120,30 @@ def test_demo_grid_cells() -> None:
         assert im.not_run_reason and "ImageNet" in im.not_run_reason
     assert "pretrain/smallcnn-segmented" in ft["finetune/smallcnn__simclr-segmented__full"].deps
     assert len(runnable(cells)) == 15 and len(cells) == 17
+    # The hybrid's deep features come from the SimCLR pretraining (label-free), not from a
+    # fine-tuned model (trained on the train labels).
+    hybrid = next(c for c in cells if c.kind == "hybrid")
+    assert hybrid.not_run_reason is None
+    assert hybrid.deps == ("segment-predict", "pretrain/smallcnn-segmented")
+    assert hybrid.params["deep_features"] == "work/pretrain/smallcnn-segmented"
+    assert not any(d.startswith("finetune/") for d in hybrid.deps)
+
+
+def test_hybrid_from_names_a_simclr_pretraining() -> None:
+    cfg = load_config("demo", overrides={"baseline": {"hybrid_from": "full"}})
+    hybrid = next(c for c in expand_grid(cfg) if c.kind == "hybrid")
+    assert hybrid.params["source_cell"] == "pretrain/smallcnn-full"
+    assert hybrid.params["deep_features"] == "work/pretrain/smallcnn-full"
+    # An input that is not pretrained in this grid: listed, not run, with the reason.
+    cfg = load_config("demo", overrides={"baseline": {"hybrid_from": "roi"}})
+    hybrid = next(c for c in expand_grid(cfg) if c.kind == "hybrid")
+    assert hybrid.not_run_reason and "no SimCLR pretraining of smallcnn on roi" in hybrid.not_run_reason
+    cfg = load_config("demo", overrides={"finetune": {"inits": ["none"]}})
+    hybrid = next(c for c in expand_grid(cfg) if c.kind == "hybrid")
+    assert hybrid.not_run_reason and "simclr" in hybrid.not_run_reason
+    # The former PRETRAINING/INPUT form (a fine-tuning cell's features) is refused.
+    with pytest.raises(CardioclrError, match="hybrid_from.*full, segmented, roi"):
+        load_config("demo", overrides={"baseline": {"hybrid_from": "simclr-segmented/segmented"}})
 
 
 def test_paper_grid_imagenet_reason_and_weights(tmp_path: Path) -> None:
@@ -134,6 +158,34 @@ def test_paper_grid_imagenet_reason_and_weights(tmp_path: Path) -> None:
     assert im["vgg16"].not_run_reason is None and im["vgg16"].params["weights"] == str(w)
     assert im["densenet121"].not_run_reason
     assert sum(c.kind == "finetune" for c in cells) == 16
+
+
+def test_hybrid_stage_uses_the_pretraining_features(tiny_work: Path, tmp_path: Path) -> None:
+    """The real hybrid stage on the tiny store: features of the pretraining cell's encoder.pt,
+    computed there when the pretraining did not write them (e.g. a run from before they were)."""
+    import pandas as pd
+
+    from cardioclr.models.encoders import build_encoder
+    from cardioclr.ssl.checkpoint import save_encoder
+    from cardioclr.study.stages import run_baseline
+
+    out = tmp_path / "study"
+    (out / "work").mkdir(parents=True)
+    for item in tiny_work.iterdir():  # the read-only store, without writing into it
+        (out / "work" / item.name).symlink_to(item)
+    cfg = load_config("demo", overrides={
+        "accelerator": "cpu", "mask_source": "expert", "report": {"n_boot": 50},
+        "baseline": {"options": {"n_estimators": [20], "max_depth": [3]}}})
+    cell = next(c for c in expand_grid(cfg) if c.kind == "hybrid")
+    pre = out / cell.params["deep_features"]
+    encoder, dim = build_encoder("smallcnn")
+    save_encoder(pre / "encoder.pt", encoder, "smallcnn", dim, "segmented", 32, mask_source="expert")
+    summary = run_baseline(StudyContext(cfg, out), cell)
+    assert summary["model"] == "hybrid-rf"
+    feats = pd.read_csv(pre / "deep_features.csv", dtype={"patient_id": str})
+    assert len(feats) == len(pd.read_csv(tiny_work / "manifest.csv")) and feats.shape[1] == 1 + 2 * dim
+    m = json.loads((out / cell.path / "metrics.json").read_text())
+    assert m["deep_features"]["file"] == str(pre / "deep_features.csv")
 
 
 # ------------------------------------------------------------------------------ progress

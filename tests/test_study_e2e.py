@@ -61,6 +61,14 @@ def test_study_tables(tiny_study: tuple[Path, float]) -> None:
     assert (ft[ft["pretraining"] == "imagenet"]["status"] == "not-run").all()
     base = df[df["kind"] == "baseline"]
     assert len(base) == 2 and base["auc"].between(0, 1).all()
+    # The hybrid's deep features are the SimCLR pretraining's (label-free), one row per patient.
+    pre = out / "work" / "pretrain" / "smallcnn-segmented" / "deep_features.csv"
+    hybrid = json.loads((out / "baseline" / "hybrid" / "metrics.json").read_text())
+    assert hybrid["model"] == "hybrid-rf" and hybrid["deep_features"]["file"] == str(pre)
+    feats = pd.read_csv(pre, dtype={"patient_id": str})
+    manifest = pd.read_csv(out / "work" / "manifest.csv", dtype={"patient_id": str})
+    assert sorted(feats["patient_id"]) == sorted(manifest["patient_id"])
+    assert feats.shape[1] == 1 + 2 * 256  # patient_id + [ED, ES] smallcnn features
     md = (out / "report.md").read_text()
     for table in ("Table 1.", "Table 2.", "Table 3."):
         assert table in md

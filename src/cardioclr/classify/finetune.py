@@ -324,6 +324,9 @@ def _write_deep_features(path: Path, model: DualPhaseClassifier, bank: SliceBank
     """``patient_id, f0..f{2D-1}``: mean over a patient's slices of the [ED, ES] features.
 
     All train and test patients, plus any other stored patient whose masks load (unlabelled).
+    For inspection only: the model was trained on the train labels, so the train patients'
+    features are fitted to them; the hybrid baseline uses the label-free SimCLR features
+    (:mod:`cardioclr.ssl.features`) instead.
     """
     _, feats = predict_slices(model, bank.images, bank.hearts, spec.input_mode, device, with_features=True)
     keys, mean = patient_probabilities(feats, bank.patient.numpy())

@@ -1,4 +1,5 @@
-"""Clinical-feature baseline (and the hybrid with deep features), evaluated once on ``test``.
+"""Clinical-feature baseline (and the hybrid with self-supervised deep features), evaluated once
+on ``test``.
 
 The baseline is the method of the ACDC challenge winners (Isensee et al. 2017; Wolterink et al.
 2017): clinical indices measured on the segmentation (volumes, EF, mass, wall thickness, ratios,
@@ -13,10 +14,15 @@ Procedure (no test patient is touched before the final prediction):
    when a class is missing from the fold. Ties are broken towards the earlier (simpler) setting;
 3. refit on all of ``train``; only then are the ``test`` features computed and predicted once.
 
-Hybrid: ``deep_features.csv`` (``patient_id``, ``f0..fN``; one row per patient, written by the
-fine-tuning stage) is standardised and reduced by PCA (``pca_components``), fit inside the model
-pipeline, i.e. on the training patients of each CV fold and then on ``train`` only, and
-concatenated with the indices.
+Hybrid: ``deep_features.csv`` (``patient_id``, ``f0..fN``; one row per patient) is standardised
+and reduced by PCA (``pca_components``), fit inside the model pipeline, i.e. on the training
+patients of each CV fold and then on ``train`` only, and concatenated with the indices. The
+study uses the file written by ``cardioclr pretrain`` (:mod:`cardioclr.ssl.features`): the mean
+[ED, ES] features of the SimCLR encoder, which never saw a label, so train and test patients'
+features are equally (un)fitted to the labels. Features of a model trained on the train labels
+(e.g. the fine-tuning stage's own ``deep_features.csv``) separate the train patients almost
+perfectly but not the test ones, so the forest - and its CV, which reuses those features - learn
+to trust them more than they deserve. Any CSV of this form is accepted.
 
 Missing index values (e.g. no height/weight -> no BSA-indexed values; an empty predicted
 structure) are imputed with the training median, also inside the pipeline.
@@ -258,7 +264,7 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
         pred[col] = proba[:, c]
     write_text(out / "predictions.csv", pred.to_csv(index=False))
 
-    feats = pd.concat([x_train, x_test])
+    feats = pd.concat([x_train, x_test]).copy()  # one block: hundreds of deep columns otherwise
     feats.insert(0, "subset", ["train"] * len(train) + ["test"] * len(test))
     feats.insert(1, "label_index", np.concatenate([y_train, y_test]))
     write_text(out / "features.csv", feats.to_csv(index=True, float_format="%.6g"))

@@ -23,8 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--masks", choices=("predicted", "expert"), default="predicted",
                    help="mask source: 'predicted' (default; needs `cardioclr segment predict`) or "
                    "'expert' (annotation: an optimistic upper bound)")
-    p.add_argument("--deep-features", default=None, metavar="DIR",
-                   help="folder with deep_features.csv (patient_id, f0..fN) -> hybrid model")
+    p.add_argument("--deep-features", default=None, metavar="PATH",
+                   help="deep_features.csv (patient_id, f0..fN), or a folder holding it, e.g. "
+                   "WORK/pretrain/ENCODER-INPUT (label-free SimCLR features written by `cardioclr "
+                   "pretrain`) -> hybrid model")
     p.add_argument("--model", choices=("rf", "logistic"), default="rf")
     p.add_argument("--pca-components", type=int, default=16,
                    help="PCA components of the deep features (fit on train only)")

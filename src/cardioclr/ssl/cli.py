@@ -27,9 +27,11 @@ one CPU, one GPU, several GPUs:
   (Lightning detects torchrun and SLURM; --devices must equal the processes per node.)
 
 outputs (OUT, default WORK/pretrain/<encoder>-<input>/):
-  encoder.pt (load with cardioclr.ssl.checkpoint.load_encoder_weights), metrics.json,
-  config.yaml, versions.json, checkpoints/last.ckpt (re-run the same command to resume; a
-  finished run with the same configuration is skipped), logs/csv, logs/tensorboard.
+  encoder.pt (load with cardioclr.ssl.checkpoint.load_encoder_weights), deep_features.csv
+  (the encoder's mean [ED, ES] features per stored patient, label-free: pass OUT to
+  `cardioclr baseline --deep-features` for the hybrid), metrics.json, config.yaml,
+  versions.json, checkpoints/last.ckpt (re-run the same command to resume; a finished run
+  with the same configuration is skipped), logs/csv, logs/tensorboard.
 """
 
 

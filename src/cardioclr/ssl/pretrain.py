@@ -4,6 +4,10 @@ Reads ``WORK`` (slice store + splits, and predicted/expert masks for segmented/r
 writes ``OUT`` (default ``WORK/pretrain/<encoder>-<input>/``)::
 
     OUT/encoder.pt              the encoder of the best held-out epoch (cardioclr.ssl.checkpoint)
+    OUT/deep_features.csv       patient_id, f0..f{2D-1}: that encoder's mean [ED, ES] features of
+                                every stored patient (cardioclr.ssl.features); the label-free
+                                deep half of the hybrid baseline (``cardioclr baseline
+                                --deep-features OUT``)
     OUT/metrics.json            best held-out loss, epochs, images seen, images/s, sizes, config;
                                 written last: its presence with the same config = run finished
     OUT/config.yaml             the full PretrainConfig; OUT/versions.json: git + packages
@@ -58,6 +62,7 @@ from cardioclr.ssl.data import (
     resolve_extras,
     split_validation,
 )
+from cardioclr.ssl.features import DEEP_FEATURES_FILE, write_simclr_features
 from cardioclr.ssl.simclr import MONITOR, SimCLRModule
 from cardioclr.training import TrainerSettings, make_trainer, resume_checkpoint
 
@@ -261,6 +266,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     done = finished_metrics(out, cfg)
     if done is not None:
         log.info("%s: finished run with the same configuration; skipping", out)
+        if _is_rank_zero() and not (out / DEEP_FEATURES_FILE).is_file():
+            # A run finished before the features existed (or whose masks were missing then).
+            _write_features(out, cfg)
         return {**done, "skipped": True}
     _check_compatible(out, cfg)
     rank_zero = _is_rank_zero()
@@ -363,10 +371,29 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                  cfg.image_size, mask_source=None if cfg.input_mode == "full" else cfg.masks,
                  mask_margin_mm=cfg.mask_margin_mm, roi_margin_mm=cfg.roi_margin_mm,
                  best_epoch=metrics["best_epoch"], best_val_loss=metrics["best_val_loss"])
+    metrics["deep_features"] = _write_features(out, cfg)
     write_json(out / "metrics.json", metrics)  # last: marks the run finished
     log.info("best held-out loss %.4f at epoch %d; encoder -> %s", metrics["best_val_loss"] or math.nan,
              metrics["best_epoch"], out / "encoder.pt")
     return metrics
+
+
+def _write_features(out: Path, cfg: PretrainConfig) -> dict[str, Any] | None:
+    """``OUT/deep_features.csv`` from ``OUT/encoder.pt`` (rank zero only); its summary, or None.
+
+    Not fatal: the encoder is the product of the run, the features a convenience for the hybrid
+    baseline. ``full`` pretraining reads no mask, but the features use the heart slices (as the
+    classifier does), so without masks they cannot be computed yet; re-running the same
+    ``cardioclr pretrain`` command after ``cardioclr segment predict`` writes them.
+    """
+    device = torch.device("cuda") if _uses_gpu(cfg.accelerator) else torch.device("cpu")
+    try:
+        return write_simclr_features(out / "encoder.pt", cfg.work, out / DEEP_FEATURES_FILE,
+                                     mask_source=cfg.masks, device=device)
+    except CardioclrError as err:
+        log.warning("%s: no %s written (%s); re-run this command once the masks exist", out,
+                    DEEP_FEATURES_FILE, err)
+        return None
 
 
 def _keep_csv_log(out: Path) -> None:

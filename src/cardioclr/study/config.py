@@ -92,15 +92,18 @@ class FinetuneSettings(StageSettings):
 
 @dataclass(frozen=True)
 class BaselineSettings(StageSettings):
-    """Clinical-feature random forest, and the hybrid (clinical + deep features of one cell).
+    """Clinical-feature random forest, and the hybrid (clinical indices + self-supervised features).
 
-    ``hybrid_from``: ``PRETRAINING/INPUT`` of the fine-tune cell (first encoder) whose deep
-    features feed the hybrid; fixed in advance, never chosen by test AUC (that would leak).
+    ``hybrid_from``: the pretraining input (``full``/``segmented``/``roi``, one of
+    ``pretrain.inputs``) of the first encoder's SimCLR pretraining whose ``deep_features.csv``
+    feeds the hybrid. Those features never saw a label; a fine-tuned model's would (its train
+    patients' features are fitted to their labels, so the hybrid would over-trust them). Fixed
+    in advance, never chosen by test AUC (that would leak).
     """
 
     enabled: bool = True
     hybrid: bool = True
-    hybrid_from: str = "simclr-segmented/segmented"
+    hybrid_from: str = "segmented"
 
 
 @dataclass(frozen=True)
@@ -311,9 +314,11 @@ def validate(cfg: StudyConfig) -> None:
         raise CardioclrError("study.mask_source must be predicted or expert")
     if cfg.prepare.split not in ("random", "official"):
         raise CardioclrError("study.prepare.split must be random or official")
-    if "/" not in cfg.baseline.hybrid_from:
-        raise CardioclrError("study.baseline.hybrid_from must be PRETRAINING/INPUT, e.g. "
-                             "simclr-segmented/segmented")
+    if cfg.baseline.hybrid_from not in INPUTS:
+        raise CardioclrError(f"study.baseline.hybrid_from must be the input of a SimCLR "
+                             f"pretraining ({', '.join(INPUTS)}), e.g. segmented; got "
+                             f"{cfg.baseline.hybrid_from!r} (the hybrid no longer uses a "
+                             "fine-tuned model's features, which were fitted to the labels)")
     if cfg.devices < 1:
         raise CardioclrError("study.devices must be >= 1")
     if cfg.threads is not None and cfg.threads < 1:

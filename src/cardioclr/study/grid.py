@@ -9,6 +9,8 @@ checkpoint and ``metrics.json`` there). Layout::
     OUT/work/pretrain/<encoder>-<input>/        SimCLR encoder pretrained on full|segmented
     OUT/finetune/<encoder>__<pretraining>__<input>/   one fine-tuning cell of Tables 1-3
     OUT/baseline/clinical/, OUT/baseline/hybrid/      clinical-feature RF and the hybrid
+                                                (indices + the deep_features.csv of one
+                                                SimCLR pretraining cell above)
 
 Cells that cannot run (ImageNet without a weight file, an encoder with no ImageNet weights)
 are still listed, with ``not_run_reason``, so the report can say why a table cell is empty.
@@ -129,18 +131,21 @@ def expand_grid(cfg: StudyConfig) -> list[Cell]:
     if cfg.baseline.enabled:
         cells.append(Cell("baseline/clinical", "baseline", "baseline/clinical", {}, masks_dep))
         if cfg.baseline.hybrid:
-            pretraining, inp = cfg.baseline.hybrid_from.split("/", 1)
-            src = f"finetune/{finetune_cell_name(cfg.encoders[0], pretraining, inp)}"
+            # Deep features of the first encoder's SimCLR pretraining: self-supervised, so the
+            # train patients' features are not fitted to their labels (a fine-tuned model's are).
+            enc, inp = cfg.encoders[0], cfg.baseline.hybrid_from
+            src = f"pretrain/{pretrain_cell_name(enc, inp)}"
             known = {c.id: c for c in cells}
             reason = None
             if src not in known:
-                reason = (f"hybrid_from {cfg.baseline.hybrid_from} names no fine-tuning cell of "
-                          "this grid")
-            elif known[src].not_run_reason:
-                reason = f"its deep features come from {src}, which is not run"
+                reason = (f"hybrid_from {inp}: this grid has no SimCLR pretraining of {enc} on "
+                          f"{inp} images (pretrain.inputs {list(cfg.pretrain.inputs)}; "
+                          "finetune.inits must include simclr)")
+            # The folder holding the pretraining's deep_features.csv (and encoder.pt).
             cells.append(Cell("baseline/hybrid", "hybrid", "baseline/hybrid",
                               {"deep_features": known[src].path if src in known else None,
-                               "source_cell": src}, (*masks_dep, src), reason))
+                               "source_cell": src, "encoder": enc, "input": inp},
+                              (*masks_dep, src), reason))
     return cells
 
 

@@ -4,7 +4,9 @@ Inputs (all optional; a section whose files are missing says so):
 
 * ``OUT/finetune/*/metrics.json`` (+ ``predictions.csv``, ``curves.csv``, ``saliency/``) - the
   grid cells; ``OUT/study_state.json`` adds the cells that did not run, with the reason;
-* ``OUT/baseline/{clinical,hybrid}/metrics.json`` (+ ``predictions.csv``);
+* ``OUT/baseline/{clinical,hybrid}/metrics.json`` (+ ``predictions.csv``); the hybrid joins
+  the indices with the label-free features of one SimCLR pretraining
+  (``OUT/work/pretrain/<encoder>-<input>/deep_features.csv``);
 * ``OUT/work/segmentation/metrics.json``, ``qc_flags.csv``, ``qc/``;
 * ``OUT/work/pretrain/*/metrics.json``; ``OUT/work/dataset.json``, ``manifest.csv``,
   ``splits.json``, ``skipped.csv``;
@@ -748,7 +750,9 @@ def baseline_section(data: StudyData) -> list[Block]:
         acc, bacc = b.estimate("accuracy"), b.estimate("balanced_accuracy")
         extra = ""
         if m.get("deep_features"):
-            extra = f"deep features: {Path(str(m['deep_features'].get('file', ''))).name or '?'}"
+            # e.g. "deep features: smallcnn-segmented/deep_features.csv" (the pretraining cell).
+            f = Path(str(m["deep_features"].get("file") or ""))
+            extra = f"deep features: {f.parent.name + '/' if f.parent.name else ''}{f.name or '?'}"
         rows.append([TCell(str(m.get("model", b.pretraining))),
                      TCell(auc_text(b) if b.status == "done" else b.status, sub=b.reason),
                      TCell(f"{fmt(acc[0])} ({fmt(acc[1])}–{fmt(acc[2])})" if acc[0] is not None else "—"),
@@ -767,7 +771,8 @@ def baseline_section(data: StudyData) -> list[Block]:
             for r, a in zip(rows, aucs, strict=True)]
     blocks: list[Block] = [Table(
         "Clinical-feature baseline (random forest on indices measured on the segmentation; the "
-        "ACDC challenge winners' approach) and the hybrid (indices + deep features)",
+        "ACDC challenge winners' approach) and the hybrid (clinical indices + PCA of "
+        "self-supervised SimCLR features, which never saw the labels)",
         ["Model", "Macro AUC (95% CI)", "Accuracy (95% CI)", "Balanced accuracy", "Masks", "Notes"],
         rows, ["The 'best fine-tuned' row is chosen by test AUC for display only; it is not a "
                "selected model."])]
