@@ -16,7 +16,29 @@ from cardioclr.models.imagenet import (
     ImageNetWeightsError,
     adapt_first_conv,
     densenet_key_from_torchvision,
+    first_conv_offset,
 )
+
+# torchvision's ImageNet input normalisation, written out here rather than imported so that a
+# wrong constant in the package makes the tests fail.
+RGB_MEAN = (0.485, 0.456, 0.406)
+RGB_STD = (0.229, 0.224, 0.225)
+
+
+def _rgb(values: tuple[float, float, float]) -> Tensor:
+    return torch.tensor(values).view(1, 3, 1, 1)
+
+
+def _expected_grey_kernel(rgb_kernel: Tensor) -> Tensor:
+    """sum_c w_c / s_c, (O, 1, kH, kW), written from the formula."""
+    terms = [rgb_kernel[:, c : c + 1] / RGB_STD[c] for c in range(3)]
+    return torch.stack(terms).sum(dim=0)
+
+
+def _expected_offset(rgb_kernel: Tensor) -> Tensor:
+    """-sum_c (m_c / s_c) * sum over the kernel window of w_c, per output channel."""
+    terms = [RGB_MEAN[c] / RGB_STD[c] * rgb_kernel[:, c].sum(dim=(1, 2)) for c in range(3)]
+    return -torch.stack(terms).sum(dim=0)
 
 # --------------------------------------------------------------------------------------------
 # Fake torchvision state dicts, written from torchvision's architecture definitions (names and
@@ -178,16 +200,18 @@ def test_bad_in_channels() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_vgg16_imagenet_loading_sums_rgb(tmp_path: Path) -> None:
+def test_vgg16_imagenet_loading_folds_normalisation(tmp_path: Path) -> None:
     sd = fake_torchvision_vgg16()
     path = tmp_path / "vgg16.pth"
     torch.save(sd, path)
     model, _ = build_encoder("vgg16", imagenet_weights=path)
     got = model.state_dict()
+    w = sd["features.0.weight"]
     assert got["features.0.weight"].shape == (64, 1, 3, 3)
-    torch.testing.assert_close(got["features.0.weight"], sd["features.0.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(got["features.0.weight"], _expected_grey_kernel(w))
+    torch.testing.assert_close(got["features.0.bias"], sd["features.0.bias"] + _expected_offset(w))
     for key, value in sd.items():
-        if key.startswith("classifier.") or key == "features.0.weight":
+        if key.startswith("classifier.") or key in ("features.0.weight", "features.0.bias"):
             continue
         assert torch.equal(got[key], value), key
     assert not any(k.startswith("classifier") for k in got)
@@ -206,9 +230,13 @@ def test_resnet18_imagenet_loading(tmp_path: Path, wrap: str) -> None:
     torch.save(payload, path)
     model, _ = build_encoder("resnet18", imagenet_weights=path)
     got = model.state_dict()
-    torch.testing.assert_close(got["conv1.weight"], sd["conv1.weight"].sum(dim=1, keepdim=True))
+    w = sd["conv1.weight"]
+    torch.testing.assert_close(got["conv1.weight"], _expected_grey_kernel(w))
+    torch.testing.assert_close(
+        got["bn1.running_mean"], sd["bn1.running_mean"] - _expected_offset(w)
+    )
     for key, value in sd.items():
-        if key.startswith("fc.") or key == "conv1.weight":
+        if key.startswith("fc.") or key in ("conv1.weight", "bn1.running_mean"):
             continue
         assert torch.equal(got[key], value), key
     # Old torchvision files have no num_batches_tracked: the model's own counters stay.
@@ -228,16 +256,19 @@ def test_densenet121_imagenet_loading_maps_names(tmp_path: Path, legacy: bool) -
     src = f"features.denseblock3.denselayer7.norm{sep}2.running_var"
     assert torch.equal(got["features.denseblock3.denselayer7.layers.norm2.running_var"], sd[src])
     assert torch.equal(got["features.transition2.conv.weight"], sd["features.transition2.conv.weight"])
+    w = sd["features.conv0.weight"]
+    torch.testing.assert_close(got["features.conv0.weight"], _expected_grey_kernel(w))
     torch.testing.assert_close(
-        got["features.conv0.weight"], sd["features.conv0.weight"].sum(dim=1, keepdim=True)
+        got["features.norm0.running_mean"], sd["features.norm0.running_mean"] - _expected_offset(w)
     )
+    adapted = ("features.conv0.weight", "features.norm0.running_mean")
     n_loaded = sum(
         1
         for k, v in sd.items()
-        if not k.startswith("classifier.") and k != "features.conv0.weight"
+        if not k.startswith("classifier.") and k not in adapted
         if torch.equal(got[densenet_key_from_torchvision(k)], v)
     )
-    assert n_loaded == len(sd) - 3  # all but classifier.weight/bias and the adapted conv0
+    assert n_loaded == len(sd) - 4  # all but classifier.weight/bias, conv0 and norm0's mean
 
 
 def test_densenet_key_map_examples() -> None:
@@ -253,12 +284,93 @@ def test_densenet_key_map_examples() -> None:
 def test_adapted_first_conv_responds_like_rgb_on_grey(channels: int) -> None:
     gen = torch.Generator().manual_seed(3)
     rgb = torch.randn(8, 3, 3, 3, generator=gen)
-    grey = torch.randn(2, 1, 10, 10, generator=gen)
+    grey = torch.rand(2, 1, 10, 10, generator=gen)
     adapted = adapt_first_conv(rgb, channels)
     assert adapted.shape == (8, channels, 3, 3)
-    ref = nn.functional.conv2d(grey.expand(-1, 3, -1, -1), rgb)
-    got = nn.functional.conv2d(grey.expand(-1, channels, -1, -1), adapted)
+    # The RGB network sees the grey image replicated and ImageNet-normalised per channel.
+    normalised = (grey.expand(-1, 3, -1, -1) - _rgb(RGB_MEAN)) / _rgb(RGB_STD)
+    ref = nn.functional.conv2d(normalised, rgb)
+    got = nn.functional.conv2d(grey.expand(-1, channels, -1, -1), adapted, first_conv_offset(rgb))
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    # Plain RGB summation (right only for un-normalised RGB input) is far from it.
+    naive = nn.functional.conv2d(grey, rgb.sum(dim=1, keepdim=True))
+    assert (naive - ref).abs().max() > 1.0
+
+
+def test_adapt_first_conv_three_channels_acts_per_channel() -> None:
+    gen = torch.Generator().manual_seed(4)
+    rgb = torch.randn(4, 3, 3, 3, generator=gen)
+    image = torch.rand(2, 3, 9, 9, generator=gen)  # distinct R, G, B content
+    ref = nn.functional.conv2d((image - _rgb(RGB_MEAN)) / _rgb(RGB_STD), rgb)
+    got = nn.functional.conv2d(image, adapt_first_conv(rgb, 3), first_conv_offset(rgb))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+# (encoder, torchvision file, first conv key, its bias or None, following BN prefix or None,
+#  torchvision's stride and padding of that conv)
+_FIRST_BLOCKS = {
+    "vgg16": (fake_torchvision_vgg16, "features.0.weight", "features.0.bias", None, 1, 1),
+    "resnet18": (fake_torchvision_resnet18, "conv1.weight", None, "bn1", 2, 3),
+    "densenet121": (
+        lambda: fake_torchvision_densenet121(legacy=False),
+        "features.conv0.weight", None, "features.norm0", 2, 3,
+    ),
+}  # fmt: skip
+
+
+def _first_block(model: nn.Module, name: str, x: Tensor) -> Tensor:
+    """The encoder's first block: conv + bias + ReLU (VGG16), conv + BN (ResNet, DenseNet)."""
+    if name == "vgg16":
+        return model.features[1](model.features[0](x))
+    if name == "resnet18":
+        return model.bn1(model.conv1(x))
+    return model.features.norm0(model.features.conv0(x))
+
+
+@pytest.mark.parametrize("name", list(_FIRST_BLOCKS))
+def test_imagenet_first_block_on_grey_equals_rgb_on_normalised_input(
+    tmp_path: Path, name: str
+) -> None:
+    make_sd, conv_key, bias_key, bn, stride, padding = _FIRST_BLOCKS[name]
+    sd = make_sd()
+    path = tmp_path / f"{name}.pth"
+    torch.save(sd, path)
+    model, _ = build_encoder(name, imagenet_weights=path)
+    model.eval()
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 1, 40, 40, generator=gen)  # a percentile-normalised grey MR image
+    with torch.no_grad():
+        got = _first_block(model, name, x)
+
+    # Reference: torchvision's RGB network on the replicated, ImageNet-normalised image, with
+    # the original weights from the file, in float64.
+    def reference(rgb_input: Tensor) -> Tensor:
+        w = sd[conv_key].double()
+        b = sd[bias_key].double() if bias_key else None
+        y = nn.functional.conv2d(rgb_input.double(), w, b, stride=stride, padding=padding)
+        if bn is None:
+            return torch.relu(y)
+        return nn.functional.batch_norm(
+            y,
+            sd[f"{bn}.running_mean"].double(),
+            sd[f"{bn}.running_var"].double(),
+            sd[f"{bn}.weight"].double(),
+            sd[f"{bn}.bias"].double(),
+            training=False,
+            eps=1e-5,
+        )
+
+    rgb = x.expand(-1, 3, -1, -1)
+    ref = reference((rgb - _rgb(RGB_MEAN)) / _rgb(RGB_STD))
+    assert got.shape == ref.shape
+    # Zero padding differs (raw 0 vs normalised 0): compare only outputs whose kernel window
+    # lies inside the image, i.e. a margin of ceil(kernel radius / stride) output pixels.
+    m = -(-padding // stride)
+    inner = (slice(None), slice(None), slice(m, -m), slice(m, -m))
+    torch.testing.assert_close(got[inner].double(), ref[inner], rtol=1e-4, atol=1e-4)
+    # The fold really matters: the RGB network on un-normalised input is far from it.
+    assert (reference(rgb)[inner] - ref[inner]).abs().max() > 0.1
 
 
 def test_missing_weight_file_is_clear(tmp_path: Path) -> None:

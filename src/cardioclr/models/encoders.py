@@ -2,7 +2,8 @@
 
 Every encoder ends in global average pooling over the last feature map, so it accepts any
 input size large enough for its down-sampling (32x for all but ``smallcnn``, 16x). Inputs are
-float tensors of z-scored intensities; outputs are float features of width ``D``.
+float tensors of intensities percentile-normalised to about [0, 1] (:mod:`cardioclr.data.prepare`);
+outputs are float features of width ``D``.
 
 ==============  ======  ====================================================================
 name            D       what
@@ -15,7 +16,9 @@ name            D       what
 ==============  ======  ====================================================================
 
 ImageNet weights come only from a local torchvision state-dict file (see
-:mod:`cardioclr.models.imagenet`); nothing is downloaded.
+:mod:`cardioclr.models.imagenet`); nothing is downloaded. ImageNet's RGB input normalisation is
+folded into the first convolution (and its bias or following batch norm) when loading, so the
+same [0, 1] inputs serve randomly and ImageNet-initialised encoders.
 """
 
 from __future__ import annotations
@@ -280,7 +283,10 @@ class EncoderSpec:
     ``build(in_channels, memory_efficient)`` returns the encoder module; ``feature_dim`` is the
     width D of its (B, D) output. ``imagenet_key_map`` maps torchvision state-dict keys to the
     module's (``None``: no ImageNet weights exist); ``imagenet_ignore`` are torchvision key
-    prefixes to drop (classifier heads); ``first_conv_key`` names the RGB kernel to convert.
+    prefixes to drop (classifier heads); ``first_conv_key`` names the RGB kernel to convert;
+    ``first_norm_key`` is the batch norm directly after that convolution when it has no bias
+    (its ``running_mean`` absorbs the ImageNet mean, see
+    :func:`cardioclr.models.imagenet.load_imagenet_weights`).
     """
 
     name: str
@@ -291,6 +297,7 @@ class EncoderSpec:
     imagenet_key_map: Callable[[str], str] | None = None
     imagenet_ignore: tuple[str, ...] = field(default=())
     first_conv_key: str = ""
+    first_norm_key: str = ""
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -313,6 +320,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         imagenet_key_map=densenet_key_from_torchvision,
         imagenet_ignore=("classifier.",),
         first_conv_key="features.conv0.weight",
+        first_norm_key="features.norm0",
     ),
     "resnet18": EncoderSpec(
         name="resnet18",
@@ -322,6 +330,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         imagenet_key_map=identity_key,
         imagenet_ignore=("fc.",),
         first_conv_key="conv1.weight",
+        first_norm_key="bn1",
     ),
     "resnet50": EncoderSpec(
         name="resnet50",
@@ -331,6 +340,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         imagenet_key_map=identity_key,
         imagenet_ignore=("fc.",),
         first_conv_key="conv1.weight",
+        first_norm_key="bn1",
     ),
     "smallcnn": EncoderSpec(
         name="smallcnn",
@@ -359,8 +369,9 @@ def build_encoder(
         name: a key of :data:`ENCODERS`.
         in_channels: input channels C (1 for cine MRI).
         imagenet_weights: optional local torchvision ImageNet state-dict file; the first
-            convolution's RGB kernel is summed to one channel (see
-            :func:`cardioclr.models.imagenet.adapt_first_conv`). Never downloaded.
+            convolution's RGB kernel is divided by ImageNet's per-channel std and summed to one
+            channel, and the mean's constant folded into its bias or batch norm (see
+            :mod:`cardioclr.models.imagenet`). Never downloaded.
         memory_efficient: trade compute for activation memory where the architecture has a
             cheap way to (currently ``densenet121``: checkpointed dense layers); ignored
             elsewhere.
@@ -393,6 +404,7 @@ def build_encoder(
             encoder_name=name,
             key_map=spec.imagenet_key_map,
             first_conv_key=spec.first_conv_key,
+            first_norm_key=spec.first_norm_key,
             ignore_prefixes=spec.imagenet_ignore,
         )
     return model, spec.feature_dim
