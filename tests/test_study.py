@@ -331,3 +331,126 @@ def test_lightning_style_exit_is_an_interruption(tmp_path: Path) -> None:
     state = json.loads((out / "study_state.json").read_text())["cells"]
     assert state["segment-train"]["status"] == "pending"
     assert "resume" in state["segment-train"]["error"]
+
+
+def _imagenet_ids(cfg: Any) -> set[str]:
+    return {c.id for c in expand_grid(cfg) if c.kind == "finetune" and c.params["init"] == "imagenet"}
+
+
+def test_imagenet_weights_added_later_run_the_missing_cells(tmp_path: Path) -> None:
+    """A study run without --imagenet-weights accepts the file later: only its ImageNet cells
+    run, study.yaml names the file, and the report shows those cells as done."""
+    import dataclasses
+
+    from cardioclr.study.report import collect
+
+    out = tmp_path / "study"
+    cfg = load_config("demo", overrides={"encoders": ["vgg16"]})
+    first = run_study(cfg, out, stages=FakeStages().table(), stream=io.StringIO(),
+                      build_report=False)
+    imagenet = _imagenet_ids(cfg)
+    assert len(imagenet) == 2 and set(first.not_run) == imagenet
+    weights = tmp_path / "vgg16-397923af.pth"
+    weights.write_bytes(b"x")
+    with_weights = dataclasses.replace(cfg, imagenet_weights={"vgg16": str(weights)})
+    again = FakeStages()
+    stream = io.StringIO()
+    result = run_study(with_weights, out, stages=again.table(), stream=stream, build_report=False)
+    assert result.ok and not result.not_run
+    assert set(again.calls) == imagenet and set(result.ran) == imagenet  # nothing else re-ran
+    assert "imagenet_weights.vgg16" in stream.getvalue()
+    assert read_saved_config(out / "study.yaml").imagenet_weights == {"vgg16": str(weights)}
+    state = json.loads((out / "study_state.json").read_text())["cells"]
+    assert all(state[cid]["status"] == "done" and state[cid]["reason"] is None for cid in imagenet)
+    report = {c.cell: c for c in collect(out).cells}
+    for cid in imagenet:
+        assert report[cid.removeprefix("finetune/")].status == "done"
+    # The same file again is the same study: nothing runs.
+    third = FakeStages()
+    assert run_study(with_weights, out, stages=third.table(), stream=io.StringIO(),
+                     build_report=False).ok
+    assert not third.calls
+
+
+def test_imagenet_weights_cannot_be_changed_or_removed(tmp_path: Path) -> None:
+    import dataclasses
+
+    out = tmp_path / "study"
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    cfg = load_config("demo", overrides={"encoders": ["vgg16", "resnet18"],
+                                         "imagenet_weights": {"vgg16": str(a)}})
+    run_study(cfg, out, stages=FakeStages().table(), stream=io.StringIO(), build_report=False)
+    changed = dataclasses.replace(cfg, imagenet_weights={"vgg16": str(b)})
+    removed = dataclasses.replace(cfg, imagenet_weights={})
+    # Adding another encoder's file while changing this one is still refused.
+    mixed = dataclasses.replace(cfg, imagenet_weights={"vgg16": str(b), "resnet18": str(a)})
+    for other in (changed, removed, mixed):
+        stages = FakeStages()
+        with pytest.raises(CardioclrError, match="imagenet_weights.vgg16.*added to a study but not"):
+            run_study(other, out, stages=stages.table(), stream=io.StringIO(), build_report=False)
+        assert not stages.calls
+        assert read_saved_config(out / "study.yaml").imagenet_weights == {"vgg16": str(a)}
+    assert config_differences(cfg, dataclasses.replace(
+        cfg, imagenet_weights={"vgg16": str(a), "resnet18": str(b)})) == []
+
+
+def test_cli_adds_imagenet_weights_to_a_saved_study(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``cardioclr study --out OUT --imagenet-weights vgg16=FILE`` on a study first run without
+    it (config read from OUT/study.yaml) runs only the ImageNet cells."""
+    from cardioclr.cli import main
+    from cardioclr.study import stages as stages_module
+
+    fake = FakeStages()
+    for kind, fn in fake.table().items():
+        monkeypatch.setitem(stages_module.STAGES, kind, fn)
+    out = tmp_path / "study"
+    cfg = tmp_path / "vgg.yaml"
+    cfg.write_text(yaml.safe_dump({"preset": "demo", "encoders": ["vgg16"]}))
+    assert main(["study", "--out", str(out), "--config", str(cfg)]) == 0
+    first = set(fake.calls)
+    imagenet = _imagenet_ids(load_config(None, cfg))
+    assert first and not first & imagenet
+    weights = tmp_path / "vgg16-397923af.pth"
+    weights.write_bytes(b"x")
+    fake.calls.clear()
+    assert main(["study", "--out", str(out), "--imagenet-weights", f"vgg16={weights}"]) == 0
+    assert set(fake.calls) == imagenet
+    assert read_saved_config(out / "study.yaml").imagenet_weights == {"vgg16": str(weights.resolve())}
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"y")
+    fake.calls.clear()
+    assert main(["study", "--out", str(out), "--imagenet-weights", f"vgg16={other}"]) != 0
+    assert "not changed or removed" in capsys.readouterr().err and not fake.calls
+
+
+def test_predict_saliency_folder_holds_only_this_runs_patients(tmp_path: Path) -> None:
+    """A second predict into the same DIR replaces DIR/saliency whole: no PNG of an earlier
+    run's patient stays beside the new predictions.csv (nor after a failed or skipped render)."""
+    from cardioclr.study.predict import write_saliency
+
+    folder = tmp_path / "pred" / "saliency"
+
+    def overlays(*pids: str) -> Any:
+        def render(d: Path) -> None:
+            assert d != folder  # built under a temporary name, swapped in at the end
+            for pid in pids:
+                (d / f"{pid}.png").write_bytes(b"png")
+        return render
+
+    assert write_saliency(folder, overlays("p1", "p2")) == "written"
+    assert sorted(p.name for p in folder.iterdir()) == ["p1.png", "p2.png"]
+    assert write_saliency(folder, overlays("p3")) == "written"
+    assert sorted(p.name for p in folder.iterdir()) == ["p3.png"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["saliency"]  # no leftovers
+
+    def broken(d: Path) -> None:
+        (d / "p4.png").write_bytes(b"half")
+        raise RuntimeError("no gradients")
+
+    assert write_saliency(folder, broken).startswith("failed: RuntimeError")
+    assert not folder.exists() and not any(folder.parent.iterdir())
+    write_saliency(folder, overlays("p5"))
+    assert write_saliency(folder, None) == "none" and not folder.exists()  # --no-saliency

@@ -123,6 +123,13 @@ def test_predict_new_patients(tiny_study: tuple[Path, float], tmp_path: Path) ->
     assert list(failed["patient_id"]) == ["patient999"] and "frame" in failed["reason"][0]
     for pid in df["patient_id"]:
         assert (pred_out / "saliency" / f"{pid}.png").is_file()
+    # A second run into the same DIR with another patient: its outputs describe that patient
+    # only (no overlay of the first run's patients left beside the new predictions.csv).
+    assert main(["predict", str(model), str(folders[1]), "--out", str(pred_out),
+                 "--device", "cpu"]) == 0
+    df = pd.read_csv(pred_out / "predictions.csv")
+    assert list(df["patient_id"]) == [folders[1].name]
+    assert sorted(p.stem for p in (pred_out / "saliency").glob("*.png")) == [folders[1].name]
 
 
 @pytest.mark.slow

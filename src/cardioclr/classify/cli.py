@@ -39,7 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="final-model seeds (CV uses "
                    "the first); test probabilities are averaged over seeds")
     p.add_argument("--grid-lr", type=float, nargs="+", default=[1e-4, 3e-4], help="learning rates")
-    p.add_argument("--grid-batch", type=int, nargs="+", default=[16, 32], help="batch sizes (slice pairs)")
+    p.add_argument("--grid-batch", type=int, nargs="+", default=[16, 32],
+                   help="batch sizes (ED+ES slice pairs) PER DEVICE: with --devices N (DDP) each "
+                   "process takes this many per step, so a step sees N times as many (x "
+                   "--num-nodes). Unlike `cardioclr pretrain --batch-size`, which is global")
     p.add_argument("--max-epochs", type=int, default=30, help="epoch cap of each CV run")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience (epochs)")
     p.add_argument("--max-folds", type=int, default=None, help="use only the first K CV folds "

@@ -59,6 +59,14 @@ class FinetuneConfig:
     Sizes in pixels, margins in mm. ``max_folds`` limits CV to the first folds of
     ``splits.json`` (None = all). Fields in :data:`NOT_IN_FINGERPRINT` do not change results
     and may differ when a run is resumed.
+
+    ``grid_batch`` values are PER-DEVICE batch sizes (ED+ES slice pairs per process and step):
+    each is the DataLoader's batch size, and under DDP (``devices`` > 1) Lightning's distributed
+    sampler gives every process its own batch of that size, so one optimiser step sees
+    ``batch x devices x num_nodes`` pairs. This differs from SimCLR pretraining, whose
+    ``batch_size`` (:class:`cardioclr.ssl.pretrain.PretrainConfig`) is global and split over
+    the processes. A grid point chosen on one device is therefore a larger effective batch on
+    several; divide the values by the device count to keep the single-device steps.
     """
 
     work: str

@@ -12,7 +12,9 @@ overriding the one before:
 Stage settings that belong to another stage's own config dataclass (epochs, batch sizes, ...)
 are passed through ``options`` mappings, checked against that dataclass's fields before
 anything runs (see :func:`cardioclr.study.stages.check_options`), so a typo fails in the first
-second rather than after an hour of training.
+second rather than after an hour of training. Batch sizes differ in scope: fine-tuning's
+``finetune.options.grid_batch`` is per device, pretraining's ``pretrain.options.batch_size`` is
+global (see :class:`FinetuneSettings`).
 """
 
 from __future__ import annotations
@@ -84,7 +86,15 @@ class PretrainSettings(StageSettings):
 
 @dataclass(frozen=True)
 class FinetuneSettings(StageSettings):
-    """The fine-tuning grid: ``inits`` x downstream ``inputs`` x encoders."""
+    """The fine-tuning grid: ``inits`` x downstream ``inputs`` x encoders.
+
+    ``options`` override :class:`cardioclr.classify.finetune.FinetuneConfig`. Its
+    ``grid_batch`` values are PER-DEVICE batch sizes (ED+ES slice pairs per process and step):
+    with ``devices`` N > 1 (DDP) one step sees N times as many, whereas ``pretrain.options``'
+    ``batch_size`` is the GLOBAL SimCLR batch, split over the N processes. ``devices`` may
+    change between runs of a study (:data:`RUNTIME_FIELDS`), so fine-tuning cells run with
+    another device count train with a different effective batch.
+    """
 
     inits: tuple[str, ...] = INITS
     inputs: tuple[str, ...] = ("full", "segmented")
@@ -120,7 +130,9 @@ class StudyConfig:
 
     ``data``: dataset path (ACDC layout or CSV manifest); None = the built-in synthetic cohort
     written to ``OUT/data``. ``imagenet_weights``: encoder name -> local torchvision weight
-    file; ImageNet cells of encoders without one are listed as not run, with the reason.
+    file; ImageNet cells of encoders without one are listed as not run, with the reason. A
+    re-run may add an encoder's file (its ImageNet cells then run and ``study.yaml`` is
+    updated) but not change or remove one (see :data:`ADDITIVE_FIELDS`).
     ``threads``: torch CPU threads of the study process (None: torch's default, all cores). On a
     shared CPU, intra-op threads that outnumber the free cores spin-wait: on the 2-core
     development machine under load, a U-Net forward pass took 1.44 s with 2 threads and 0.15 s
@@ -148,6 +160,13 @@ class StudyConfig:
 # Dotted keys that may change between runs of the same study without changing which cells it
 # has or what they compute: where it runs (hardware, worker processes) and how it is reported.
 RUNTIME_FIELDS = ("accelerator", "devices", "threads", "prepare.workers", "report")
+
+# Mappings to which a re-run may ADD keys but in which it may not change or remove one.
+# ``imagenet_weights``: a study first run without an encoder's weight file lists that encoder's
+# ImageNet cells as not run; giving the file later only makes those cells runnable and changes
+# no other cell. Changing or dropping a file that is already there would mix (or orphan) results
+# fine-tuned from different weights, so that is still a different configuration.
+ADDITIVE_FIELDS = ("imagenet_weights",)
 
 
 # ------------------------------------------------------------------------------------ presets
@@ -186,7 +205,8 @@ _DEMO: dict[str, Any] = {
 
 # The paper: VGG16 and DenseNet121, 224 px, SimCLR batch 256 (the top of the paper's 64-256
 # grid), Adam lr 1e-4, temperature 0.1, early stopping; downstream lr x batch (64-256) grid by
-# 5-fold CV on the training patients; 3 seeds.
+# 5-fold CV on the training patients; 3 seeds. The SimCLR batch is global, the downstream
+# grid_batch per device: the paper's downstream batches on one device (devices: 1).
 _PAPER: dict[str, Any] = {
     "preset": "paper",
     "encoders": ["vgg16", "densenet121"],
@@ -373,12 +393,15 @@ def read_saved_config(path: str | os.PathLike[str]) -> StudyConfig:
 
 
 def config_differences(old: StudyConfig, new: StudyConfig) -> list[str]:
-    """Dotted keys whose values differ, ignoring :data:`RUNTIME_FIELDS`."""
+    """Dotted keys whose values differ, ignoring :data:`RUNTIME_FIELDS` and keys that ``new``
+    adds to one of the :data:`ADDITIVE_FIELDS` (see :func:`config_additions`)."""
     diffs: list[str] = []
 
     def walk(a: Any, b: Any, where: str) -> None:
         if where in RUNTIME_FIELDS:
             return
+        if a is None and b is not None and where.rpartition(".")[0] in ADDITIVE_FIELDS:
+            return  # a key added to an additive mapping (a new ImageNet weight file)
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
                 walk(a.get(k), b.get(k), f"{where}.{k}" if where else k)
@@ -387,3 +410,18 @@ def config_differences(old: StudyConfig, new: StudyConfig) -> list[str]:
 
     walk(to_plain(old), to_plain(new), "")
     return diffs
+
+
+def config_additions(old: StudyConfig, new: StudyConfig) -> list[str]:
+    """Dotted keys that ``new`` adds to the :data:`ADDITIVE_FIELDS` of ``old``.
+
+    These are the differences :func:`config_differences` lets through, e.g.
+    ``imagenet_weights.vgg16`` when a weight file is given to a study first run without it.
+    """
+    a, b = to_plain(old), to_plain(new)
+    added: list[str] = []
+    for name in ADDITIVE_FIELDS:
+        before, after = a.get(name) or {}, b.get(name) or {}
+        added += [f"{name}.{k}" for k, v in after.items()
+                  if v is not None and before.get(k) is None]
+    return added

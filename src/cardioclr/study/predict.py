@@ -13,6 +13,10 @@ Outputs in ``DIR``: ``predictions.csv`` (``patient_id, predicted, prob_<class>..
 ``saliency/PID.png`` overlays, ``segmentation/qc/PID.png`` QC images and
 ``segmentation/nifti/PID/`` masks on the patient's own grid. A patient that cannot be read,
 segmented or classified is listed with its reason; the others continue.
+
+Every run replaces the outputs of an earlier run into the same ``DIR`` (the work store is
+rebuilt, the files are rewritten, ``saliency/`` is swapped in whole), so they always describe
+the same patients.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cardioclr.atomic import read_json, write_json, write_text
+from cardioclr.atomic import atomic_dir, read_json, write_json, write_text
 from cardioclr.data.cases import Case
 from cardioclr.errors import CardioclrError, DataError
 
@@ -227,26 +232,50 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
     df = pd.DataFrame(rows, columns=cols)
     if not (df["label"] != "").any():
         df = df.drop(columns="label")
-    write_text(out / "predictions.csv", df.to_csv(index=False, float_format="%.6f"))
-    write_text(out / "failed.csv", pd.DataFrame(sorted(failed.items()), columns=["patient_id", "reason"])
-               .to_csv(index=False))
+    render: Callable[[Path], None] | None = None
     if saliency and loaded:
         from cardioclr.evaluate.saliency import run_saliency
 
-        try:
+        def render_overlays(folder: Path) -> None:
             run_saliency(clf.models[0], [i for i, _ in loaded], {i.patient_id: k for i, k in loaded},
-                         clf.classes, spec.input_mode, out / "saliency", 5.0, spec.mask_source,
-                         torch_device)
-        except Exception as err:  # noqa: BLE001 - predictions are written; overlays are extra
-            log.error("saliency overlays failed: %s", err)
+                         clf.classes, spec.input_mode, folder, 5.0, spec.mask_source, torch_device)
+
+        render = render_overlays
+
+    write_text(out / "predictions.csv", df.to_csv(index=False, float_format="%.6f"))
+    write_text(out / "failed.csv", pd.DataFrame(sorted(failed.items()), columns=["patient_id", "reason"])
+               .to_csv(index=False))
+    saliency_status = write_saliency(out / "saliency", render)
     write_json(out / "predict_info.json", {"model_dir": str(Path(model_dir).resolve()),
                                            "work": str(work), "encoder": clf.encoder,
                                            "pretraining": clf.pretraining,
                                            "input": dataclasses.asdict(spec),
                                            "patients": len(inputs), "predicted": len(df),
-                                           "failed": failed,
+                                           "failed": failed, "saliency": saliency_status,
                                            "seconds": round(time.perf_counter() - start, 2)})
     return PredictResult(df, failed, time.perf_counter() - start)
+
+
+def write_saliency(folder: Path, render: Callable[[Path], None] | None) -> str:
+    """Replace ``folder`` by the overlays ``render`` writes into a fresh folder; returns a status.
+
+    The overlays are built under a temporary name and swapped in whole (:func:`atomic_dir`), so
+    ``DIR/saliency`` holds exactly this run's patients: a second predict into the same ``DIR``
+    with other patients must not leave the first run's PNGs beside the new ``predictions.csv``.
+    With nothing to render (``--no-saliency``, no patient classified) or when rendering fails,
+    the old folder is removed for the same reason: no overlays are better than stale ones.
+    """
+    if render is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return "none"
+    try:
+        with atomic_dir(folder) as tmp:
+            render(tmp)
+    except Exception as err:  # noqa: BLE001 - predictions are written; overlays are extra
+        log.error("saliency overlays failed: %s", err)
+        shutil.rmtree(folder, ignore_errors=True)
+        return f"failed: {type(err).__name__}: {err}"
+    return "written"
 
 
 def _device(name: str) -> Any:

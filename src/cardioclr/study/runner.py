@@ -31,6 +31,7 @@ from cardioclr.provenance import environment_info
 from cardioclr.study.cell import SUMMARY_FILE, TRAINING_KINDS
 from cardioclr.study.config import (
     StudyConfig,
+    config_additions,
     config_differences,
     read_saved_config,
     save_config,
@@ -112,19 +113,35 @@ def _marker_seconds(ctx: StudyContext, cell: Cell) -> float | None:
         return None
 
 
-def prepare_out(cfg: StudyConfig, out: Path) -> None:
-    """Create ``out`` and save the config; refuse to mix two different studies in one folder."""
+def prepare_out(cfg: StudyConfig, out: Path) -> list[str]:
+    """Create ``out`` and save the config; refuse to mix two different studies in one folder.
+
+    Returns the keys ``cfg`` adds to the saved config where that is allowed (an ImageNet weight
+    file given to a study first run without it: ``imagenet_weights.vgg16``); the saved
+    ``study.yaml`` is rewritten with them, so the report and later re-runs see the new cells.
+    """
     out.mkdir(parents=True, exist_ok=True)
     saved = out / CONFIG_FILE
+    added: list[str] = []
     if saved.is_file():
-        diffs = config_differences(read_saved_config(saved), cfg)
+        old = read_saved_config(saved)
+        diffs = config_differences(old, cfg)
         if diffs:
+            hint = ""
+            if any(d.startswith("imagenet_weights.") for d in diffs):
+                # Only adding a file is allowed: with another file for the same encoder (or
+                # none), its finished ImageNet cells would hold results of weights that
+                # study.yaml no longer names. Say so, so the refusal is not a puzzle.
+                hint = (" An encoder's ImageNet weight file can be added to a study but not "
+                        "changed or removed (its ImageNet cells were fine-tuned from it).")
             raise CardioclrError(
                 f"{out} holds a study with a different configuration ({saved}): "
                 + "; ".join(diffs[:8]) + ("; ..." if len(diffs) > 8 else "")
-                + ". Re-run with the same options (or --config " + str(saved)
+                + "." + hint + " Re-run with the same options (or --config " + str(saved)
                 + "), or choose another --out.")
+        added = config_additions(old, cfg)
     save_config(cfg, saved)
+    return added
 
 
 class _CellLog:
@@ -224,12 +241,17 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
         import torch
 
         torch.set_num_threads(cfg.threads)
-    prepare_out(cfg, out)
+    added = prepare_out(cfg, out)
     check_options(cfg, stages)
     ctx = StudyContext(cfg, out)
     cells = expand_grid(cfg)
+    # Cells recorded as not run by an earlier run but runnable now (an ImageNet weight file
+    # added since) need nothing special: they have no completion marker, so the loop below
+    # runs them, and the state starts every cell as pending, dropping the old not-run reason.
     state = StudyState(out, cells)
     progress = Progress(cells, stream or sys.stderr)
+    for key in added:
+        progress.message(f"added to {out / CONFIG_FILE}: {key} (its cells run now)")
     result = StudyResult()
     t0 = time.perf_counter()
     blocked: dict[str, str] = {}  # cell id -> why it cannot provide its outputs
