@@ -11,7 +11,7 @@ import pytest
 from cardioclr.data.acdc import find_acdc_cases
 from cardioclr.data.prepare import PrepareConfig, default_workers, prepare
 from cardioclr.data.store import SliceStore
-from cardioclr.io.volume import read_label_volume, read_volume
+from cardioclr.io.volume import grid_difference, read_label_volume, read_volume
 
 pytestmark = pytest.mark.acdc
 
@@ -43,6 +43,7 @@ def test_acdc_spacing_and_masks_plausible(acdc_root: Path, pid: str) -> None:
         assert 6 <= vol.shape[0] <= 21 and min(vol.shape[1:]) >= 150
         labels = read_label_volume(mask)
         assert labels.shape == vol.shape
+        assert grid_difference(vol, labels) is None  # _gt files share their frame's header
         assert set(np.unique(labels.array)) == {0, 1, 2, 3}
 
 

@@ -250,10 +250,41 @@ def test_dicom_two_series_error_names_series_not_patient(tmp_path: Path) -> None
     assert "Roe" not in str(info.value) and "Richard" not in str(info.value)
 
 
-def test_dicom_single_slice_is_2d(tmp_path: Path) -> None:
-    write_dicom_series(tmp_path / "s", _volume((1, 4, 4)))
-    with pytest.raises(DataError, match="2D image"):
+def test_dicom_single_slice_is_a_one_slice_stack_like_nifti(tmp_path: Path) -> None:
+    # A one-image series reads as (1, rows, columns), as a NIfTI of shape (x, y, 1) does; the
+    # slice spacing comes from the header (SliceThickness here: the writer sets 0.8 x 8 mm).
+    vol = _volume((1, 4, 5))
+    write_dicom_series(tmp_path / "s", vol)
+    dicom = read_dicom_series(tmp_path / "s")
+    nifti = read_volume(write_nifti(tmp_path / "one.nii.gz", vol, spacing_zyx=(6.4, 1.5, 1.25)))
+    assert dicom.shape == nifti.shape == (1, 4, 5)
+    np.testing.assert_array_equal(dicom.array, nifti.array)
+    assert dicom.spacing == pytest.approx(nifti.spacing)
+    np.testing.assert_allclose(np.linalg.norm(dicom.affine[:3, :3], axis=0), [1.25, 1.5, 6.4])
+    write_dicom_series(tmp_path / "m", np.full((1, 4, 5), 2, np.int16))
+    assert read_label_volume(tmp_path / "m").shape == (1, 4, 5)
+
+
+def test_dicom_single_slice_prefers_spacing_between_slices(tmp_path: Path) -> None:
+    import pydicom
+
+    (path,) = write_dicom_series(tmp_path / "s", _volume((1, 4, 4)))
+    ds = pydicom.dcmread(path)
+    ds.SpacingBetweenSlices = -10.0  # some vendors sign it; the gap is its magnitude
+    ds.save_as(path)
+    assert read_dicom_series(tmp_path / "s").spacing[0] == pytest.approx(10.0)
+
+
+def test_dicom_single_slice_without_slice_spacing_is_refused(tmp_path: Path) -> None:
+    import pydicom
+
+    (path,) = write_dicom_series(tmp_path / "s", _volume((1, 4, 4)))
+    ds = pydicom.dcmread(path)
+    del ds.SliceThickness
+    ds.save_as(path)
+    with pytest.raises(DataError, match="without SpacingBetweenSlices or SliceThickness") as info:
         read_dicom_series(tmp_path / "s")
+    assert info.value.path == str(tmp_path / "s")
 
 
 def test_dicom_repeated_positions_cine_in_one_folder(tmp_path: Path) -> None:

@@ -217,3 +217,36 @@ def test_prepare_unreadable_dicom_skipped_or_strict_fails(tmp_path: Path,
     assert str(paths[1]) in err and "corrupt or unreadable DICOM" in err
     assert "Secret" not in err and "ID-998877" not in err
     assert not (tmp_path / "strict" / "dataset.json").exists()
+
+
+def test_dicom_image_with_nifti_mask_must_share_its_grid(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from cardioclr.data.prepare import prepare_case
+    from cardioclr.io.dicom import read_dicom_series
+
+    rng = np.random.default_rng(3)
+    fields: dict[str, str] = {}
+    for phase in ("ed", "es"):
+        image, labels = synthetic_heart("NOR", phase, rng)
+        write_dicom_series(tmp_path / phase, image, spacing_zyx=(10.0, 3.5, 3.5))
+        affine = read_dicom_series(tmp_path / phase).affine
+        # Written as the reader's docstring says: array (x, y, z) with the series' RAS affine.
+        nib.save(nib.Nifti1Image(labels.transpose(2, 1, 0).astype(np.uint8), affine),
+                 str(tmp_path / f"{phase}_gt.nii.gz"))
+        fields |= {f"{phase}_image": phase, f"{phase}_mask": f"{phase}_gt.nii.gz"}
+    csv = _write_csv(tmp_path / "m.csv", [{"patient_id": "D1", "label": "ICM", **fields}])
+    (case,) = read_manifest(csv)[0]
+    row = prepare_case(case, tmp_path / "store", 3.0, 64)
+    assert row["has_expert_mask"]
+    # The same labels stored with rows reversed (as converters that flip y write them) and an
+    # affine saying so: the same shape, so only the geometry check can catch it.
+    gt = tmp_path / "es_gt.nii.gz"
+    img = nib.load(gt)
+    flip = np.diag([1.0, -1.0, 1.0, 1.0])
+    flip[1, 3] = img.shape[1] - 1
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(np.asarray(img.dataobj)[:, ::-1]),
+                             img.affine @ flip), str(gt))
+    with pytest.raises(DataError, match="mask is flipped along y") as info:
+        prepare_case(case, tmp_path / "store", 3.0, 64)
+    assert info.value.path == str(gt) and str(tmp_path / "es") in str(info.value)

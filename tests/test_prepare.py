@@ -80,6 +80,31 @@ def _mask_shape(d: Path) -> tuple[Path, str]:
     return gt, "mask shape (6, 40, 48) differs from image shape (6, 48, 48)"
 
 
+def _gt_of(d: Path) -> tuple[Path, nib.Nifti1Image]:
+    ed, _ = _frames(d)
+    gt = ed.with_name(ed.name.replace(".nii.gz", "_gt.nii.gz"))
+    return gt, nib.load(gt)
+
+
+def _mask_flipped(d: Path) -> tuple[Path, str]:
+    # Same shape, stored with x reversed and an affine saying so: index-wise it is mirrored.
+    gt, img = _gt_of(d)
+    nx = img.shape[0]
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = nx - 1
+    data = np.asarray(img.dataobj)[::-1]
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), img.affine @ flip), str(gt))
+    return gt, "mask is flipped along x"
+
+
+def _mask_shifted(d: Path) -> tuple[Path, str]:
+    gt, img = _gt_of(d)
+    affine = img.affine.copy()
+    affine[2, 3] += 5.0  # one slice gap off: same shape, another position
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), str(gt))
+    return gt, "origin shifted by 5 mm"
+
+
 def _es_spacing(d: Path) -> tuple[Path, str]:
     _, es = _frames(d)
     write_nifti(es, read_volume(es).array, spacing_zyx=(8.0, 3.5, 3.5))
@@ -137,6 +162,8 @@ BAD_INPUTS: dict[str, Callable[[Path], tuple[Path, str]]] = {
     "missing_ed_frame": _missing_ed_frame,
     "missing_es_frame": _missing_es_frame,
     "mask_shape_differs": _mask_shape,
+    "mask_flipped": _mask_flipped,
+    "mask_shifted": _mask_shifted,
     "es_spacing_differs": _es_spacing,
     "labels_outside_0_3": _label_values,
     "nan_intensity": _nan,
@@ -145,6 +172,26 @@ BAD_INPUTS: dict[str, Callable[[Path], tuple[Path, str]]] = {
     "2d_image": _two_d,
     "constant_image": _constant,
 }
+
+
+def test_mask_grid_check_names_both_files_and_tolerates_rounding(tmp_path: Path) -> None:
+    d = _dataset(tmp_path / "data") / "training" / "patient001"
+    ed, _ = _frames(d)
+    gt, phrase = _mask_flipped(d)
+    with pytest.raises(DataError, match=phrase) as info:
+        prep._read_mask(gt, read_volume(ed))
+    assert info.value.path == str(gt) and str(ed) in str(info.value)
+    assert "max abs affine difference" in str(info.value)
+    # float32 rounding of a header (far below 1e-3 mm) is the same grid.
+    gt, img = _gt_of(d)
+    affine = read_volume(ed).affine.copy()
+    affine[:3, 3] += 2e-4
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1], affine), str(gt))  # un-mirrored
+    assert prep._read_mask(gt, read_volume(ed)) is not None
+    # A mask without any sform/qform has no geometry to compare: the shape check alone applies.
+    bare = nib.Nifti1Image(np.asarray(img.dataobj), None)
+    nib.save(bare, str(gt))
+    assert prep._read_mask(gt, read_volume(ed)) is not None
 
 
 @pytest.mark.parametrize("kind", list(BAD_INPUTS))

@@ -337,3 +337,111 @@ def test_cli_preset_names_match_presets_and_parser_needs_no_torch():
             "cardioclr.data.cli_prepare; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _write_flags(path: Path, rows: list[tuple[str, str]]) -> None:
+    pd.DataFrame([{"patient_id": p, "phase": "ED", "flag": f, "detail": "from an older run"}
+                  for p, f in rows]).to_csv(path, index=False)
+
+
+def test_interrupted_predict_leaves_no_stale_qc_flags(trained, tmp_path, monkeypatch):
+    # The previous run's flags describe its masks; once this run has replaced one mask they no
+    # longer do, so an interrupt must not leave them behind as if they were current.
+    from cardioclr.segment import predict as predict_mod
+
+    work, _, _ = trained
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("masks", "nifti", "qc"))
+    flags_csv = copy / "segmentation" / "qc_flags.csv"
+    _write_flags(flags_csv, [("patient001", "stale_flag"), ("patient009", "stale_flag")])
+    calls = []
+    original = predict_mod.segment_patient
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C after the first patient's mask was written
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predict_mod, "segment_patient", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict(PredictConfig(work=str(copy), tta=False, qc_png=False))
+    assert predicted_mask_path(copy, SliceStore(copy).patient_ids[0]).is_file()  # a new mask...
+    assert not flags_csv.exists()  # ...and no flags file claiming to describe it
+    assert not (copy / "segmentation" / "predict_summary.json").exists()
+    monkeypatch.setattr(predict_mod, "segment_patient", original)
+    predict(PredictConfig(work=str(copy), tta=False, qc_png=False))
+    assert "stale_flag" not in set(pd.read_csv(flags_csv)["flag"])
+
+
+def test_predict_on_a_subset_keeps_the_other_patients_flags(trained, tmp_path):
+    work, _, _ = trained
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy)
+    flags_csv = copy / "segmentation" / "qc_flags.csv"
+    _write_flags(flags_csv, [("patient001", "old_flag"), ("patient009", "old_flag"),
+                             ("gone999", "old_flag")])
+    predict(PredictConfig(work=str(copy), tta=False, qc_png=False), patient_ids=["patient001"])
+    flags = pd.read_csv(flags_csv)
+    # patient009's mask was not touched: its row still describes it. patient001 was
+    # re-segmented: its old row is gone. A patient no longer in the store is dropped.
+    old = flags[flags["flag"] == "old_flag"]
+    assert old["patient_id"].tolist() == ["patient009"]
+    assert list(flags.columns) == ["patient_id", "phase", "flag", "detail"]
+
+
+def test_segment_cli_accelerator_option():
+    from cardioclr.cli import build_parser
+    from cardioclr.segment.cli import predict_device
+
+    parser = build_parser()
+    args = parser.parse_args(["segment", "train", "W", "--accelerator", "cpu"])
+    assert args.accelerator == "cpu"
+    assert parser.parse_args(["segment", "train", "W"]).accelerator is None
+    cfg = preset_config("W", "gpu", accelerator=args.accelerator)
+    assert cfg.trainer.accelerator == "cpu"
+    assert preset_config("W", "gpu", accelerator=None).trainer.accelerator == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["segment", "predict", "W", "--accelerator", "tpu"])
+    args = parser.parse_args(["segment", "predict", "W", "--accelerator", "cpu"])
+    assert predict_device(args.accelerator, args.device) == "cpu"
+    assert predict_device("gpu", "auto") == "cuda" and predict_device("gpu", "cuda:1") == "cuda:1"
+    assert predict_device(None, "cuda:1") == "cuda:1" and predict_device("auto", "cpu") == "cpu"
+    with pytest.raises(ValueError, match="contradicts"):
+        predict_device("cpu", "cuda")
+
+
+def test_segment_train_cli_passes_accelerator_to_the_trainer(monkeypatch):
+    from cardioclr.cli import main
+
+    seen = {}
+
+    def fake_train(cfg, overwrite=False):
+        seen["cfg"] = cfg
+        return {}
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    assert main(["segment", "train", "W", "--accelerator", "cpu", "--preset", "gpu"]) == 0
+    assert seen["cfg"].trainer.accelerator == "cpu"
+
+
+def test_segment_predict_cli_forces_cpu(monkeypatch, capsys):
+    from cardioclr.cli import main
+    from cardioclr.segment import predict as predict_mod
+
+    seen = {}
+
+    def fake_predict(cfg, patient_ids=None):
+        seen["device"] = cfg.device
+        return {"segmented": 1, "patients": 1, "seconds": 0, "flags": 0, "flagged_patients": 0,
+                "failed": {}}
+
+    monkeypatch.setattr(predict_mod, "predict", fake_predict)
+    assert main(["segment", "predict", "W", "--accelerator", "cpu", "--no-evaluate"]) == 0
+    assert seen["device"] == "cpu"
+    with pytest.raises(SystemExit):
+        main(["segment", "predict", "W", "--accelerator", "cpu", "--device", "cuda"])
+    assert "contradicts" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(CardioclrError, match="no CUDA GPU"):
+            predict_mod.resolve_device("cuda")

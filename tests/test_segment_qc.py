@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from cardioclr.segment.qc import mid_slices, open_fraction, qc_figure, qc_flags
+from cardioclr.segment.qc import mid_slices, open_fraction, qc_figure, qc_figure_object, qc_flags
 
 SPACING = (10.0, 1.5, 1.5)
 
@@ -64,3 +65,40 @@ def test_qc_figure_writes_a_png(tmp_path):
     qc_figure(out, "p1", img, {"ED": ed, "ES": es}, {"ED": ed, "ES": es}, [{"flag": "fragmented"}])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list(out.parent.iterdir()) == [out]  # no temporary file left behind
+
+
+def _overlaps(a, b) -> bool:
+    """True when two display-space boxes share more than a pixel of area."""
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > 1 and min(a.y1, b.y1) - max(a.y0, b.y0) > 1
+
+
+@pytest.mark.parametrize("shift_x", [0, -40])  # -40: heart at the edge, a tall narrow window
+def test_qc_figure_text_does_not_overlap_images(shift_x):
+    import matplotlib.pyplot as plt
+
+    ed = np.roll(_heart(), shift_x, axis=2)
+    es = np.roll(_heart(r_lv=14, wall=8), shift_x, axis=2)
+    img = {"ED": (ed > 0).astype(np.float32), "ES": (es > 0).astype(np.float32)}
+    fig = qc_figure_object("patient001", img, {"ED": ed, "ES": es}, {"ED": ed, "ES": es},
+                           [{"flag": "fragmented"}, {"flag": "implausible_ef"}])
+    try:
+        fig.set_dpi(80)  # as saved
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        panels = [ax.get_window_extent(renderer) for ax in fig.axes]
+        texts = [t for ax in fig.axes for t in (ax.title, ax.yaxis.label) if t.get_text()]
+        texts += [fig._suptitle, *fig.legends]
+        assert len(texts) >= 3 + 2 + 2  # 3 view titles, 2 phase labels, suptitle, legend
+        # Between the ED row's bottom and the ES row's top there is no text at all: a title there
+        # reads as a caption of the images above it (and overlapped them with tight_layout).
+        ed_bottom = min(p.y0 for p in panels[:3])
+        es_top = max(p.y1 for p in panels[3:])
+        for t in texts:
+            box = t.get_window_extent(renderer)
+            name = t.get_text() if hasattr(t, "get_text") else "legend"
+            hits = [i for i, p in enumerate(panels) if _overlaps(box, p)]
+            assert not hits, f"{name!r} overlaps image(s) {hits}"
+            between = min(box.y1, ed_bottom) - max(box.y0, es_top) > 0
+            assert not between, f"{name!r} lies between the rows"
+    finally:
+        plt.close(fig)

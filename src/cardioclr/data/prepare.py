@@ -29,7 +29,13 @@ from cardioclr.data.discover import discover_cases
 from cardioclr.data.splits import make_splits
 from cardioclr.data.store import STORE_VERSION
 from cardioclr.errors import CardioclrError, DataError
-from cardioclr.io.volume import Volume, read_cine, read_label_volume, read_volume
+from cardioclr.io.volume import (
+    Volume,
+    grid_difference,
+    read_cine,
+    read_label_volume,
+    read_volume,
+)
 from cardioclr.provenance import save_run_info
 
 log = logging.getLogger(__name__)
@@ -208,12 +214,23 @@ def _check_spacing(path: Path, spacing: tuple[float, float, float], ed: Volume) 
 
 
 def _read_mask(path: Path | None, image: Volume) -> Volume | None:
+    """Read the label map at ``path`` and check it lies on ``image``'s voxel grid.
+
+    Same (z, y, x) shape, and, when both files carry an affine (NIfTI with an sform/qform, or
+    DICOM), the same voxel-to-world geometry: a mask of the right shape but flipped or shifted
+    would otherwise train and score the network on the wrong pixels without any error.
+    Raises :class:`DataError` naming the mask, with the image's path in the message.
+    """
     if path is None:
         return None
     mask = read_label_volume(path)
     if mask.shape != image.shape:
         raise DataError(path, f"mask shape {mask.shape} differs from image shape {image.shape} "
                         f"({image.path})")
+    difference = grid_difference(image, mask)
+    if difference is not None:
+        raise DataError(path, f"mask is not on the voxel grid of the image {image.path}: mask is "
+                        f"{difference}")
     return mask
 
 

@@ -60,6 +60,10 @@ class _Slice:
     pixels: np.ndarray  # float32 (rows, columns), rescaled
     series: str
     series_number: str
+    # Header slice spacing (mm) or None when absent/invalid; used only for a one-slice series,
+    # where there is no second position to measure the gap from.
+    spacing_between_slices: float | None = None
+    slice_thickness: float | None = None
 
 
 def read_dicom_series(folder: str | os.PathLike[str]) -> Volume:
@@ -68,10 +72,15 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> Volume:
     Files that are not DICOM images (DICOMDIR, README, hidden files, non-image objects) are
     skipped quietly. Raises :class:`DataError` naming the folder or file when: the folder has no
     DICOM image, holds several series, a DICOM file is corrupt or truncated, the series is
-    multi-frame/enhanced (not supported), has one slice only (a 2D image, not a stack),
-    repeated slice positions (e.g. several cine phases in one folder), uneven slice gaps, or
-    slices disagreeing in orientation, size or pixel spacing. RescaleSlope/Intercept are
-    applied. The affine is voxel (column, row, slice) -> RAS mm (see the module docstring).
+    multi-frame/enhanced (not supported), has repeated slice positions (e.g. several cine
+    phases in one folder), uneven slice gaps, or slices disagreeing in orientation, size or
+    pixel spacing. RescaleSlope/Intercept are applied. The affine is voxel (column, row,
+    slice) -> RAS mm (see the module docstring).
+
+    A series of a single image is a stack of one slice, shape (1, rows, columns), as a NIfTI
+    file of shape (x, y, 1) is: its slice spacing (needed for volumes in mL) is taken from
+    SpacingBetweenSlices, else SliceThickness (logged, since a thickness can be smaller than
+    the real gap); a single image with neither raises :class:`DataError`.
     """
     d = Path(folder)
     if not d.is_dir():
@@ -141,6 +150,8 @@ def _read_slice(p: Path) -> _Slice | None:
                 pixels=pixels,
                 series=str(ds.get("SeriesInstanceUID", "")),
                 series_number=str(ds.get("SeriesNumber", "?")),
+                spacing_between_slices=_positive_mm(ds.get("SpacingBetweenSlices")),
+                slice_thickness=_positive_mm(ds.get("SliceThickness")),
             )
     except DataError:
         raise
@@ -149,6 +160,21 @@ def _read_slice(p: Path) -> _Slice | None:
         # `from None`: the chained traceback could carry header values into a log.
         raise DataError(p, f"corrupt or unreadable DICOM file ({type(err).__name__}: "
                         f"{detail[:200]})") from None
+
+
+def _positive_mm(value: object) -> float | None:
+    """A header length in mm as a positive float, or None when absent, empty or invalid.
+
+    The absolute value is taken: some scanners write SpacingBetweenSlices negative to encode
+    the slice direction, which the reader gets from the positions instead.
+    """
+    if value is None or value == "":
+        return None
+    try:
+        v = abs(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
 
 
 def _has_dicom_magic(p: Path) -> bool:
@@ -221,13 +247,12 @@ def _assemble(d: Path, slices: list[_Slice]) -> Volume:
         if not np.allclose(s.pixel_spacing, first.pixel_spacing, rtol=1e-3):
             raise DataError(s.path, f"PixelSpacing {s.pixel_spacing} differs from "
                             f"{first.pixel_spacing} of {first.path.name}")
-    if len(slices) < 2:
-        raise DataError(d, f"a single DICOM slice ({first.path.name}) is a 2D image; expected a "
-                        "stack of short-axis slices")
     row_dir, col_dir = first.orientation[:3], first.orientation[3:]
     normal = np.cross(row_dir, col_dir)
     if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-2):
         raise DataError(first.path, "ImageOrientationPatient is not two orthogonal unit vectors")
+    if len(slices) == 1:
+        return _single_slice(d, first, row_dir, col_dir, normal)
     # Slice order = position along the normal; file names and InstanceNumber are unreliable.
     slices = sorted(slices, key=lambda s: float(s.position @ normal))
     along = np.array([float(s.position @ normal) for s in slices])
@@ -255,3 +280,30 @@ def _assemble(d: Path, slices: list[_Slice]) -> Volume:
     array = np.stack([s.pixels for s in slices]).astype(np.float32, copy=False)
     spacing_z = (along[-1] - along[0]) / (n - 1)
     return Volume(array, (float(spacing_z), float(dy), float(dx)), affine, str(d))
+
+
+def _single_slice(d: Path, s: _Slice, row_dir: np.ndarray, col_dir: np.ndarray,
+                  normal: np.ndarray) -> Volume:
+    """A one-image series as a (1, rows, columns) stack, consistent with a one-slice NIfTI.
+
+    The slice spacing cannot be measured from positions, so it comes from the header:
+    SpacingBetweenSlices (centre-to-centre) when present, else SliceThickness.
+    """
+    if s.spacing_between_slices is not None:
+        spacing_z, source = s.spacing_between_slices, "SpacingBetweenSlices"
+    elif s.slice_thickness is not None:
+        spacing_z, source = s.slice_thickness, "SliceThickness"
+    else:
+        raise DataError(d, f"a single DICOM slice ({s.path.name}) without SpacingBetweenSlices "
+                        "or SliceThickness: its slice spacing (needed for volumes in mL) is "
+                        "unknown; add one of the tags or provide the stack as NIfTI")
+    log.info("%s: one-slice DICOM series; slice spacing %.3g mm from %s", d, spacing_z, source)
+    dy, dx = s.pixel_spacing
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * dx
+    lps[:3, 1] = col_dir * dy
+    lps[:3, 2] = normal * spacing_z  # no tilt information with one position: along the normal
+    lps[:3, 3] = s.position
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
+    return Volume(s.pixels[None].astype(np.float32, copy=False), (float(spacing_z), float(dy),
+                  float(dx)), affine, str(d))

@@ -20,16 +20,27 @@ import numpy as np
 from cardioclr.errors import DataError
 
 MAX_LABEL = 3  # ACDC: 1 = RV cavity, 2 = LV myocardium, 3 = LV cavity
+#: Same-grid tolerances: positions and voxel sizes in mm, direction cosines (unitless). Loose
+#: enough for float32 NIfTI headers and DICOM's decimal strings, far below any real misplacement.
+GRID_TOLERANCE_MM = 1e-3
+GRID_TOLERANCE_COSINE = 1e-4
+_AXIS_NAMES = ("x (array axis 2, NIfTI i)", "y (array axis 1, NIfTI j)", "z (array axis 0, NIfTI k)")
 
 
 @dataclass(frozen=True)
 class Volume:
-    """A 3D volume: ``array`` (z, y, x), ``spacing`` (z, y, x) mm, source ``affine`` (4, 4)."""
+    """A 3D volume: ``array`` (z, y, x), ``spacing`` (z, y, x) mm, source ``affine`` (4, 4).
+
+    ``affine_known`` is False for a NIfTI file whose header has neither an sform nor a qform
+    (codes 0): nibabel then makes up an affine from the voxel size, which says nothing about
+    where the voxels are, so it must not be compared with another file's.
+    """
 
     array: np.ndarray
     spacing: tuple[float, float, float]
     affine: np.ndarray
     path: str
+    affine_known: bool = True
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -41,8 +52,10 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     """Read an image: a NIfTI file (.nii / .nii.gz) or a folder holding one DICOM series.
 
     Returns float32 (z, y, x) and spacing (z, y, x) in mm. Raises :class:`DataError` naming the
-    file for: a missing, corrupt or truncated file, an image that is not a 3D stack (a 2D image,
-    or 4D where 3D is expected), and NaN or infinite intensities.
+    file for: a missing, corrupt or truncated file, an image that is not a 3D stack (a 2-D NIfTI
+    array, or 4D where 3D is expected), and NaN or infinite intensities. A one-slice stack is
+    accepted from both sources: a NIfTI of shape (x, y, 1) and a DICOM series of one image
+    (see :func:`cardioclr.io.dicom.read_dicom_series`) both give shape (1, y, x).
     """
     p = Path(path)
     if p.is_dir():
@@ -80,7 +93,57 @@ def read_label_volume(path: str | os.PathLike[str]) -> Volume:
     if bad.size:
         raise DataError(p, f"label values {bad.astype(int).tolist()} outside 0-{MAX_LABEL} "
                         "(expected 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity)")
-    return Volume(rounded.astype(np.uint8), vol.spacing, vol.affine, vol.path)
+    return Volume(rounded.astype(np.uint8), vol.spacing, vol.affine, vol.path, vol.affine_known)
+
+
+def grid_difference(reference: Volume, other: Volume) -> str | None:
+    """Why ``other`` is not on ``reference``'s voxel grid, or None when it is (or can't be told).
+
+    Both must have the same (z, y, x) shape (checked by the caller). Their 4x4 affines are
+    compared column by column: direction cosines within :data:`GRID_TOLERANCE_COSINE`, voxel
+    sizes and origin within :data:`GRID_TOLERANCE_MM`. None as well when either affine is
+    unknown (a NIfTI without sform/qform). The text names the first kind of difference found
+    (a flipped or swapped axis, a voxel size, a shift) and the largest absolute difference of
+    the two affines.
+    """
+    if not (reference.affine_known and other.affine_known):
+        return None
+    a, b = np.asarray(reference.affine, float), np.asarray(other.affine, float)
+    size_a, size_b = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+    if not ((size_a > 0).all() and (size_b > 0).all()):
+        return None  # a degenerate affine (zero column) cannot place voxels: nothing to compare
+    dir_a, dir_b = a[:3, :3] / size_a, b[:3, :3] / size_b
+    cos_diff = np.abs(dir_a - dir_b).max(axis=0)
+    size_diff = np.abs(size_a - size_b)
+    shift = b[:3, 3] - a[:3, 3]
+    if (cos_diff <= GRID_TOLERANCE_COSINE).all() and (size_diff <= GRID_TOLERANCE_MM).all() \
+            and np.abs(shift).max() <= GRID_TOLERANCE_MM:
+        return None
+    problems: list[str] = []
+    for axis in range(3):
+        if cos_diff[axis] <= GRID_TOLERANCE_COSINE:
+            continue
+        dots = dir_b[:, axis] @ dir_a  # which reference axis this one now runs along
+        best = int(np.argmax(np.abs(dots)))
+        name = _AXIS_NAMES[axis].split()[0]
+        if best == axis and dots[best] < -1 + GRID_TOLERANCE_COSINE:
+            problems.append(f"flipped along {_AXIS_NAMES[axis]}")
+        elif abs(dots[best]) > 1 - GRID_TOLERANCE_COSINE:
+            sign = "-" if dots[best] < 0 else ""
+            problems.append(f"its {name} axis runs along the image's {sign}"
+                            f"{_AXIS_NAMES[best].split()[0]} axis (axes swapped)")
+        else:
+            angle = float(np.degrees(np.arccos(np.clip(dir_b[:, axis] @ dir_a[:, axis], -1, 1))))
+            problems.append(f"its {name} axis is rotated by {angle:.3g} degrees")
+    if not problems:
+        for axis in np.nonzero(size_diff > GRID_TOLERANCE_MM)[0]:
+            problems.append(f"voxel size along {_AXIS_NAMES[axis].split()[0]} is "
+                            f"{size_b[axis]:.4g} mm vs {size_a[axis]:.4g} mm")
+    if not problems:
+        problems.append(f"origin shifted by {np.linalg.norm(shift):.4g} mm "
+                        f"({', '.join(f'{v:+.4g}' for v in shift)} mm in world x, y, z)")
+    return (f"{' and '.join(problems)} relative to the image; max abs affine difference "
+            f"{np.abs(b - a).max():.4g}")
 
 
 def read_cine(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -104,11 +167,17 @@ def _read_nifti(p: Path, expect_ndim: int) -> Volume:
         shape = shape[:-1]
     if len(shape) != expect_ndim:
         kind = "a 2D image" if len(shape) == 2 else f"a {len(shape)}D array"
-        raise DataError(p, f"expected a 3D stack (x, y, z), found {kind} of shape {shape}")
+        # A 2-D array has no slice axis and so no slice spacing in pixdim: refuse it rather than
+        # guess one (a one-slice stack is fine when stored as (x, y, 1) with its pixdim[3]).
+        hint = ("; store a single slice as a 3D stack of shape (x, y, 1) with its slice spacing"
+                if len(shape) == 2 else "")
+        raise DataError(p, f"expected a 3D stack (x, y, z), found {kind} of shape {shape}{hint}")
     data = _nifti_data(p, img).reshape(shape)
     zooms = img.header.get_zooms()[:3]
     arr = np.ascontiguousarray(data.transpose(2, 1, 0))  # (x, y, z) -> (z, y, x)
-    return Volume(arr, _spacing_zyx(p, zooms), np.asarray(img.affine, dtype=np.float64), str(p))
+    known = int(img.header["sform_code"]) > 0 or int(img.header["qform_code"]) > 0
+    return Volume(arr, _spacing_zyx(p, zooms), np.asarray(img.affine, dtype=np.float64), str(p),
+                  affine_known=known)
 
 
 def _load_nifti_header(p: Path) -> nib.Nifti1Image:

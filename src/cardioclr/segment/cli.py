@@ -7,6 +7,28 @@ import argparse
 # The names of :data:`cardioclr.segment.train.PRESETS`, spelled out so that building the
 # command-line parser does not import torch and Lightning (seconds for every command, even synth).
 PRESET_NAMES = ("cpu", "gpu")
+#: ``--accelerator`` values, as for ``pretrain`` and ``finetune``.
+ACCELERATORS = ("auto", "cpu", "gpu")
+#: The inference device ``segment predict`` uses for each ``--accelerator``.
+_ACCELERATOR_DEVICE = {"auto": "auto", "cpu": "cpu", "gpu": "cuda"}
+
+
+def predict_device(accelerator: str | None, device: str = "auto") -> str:
+    """The ``--device`` of ``segment predict`` given ``--accelerator`` and ``--device``.
+
+    ``--accelerator cpu`` forces the CPU on a GPU machine; ``gpu`` means ``cuda``. A ``--device``
+    other than ``auto`` names a device itself (``cuda:1``) and wins when it agrees with the
+    accelerator; raises ``ValueError`` when the two contradict each other (``--accelerator cpu
+    --device cuda``), rather than silently picking one.
+    """
+    if accelerator is None or accelerator == "auto":
+        return device
+    wanted = _ACCELERATOR_DEVICE[accelerator]
+    if device == "auto":
+        return wanted
+    if device.split(":")[0] != wanted:
+        raise ValueError(f"--accelerator {accelerator} contradicts --device {device}")
+    return device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cpu: small U-Net, < 15 min on 2 cores (default); gpu: nnU-Net-like DynUNet, "
                    "long schedule")
     t.add_argument("--max-epochs", type=int, default=None)
+    t.add_argument("--accelerator", choices=ACCELERATORS, default=None,
+                   help="auto: the GPU when there is one (default); cpu: force the CPU, e.g. on a "
+                   "shared GPU machine; gpu: require a GPU")
     t.add_argument("--devices", type=int, default=None, help="GPUs (or CPU processes) to use")
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--patience", type=int, default=None, help="early-stopping patience (epochs)")
@@ -44,8 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation")
     pr.add_argument("--no-png", action="store_true", help="no QC pictures")
     pr.add_argument("--no-evaluate", action="store_true", help="do not evaluate on the test split")
-    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    pr.set_defaults(func=_predict)
+    pr.add_argument("--accelerator", choices=ACCELERATORS, default=None,
+                    help="auto: the GPU when there is one (default); cpu: force the CPU; gpu: "
+                    "require a GPU (as for train, pretrain and finetune)")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (a specific "
+                    "device; must agree with --accelerator when both are given)")
+    pr.set_defaults(func=_predict, parser=pr)
 
     e = ss.add_parser("evaluate", help="Dice, HD95 and clinical-index agreement on the test split",
                       description="Writes WORK/segmentation/metrics.json, metrics_per_patient.csv and "
@@ -58,7 +87,8 @@ def _train(args: argparse.Namespace) -> int:
     from cardioclr.segment.train import preset_config, train
 
     cfg = preset_config(args.work, args.preset, max_epochs=args.max_epochs, devices=args.devices,
-                        batch_size=args.batch_size, patience=args.patience, seed=args.seed,
+                        accelerator=args.accelerator, batch_size=args.batch_size,
+                        patience=args.patience, seed=args.seed,
                         progress_bar=False if args.no_progress else None)
     info = train(cfg, overwrite=args.overwrite)
     if info:
@@ -70,10 +100,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    try:
+        device = predict_device(args.accelerator, args.device)
+    except ValueError as err:
+        args.parser.error(str(err))  # exits 2 with the usage line, like other bad options
     from cardioclr.segment.predict import PredictConfig, predict
 
     s = predict(PredictConfig(work=args.work, model=args.model, margin_mm=args.margin_mm,
-                              tta=not args.no_tta, device=args.device, qc_png=not args.no_png))
+                              tta=not args.no_tta, device=device, qc_png=not args.no_png))
     print(f"segmented {s['segmented']}/{s['patients']} patients in {s['seconds']} s; "
           f"{s['flags']} QC flags on {s['flagged_patients']} patients (qc_flags.csv)")
     if s["failed"]:

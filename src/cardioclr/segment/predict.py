@@ -12,6 +12,12 @@ Per patient (every patient of the store, labelled or not, so later stages can us
 
 A patient that fails is logged, listed in ``qc_flags.csv`` as ``predict_failed`` and skipped;
 its outputs from an earlier run are removed so no stale mask is mistaken for a current one.
+
+``qc_flags.csv`` always describes the masks on disk: a run deletes the previous file (and
+``predict_summary.json``) before it overwrites the first mask, and writes the new one atomically
+once every patient is done, so an interrupted run leaves no flags file rather than one about
+older masks. Rows of patients a run does not segment (``patient_ids``: a subset) are carried
+over from the previous file, since their masks are unchanged.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ from cardioclr.segment.qc import QC_COLUMNS, qc_figure, qc_flags
 from cardioclr.segment.train import MODEL_FORMAT, limit_cpu_threads, model_dir
 
 log = logging.getLogger(__name__)
+
+#: The QC flags table in ``WORK/segmentation`` (columns :data:`cardioclr.segment.qc.QC_COLUMNS`).
+QC_FLAGS_FILE = "qc_flags.csv"
 
 
 @dataclass(frozen=True)
@@ -182,23 +191,58 @@ def _remove_outputs(seg: Path, pid: str) -> None:
     shutil.rmtree(seg / "nifti" / pid, ignore_errors=True)
 
 
+def _carried_flags(path: Path, keep: set[str]) -> pd.DataFrame:
+    """Rows of the previous ``qc_flags.csv`` whose patient is in ``keep`` (not re-segmented).
+
+    An absent or unreadable file carries nothing (logged): the new file then lists this run's
+    patients only, which is still true of every row it has.
+    """
+    if not keep or not path.is_file():
+        return pd.DataFrame(columns=list(QC_COLUMNS))
+    try:
+        old = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.EmptyDataError) as err:
+        log.warning("%s is unreadable (%s); flags of patients not segmented now are dropped", path, err)
+        return pd.DataFrame(columns=list(QC_COLUMNS))
+    if list(old.columns) != list(QC_COLUMNS):
+        log.warning("%s has columns %s, not %s; not carried over", path, list(old.columns),
+                    list(QC_COLUMNS))
+        return pd.DataFrame(columns=list(QC_COLUMNS))
+    return old[old["patient_id"].isin(keep)].reset_index(drop=True)
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
+    """``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:1``, ... as named.
+
+    Raises :class:`CardioclrError` for a CUDA device on a machine without one (torch would only
+    fail later, on the first tensor moved there).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise CardioclrError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CardioclrError(f"device {name!r} asked for, but no CUDA GPU is available; use "
+                             "--accelerator cpu (or auto)")
+    return device
 
 
 def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[str, Any]:
-    """Segment the patients (default: all in the store); returns a summary dict."""
+    """Segment the patients (default: all in the store); returns a summary dict.
+
+    The summary's ``flags``/``flagged_patients`` count this run's patients; ``qc_flags.csv``
+    also keeps the rows carried over for the store's other patients (see the module docstring).
+    """
     from monai.data import set_track_meta
 
     set_track_meta(False)
-    limit_cpu_threads()
     start = time.perf_counter()
     store = SliceStore(cfg.work)
     seg = Path(cfg.work) / "segmentation"
     device = resolve_device(cfg.device)
+    limit_cpu_threads(uses_gpu=device.type == "cuda")
     model = load_model(cfg.model or model_dir(cfg.work), device)
     check_compatible(model, store)
     heart_mask = None
@@ -206,6 +250,11 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
         from cardioclr.data.views import heart_mask
     save_run_info(seg / "predict", cfg)
     pids = list(patient_ids) if patient_ids is not None else store.patient_ids
+    # From here on masks change: the old flags (and summary) stop describing them. Keep the rows
+    # of patients this run leaves alone, then remove the files so an interrupt leaves none.
+    carried = _carried_flags(seg / QC_FLAGS_FILE, keep=set(store.patient_ids) - set(pids))
+    (seg / QC_FLAGS_FILE).unlink(missing_ok=True)
+    (seg / "predict_summary.json").unlink(missing_ok=True)
     flags: list[dict[str, str]] = []
     failed: dict[str, str] = {}
     for n, pid in enumerate(pids, 1):
@@ -239,7 +288,9 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
         if n % 10 == 0 or n == len(pids):
             log.info("segmented %d/%d patients", n, len(pids))
     table = pd.DataFrame(flags, columns=list(QC_COLUMNS))
-    write_text(seg / "qc_flags.csv", table.to_csv(index=False))
+    everything = (pd.concat([carried, table], ignore_index=True)
+                  .sort_values("patient_id", kind="stable") if len(carried) else table)
+    write_text(seg / QC_FLAGS_FILE, everything.to_csv(index=False))  # atomic, after every patient
     summary = {
         "patients": len(pids),
         "segmented": len(pids) - len(failed),

@@ -146,8 +146,22 @@ def qc_figure(path: str | os.PathLike[str], patient_id: str, images: dict[str, n
               flags: list[dict[str, Any]] | None = None) -> None:
     """Write a PNG: rows ED/ES, columns basal/mid/apical, predicted contours solid, expert dashed.
 
-    ``images``/``predicted``/``expert``: ``{"ED": (z, S, S), "ES": (z, S, S)}``.
+    Column titles name the view and slice index (the same slices for every row); the row's
+    phase is its y-label. ``images``/``predicted``/``expert``: ``{"ED": (z, S, S), "ES":
+    (z, S, S)}`` on the store grid (S x S pixels).
     """
+    fig = qc_figure_object(patient_id, images, predicted, expert, flags)  # selects Agg first
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+
+
+def qc_figure_object(patient_id: str, images: dict[str, np.ndarray],
+                     predicted: dict[str, np.ndarray], expert: dict[str, np.ndarray] | None,
+                     flags: list[dict[str, Any]] | None = None) -> Any:
+    """The matplotlib ``Figure`` that :func:`qc_figure` saves (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,8 +172,12 @@ def qc_figure(path: str | os.PathLike[str], patient_id: str, images: dict[str, n
     win = _window(list(predicted.values()) + (list(expert.values()) if expert else []), size)
     views = _view_slices(predicted["ED"] if predicted["ED"].any() or not expert else expert["ED"])
     phases = list(images)
-    fig, axes = plt.subplots(len(phases), len(views), figsize=(3 * len(views), 3 * len(phases)),
-                             squeeze=False)
+    # Constrained layout reserves room for every label, the suptitle and the legend, whatever
+    # the window's aspect ratio; tight_layout left the ES titles touching the ED images above.
+    # Titles sit only above the first row (the view and its slice, shared by ED and ES) and the
+    # phase is each row's y-label, so no text lies between two rows of images.
+    fig, axes = plt.subplots(len(phases), len(views), figsize=(3 * len(views), 3 * len(phases) + 0.6),
+                             squeeze=False, layout="constrained")
     for i, phase in enumerate(phases):
         for j, (view, z) in enumerate(views):
             ax = axes[i, j]
@@ -172,18 +190,23 @@ def qc_figure(path: str | os.PathLike[str], patient_id: str, images: dict[str, n
                     if m.any() and m.shape[0] > 1 and m.shape[1] > 1:
                         ax.contour(m.astype(np.float32), levels=[0.5], colors=COLOURS[name],
                                    linewidths=1.2, linestyles=style)
-            ax.set_title(f"{phase} {view} (z={z})", fontsize=9)
-            ax.axis("off")
+            # Ticks and frame hidden by hand: axis("off") would hide the y-label too.
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if i == 0:
+                ax.set_title(f"{view} (z={z})", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(phase, fontsize=10, fontweight="bold")
     handles = [Line2D([], [], color=c, label=n) for n, c in COLOURS.items()]
     handles.append(Line2D([], [], color="k", label="predicted"))
     if expert:
         handles.append(Line2D([], [], color="k", linestyle="dashed", label="expert"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8,
+               frameon=False)
     title = patient_id
     if flags:
         title += "  FLAGS: " + "; ".join(sorted({f["flag"] for f in flags}))
     fig.suptitle(title, fontsize=10, color="darkred" if flags else "black")
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+    return fig

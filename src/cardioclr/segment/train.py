@@ -146,14 +146,18 @@ class TrainClock(L.Callback):
         self._before = float(state_dict.get("elapsed_s", 0.0))
 
 
-def limit_cpu_threads() -> None:
+def limit_cpu_threads(uses_gpu: bool | None = None) -> None:
     """Use one intra-op thread when the CPU is already oversubscribed (load >= cores).
 
     With OpenMP's default active waiting, 2 threads on 2 busy cores run 5-10x slower than one
     (threads spin waiting for each other while descheduled). Setting ``OMP_WAIT_POLICY=PASSIVE``
     before torch is imported avoids this too; this is the fallback when it was not set.
+    ``uses_gpu``: whether the run computes on a GPU (default: whether one is present); a run
+    forced onto the CPU of a GPU machine (``--accelerator cpu``) is limited like any CPU run.
     """
-    if torch.cuda.is_available() or os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+    if uses_gpu is None:
+        uses_gpu = torch.cuda.is_available()
+    if uses_gpu or os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
         return
     try:
         load = os.getloadavg()[0]
@@ -189,7 +193,8 @@ def train(cfg: SegTrainConfig, overwrite: bool = False) -> dict[str, Any]:
     if cfg.crop % div:
         raise CardioclrError(f"crop {cfg.crop} must be a multiple of {div} for {len(cfg.network.channels)} "
                              "resolution levels")
-    limit_cpu_threads()
+    limit_cpu_threads(uses_gpu=cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+                      and torch.cuda.is_available())
     set_track_meta(False)  # plain tensors: MetaTensor bookkeeping only costs time here
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     selection = select_patients(store, cfg.val_fraction, cfg.seed)
