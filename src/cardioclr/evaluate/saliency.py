@@ -164,11 +164,36 @@ def gradcam_pairs(model: nn.Module, inputs: Tensor, class_idx: int, image_size: 
     # An input that requires grad makes the full backward hooks fire the documented way.
     x = inputs.detach().float().requires_grad_(True)
     maps = []
-    for layer_idx in (0, 1):
-        with torch.enable_grad():
-            m = cam(x, class_idx=int(class_idx), layer_idx=layer_idx)
-        maps.append(m.detach()[:, 0].float().cpu().numpy())
+    try:
+        for layer_idx in (0, 1):
+            with torch.enable_grad():
+                m = cam(x, class_idx=int(class_idx), layer_idx=layer_idx)
+            maps.append(m.detach()[:, 0].float().cpu().numpy())
+    finally:
+        _release_gradcam(cam, net)
     return np.stack(maps, axis=1)
+
+
+def _release_gradcam(cam: Any, net: nn.Module) -> None:
+    """Break the reference cycle MONAI's GradCAM leaves behind.
+
+    Its ``ModelWithHooks`` keeps the class score (whose autograd graph holds the backward hooks,
+    which hold the ``ModelWithHooks``) and never removes its hooks. The cycle runs through C++
+    autograd nodes, which Python's garbage collector cannot see, so every call leaked a copy
+    of the model and its activations (measured: ~230 MB per fine-tuning cell with 24 test
+    patients, 14 GB over a paper-preset study on CPU).
+    """
+    hooked = getattr(cam, "nn_module", None)
+    for attr in ("score", "class_idx"):
+        if hasattr(hooked, attr):
+            setattr(hooked, attr, None)
+    for attr in ("activations", "gradients"):
+        store = getattr(hooked, attr, None)
+        if isinstance(store, dict):
+            store.clear()
+    for module in net.modules():
+        module._forward_hooks.clear()
+        module._backward_hooks.clear()
 
 
 # ----------------------------------------------------------------------------- per patient
