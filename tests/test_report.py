@@ -132,7 +132,11 @@ def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = write_fake_study(tmp_path / "s")
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").is_file()
-    assert "smallcnn__simclr-full__full" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "smallcnn__simclr-full__full" in printed
+    # A cell that did not run says why on the terminal, not only in the report.
+    imagenet = [ln for ln in printed.splitlines() if "smallcnn__imagenet__full" in ln]
+    assert imagenet and "not-run" in imagenet[0] and "ImageNet" in imagenet[0].split("not-run", 1)[1]
 
 
 def test_collapsed_classifier_and_mixed_revisions_are_reported(tmp_path: Path) -> None:

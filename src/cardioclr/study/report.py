@@ -1006,7 +1006,11 @@ def summary_lines(out: str | os.PathLike[str]) -> list[str]:
     df = pd.read_csv(p)
     lines = []
     for r in df.itertuples(index=False):
-        auc = "" if pd.isna(r.auc) else f"AUC {r.auc:.3f} ({r.auc_ci_low:.3f}-{r.auc_ci_high:.3f})"
-        lines.append(f"  {r.cell:<45} {r.status:<8} {auc}")
+        if not pd.isna(r.auc):
+            detail = f"AUC {r.auc:.3f} ({r.auc_ci_low:.3f}-{r.auc_ci_high:.3f})"
+        else:
+            reason = getattr(r, "reason", None)
+            detail = "" if reason is None or pd.isna(reason) else str(reason)
+        lines.append(f"  {r.cell:<45} {r.status:<8} {detail}")
     return lines
 
