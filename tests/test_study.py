@@ -454,3 +454,19 @@ def test_predict_saliency_folder_holds_only_this_runs_patients(tmp_path: Path) -
     assert not folder.exists() and not any(folder.parent.iterdir())
     write_saliency(folder, overlays("p5"))
     assert write_saliency(folder, None) == "none" and not folder.exists()  # --no-saliency
+
+
+def test_study_refuses_to_run_as_several_processes(tmp_path: Path) -> None:
+    # Under torchrun every process would run the whole study into the same folder.
+    from cardioclr.cli import main
+    from cardioclr.study.cli import launched_as_several_processes
+
+    assert launched_as_several_processes({"WORLD_SIZE": "4"}) is not None
+    assert launched_as_several_processes({"WORLD_SIZE": "1"}) is None
+    assert launched_as_several_processes({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}) is None
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, {"WORLD_SIZE": "2"}):
+        assert main(["study", "--out", str(tmp_path / "s")]) == 1
+    assert not (tmp_path / "s").exists()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from cardioclr.errors import CardioclrError
@@ -67,10 +69,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_predict)
 
 
+def launched_as_several_processes(env: Mapping[str, str]) -> str | None:
+    """Why ``env`` shows a multi-process launch (torchrun and the like), or None.
+
+    A study must run as one process: it starts each training cell's DDP job itself
+    (``--devices N``). Launched N times, every process would run the whole study into the
+    same folder.
+    """
+    world = env.get("WORLD_SIZE", "")
+    if world.isdigit() and int(world) > 1:
+        return f"WORLD_SIZE={world} (torchrun or another launcher)"
+    # SLURM's variables are not checked: a batch script's own step has SLURM_NTASKS > 1 as
+    # well, and running the study there (once) is right.
+    return None
+
+
 def _run_study(args: argparse.Namespace) -> int:
     from cardioclr.study.config import load_config, read_saved_config, resolve_imagenet_weights
     from cardioclr.study.runner import CONFIG_FILE, run_study
 
+    launch = launched_as_several_processes(os.environ)
+    if launch is not None:
+        raise CardioclrError(
+            f"cardioclr study was started as several processes ({launch}). Start it once, "
+            "with --devices N: it launches every training cell on N devices itself. (The "
+            "stage commands pretrain, finetune and segment train can be run under torchrun "
+            "or srun.)")
     out = Path(args.out)
     saved = out / CONFIG_FILE
     if saved.is_file() and args.preset is None and args.config is None:
