@@ -31,8 +31,14 @@ ACDC training set at ``<repo>/../shared/data/acdc``); when absent, a synthetic c
 (:mod:`cardioclr.data.synthetic`) is generated. All stored patients are used (labels unused).
 
 The LAST output line is one JSON object: ``pipeline_efficiency``, ``pipeline_efficiency_min``,
-``images_per_second`` {encoder: {pipeline, synthetic, ratio, steps}}, ``device``, ``image_size``,
-``batch``, ``input``, ``data``, ``n_slices``, ``load_seconds``, ``threads``, ``load_avg_1min``.
+``images_per_second`` {encoder: {pipeline, synthetic, ratio, steps, gflop_per_step,
+achieved_tflops[, peak_fraction]}}, ``device``, ``peak_tflops``, ``image_size``, ``batch``,
+``input``, ``data``, ``n_slices``, ``load_seconds``, ``threads``, ``load_avg_1min``.
+``achieved_tflops`` = counted FLOPs of one step / median pipeline step time; ``peak_fraction``
+divides it by ``--peak-tflops`` (default: the GPU's data-sheet dense bf16 peak), e.g. for the
+issue's "fraction of peak bf16 FLOP/s that VGG16 reaches at 224 px"::
+
+    python benchmarks/pretrain_throughput.py --device cuda --encoders vgg16 --image-size 224 --batch 128
 """
 
 from __future__ import annotations
@@ -175,8 +181,35 @@ def bench_encoder(name: str, loader: DataLoader, mode: str, image_size: int, bat
         pipe.append(timed(pipeline_step, block))
         synth.append(timed(synthetic_step, block))
     p, s = statistics.median(pipe), statistics.median(synth)
+    flops = step_flops(synthetic_step)
     return {"pipeline": round(batch / p, 2), "synthetic": round(batch / s, 2),
-            "ratio": round(s / p, 3), "steps": rounds * block}
+            "ratio": round(s / p, 3), "steps": rounds * block,
+            "gflop_per_step": round(flops / 1e9, 2),
+            "achieved_tflops": round(flops / p / 1e12, 4)}
+
+
+def step_flops(step: Callable[[], None]) -> float:
+    """FLOPs of one training step (forward of both views, NT-Xent, backward), counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products, 2 FLOPs
+    per multiply-add; element-wise work and the optimiser are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+#: Dense bf16 tensor-core peaks (TFLOP/s, vendor data sheets, without sparsity).
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The data-sheet bf16 peak of a GPU named ``device_name``, or None when unknown (and CPU)."""
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in device_name:
+            return value
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="raw data: prepare this many evenly spaced patients (0: all)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (0, as pretrain)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak (dense bf16 on CUDA) TFLOP/s, for "
+                        "peak_fraction; default: looked up from the GPU name (H100/H200 989, "
+                        "A100 312, L40S 362), none on CPU")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -227,13 +264,19 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: {results[name]} ({time.perf_counter() - t:.0f} s)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = args.peak_tflops or peak_tflops(device_name)
+    if peak:
+        for r in results.values():
+            r["peak_fraction"] = round(r["achieved_tflops"] / peak, 4)
     ratios = {k: v["ratio"] for k, v in results.items()}
     efficiency = ratios["smallcnn"] if "smallcnn" in ratios else min(ratios.values())
     print(json.dumps({
         "pipeline_efficiency": efficiency,
         "pipeline_efficiency_min": min(ratios.values()),
         "images_per_second": results,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": device_name,
+        "peak_tflops": peak,
         "image_size": args.image_size,
         "batch": args.batch,
         "input": args.input,
