@@ -111,6 +111,19 @@ def _es_spacing(d: Path) -> tuple[Path, str]:
     return es, "voxel spacing (8.0, 3.5, 3.5) mm (z, y, x) differs from the ED frame's"
 
 
+def _es_slices_reversed(d: Path) -> tuple[Path, str]:
+    # ES stored apex-to-base while ED is base-to-apex: same shape and spacing, but pairing ED and
+    # ES slices by index would pair different positions.
+    _, es = _frames(d)
+    img = nib.load(es)
+    nz = img.shape[2]
+    flip = np.diag([1.0, 1.0, -1.0, 1.0])
+    flip[2, 3] = nz - 1
+    data = np.asarray(img.dataobj)[:, :, ::-1]
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), img.affine @ flip), str(es))
+    return es, "oriented differently from the ED frame"
+
+
 def _label_values(d: Path) -> tuple[Path, str]:
     _, es = _frames(d)
     gt = es.with_name(es.name.replace(".nii.gz", "_gt.nii.gz"))
@@ -165,6 +178,7 @@ BAD_INPUTS: dict[str, Callable[[Path], tuple[Path, str]]] = {
     "mask_flipped": _mask_flipped,
     "mask_shifted": _mask_shifted,
     "es_spacing_differs": _es_spacing,
+    "es_slices_reversed": _es_slices_reversed,
     "labels_outside_0_3": _label_values,
     "nan_intensity": _nan,
     "inf_intensity": _inf,

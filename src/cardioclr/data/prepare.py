@@ -141,6 +141,7 @@ def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> d
         raise DataError(case.es_image, f"ES frame shape {es.shape} differs from ED frame shape "
                         f"{ed.shape} ({case.ed_image})")
     _check_spacing(case.es_image, es.spacing, ed)
+    _check_orientation(case.es_image, es, ed)
     masks = [_read_mask(m, img) for m, img in ((case.ed_mask, ed), (case.es_mask, es))]
     has_mask = masks[0] is not None and masks[1] is not None
     low, high = _robust_range(case, ed.array, es.array)
@@ -211,6 +212,21 @@ def _check_spacing(path: Path, spacing: tuple[float, float, float], ed: Volume) 
         raise DataError(path, f"voxel spacing {tuple(round(s, 4) for s in spacing)} mm (z, y, x) "
                         f"differs from the ED frame's {tuple(round(s, 4) for s in ed.spacing)} "
                         f"mm ({ed.path})")
+
+
+def _check_orientation(path: Path, frame: Volume, ed: Volume) -> None:
+    """ED and ES slices are paired by index: refuse an ES stack oriented differently from ED.
+
+    A reversed slice order (base-to-apex against apex-to-base, common when ED and ES come from
+    separately exported DICOM series) or flipped or swapped in-plane axes would pair each ED
+    slice with another position's ES slice without any error. Small shifts of the origin are
+    accepted: they do not change the pairing.
+    """
+    difference = grid_difference(ed, frame)
+    if difference is not None and any(w in difference for w in ("flipped", "swapped", "rotated")):
+        raise DataError(path, f"this frame is oriented differently from the ED frame {ed.path}: "
+                        f"{difference.replace('the image', 'the ED frame')}; ED and ES slices are "
+                        "paired by position, so both must share one orientation")
 
 
 def _read_mask(path: Path | None, image: Volume) -> Volume | None:
