@@ -305,8 +305,8 @@ def test_encoder_file_loads_strictly(run: tuple[PretrainConfig, dict]) -> None:
     fresh = {k: v.clone() for k, v in encoder.state_dict().items()}
     encoder.load_state_dict(weights, strict=True)
     # It is the best checkpoint's encoder, and training changed it.
-    best = torch.load(Path(cfg.out or "") / "checkpoints" / "best.ckpt", map_location="cpu",
-                      weights_only=True)["state_dict"]
+    best_ckpt = Path(cfg.out or "") / "checkpoints" / "best.ckpt"
+    best = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
     torch.testing.assert_close(weights["features.0.weight"], best["encoder.features.0.weight"])
     assert not torch.equal(weights["features.0.weight"], fresh["features.0.weight"])
     with torch.no_grad():

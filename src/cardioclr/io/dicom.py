@@ -268,17 +268,27 @@ def _assemble(d: Path, slices: list[_Slice]) -> Volume:
         raise DataError(d, f"uneven slice spacing: gap {gaps[worst]:.2f} mm between "
                         f"{slices[worst].path.name} and {slices[worst + 1].path.name} vs median "
                         f"{median:.2f} mm (missing slice?)")
-    dy, dx = first.pixel_spacing  # DICOM: (between rows, between columns)
     n = len(slices)
     step = (slices[-1].position - slices[0].position) / (n - 1)  # keeps any gantry tilt
+    return _volume(d, slices, row_dir, col_dir, step, (along[-1] - along[0]) / (n - 1))
+
+
+def _volume(d: Path, slices: list[_Slice], row_dir: np.ndarray, col_dir: np.ndarray,
+            step: np.ndarray, spacing_z: float) -> Volume:
+    """The (z, y, x) float32 stack of ``slices`` (ordered) with its RAS affine.
+
+    ``step``: LPS mm vector from one slice's origin to the next; ``spacing_z``: its length
+    along the normal (mm).
+    """
+    first = slices[0]
+    dy, dx = first.pixel_spacing  # DICOM: (between rows, between columns)
     lps = np.eye(4)
     lps[:3, 0] = row_dir * dx  # i: along a row (column index)
     lps[:3, 1] = col_dir * dy  # j: down a column (row index)
     lps[:3, 2] = step
-    lps[:3, 3] = slices[0].position
+    lps[:3, 3] = first.position
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
     array = np.stack([s.pixels for s in slices]).astype(np.float32, copy=False)
-    spacing_z = (along[-1] - along[0]) / (n - 1)
     return Volume(array, (float(spacing_z), float(dy), float(dx)), affine, str(d))
 
 
@@ -298,12 +308,5 @@ def _single_slice(d: Path, s: _Slice, row_dir: np.ndarray, col_dir: np.ndarray,
                         "or SliceThickness: its slice spacing (needed for volumes in mL) is "
                         "unknown; add one of the tags or provide the stack as NIfTI")
     log.info("%s: one-slice DICOM series; slice spacing %.3g mm from %s", d, spacing_z, source)
-    dy, dx = s.pixel_spacing
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * dx
-    lps[:3, 1] = col_dir * dy
-    lps[:3, 2] = normal * spacing_z  # no tilt information with one position: along the normal
-    lps[:3, 3] = s.position
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
-    return Volume(s.pixels[None].astype(np.float32, copy=False), (float(spacing_z), float(dy),
-                  float(dx)), affine, str(d))
+    # No tilt information with one position: the slice step runs along the normal.
+    return _volume(d, [s], row_dir, col_dir, normal * spacing_z, spacing_z)
