@@ -32,6 +32,7 @@ from cardioclr.errors import CardioclrError, DataError
 from cardioclr.io.volume import (
     Volume,
     grid_difference,
+    orientation_problems,
     read_cine,
     read_label_volume,
     read_volume,
@@ -222,11 +223,12 @@ def _check_orientation(path: Path, frame: Volume, ed: Volume) -> None:
     slice with another position's ES slice without any error. Small shifts of the origin are
     accepted: they do not change the pairing.
     """
-    difference = grid_difference(ed, frame)
-    if difference is not None and any(w in difference for w in ("flipped", "swapped", "rotated")):
+    problems = orientation_problems(ed, frame)
+    if problems:
+        text = " and ".join(problems).replace("the image", "the ED frame")
         raise DataError(path, f"this frame is oriented differently from the ED frame {ed.path}: "
-                        f"{difference.replace('the image', 'the ED frame')}; ED and ES slices are "
-                        "paired by position, so both must share one orientation")
+                        f"{text}; ED and ES slices are paired by position, so both must share "
+                        "one orientation")
 
 
 def _read_mask(path: Path | None, image: Volume) -> Volume | None:

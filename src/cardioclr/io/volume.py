@@ -106,19 +106,36 @@ def grid_difference(reference: Volume, other: Volume) -> str | None:
     (a flipped or swapped axis, a voxel size, a shift) and the largest absolute difference of
     the two affines.
     """
-    if not (reference.affine_known and other.affine_known):
+    axes = _axes(reference, other)
+    if axes is None:
         return None
-    a, b = np.asarray(reference.affine, float), np.asarray(other.affine, float)
-    size_a, size_b = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
-    if not ((size_a > 0).all() and (size_b > 0).all()):
-        return None  # a degenerate affine (zero column) cannot place voxels: nothing to compare
+    (size_a, size_b), a, b = axes
+    problems = orientation_problems(reference, other)
+    if not problems:
+        size_diff = np.abs(size_a - size_b)
+        for axis in np.nonzero(size_diff > GRID_TOLERANCE_MM)[0]:
+            problems.append(f"voxel size along {_AXIS_NAMES[axis].split()[0]} is "
+                            f"{size_b[axis]:.4g} mm vs {size_a[axis]:.4g} mm")
+    shift = b[:3, 3] - a[:3, 3]
+    if not problems and np.abs(shift).max() > GRID_TOLERANCE_MM:
+        problems.append(f"origin shifted by {np.linalg.norm(shift):.4g} mm "
+                        f"({', '.join(f'{v:+.4g}' for v in shift)} mm in world x, y, z)")
+    if not problems:
+        return None
+    return (f"{' and '.join(problems)} relative to the image; max abs affine difference "
+            f"{np.abs(b - a).max():.4g}")
+
+
+def orientation_problems(reference: Volume, other: Volume) -> list[str]:
+    """How ``other``'s voxel axes point differently from ``reference``'s (flipped, swapped or
+    rotated axes), one phrase per axis; empty when they agree or either affine is unknown.
+    Voxel sizes and origins are not compared (see :func:`grid_difference`)."""
+    axes = _axes(reference, other)
+    if axes is None:
+        return []
+    (size_a, size_b), a, b = axes
     dir_a, dir_b = a[:3, :3] / size_a, b[:3, :3] / size_b
     cos_diff = np.abs(dir_a - dir_b).max(axis=0)
-    size_diff = np.abs(size_a - size_b)
-    shift = b[:3, 3] - a[:3, 3]
-    if (cos_diff <= GRID_TOLERANCE_COSINE).all() and (size_diff <= GRID_TOLERANCE_MM).all() \
-            and np.abs(shift).max() <= GRID_TOLERANCE_MM:
-        return None
     problems: list[str] = []
     for axis in range(3):
         if cos_diff[axis] <= GRID_TOLERANCE_COSINE:
@@ -135,15 +152,20 @@ def grid_difference(reference: Volume, other: Volume) -> str | None:
         else:
             angle = float(np.degrees(np.arccos(np.clip(dir_b[:, axis] @ dir_a[:, axis], -1, 1))))
             problems.append(f"its {name} axis is rotated by {angle:.3g} degrees")
-    if not problems:
-        for axis in np.nonzero(size_diff > GRID_TOLERANCE_MM)[0]:
-            problems.append(f"voxel size along {_AXIS_NAMES[axis].split()[0]} is "
-                            f"{size_b[axis]:.4g} mm vs {size_a[axis]:.4g} mm")
-    if not problems:
-        problems.append(f"origin shifted by {np.linalg.norm(shift):.4g} mm "
-                        f"({', '.join(f'{v:+.4g}' for v in shift)} mm in world x, y, z)")
-    return (f"{' and '.join(problems)} relative to the image; max abs affine difference "
-            f"{np.abs(b - a).max():.4g}")
+    return problems
+
+
+def _axes(reference: Volume, other: Volume
+          ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray] | None:
+    """((voxel sizes of reference, of other), affine a, affine b), or None when either affine is
+    unknown or degenerate (a zero column cannot place voxels: nothing to compare)."""
+    if not (reference.affine_known and other.affine_known):
+        return None
+    a, b = np.asarray(reference.affine, float), np.asarray(other.affine, float)
+    size_a, size_b = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+    if not ((size_a > 0).all() and (size_b > 0).all()):
+        return None
+    return (size_a, size_b), a, b
 
 
 def read_cine(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, float, float]]:
