@@ -49,12 +49,19 @@ class TrainerSettings:
     deterministic: bool = False
 
 
+def inference_device(accelerator: str) -> torch.device:
+    """Where a stage's inference (prediction, features, Grad-CAM) runs for a trainer
+    ``accelerator``: the GPU when training could use one and one exists, else the CPU."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def resolve_precision(settings: TrainerSettings) -> str:
     """``auto`` -> ``bf16-mixed`` on a bf16-capable GPU, else ``16-mixed`` on GPU, else ``32``."""
     if settings.precision != "auto":
         return settings.precision
-    use_gpu = settings.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if not use_gpu:
+    if inference_device(settings.accelerator).type != "cuda":
         return "32-true"
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 

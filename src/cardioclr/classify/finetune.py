@@ -47,7 +47,7 @@ from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.metrics import classification_metrics, prob_columns, to_jsonable
 from cardioclr.models.encoders import encoder_names
 from cardioclr.provenance import save_run_info, to_plain
-from cardioclr.training import TrainerSettings
+from cardioclr.training import TrainerSettings, inference_device
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +121,6 @@ def fingerprint(cfg: FinetuneConfig) -> str:
         st = Path(cfg.weights).stat()
         d["weights_stat"] = [st.st_size, int(st.st_mtime)]
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def inference_device(accelerator: str) -> torch.device:
-    """Where test prediction, features and Grad-CAM run: the GPU when training could use one."""
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def _rank_zero() -> bool:

@@ -64,7 +64,7 @@ from cardioclr.ssl.data import (
 )
 from cardioclr.ssl.features import DEEP_FEATURES_FILE, write_simclr_features
 from cardioclr.ssl.simclr import MONITOR, SimCLRModule
-from cardioclr.training import TrainerSettings, make_trainer, resume_checkpoint
+from cardioclr.training import TrainerSettings, inference_device, make_trainer, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -386,10 +386,9 @@ def _write_features(out: Path, cfg: PretrainConfig) -> dict[str, Any] | None:
     classifier does), so without masks they cannot be computed yet; re-running the same
     ``cardioclr pretrain`` command after ``cardioclr segment predict`` writes them.
     """
-    device = torch.device("cuda") if _uses_gpu(cfg.accelerator) else torch.device("cpu")
     try:
         return write_simclr_features(out / "encoder.pt", cfg.work, out / DEEP_FEATURES_FILE,
-                                     mask_source=cfg.masks, device=device)
+                                     mask_source=cfg.masks, device=inference_device(cfg.accelerator))
     except CardioclrError as err:
         log.warning("%s: no %s written (%s); re-run this command once the masks exist", out,
                     DEEP_FEATURES_FILE, err)

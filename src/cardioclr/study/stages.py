@@ -54,13 +54,6 @@ def _device(cfg: StudyConfig) -> str:
     return "cpu" if cfg.accelerator == "cpu" else "auto"
 
 
-def _torch_device(cfg: StudyConfig) -> Any:
-    """Where inference of a study stage runs: the GPU when the study may use one."""
-    import torch
-
-    return torch.device("cuda" if cfg.accelerator != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 # ------------------------------------------------------------------------------ config builders
 # Each builder returns the stage config of a cell; check_options calls them on a dummy cell so
 # that a wrong option fails before the first cell runs.
@@ -292,14 +285,15 @@ def run_baseline(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
     deep = None
     if cell.kind == "hybrid":
         from cardioclr.ssl.features import DEEP_FEATURES_FILE, write_simclr_features
+        from cardioclr.training import inference_device
 
         folder = ctx.out / cell.params["deep_features"]
         deep = folder / DEEP_FEATURES_FILE
         if not deep.is_file():
             # A pretraining cell finished before its stage wrote features, or without masks
             # (full input): compute them now from its encoder.pt (masks are a dependency here).
-            write_simclr_features(folder / "encoder.pt", ctx.work, deep,
-                                  mask_source=ctx.cfg.mask_source, device=_torch_device(ctx.cfg))
+            write_simclr_features(folder / "encoder.pt", ctx.work, deep, mask_source=ctx.cfg.mask_source,
+                                  device=inference_device(ctx.cfg.accelerator))
     m = _run(baseline_config(ctx.cfg, ctx.work, ctx.cell_dir(cell), deep))
     return {"auc": (m.get("macro_auc") or {}).get("value"), "model": m.get("model")}
 
