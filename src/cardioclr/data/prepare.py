@@ -112,7 +112,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         "classes": sorted(manifest.loc[manifest["label"] != "", "label"].unique().tolist()),
         "image_size": cfg.image_size,
         "spacing_mm": cfg.spacing_mm,
-        "source": str(cfg.data),
+        "source": str(Path(cfg.data).resolve()),  # absolute: later stages compare it (--extra)
         "patients": len(manifest),
         "skipped": len(skipped),
         "train": len(splits["train"]),

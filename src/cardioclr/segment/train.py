@@ -34,7 +34,7 @@ from cardioclr.segment.model import (
     network_config_dict,
     size_divisor,
 )
-from cardioclr.training import TrainerSettings, make_trainer, resume_checkpoint
+from cardioclr.training import TrainerSettings, inference_device, make_trainer, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,7 @@ def train(cfg: SegTrainConfig, overwrite: bool = False) -> dict[str, Any]:
     if cfg.crop % div:
         raise CardioclrError(f"crop {cfg.crop} must be a multiple of {div} for {len(cfg.network.channels)} "
                              "resolution levels")
-    limit_cpu_threads(uses_gpu=cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-                      and torch.cuda.is_available())
+    limit_cpu_threads(uses_gpu=inference_device(cfg.trainer.accelerator).type == "cuda")
     set_track_meta(False)  # plain tensors: MetaTensor bookkeeping only costs time here
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     selection = select_patients(store, cfg.val_fraction, cfg.seed)
