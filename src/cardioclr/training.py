@@ -49,6 +49,17 @@ class TrainerSettings:
     deterministic: bool = False
 
 
+def is_rank_zero() -> bool:
+    """True unless a launcher (torchrun, SLURM, Lightning's DDP children) made us another rank.
+
+    Read from the environment, so it holds before any trainer or process group exists.
+    """
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        if os.environ.get(var) not in (None, "", "0"):
+            return False
+    return True
+
+
 def inference_device(accelerator: str) -> torch.device:
     """Where a stage's inference (prediction, features, Grad-CAM) runs for a trainer
     ``accelerator``: the GPU when training could use one and one exists, else the CPU."""

@@ -64,7 +64,13 @@ from cardioclr.ssl.data import (
 )
 from cardioclr.ssl.features import DEEP_FEATURES_FILE, write_simclr_features
 from cardioclr.ssl.simclr import MONITOR, SimCLRModule
-from cardioclr.training import TrainerSettings, inference_device, make_trainer, resume_checkpoint
+from cardioclr.training import (
+    TrainerSettings,
+    inference_device,
+    is_rank_zero,
+    make_trainer,
+    resume_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +146,6 @@ def run_key(cfg: PretrainConfig | dict) -> dict[str, Any]:
 def _differences(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
     keys = sorted((set(a) | set(b)) - set(ignore))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
-
-
-def _is_rank_zero() -> bool:
-    """True unless a launcher (torchrun, SLURM, Lightning's DDP children) made us another rank."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
-        value = os.environ.get(var)
-        if value not in (None, "", "0"):
-            return False
-    return True
 
 
 def finished_metrics(out: Path, cfg: PretrainConfig) -> dict[str, Any] | None:
@@ -266,12 +263,12 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     done = finished_metrics(out, cfg)
     if done is not None:
         log.info("%s: finished run with the same configuration; skipping", out)
-        if _is_rank_zero() and not (out / DEEP_FEATURES_FILE).is_file():
+        if is_rank_zero() and not (out / DEEP_FEATURES_FILE).is_file():
             # A run finished before the features existed (or whose masks were missing then).
             _write_features(out, cfg)
         return {**done, "skipped": True}
     _check_compatible(out, cfg)
-    rank_zero = _is_rank_zero()
+    rank_zero = is_rank_zero()
     sources, train_refs, val_refs = build_sample_lists(cfg, out, rank_zero)
     common = {"mode": cfg.input_mode, "image_size": cfg.image_size, "use_cine": cfg.use_cine,
               "mask_margin_mm": cfg.mask_margin_mm, "roi_margin_mm": cfg.roi_margin_mm}

@@ -14,7 +14,6 @@ written by rank 0 to ``CELL_DIR/.cell_summary.json`` for the runner to pick up.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -23,14 +22,6 @@ from cardioclr.atomic import write_json
 #: Cell kinds that train with Lightning (and so may run on several devices).
 TRAINING_KINDS = frozenset({"segment-train", "pretrain", "finetune"})
 SUMMARY_FILE = ".cell_summary.json"
-
-
-def _rank() -> int:
-    """Global rank from the launchers' environment variables (0 when not distributed)."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
 
 
 def run_cell(out: Path, cell_id: str) -> int:
@@ -52,7 +43,9 @@ def run_cell(out: Path, cell_id: str) -> int:
         torch.set_num_threads(cfg.threads)
     ctx = StudyContext(cfg, out)
     summary = STAGES[cell.kind](ctx, cell) or {}
-    if _rank() == 0:
+    from cardioclr.training import is_rank_zero
+
+    if is_rank_zero():
         write_json(ctx.cell_dir(cell) / SUMMARY_FILE, summary)
     return 0
 
