@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cardioclr.clinical.features as features_mod
 import cardioclr.evaluate.baseline as baseline_mod
+import cardioclr.evaluate.clinical_features as features_mod
 from cardioclr.clinical.indices import compute_indices
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
@@ -144,8 +144,8 @@ def test_hybrid_uses_pca_of_deep_features(tiny_work: Path, tmp_path: Path) -> No
 
 def test_hybrid_with_simclr_features_file(tiny_work: Path, tmp_path: Path) -> None:
     """The study's hybrid: indices + the features ``cardioclr pretrain`` writes (a file path)."""
+    from cardioclr.models.checkpoint import save_encoder
     from cardioclr.models.encoders import build_encoder
-    from cardioclr.ssl.checkpoint import save_encoder
     from cardioclr.ssl.features import write_simclr_features
 
     encoder, dim = build_encoder("smallcnn")

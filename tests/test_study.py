@@ -165,8 +165,8 @@ def test_hybrid_stage_uses_the_pretraining_features(tiny_work: Path, tmp_path: P
     computed there when the pretraining did not write them (e.g. a run from before they were)."""
     import pandas as pd
 
+    from cardioclr.models.checkpoint import save_encoder
     from cardioclr.models.encoders import build_encoder
-    from cardioclr.ssl.checkpoint import save_encoder
     from cardioclr.study.stages import run_baseline
 
     out = tmp_path / "study"

@@ -38,16 +38,18 @@ import torch
 
 from cardioclr.atomic import atomic_path, read_json, write_json, write_text
 from cardioclr.classify.cv import check_disjoint, cv_table, grid, run_cv, select
-from cardioclr.classify.data import InputSpec, SliceBank, load_patient_inputs, patient_probabilities
+from cardioclr.classify.data import SliceBank, patient_probabilities
 from cardioclr.classify.model import DualPhaseClassifier, check_init, initialise_encoders
 from cardioclr.classify.predict import MODEL_FILE, save_classifier
 from cardioclr.classify.train import RunHyper, fit_run, predict_slices
+from cardioclr.data.pairs import InputSpec, load_patient_inputs
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.metrics import classification_metrics, prob_columns, to_jsonable
+from cardioclr.evaluate.saliency import run_saliency
 from cardioclr.models.encoders import encoder_names
 from cardioclr.provenance import save_run_info, to_plain
-from cardioclr.training import TrainerSettings, inference_device
+from cardioclr.training import TrainerSettings, inference_device, is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +125,6 @@ def fingerprint(cfg: FinetuneConfig) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _rank_zero() -> bool:
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
-
-
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Run (or resume, or skip when finished) one fine-tuning configuration; returns metrics."""
     if cfg.encoder not in encoder_names():
@@ -150,7 +146,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             return old
         raise CardioclrError(f"{out} holds a finished run of another configuration; pass another "
                              "--out or delete that directory")
-    if _rank_zero():
+    if is_rank_zero():
         save_run_info(out, {**to_plain(cfg), "fingerprint": fp})
     start = time.perf_counter()
     splits = store.splits
@@ -192,7 +188,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                                   chosen, cfg, n_classes, settings, fp)
         models.append(model)
         final_results.append(res)
-    if not _rank_zero():
+    if not is_rank_zero():
         return {}
 
     # ---- 3. the one evaluation on test
@@ -225,8 +221,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     write_text(out / "cv.csv", table.to_csv(index=False))
     sal = None
     if cfg.saliency:
-        from cardioclr.evaluate.saliency import run_saliency
-
         pred = {pid: int(np.argmax(ens[i])) for i, pid in enumerate(test_ids)}
         sal_patients = [load_patient_inputs(store, pid, spec, cfg.saliency_margin_mm) for pid in test_ids]
         sal = run_saliency(models[0], sal_patients, pred, classes, cfg.input_mode, out / "saliency",
@@ -296,7 +290,7 @@ def _final_model(run_dir: Path, make_model: Any, seed: int, bank: SliceBank, tra
     res = {"seed": seed, "lr": hyper.lr, "batch_size": hyper.batch_size, "epochs": hyper.max_epochs,
            "epochs_run": r["epochs_run"], "seconds": r["seconds"], "history": r["history"],
            "train_patients": sorted(train_ids), "fingerprint": fp}
-    if _rank_zero():
+    if is_rank_zero():
         with atomic_path(weights) as tmp:
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
         write_json(done, res)

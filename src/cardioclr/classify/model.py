@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from cardioclr.choices import INITS
 from cardioclr.errors import CardioclrError
+from cardioclr.models.checkpoint import load_encoder_weights, read_encoder_file
 from cardioclr.models.encoders import build_encoder, encoder_names
 from cardioclr.models.heads import DualPhaseHead
 
@@ -127,11 +128,9 @@ def check_init(init: str, weights: str | os.PathLike[str] | None) -> None:
 def read_simclr_info(path: str | os.PathLike[str], encoder_name: str) -> tuple[dict[str, Tensor], dict]:
     """Encoder state dict and metadata (primitives only) of a SimCLR ``encoder.pt``.
 
-    Validation (format, encoder name) is :mod:`cardioclr.ssl.checkpoint`'s; a file holding
+    Validation (format, encoder name) is :mod:`cardioclr.models.checkpoint`'s; a file holding
     another architecture raises a :class:`~cardioclr.errors.DataError` naming both encoders.
     """
-    from cardioclr.ssl.checkpoint import load_encoder_weights, read_encoder_file
-
     state = load_encoder_weights(path, encoder_name)
     payload = read_encoder_file(path)
     meta = {k: v for k, v in payload.items()

@@ -24,9 +24,9 @@ import pandas as pd
 import torch
 
 from cardioclr.atomic import atomic_path
-from cardioclr.classify.data import InputSpec, PatientInputs, load_patient_inputs
 from cardioclr.classify.model import DualPhaseClassifier
 from cardioclr.classify.train import predict_slices
+from cardioclr.data.pairs import InputSpec, PatientInputs, load_patient_inputs
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.metrics import prob_columns

@@ -11,7 +11,6 @@ previous complete work directory untouched.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import time
@@ -23,7 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import zoom
 
-from cardioclr.atomic import atomic_dir, read_json, write_json, write_text
+from cardioclr.atomic import atomic_dir, read_json, save_npz, write_json, write_text
+from cardioclr.clinical.indices import mosteller_bsa
 from cardioclr.data.cases import Case, Skipped
 from cardioclr.data.discover import discover_cases
 from cardioclr.data.splits import make_splits
@@ -179,8 +179,6 @@ def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> d
         _check_spacing(case.cine, cine_spacing, ed)
         arrays["cine"] = np.stack([image_to_store(f) for f in cine]).astype(np.float16)
         n_cine = cine.shape[0]
-    from cardioclr.atomic import save_npz
-
     save_npz(store_dir / f"{case.patient_id}.npz", **arrays)
     return {
         "patient_id": case.patient_id,
@@ -188,7 +186,7 @@ def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> d
         "subset": case.subset or "",
         "height_cm": case.height_cm,
         "weight_kg": case.weight_kg,
-        "bsa_m2": body_surface_area(case.height_cm, case.weight_kg),
+        "bsa_m2": mosteller_bsa(case.height_cm, case.weight_kg),
         "n_slices": ed.shape[0],
         "slice_spacing_mm": sz,
         "source_pixel_mm": sy,
@@ -198,13 +196,6 @@ def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> d
         "cine_frames": n_cine,
         "source": case.source,
     }
-
-
-def body_surface_area(height_cm: float | None, weight_kg: float | None) -> float | None:
-    """Mosteller body surface area in m^2, or None when height or weight is unknown."""
-    if not height_cm or not weight_kg or height_cm <= 0 or weight_kg <= 0:
-        return None
-    return math.sqrt(height_cm * weight_kg / 3600.0)
 
 
 def _check_spacing(path: Path, spacing: tuple[float, float, float], ed: Volume) -> None:

@@ -5,7 +5,7 @@
 * ``roi``       the heart's bounding box plus a margin, cropped and resized (context kept).
 
 Masks come from the segmentation model (``predicted``, the honest default) or from expert
-labels (``expert``, an upper bound); see :mod:`cardioclr.segment.masks`.
+labels (``expert``, an upper bound); see :mod:`cardioclr.data.masks`.
 In ``segmented`` mode, consumers apply the mask *after* geometric augmentation
 (:func:`apply_input_mask`) so that augmented views never show tissue outside the heart.
 """

@@ -3,7 +3,7 @@ on ``test``.
 
 The baseline is the method of the ACDC challenge winners (Isensee et al. 2017; Wolterink et al.
 2017): clinical indices measured on the segmentation (volumes, EF, mass, wall thickness, ratios,
-BSA-indexed values; :mod:`cardioclr.clinical.features`) fed to a random forest.
+BSA-indexed values; :mod:`cardioclr.evaluate.clinical_features`) fed to a random forest.
 
 Procedure (no test patient is touched before the final prediction):
 
@@ -50,9 +50,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cardioclr.atomic import write_json, write_text
-from cardioclr.clinical.features import feature_table
+from cardioclr.choices import MASK_SOURCES
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
+from cardioclr.evaluate.clinical_features import feature_table
 from cardioclr.evaluate.metrics import (
     classification_metrics,
     macro_of,
@@ -217,7 +218,7 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
     """Run the clinical (or hybrid) baseline; writes ``cfg.out``/{config.yaml, versions.json,
     features.csv, predictions.csv, metrics.json}. Returns the metrics dict (as written)."""
     start = time.perf_counter()
-    if cfg.masks not in ("predicted", "expert"):
+    if cfg.masks not in MASK_SOURCES:
         raise CardioclrError(f"--masks must be 'predicted' or 'expert', got {cfg.masks!r}")
     param_grid(cfg)  # validates cfg.model early
     store = SliceStore(cfg.work)

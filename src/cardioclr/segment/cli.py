@@ -84,6 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.segment.train import preset_config, train
 
     cfg = preset_config(args.work, args.preset, max_epochs=args.max_epochs, devices=args.devices,
@@ -104,6 +105,7 @@ def _predict(args: argparse.Namespace) -> int:
         device = predict_device(args.accelerator, args.device)
     except ValueError as err:
         args.parser.error(str(err))  # exits 2 with the usage line, like other bad options
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.segment.predict import PredictConfig, predict
 
     s = predict(PredictConfig(work=args.work, model=args.model, margin_mm=args.margin_mm,
@@ -118,6 +120,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate_if_possible(work: str) -> None:
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.data.store import SliceStore
     from cardioclr.segment.evaluate import evaluate, format_summary
 
@@ -130,6 +133,7 @@ def _evaluate_if_possible(work: str) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.segment.evaluate import evaluate, format_summary
 
     print(format_summary(evaluate(args.work)))

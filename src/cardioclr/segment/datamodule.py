@@ -3,7 +3,7 @@
 Only patients of ``splits.json["train"]`` are ever loaded (the test split stays unseen); a few
 of them (``val_fraction``) are held out for validation and early stopping. Every slice of the
 ED and ES frames is one sample; slices stay at store resolution (S x S) and are cropped and
-augmented on the device (:mod:`cardioclr.segment.augment`).
+augmented on the device (:mod:`cardioclr.data.augment`).
 """
 
 from __future__ import annotations

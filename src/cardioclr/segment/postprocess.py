@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import binary_fill_holes, label
 
-from cardioclr.segment.masks import LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY, STRUCTURES
+from cardioclr.clinical.labels import LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY, STRUCTURES
 
 # 8-connected in-plane, 6-connected (face) across slices.
 _CONNECTIVITY = np.zeros((3, 3, 3), dtype=bool)

@@ -21,12 +21,12 @@ import lightning as L
 import torch
 
 from cardioclr.atomic import atomic_path, read_json, write_json
+from cardioclr.data.augment import SegmentationAugmentConfig
+from cardioclr.data.masks import segmentation_dir
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
 from cardioclr.provenance import save_run_info, to_plain
-from cardioclr.segment.augment import AugmentConfig
 from cardioclr.segment.datamodule import SegDataModule, select_patients
-from cardioclr.segment.masks import segmentation_dir
 from cardioclr.segment.model import (
     NetworkConfig,
     OptimConfig,
@@ -54,7 +54,7 @@ class SegTrainConfig:
     preset: str = "cpu"
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: SegmentationAugmentConfig = field(default_factory=SegmentationAugmentConfig)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     crop: int = 128
     batch_size: int = 16

@@ -41,10 +41,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from cardioclr.data.masks import load_labels, predicted_mask_path
+from cardioclr.data.prepare import PrepareConfig, prepare
 from cardioclr.data.store import SliceStore
 from cardioclr.data.views import check_mode, heart_mask, patient_views, roi_box
 from cardioclr.errors import CardioclrError
-from cardioclr.segment.masks import load_labels, predicted_mask_path
 
 log = logging.getLogger(__name__)
 
@@ -332,8 +333,6 @@ def resolve_extras(datas: Sequence[str | os.PathLike[str]], out: Path, main: Sli
             work = out / "extra" / name
             if not (work / "dataset.json").is_file():
                 if rank == 0:
-                    from cardioclr.data.prepare import PrepareConfig, prepare
-
                     log.info("preparing extra dataset %s into %s", path, work)
                     prepare(PrepareConfig(data=str(path), out=str(work), spacing_mm=main.spacing_mm,
                                           image_size=main.image_size, unlabelled=True,

@@ -3,7 +3,7 @@
 Reads ``WORK`` (slice store + splits, and predicted/expert masks for segmented/roi modes) and
 writes ``OUT`` (default ``WORK/pretrain/<encoder>-<input>/``)::
 
-    OUT/encoder.pt              the encoder of the best held-out epoch (cardioclr.ssl.checkpoint)
+    OUT/encoder.pt              the encoder of the best held-out epoch (cardioclr.models.checkpoint)
     OUT/deep_features.csv       patient_id, f0..f{2D-1}: that encoder's mean [ED, ES] features of
                                 every stored patient (cardioclr.ssl.features); the label-free
                                 deep half of the hybrid baseline (``cardioclr baseline
@@ -42,14 +42,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cardioclr.atomic import read_json, write_json
+from cardioclr.choices import INPUT_MODES, MASK_SOURCES
 from cardioclr.data.augment import AugmentConfig
 from cardioclr.data.store import SliceStore
-from cardioclr.data.views import INPUT_MODES
 from cardioclr.errors import CardioclrError
+from cardioclr.models.checkpoint import save_encoder
 from cardioclr.models.encoders import ENCODERS, encoder_names
 from cardioclr.provenance import save_run_info, to_plain
-from cardioclr.segment.masks import MASK_SOURCES
-from cardioclr.ssl.checkpoint import save_encoder
 from cardioclr.ssl.data import (
     MAIN,
     PatientRef,

@@ -29,14 +29,9 @@ from typing import Any
 import yaml
 
 from cardioclr.atomic import write_text
+from cardioclr.choices import INITS, INPUT_MODES, MASK_SOURCES
 from cardioclr.errors import CardioclrError
 from cardioclr.provenance import to_plain
-
-#: Fine-tuning initialisations of the grid (``simclr`` expands to one cell per pretraining input).
-INITS = ("none", "imagenet", "simclr")
-#: Pretraining labels as written in fine-tune ``metrics.json`` (``pretraining`` key).
-PRETRAININGS = ("none", "imagenet", "simclr-full", "simclr-segmented")
-INPUTS = ("full", "segmented", "roi")
 
 
 @dataclass(frozen=True)
@@ -326,20 +321,20 @@ def validate(cfg: StudyConfig) -> None:
     for enc, path in cfg.imagenet_weights.items():
         if not Path(path).is_file():
             raise CardioclrError(f"{path}: ImageNet weight file for {enc} not found")
-    for where, values, allowed in (("pretrain.inputs", cfg.pretrain.inputs, INPUTS),
-                                   ("finetune.inputs", cfg.finetune.inputs, INPUTS),
+    for where, values, allowed in (("pretrain.inputs", cfg.pretrain.inputs, INPUT_MODES),
+                                   ("finetune.inputs", cfg.finetune.inputs, INPUT_MODES),
                                    ("finetune.inits", cfg.finetune.inits, INITS)):
         bad = [v for v in values if v not in allowed]
         if bad or len(set(values)) != len(values):
             raise CardioclrError(f"study.{where}: {list(values)} must be distinct values of "
                                  f"{', '.join(allowed)}")
-    if cfg.mask_source not in ("predicted", "expert"):
+    if cfg.mask_source not in MASK_SOURCES:
         raise CardioclrError("study.mask_source must be predicted or expert")
     if cfg.prepare.split not in ("random", "official"):
         raise CardioclrError("study.prepare.split must be random or official")
-    if cfg.baseline.hybrid_from not in INPUTS:
+    if cfg.baseline.hybrid_from not in INPUT_MODES:
         raise CardioclrError(f"study.baseline.hybrid_from must be the input of a SimCLR "
-                             f"pretraining ({', '.join(INPUTS)}), e.g. segmented; got "
+                             f"pretraining ({', '.join(INPUT_MODES)}), e.g. segmented; got "
                              f"{cfg.baseline.hybrid_from!r} (the hybrid no longer uses a "
                              "fine-tuned model's features, which were fitted to the labels)")
     if cfg.devices < 1:

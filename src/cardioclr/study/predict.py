@@ -167,8 +167,8 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
                      out: str | os.PathLike[str], device: str = "auto",
                      saliency: bool = True) -> PredictResult:
     """Prepare, segment and classify ``inputs``; write ``out/predictions.csv`` and overlays."""
-    from cardioclr.classify.data import load_patient_inputs
     from cardioclr.classify.predict import load_classifier
+    from cardioclr.data.pairs import load_patient_inputs
     from cardioclr.evaluate.metrics import prob_columns
     from cardioclr.segment.predict import PredictConfig
     from cardioclr.segment.predict import predict as segment

@@ -222,8 +222,8 @@ def qc_examples(work: Path, n: int) -> list[str]:
     """Draw ``WORK/segmentation/qc/PID.png`` for ``n`` patients; returns their ids."""
     import pandas as pd
 
+    from cardioclr.data.masks import load_labels, predicted_mask_path
     from cardioclr.data.store import SliceStore
-    from cardioclr.segment.masks import load_labels, predicted_mask_path
     from cardioclr.segment.qc import qc_figure
 
     store = SliceStore(work)
