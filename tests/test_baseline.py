@@ -161,6 +161,17 @@ def test_hybrid_with_simclr_features_file(tiny_work: Path, tmp_path: Path) -> No
     assert r["deep_features"]["file"] == str(csv)
 
 
+def test_hybrid_refuses_a_fine_tuned_models_features(tiny_work: Path, tmp_path: Path) -> None:
+    """A fine-tuned classifier's features are fitted to the train labels: never the hybrid's input."""
+    store = SliceStore(tiny_work)
+    write_deep(tmp_path / "cell", store, informative=True)
+    (tmp_path / "cell" / "deep_features.csv").rename(tmp_path / "cell" / "finetuned_features.csv")
+    for given in (tmp_path / "cell", tmp_path / "cell" / "finetuned_features.csv"):
+        with pytest.raises(DataError, match="not found|must not feed the hybrid"):
+            run_baseline(BaselineConfig(work=str(tiny_work), out=str(tmp_path / "h"), masks="expert",
+                                        deep_features=str(given), **TINY))
+
+
 def test_hybrid_missing_patient_is_a_data_error(tiny_work: Path, tmp_path: Path) -> None:
     store = SliceStore(tiny_work)
     write_deep(tmp_path / "deep", store, informative=False, drop=store.splits.train[0])

@@ -205,7 +205,10 @@ def test_tiny_finetune_writes_the_output_contract(tiny_run: tuple[FinetuneConfig
     assert {"epoch", "fold", "seed", "train_loss", "val_loss", "val_auc"} <= set(curves.columns)
     assert curves.loc[curves["split"] == "cv", "val_loss"].notna().all()
 
-    feats = pd.read_csv(out / "deep_features.csv", dtype={"patient_id": str})
+    # Fitted to the train labels: written under a name the hybrid baseline refuses.
+    assert not (out / "deep_features.csv").exists()
+    assert m["finetuned_features"]["file"] == "finetuned_features.csv"
+    feats = pd.read_csv(out / "finetuned_features.csv", dtype={"patient_id": str})
     assert set(store.splits.train + store.splits.test) <= set(feats["patient_id"])
     assert feats.shape[1] == 1 + 2 * 256  # patient_id + [ED, ES] smallcnn features
 

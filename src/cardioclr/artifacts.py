@@ -24,6 +24,16 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 
+# ------------------------------------------------------------------------------ file names
+
+#: Label-free per-patient features of a SimCLR encoder (``cardioclr pretrain``), the only
+#: features the hybrid baseline accepts: ``patient_id, f0..fN``.
+DEEP_FEATURES_FILE = "deep_features.csv"
+#: Per-patient features of a fine-tuned classifier (``cardioclr finetune``), same columns. For
+#: inspection only: fitted to the train patients' labels, so the hybrid baseline refuses them.
+FINETUNED_FEATURES_FILE = "finetuned_features.csv"
+
+
 # ------------------------------------------------------------------------------ shared pieces
 
 

@@ -15,14 +15,13 @@ Protocol (Nakashima et al.; every number per patient):
 Outputs in ``OUT`` (default ``WORK/finetune/<encoder>-<init>-<input>``): ``config.yaml``,
 ``versions.json``, ``metrics.json`` (written last: its presence marks a finished run),
 ``predictions.csv``, ``predictions_per_seed.csv``, ``curves.csv``, ``cv.csv``,
-``deep_features.csv``, ``model.pt``, ``saliency/``; ``cv/`` and ``final/`` hold the per-run
+``finetuned_features.csv`` (inspection only: never the hybrid baseline's input), ``model.pt``,
+``saliency/``; ``cv/`` and ``final/`` hold the per-run
 results that make an interrupted run resumable.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import shutil
@@ -36,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cardioclr.artifacts import FINETUNED_FEATURES_FILE, FinetuneMetrics
 from cardioclr.atomic import atomic_path, read_json, write_json, write_text
 from cardioclr.classify.cv import check_disjoint, cv_table, grid, run_cv, select
 from cardioclr.classify.data import SliceBank, patient_probabilities
@@ -49,6 +49,7 @@ from cardioclr.evaluate.metrics import classification_metrics, prob_columns, to_
 from cardioclr.evaluate.saliency import run_saliency
 from cardioclr.models.encoders import encoder_names
 from cardioclr.provenance import save_run_info, to_plain
+from cardioclr.run_identity import digest, run_identity
 from cardioclr.training import TrainerSettings, inference_device, is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,13 @@ NOT_IN_FINGERPRINT = ("out", "devices", "accelerator", "num_nodes", "precision",
 
 
 def fingerprint(cfg: FinetuneConfig) -> str:
-    """Hash of the result-relevant configuration (hex, 16 chars)."""
-    d = {k: v for k, v in to_plain(cfg).items() if k not in NOT_IN_FINGERPRINT}
+    """Hash of the result-relevant configuration (hex, 16 chars; :mod:`cardioclr.run_identity`)."""
+    d = run_identity(to_plain(cfg), NOT_IN_FINGERPRINT)
     if cfg.weights:
         # The weight file's size and mtime stand in for its content (hashing VGG weights is slow).
         st = Path(cfg.weights).stat()
         d["weights_stat"] = [st.st_size, int(st.st_mtime)]
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(d)
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -215,7 +216,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     # ---- 4. model, features, curves, saliency
     pretraining = info.pretraining
     save_classifier(out / MODEL_FILE, models, spec, classes, pretraining, cfg.seeds)
-    n_features = _write_deep_features(out / "deep_features.csv", models[0], bank, store, spec, device)
+    n_features = _write_finetuned_features(out / FINETUNED_FEATURES_FILE, models[0], bank, store, spec,
+                                           device)
     curves = _curves(cv_results, final_results)
     write_text(out / "curves.csv", curves.to_csv(index=False))
     write_text(out / "cv.csv", table.to_csv(index=False))
@@ -230,7 +232,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     final_touched = sorted(splits.train)
     check_disjoint("CV", cv_touched, splits.test)
     train_seconds = sum(r["seconds"] for r in cv_results) + sum(r["seconds"] for r in final_results)
-    metrics = {
+    metrics: FinetuneMetrics = {
         "encoder": cfg.encoder,
         "pretraining": pretraining,
         "init": cfg.init,
@@ -253,8 +255,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "patients": {"train": len(splits.train), "test": len(test_ids),
                      "cv_touched": cv_touched, "final_touched": final_touched,
                      "test_ids": test_ids, "test_overlap_with_training": []},
-        "deep_features": {"file": "deep_features.csv", "n_features": n_features,
-                          "model": f"seed {cfg.seeds[0]} final model"},
+        "finetuned_features": {"file": FINETUNED_FEATURES_FILE, "n_features": n_features,
+                               "model": f"seed {cfg.seeds[0]} final model"},
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - start,
         "fingerprint": fp,
@@ -314,14 +316,15 @@ def _write_predictions(out: Path, test_ids: list[str], y: np.ndarray, ens: np.nd
     write_text(out / "predictions_per_seed.csv", pd.concat(rows).to_csv(index=False))
 
 
-def _write_deep_features(path: Path, model: DualPhaseClassifier, bank: SliceBank, store: SliceStore,
+def _write_finetuned_features(path: Path, model: DualPhaseClassifier, bank: SliceBank, store: SliceStore,
                          spec: InputSpec, device: torch.device) -> int:
     """``patient_id, f0..f{2D-1}``: mean over a patient's slices of the [ED, ES] features.
 
     All train and test patients, plus any other stored patient whose masks load (unlabelled).
     For inspection only: the model was trained on the train labels, so the train patients'
-    features are fitted to them; the hybrid baseline uses the label-free SimCLR features
-    (:mod:`cardioclr.ssl.features`) instead.
+    features are fitted to them. Hence the file name (:data:`~cardioclr.artifacts.FINETUNED_FEATURES_FILE`),
+    which :func:`cardioclr.evaluate.baseline.read_deep_features` refuses: the hybrid baseline
+    uses the label-free SimCLR features (:mod:`cardioclr.ssl.features`) instead.
     """
     _, feats = predict_slices(model, bank.images, bank.hearts, spec.input_mode, device, with_features=True)
     keys, mean = patient_probabilities(feats, bank.patient.numpy())
@@ -332,7 +335,7 @@ def _write_deep_features(path: Path, model: DualPhaseClassifier, bank: SliceBank
         try:
             pi = load_patient_inputs(store, pid, spec)
         except CardioclrError as err:
-            log.info("deep features: skipping %s (%s)", pid, err)
+            log.info("fine-tuned features: skipping %s (%s)", pid, err)
             continue
         _, f = predict_slices(model, torch.from_numpy(pi.images), torch.from_numpy(pi.hearts),
                               spec.input_mode, device, with_features=True)

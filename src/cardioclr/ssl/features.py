@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cardioclr.artifacts import DEEP_FEATURES_FILE
 from cardioclr.atomic import write_text
 from cardioclr.data.pairs import InputSpec, load_patient_inputs, network_inputs
 from cardioclr.data.store import SliceStore
@@ -38,9 +39,6 @@ from cardioclr.models.checkpoint import load_encoder_weights, read_encoder_file
 from cardioclr.models.encoders import build_encoder
 
 log = logging.getLogger(__name__)
-
-#: The file name :func:`cardioclr.evaluate.baseline.read_deep_features` looks for in a folder.
-DEEP_FEATURES_FILE = "deep_features.csv"
 
 __all__ = ["DEEP_FEATURES_FILE", "encoder_spec", "load_pretrained_encoder", "patient_features",
            "write_simclr_features"]

@@ -32,6 +32,7 @@ from cardioclr.atomic import write_text
 from cardioclr.choices import INITS, INPUT_MODES, MASK_SOURCES
 from cardioclr.errors import CardioclrError
 from cardioclr.provenance import to_plain
+from cardioclr.run_identity import differences
 
 
 @dataclass(frozen=True)
@@ -390,21 +391,7 @@ def read_saved_config(path: str | os.PathLike[str]) -> StudyConfig:
 def config_differences(old: StudyConfig, new: StudyConfig) -> list[str]:
     """Dotted keys whose values differ, ignoring :data:`RUNTIME_FIELDS` and keys that ``new``
     adds to one of the :data:`ADDITIVE_FIELDS` (see :func:`config_additions`)."""
-    diffs: list[str] = []
-
-    def walk(a: Any, b: Any, where: str) -> None:
-        if where in RUNTIME_FIELDS:
-            return
-        if a is None and b is not None and where.rpartition(".")[0] in ADDITIVE_FIELDS:
-            return  # a key added to an additive mapping (a new ImageNet weight file)
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
-                walk(a.get(k), b.get(k), f"{where}.{k}" if where else k)
-        elif a != b:
-            diffs.append(f"{where}: {a!r} -> {b!r}")
-
-    walk(to_plain(old), to_plain(new), "")
-    return diffs
+    return differences(to_plain(old), to_plain(new), ignore=RUNTIME_FIELDS, additive=ADDITIVE_FIELDS)
 
 
 def config_additions(old: StudyConfig, new: StudyConfig) -> list[str]:
