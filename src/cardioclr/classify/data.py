@@ -68,7 +68,7 @@ class SliceBank:
         return PairDataset(self, self.rows_of(patient_ids))
 
 
-class PairDataset(Dataset):
+class PairDataset(Dataset[tuple[Tensor, Tensor, Tensor, Tensor]]):
     """Slice pairs of some patients of a :class:`SliceBank`.
 
     Item: ``(images float32 (2, H, W), hearts float32 (2, H, W), label int64, row int64)``;

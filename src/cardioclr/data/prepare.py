@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,8 +30,8 @@ from cardioclr.data.discover import discover_cases
 from cardioclr.data.splits import make_splits
 from cardioclr.data.store import STORE_VERSION
 from cardioclr.errors import CardioclrError, DataError
+from cardioclr.io.types import Volume
 from cardioclr.io.volume import (
-    Volume,
     grid_difference,
     orientation_problems,
     read_cine,
@@ -62,7 +63,7 @@ class PrepareConfig:
     overwrite: bool = False
 
 
-def prepare(cfg: PrepareConfig) -> dict:
+def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Run ``prepare``; returns a summary dict (patients, skipped, seconds, classes)."""
     start = time.perf_counter()
     work = Path(cfg.out)
@@ -78,7 +79,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         raise CardioclrError(f"{cfg.data}: no usable patient; reasons: "
                              + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5]))
     work.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     # Everything is built and checked inside atomic_dir; an error or interrupt before the end of
     # the block leaves a previous store, manifest, splits and dataset.json exactly as they were.
     with atomic_dir(work / "store") as store_tmp:
@@ -123,7 +124,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     return summary
 
 
-def _prepare_one_job(job: tuple[Case, str, float, int]) -> dict | Skipped:
+def _prepare_one_job(job: tuple[Case, str, float, int]) -> dict[str, Any] | Skipped:
     case, store_dir, spacing, size = job
     try:
         return prepare_case(case, Path(store_dir), spacing, size)
@@ -131,7 +132,7 @@ def _prepare_one_job(job: tuple[Case, str, float, int]) -> dict | Skipped:
         return Skipped(case.patient_id, err.path, err.problem)
 
 
-def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> dict:
+def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> dict[str, Any]:
     """Read, check, resample, crop and normalise one patient; write ``store_dir/PID.npz``.
 
     Returns its manifest row. Raises :class:`DataError` naming the file on bad input.
@@ -279,7 +280,7 @@ def _crop_pad(a: np.ndarray, offset: tuple[int, int], size: int) -> np.ndarray:
     return out
 
 
-def _manifest_frame(rows: list[dict]) -> pd.DataFrame:
+def _manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows).sort_values("patient_id").reset_index(drop=True)
     classes = sorted(c for c in df["label"].unique() if c)
     index = {c: i for i, c in enumerate(classes)}
@@ -292,7 +293,7 @@ def _write_skipped(path: Path, skipped: list[Skipped]) -> None:
     write_text(path, df.to_csv(index=False))
 
 
-def _plan_splits(work: Path, manifest: pd.DataFrame, cfg: PrepareConfig) -> tuple[dict, bool]:
+def _plan_splits(work: Path, manifest: pd.DataFrame, cfg: PrepareConfig) -> tuple[dict[str, Any], bool]:
     """Splits for ``manifest`` and whether they are new (to be written).
 
     splits.json is written once: on a rebuild it is kept, after checking it still fits the

@@ -41,7 +41,8 @@ def heart_mask(labels: np.ndarray, margin_mm: float = 0.0, spacing_mm: float = 1
     yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
     disk = (yy**2 + xx**2) <= radius**2
     structure = disk[None] if heart.ndim == 3 else disk
-    return binary_dilation(heart, structure=structure)
+    dilated: np.ndarray = binary_dilation(heart, structure=structure)
+    return dilated
 
 
 def roi_box(heart: np.ndarray, margin_px: int, image_size: int) -> tuple[int, int, int]:

@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from cardioclr.atomic import write_json
 from cardioclr.choices import MASK_SOURCES
 from cardioclr.errors import CardioclrError
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``baseline``, ``metrics`` and ``compare`` parsers."""
     p = subparsers.add_parser(
         "baseline", help="clinical-index random forest (ACDC winners' method), optionally + deep "
@@ -73,7 +74,7 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def _emit(obj: dict, out: str | None) -> None:
+def _emit(obj: dict[str, Any], out: str | None) -> None:
     # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.evaluate.metrics import to_jsonable
 

@@ -27,4 +27,5 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(z, y, x) voxels."""
-        return tuple(self.array.shape)  # type: ignore[return-value]
+        z, y, x = self.array.shape
+        return z, y, x

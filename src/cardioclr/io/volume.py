@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -189,7 +190,7 @@ def _load_nifti_header(p: Path) -> nib.Nifti1Image:
     if p.stat().st_size == 0:
         raise DataError(p, "file is empty")
     try:
-        return nib.load(str(p))
+        return cast(nib.Nifti1Image, nib.load(str(p)))  # nib.load's type is the base class
     except Exception as err:  # nibabel raises many types for corrupt headers
         raise DataError(p, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
 

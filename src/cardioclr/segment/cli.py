@@ -31,13 +31,13 @@ def predict_device(accelerator: str | None, device: str = "auto") -> str:
     return device
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``segment`` command with its ``train``, ``predict`` and ``evaluate`` subcommands."""
     p = sub.add_parser("segment", help="heart segmentation (the anatomic prior): train, predict, "
                        "evaluate", description="2D U-Net segmentation of RV cavity, LV myocardium "
                        "and LV cavity, trained on the expert masks of the train split.")
     ss = p.add_subparsers(dest="segment_command", metavar="STEP")
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=lambda args: _help(p))
 
     t = ss.add_parser("train", help="train the segmentation model (resumes; skips when finished)",
                       description="Writes WORK/segmentation/model/. Re-running resumes from "
@@ -138,3 +138,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     print(format_summary(evaluate(args.work)))
     return 0
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    """``cardioclr segment`` without a step: print the steps, exit code 2."""
+    parser.print_help()
+    return 2

@@ -54,7 +54,8 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
 def _surface(mask: np.ndarray) -> np.ndarray:
     # Voxels of the mask with a face-neighbour outside it (the image border counts as outside).
     eroded = binary_erosion(mask, structure=generate_binary_structure(mask.ndim, 1), border_value=0)
-    return mask & ~eroded
+    surface: np.ndarray = mask & ~eroded
+    return surface
 
 
 def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> np.ndarray:

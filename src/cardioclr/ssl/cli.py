@@ -35,7 +35,7 @@ outputs (OUT, default WORK/pretrain/<encoder>-<input>/):
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``pretrain`` subcommand."""
     p = sub.add_parser(
         "pretrain", help="SimCLR pretraining of an encoder on full, heart-masked or heart-ROI images",

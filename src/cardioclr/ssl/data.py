@@ -248,7 +248,7 @@ def load_arrays(sources: Sequence[Source], refs: Sequence[PatientRef], mode: str
 # --------------------------------------------------------------------------------------------
 
 
-class SliceDataset(Dataset):
+class SliceDataset(Dataset[dict[str, torch.Tensor]]):
     """2D slices served from memory: item ``{"image": (S, S) float16, "heart": (S, S) uint8}``.
 
     ``heart`` is present only when hearts were loaded (``segmented`` mode). Batches are built
@@ -287,7 +287,8 @@ def collate_slices(batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]
     """Collate for :class:`SliceDataset`: a batch from ``__getitems__`` passes through as is."""
     if isinstance(batch, dict):
         return batch
-    return default_collate(batch)
+    collated: dict[str, torch.Tensor] = default_collate(batch)
+    return collated
 
 
 # --------------------------------------------------------------------------------------------
