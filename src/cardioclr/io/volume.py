@@ -19,6 +19,7 @@ import numpy as np
 
 from cardioclr.clinical.labels import LABEL_MEANINGS, MAX_LABEL
 from cardioclr.errors import DataError
+from cardioclr.io.dicom import read_dicom_series
 from cardioclr.io.types import Volume
 
 #: Same-grid tolerances: positions and voxel sizes in mm, direction cosines (unitless). Loose
@@ -39,9 +40,6 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     """
     p = Path(path)
     if p.is_dir():
-        # Lazy: pydicom takes ~0.6 s to import; the CLI and NIfTI-only runs never load it.
-        from cardioclr.io.dicom import read_dicom_series
-
         vol = read_dicom_series(p)
     else:
         vol = _read_nifti(p, expect_ndim=3)
@@ -58,9 +56,6 @@ def read_label_volume(path: str | os.PathLike[str]) -> Volume:
     """
     p = Path(path)
     if p.is_dir():
-        # Lazy: pydicom takes ~0.6 s to import; the CLI and NIfTI-only runs never load it.
-        from cardioclr.io.dicom import read_dicom_series
-
         vol = read_dicom_series(p)
     else:
         vol = _read_nifti(p, expect_ndim=3)
