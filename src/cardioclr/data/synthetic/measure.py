@@ -9,6 +9,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -124,8 +125,9 @@ def read_patient_indices(patient_dir: str | os.PathLike[str]) -> tuple[str, dict
     d = Path(patient_dir)
     info = read_info_cfg(d / "Info.cfg")
     pid = d.name
-    ed = nib.load(d / f"{pid}_frame{int(info['ED']):02d}_gt.nii.gz")
-    es = nib.load(d / f"{pid}_frame{int(info['ES']):02d}_gt.nii.gz")
+    # nibabel's stubs type load() as a generic image without dataobj / get_zooms.
+    ed: Any = nib.load(d / f"{pid}_frame{int(info['ED']):02d}_gt.nii.gz")
+    es: Any = nib.load(d / f"{pid}_frame{int(info['ES']):02d}_gt.nii.gz")
     return info["Group"], phantom_indices(np.asarray(ed.dataobj), np.asarray(es.dataobj),
                                           ed.header.get_zooms()[:3], float(info["Height"]),
                                           float(info["Weight"]))
