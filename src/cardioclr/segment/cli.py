@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 # The names of :data:`cardioclr.segment.train.PRESETS`, spelled out so that building the
 # command-line parser does not import torch and Lightning (seconds for every command, even synth).
@@ -74,6 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "require a GPU (as for train, pretrain and finetune)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (a specific "
                     "device; must agree with --accelerator when both are given)")
+    pr.add_argument("--dicom-seg", action="store_true",
+                    help="also write each ED/ES mask as a DICOM SEG over its source DICOM images "
+                    "(WORK/segmentation/dicom_seg/; patients with plain NIfTI input are listed as "
+                    "skipped in dicom_seg.csv)")
     pr.set_defaults(func=_predict, parser=pr)
 
     e = ss.add_parser("evaluate", help="Dice, HD95 and clinical-index agreement on the test split",
@@ -112,9 +117,26 @@ def _predict(args: argparse.Namespace) -> int:
           f"{s['flags']} QC flags on {s['flagged_patients']} patients (qc_flags.csv)")
     if s["failed"]:
         print("failed: " + ", ".join(s["failed"]))
+    if args.dicom_seg:
+        from cardioclr.segment.dicom_out import SEG_DIR, SEG_TABLE, write_segs
+
+        table = write_segs(args.work)
+        print(seg_table_summary(table, f"{args.work}/segmentation/{SEG_DIR}/{SEG_TABLE}"))
     if not args.no_evaluate:
         _evaluate_if_possible(args.work)
     return 1 if s["segmented"] == 0 else 0
+
+
+def seg_table_summary(table: Any, path: str) -> str:
+    """One line on the DICOM SEGs written (``table``: :func:`cardioclr.segment.dicom_out.write_segs`)."""
+    counts = table["status"].value_counts()
+    line = (f"DICOM SEG: {counts.get('written', 0)} written, {counts.get('skipped', 0)} skipped, "
+            f"{counts.get('failed', 0)} failed ({path})")
+    # From a DataFrame or re-read from the CSV: compare as text.
+    bad = table[(table["status"] == "written") & (table["roundtrip_ok"].astype(str) != "True")]
+    if len(bad):
+        line += f"; {len(bad)} do NOT read back equal to their NIfTI mask"
+    return line
 
 
 def _evaluate_if_possible(work: str) -> None:

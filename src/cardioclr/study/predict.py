@@ -10,9 +10,12 @@ its ``model.pt`` is the classifier, and its ``config.yaml`` names the work direc
 
 Outputs in ``DIR``: ``predictions.csv`` (``patient_id, predicted, prob_<class>...``, plus
 ``label`` when the patient folder's Info.cfg has a Group), ``failed.csv`` (patient, reason),
-``saliency/PID.png`` overlays, ``segmentation/qc/PID.png`` QC images and
-``segmentation/nifti/PID/`` masks on the patient's own grid. A patient that cannot be read,
-segmented or classified is listed with its reason; the others continue.
+``saliency/PID.png`` overlays, ``work/segmentation/qc/PID.png`` QC images,
+``work/segmentation/nifti/PID/`` masks on the patient's own grid and, with ``--dicom-seg``,
+``work/segmentation/dicom_seg/PID/PID_{ED,ES}_seg.dcm`` DICOM SEG objects over the patient's DICOM
+images (``work/segmentation/dicom_seg/dicom_seg.csv`` says which were written or why not).
+A patient that cannot be read, segmented or classified is listed with its reason; the others
+continue.
 
 Every run replaces the outputs of an earlier run into the same ``DIR`` (the work store is
 rebuilt, the files are rewritten, ``saliency/`` is swapped in whole), so they always describe
@@ -165,8 +168,12 @@ def _check_replaceable(tmp_work: Path, train_work: Path) -> None:
 
 def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInput],
                      out: str | os.PathLike[str], device: str = "auto",
-                     saliency: bool = True) -> PredictResult:
-    """Prepare, segment and classify ``inputs``; write ``out/predictions.csv`` and overlays."""
+                     saliency: bool = True, dicom_seg: bool = False) -> PredictResult:
+    """Prepare, segment and classify ``inputs``; write ``out/predictions.csv`` and overlays.
+
+    ``dicom_seg``: also write the ED/ES masks of patients given as DICOM as DICOM SEG objects in
+    ``out/work/segmentation/dicom_seg/`` (:mod:`cardioclr.segment.dicom_out`).
+    """
     from cardioclr.classify.data import load_patient_inputs
     from cardioclr.classify.predict import load_classifier
     from cardioclr.evaluate.metrics import prob_columns
@@ -205,6 +212,10 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
         for pid, reason in (summary.get("failed") or {}).items():
             failed[pid] = f"segmentation failed: {reason}"
         ready = [p for p in ready if p not in failed]
+        if dicom_seg and ready:
+            from cardioclr.segment.dicom_out import write_segs
+
+            write_segs(tmp_work, cases={c.patient_id: c for c in cases}, patient_ids=ready)
 
     # New patients only have predicted masks; a model trained on expert masks uses them too.
     spec = dataclasses.replace(clf.spec, mask_source="predicted")
