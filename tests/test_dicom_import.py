@@ -1,0 +1,326 @@
+"""``cardioclr import``: DICOM exports (tests/dicom_export.py) -> ACDC-layout dataset."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cardioclr.cli import main
+from cardioclr.data.acdc import find_acdc_cases
+from cardioclr.dicomimport.importer import ImportConfig, import_dicom
+from cardioclr.errors import CardioclrError
+from dicom_export import acdc_patient, phantom_patient, write_export
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _mapping(path: Path) -> dict[str, str]:
+    return {r["original_patient_id"]: r["pseudonym"] for r in _read_csv(path)}
+
+
+def _info(path: Path) -> dict[str, str]:
+    return dict((k.strip(), v.strip()) for k, v in
+                (line.split(":", 1) for line in path.read_text().splitlines()))
+
+
+def _assert_no_phi(folder: Path, phi: list[str], extra_text: str = "") -> None:
+    """No identifying string in any file under ``folder`` (gzip members decompressed)."""
+    needles = [p.encode() for p in phi if len(p) >= 4]
+    for p in folder.rglob("*"):
+        if not p.is_file():
+            continue
+        data = p.read_bytes()
+        if p.suffix == ".gz":
+            data = gzip.decompress(data)
+        for n in needles:
+            assert n.lower() not in data.lower(), f"{n!r} found in {p}"
+    for n in needles:
+        assert n.decode().lower() not in extra_text.lower(), f"{n!r} found in the log"
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory):
+    """Three phantom patients in one tree: one series with every slice and phase, one series
+    per slice without TriggerTime, and enhanced multi-frame (burned-in annotation flagged); each
+    with a localiser, a 4-chamber cine, an LGE stack and a T1 map; shuffled, no extensions."""
+    root = tmp_path_factory.mktemp("export")
+    patients = [
+        phantom_patient(3, 1, "NOR", phase_step=3, layout="single_series"),
+        phantom_patient(3, 2, "DCM", phase_step=3, layout="per_slice", trigger_time=False),
+        phantom_patient(3, 3, "HCM", phase_step=3, layout="enhanced", burned_in=True),
+    ]
+    truth = write_export(root, patients)
+    (root / "DICOM" / "README.TXT").write_text("exported by PACS\n")
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def imported(export, tmp_path_factory: pytest.TempPathFactory):
+    root, truth = export
+    out = tmp_path_factory.mktemp("imported")
+    mapping = out / "secret" / "mapping.csv"
+    summary = import_dicom(ImportConfig(str(root), str(out / "data"), keep_mapping=str(mapping)))
+    return out, summary, _mapping(mapping)
+
+
+def test_every_layout_gives_the_source_cine_with_its_affine(export, imported) -> None:
+    root, truth = export
+    out, summary, mapping = imported
+    assert summary["patients_imported"] == 3 and summary["patients_skipped"] == 0
+    for pid, t in truth.patients.items():
+        folder = out / "data" / "training" / mapping[pid]
+        img = nib.load(folder / f"{mapping[pid]}_4d.nii.gz")
+        np.testing.assert_array_equal(np.asarray(img.dataobj), t.cine_xyzt)
+        np.testing.assert_allclose(img.affine, t.affine_ras, atol=1e-3)
+        info = _info(folder / "Info.cfg")
+        assert int(info["ED"]) - 1 == t.ed_index
+        assert abs(int(info["ES"]) - 1 - t.es_index) <= 1
+        assert info["EDESProvisional"] == "yes" and info["NbFrame"] == str(t.cine_xyzt.shape[-1])
+        es_img = nib.load(folder / f"{mapping[pid]}_frame{int(info['ES']):02d}.nii.gz")
+        np.testing.assert_array_equal(np.asarray(es_img.dataobj),
+                                      t.cine_xyzt[..., int(info["ES"]) - 1])
+
+
+def test_other_series_are_recognised_and_reported(export, imported) -> None:
+    root, truth = export
+    out, _, mapping = imported
+    rows = _read_csv(out / "data" / "import_report.csv")
+    for pid, t in truth.patients.items():
+        mine = [r for r in rows if r["patient"] == mapping[pid]]
+        used = [r for r in mine if r["used"] == "yes"]
+        assert {r["kind"] for r in used} == {"sax_cine"}
+        assert len(used) == len(t.sax_series_uids)
+        left_out = {r["kind"] for r in mine if r["used"] == "no"}
+        assert left_out == {"localizer", "long_axis", "lge", "map"}
+        assert all(r["reason"] for r in mine)
+    patients = {r["patient"]: r for r in _read_csv(out / "data" / "import_patients.csv")}
+    per_slice = mapping[next(p for p in truth.patients if truth.patients[p].sax_series_uids
+                             and len(truth.patients[p].sax_series_uids) > 1)]
+    assert patients[per_slice]["phase_order"] == "InstanceNumber"  # TriggerTime was missing
+    burned = [r for r in rows if r["burned_in_annotation"] == "yes"]
+    assert burned and all("BurnedInAnnotation" in r["reason"] for r in burned)
+
+
+def test_no_identifier_in_any_output_or_log(export, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    root, truth = export
+    with caplog.at_level(logging.DEBUG):
+        assert main(["import", str(root), "--out", str(tmp_path / "data")]) == 0
+    _assert_no_phi(tmp_path, truth.phi, caplog.text)
+    assert not list(tmp_path.rglob("*mapping*"))  # no mapping unless asked
+
+
+def test_mapping_is_private_and_reused(export, imported, tmp_path: Path) -> None:
+    root, _ = export
+    out, _, first = imported
+    mapping = out / "secret" / "mapping.csv"
+    assert (os.stat(mapping).st_mode & 0o077) == 0
+    copy = tmp_path / "mapping.csv"
+    shutil.copy(mapping, copy)
+    import_dicom(ImportConfig(str(root), str(tmp_path / "again"), keep_mapping=str(copy)))
+    assert _mapping(copy) == first
+
+
+def test_imported_dataset_is_read_by_prepare_with_its_cine(export, imported,
+                                                           tmp_path: Path) -> None:
+    out, _, mapping = imported
+    cases, skipped = find_acdc_cases(out / "data", require_label=False)
+    assert not skipped and len(cases) == 3 and all(c.cine is not None for c in cases)
+    from cardioclr.data.prepare import prepare_case
+
+    row = prepare_case(cases[0], tmp_path, spacing_mm=6.0, size=32)
+    assert row["cine_frames"] == nib.load(cases[0].cine).shape[-1]
+
+
+def test_labels_csv_sets_group_and_overrides_ed_es(export, tmp_path: Path) -> None:
+    root, truth = export
+    ids = sorted(truth.patients)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("patient_id;label;ed_frame;es_frame;height_cm\n"
+                      f"{ids[0]};NOR;2;4;180\n{ids[1]};DCM;;;\nNOT_IN_EXPORT;HCM;;;\n")
+    mapping = tmp_path / "map.csv"
+    import_dicom(ImportConfig(str(root), str(tmp_path / "data"), labels=str(labels),
+                              keep_mapping=str(mapping)))
+    m = _mapping(mapping)
+    first = _info(tmp_path / "data" / "training" / m[ids[0]] / "Info.cfg")
+    assert (first["ED"], first["ES"], first["Group"], first["Height"]) == ("2", "4", "NOR",
+                                                                           "180.0")
+    assert first["EDESMethod"] == "labels-csv" and first["EDESProvisional"] == "no"
+    second = _info(tmp_path / "data" / "training" / m[ids[1]] / "Info.cfg")
+    assert second["Group"] == "DCM" and second["EDESMethod"] == "image-content"
+    summary = (tmp_path / "data" / "import_summary.json").read_text()
+    assert '"labels_unmatched_rows": [\n    4\n  ]' in summary
+
+
+def test_refuses_existing_output_and_output_inside_export(export, tmp_path: Path) -> None:
+    root, _ = export
+    (tmp_path / "data").mkdir()
+    with pytest.raises(CardioclrError, match="--overwrite"):
+        import_dicom(ImportConfig(str(root), str(tmp_path / "data")))
+    with pytest.raises(CardioclrError, match="outside the DICOM export"):
+        import_dicom(ImportConfig(str(root), str(root / "out")))
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input: each patient is skipped with a message naming the series, or the choice explained
+
+
+def _one_patient_export(tmp_path: Path, **kw: object):
+    root = tmp_path / "export"
+    truth = write_export(root, [phantom_patient(5, 1, "NOR", phase_step=4, **kw)], extras=False,
+                         dicomdir=False, shuffle=False)
+    return root, truth
+
+
+def _files_of(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _skip_reason(tmp_path: Path, root: Path) -> str:
+    summary = import_dicom(ImportConfig(str(root), str(tmp_path / "data")))
+    assert summary["patients_skipped"] == 1
+    return _read_csv(tmp_path / "data" / "import_patients.csv")[0]["reason"]
+
+
+def test_missing_slice_is_reported_with_the_series(tmp_path: Path) -> None:
+    import pydicom
+
+    root, truth = _one_patient_export(tmp_path, layout="per_slice")
+    nz = truth.patients[next(iter(truth.patients))].cine_xyzt.shape[2]
+    middle_series = 20 + nz // 2
+    for p in _files_of(root):
+        if int(pydicom.dcmread(p, stop_before_pixels=True).SeriesNumber) == middle_series:
+            p.unlink()
+    reason = _skip_reason(tmp_path, root)
+    assert "uneven slice spacing" in reason and "missing slice" in reason
+    assert reason.startswith("series 20-")
+
+
+def test_missing_phase_is_reported(tmp_path: Path) -> None:
+    root, _ = _one_patient_export(tmp_path)
+    _files_of(root)[5].unlink()
+    reason = _skip_reason(tmp_path, root)
+    assert "missing phases in series 10" in reason and "CardiacNumberOfImages" in reason
+
+
+def test_corrupt_pixel_data_names_the_series(tmp_path: Path) -> None:
+    root, _ = _one_patient_export(tmp_path)
+    victim = _files_of(root)[3]
+    victim.write_bytes(victim.read_bytes()[:-500])  # truncated during the export
+    reason = _skip_reason(tmp_path, root)
+    assert "series 10: unreadable pixel data" in reason
+
+
+def test_corrupt_header_is_listed_and_the_rest_imported(tmp_path: Path) -> None:
+    root, _ = _one_patient_export(tmp_path, layout="per_slice")
+    (root / "DICOM" / "noise").write_bytes(b"\0" * 128 + b"DICM" + os.urandom(300))
+    victim = _files_of(root)[0]
+    (root / "DICOM" / "broken").write_bytes(victim.read_bytes()[:300])  # cut in the header
+    summary = import_dicom(ImportConfig(str(root), str(tmp_path / "data")))
+    assert summary["patients_imported"] == 1 and summary["unreadable_files"] == 2
+    rows = _read_csv(tmp_path / "data" / "import_report.csv")
+    for name in ("noise", "broken"):
+        assert any(r["kind"] == "unreadable" and name in r["reason"] for r in rows)
+
+
+def test_mixed_geometries_name_both_series(tmp_path: Path) -> None:
+    import pydicom
+
+    root, _ = _one_patient_export(tmp_path, layout="per_slice")
+    for p in _files_of(root):
+        ds = pydicom.dcmread(p)
+        if int(ds.SeriesNumber) == 22:  # one slice re-acquired at another resolution
+            ds.PixelSpacing = [str(float(v) * 1.25) for v in ds.PixelSpacing]
+            ds.save_as(p)
+    reason = _skip_reason(tmp_path, root)
+    assert "mixed geometries" in reason and "series 22" in reason
+
+
+def test_two_cines_of_one_patient_choice_is_explained(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    full = phantom_patient(6, 1, "NOR", phase_step=4)
+    partial = replace(full, cine=full.cine[:, :, 1:-1], seed=99)
+    write_export(root / "a", [full], extras=False, dicomdir=False)
+    write_export(root / "b", [partial], extras=False, dicomdir=False)  # same patient, 2nd study
+    summary = import_dicom(ImportConfig(str(root), str(tmp_path / "data")))
+    assert summary["patients_found"] == 1 and summary["patients_imported"] == 1
+    rows = _read_csv(tmp_path / "data" / "import_report.csv")
+    other = [r for r in rows if r["kind"] == "sax_cine" and r["used"] == "no"]
+    assert other and "it has more slices" in other[0]["reason"]
+    nz = _read_csv(tmp_path / "data" / "import_patients.csv")[0]["slices"]
+    assert int(nz) == full.cine.shape[2]
+
+
+def test_no_short_axis_cine_skips_the_patient_with_the_series_listed(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    write_export(root, [phantom_patient(5, 2, "NOR", phase_step=4, layout="per_slice")])
+    import pydicom
+
+    for p in _files_of(root / "DICOM"):
+        if 20 <= int(pydicom.dcmread(p, stop_before_pixels=True).SeriesNumber) < 40:
+            p.unlink()  # drop every short-axis slice series
+    reason = _skip_reason(tmp_path, root)
+    assert "no short-axis cine" in reason and "long_axis" in reason
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_basic_profile_deidentifies_and_records_it() -> None:
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    from cardioclr.io.deid import apply_basic_profile
+
+    ds = Dataset()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "DOE^JANE", "MRN123", "19700101"
+    ds.InstitutionName, ds.StudyInstanceUID = "GENERAL HOSPITAL", "1.2.3.4"
+    ds.add_new(0x00091001, "LO", "private secret")
+    item = Dataset()
+    item.ReferringPhysicianName = "DR^WHO"
+    ds.ReferencedImageSequence = pydicom.sequence.Sequence([item])
+    uid_map: dict[str, str] = {}
+    apply_basic_profile(ds, "patient007", uid_map)
+    assert ds.PatientName == "patient007" and ds.PatientID == "patient007"
+    assert ds.PatientBirthDate == "" and "InstitutionName" not in ds
+    assert ds.ReferencedImageSequence[0].ReferringPhysicianName == ""
+    assert (0x0009, 0x1001) not in ds
+    assert ds.StudyInstanceUID == uid_map["1.2.3.4"] != "1.2.3.4"
+    assert ds.PatientIdentityRemoved == "YES"
+    assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+    kept = apply_basic_profile(Dataset(), "patient008")
+    assert [c.CodeValue for c in kept.DeidentificationMethodCodeSequence] == ["113100", "113110"]
+
+
+def test_acdc_rewrapped_as_dicom_imports_voxel_exact(acdc_root: Path, tmp_path: Path) -> None:
+    """Real images: ACDC ED/ES frames re-wrapped as an enhanced and a per-slice export."""
+    patients = [acdc_patient(acdc_root / "training" / "patient001", layout="enhanced"),
+                acdc_patient(acdc_root / "training" / "patient042", layout="per_slice")]
+    truth = write_export(tmp_path / "export", patients)
+    mapping = tmp_path / "map.csv"
+    summary = import_dicom(ImportConfig(str(tmp_path / "export"), str(tmp_path / "data"),
+                                        keep_mapping=str(mapping)))
+    assert summary["patients_imported"] == 2
+    m = _mapping(mapping)
+    for pid, t in truth.patients.items():
+        folder = tmp_path / "data" / "training" / m[pid]
+        img = nib.load(folder / f"{m[pid]}_4d.nii.gz")
+        np.testing.assert_array_equal(np.asarray(img.dataobj), t.cine_xyzt)
+        np.testing.assert_allclose(img.header.get_zooms()[:3],
+                                   [float(v) for v in patients[0 if "00001" in pid else 1]
+                                    .spacing_xyz], rtol=1e-4)
+        info = _info(folder / "Info.cfg")
+        assert (info["ED"], info["ES"]) == ("1", "2")
+    _assert_no_phi(tmp_path / "data", truth.phi)
