@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import logging
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,16 +68,31 @@ def export(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def imported(export, tmp_path_factory: pytest.TempPathFactory):
+    """The export imported by the command line; (folder, summary, mapping, log text)."""
+    import json
+
     root, truth = export
     out = tmp_path_factory.mktemp("imported")
     mapping = out / "secret" / "mapping.csv"
-    summary = import_dicom(ImportConfig(str(root), str(out / "data"), keep_mapping=str(mapping)))
-    return out, summary, _mapping(mapping)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(handler)
+    old_level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.DEBUG)
+    try:
+        code = main(["import", str(root), "--out", str(out / "data"), "--keep-mapping",
+                     str(mapping)])
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(old_level)
+    assert code == 0
+    summary = json.loads((out / "data" / "import_summary.json").read_text())
+    return out, summary, _mapping(mapping), stream.getvalue()
 
 
 def test_every_layout_gives_the_source_cine_with_its_affine(export, imported) -> None:
     root, truth = export
-    out, summary, mapping = imported
+    out, summary, mapping, _ = imported
     assert summary["patients_imported"] == 3 and summary["patients_skipped"] == 0
     for pid, t in truth.patients.items():
         folder = out / "data" / "training" / mapping[pid]
@@ -95,7 +110,7 @@ def test_every_layout_gives_the_source_cine_with_its_affine(export, imported) ->
 
 def test_other_series_are_recognised_and_reported(export, imported) -> None:
     root, truth = export
-    out, _, mapping = imported
+    out, _, mapping, _ = imported
     rows = _read_csv(out / "data" / "import_report.csv")
     for pid, t in truth.patients.items():
         mine = [r for r in rows if r["patient"] == mapping[pid]]
@@ -113,29 +128,28 @@ def test_other_series_are_recognised_and_reported(export, imported) -> None:
     assert burned and all("BurnedInAnnotation" in r["reason"] for r in burned)
 
 
-def test_no_identifier_in_any_output_or_log(export, tmp_path: Path,
-                                             caplog: pytest.LogCaptureFixture) -> None:
-    root, truth = export
-    with caplog.at_level(logging.DEBUG):
-        assert main(["import", str(root), "--out", str(tmp_path / "data")]) == 0
-    _assert_no_phi(tmp_path, truth.phi, caplog.text)
-    assert not list(tmp_path.rglob("*mapping*"))  # no mapping unless asked
+def test_no_identifier_in_any_output_or_log(export, imported) -> None:
+    _, truth = export
+    out, _, _, log_text = imported
+    assert "patient00" in log_text  # the log was captured
+    _assert_no_phi(out / "data", truth.phi, log_text)
 
 
-def test_mapping_is_private_and_reused(export, imported, tmp_path: Path) -> None:
-    root, _ = export
-    out, _, first = imported
-    mapping = out / "secret" / "mapping.csv"
+def test_mapping_only_when_asked_private_and_reused(tmp_path: Path) -> None:
+    root, _ = _one_patient_export(tmp_path)
+    import_dicom(ImportConfig(str(root), str(tmp_path / "plain")))
+    assert not [p for p in tmp_path.rglob("*") if "map" in p.name.lower()]
+    mapping = tmp_path / "private" / "mapping.csv"
+    import_dicom(ImportConfig(str(root), str(tmp_path / "first"), keep_mapping=str(mapping)))
     assert (os.stat(mapping).st_mode & 0o077) == 0
-    copy = tmp_path / "mapping.csv"
-    shutil.copy(mapping, copy)
-    import_dicom(ImportConfig(str(root), str(tmp_path / "again"), keep_mapping=str(copy)))
-    assert _mapping(copy) == first
+    first = _mapping(mapping)
+    import_dicom(ImportConfig(str(root), str(tmp_path / "again"), keep_mapping=str(mapping)))
+    assert _mapping(mapping) == first and list(first.values()) == ["patient001"]
 
 
 def test_imported_dataset_is_read_by_prepare_with_its_cine(export, imported,
                                                            tmp_path: Path) -> None:
-    out, _, mapping = imported
+    out, _, mapping, _ = imported
     cases, skipped = find_acdc_cases(out / "data", require_label=False)
     assert not skipped and len(cases) == 3 and all(c.cine is not None for c in cases)
     from cardioclr.data.prepare import prepare_case
@@ -144,8 +158,10 @@ def test_imported_dataset_is_read_by_prepare_with_its_cine(export, imported,
     assert row["cine_frames"] == nib.load(cases[0].cine).shape[-1]
 
 
-def test_labels_csv_sets_group_and_overrides_ed_es(export, tmp_path: Path) -> None:
-    root, truth = export
+def test_labels_csv_sets_group_and_overrides_ed_es(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    truth = write_export(root, [phantom_patient(5, 1, "NOR", phase_step=4),
+                                phantom_patient(5, 2, "DCM", phase_step=4)], extras=False)
     ids = sorted(truth.patients)
     labels = tmp_path / "labels.csv"
     labels.write_text("patient_id;label;ed_frame;es_frame;height_cm\n"
@@ -324,3 +340,33 @@ def test_acdc_rewrapped_as_dicom_imports_voxel_exact(acdc_root: Path, tmp_path: 
         info = _info(folder / "Info.cfg")
         assert (info["ED"], info["ES"]) == ("1", "2")
     _assert_no_phi(tmp_path / "data", truth.phi)
+
+
+def test_segmentation_volumes_decide_ed_and_es(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --segmentation: ED = largest, ES = smallest LV volume over the stack, not provisional."""
+    import cardioclr.dicomimport.importer as importer
+
+    root, truth = _one_patient_export(tmp_path)
+    nt = next(iter(truth.patients.values())).cine_xyzt.shape[-1]
+    volumes = np.full(nt, 100.0)
+    volumes[2], volumes[5] = 150.0, 40.0
+    seen: dict[str, object] = {}
+
+    def fake_curve(cine: np.ndarray, spacing_zyx: tuple, model_path: str, device: str
+                   ) -> np.ndarray:
+        seen.update(shape=cine.shape, model=model_path)
+        return volumes
+
+    monkeypatch.setattr(importer, "lv_volume_curve", fake_curve)
+    model = tmp_path / "work" / "segmentation" / "model" / "model.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"weights")
+    import_dicom(ImportConfig(str(root), str(tmp_path / "data"),
+                              segmentation=str(tmp_path / "work")))
+    row = _read_csv(tmp_path / "data" / "import_patients.csv")[0]
+    assert (row["ed_frame"], row["es_frame"]) == ("3", "6")
+    assert row["ed_es_method"] == "segmentation" and row["ed_es_provisional"] == "no"
+    assert seen["model"] == str(model) and seen["shape"][0] == nt  # type: ignore[index]
+    with pytest.raises(CardioclrError, match="no trained segmentation model"):
+        import_dicom(ImportConfig(str(root), str(tmp_path / "d2"), segmentation=str(tmp_path)))
