@@ -31,14 +31,16 @@ Source images
     sources are not supported yet (a clear error says so).
 
 De-identification (DICOM PS3.15 Annex E)
-    The SEG follows the Basic Application Level Confidentiality Profile with the Retain UIDs
-    Option: PatientID and PatientName are the cardioclr pseudonymous patient id, patient
-    characteristics, dates of the study, accession number, study id and physician names are
-    empty, and PatientIdentityRemoved = YES, DeidentificationMethod and
-    DeidentificationMethodCodeSequence (113100, 113110) record it. The study, series, instance
-    and frame-of-reference UIDs of the source are kept on purpose: without them a viewer cannot
-    lay the SEG over the images. A PACS that checks patient identity will see a pseudonymous
-    patient in an existing study; load the SEG next to the images (Slicer, OHIF local files).
+    The SEG goes through :func:`cardioclr.io.deid.apply_basic_profile` (Basic Application Level
+    Confidentiality Profile with the Retain UIDs Option, recorded in PatientIdentityRemoved = YES,
+    DeidentificationMethod and DeidentificationMethodCodeSequence 113100 + 113110): PatientID and
+    PatientName are the cardioclr pseudonymous patient id; patient characteristics, study dates,
+    accession number, study id, physician names and descriptions are empty or absent. The SEG's
+    own ContentDate/ContentTime, type 1 in a SEG, get the profile's dummy value (action D). The
+    study, series, instance and frame-of-reference UIDs of the source are kept on purpose:
+    without them a viewer cannot lay the SEG over the images. A PACS that checks patient
+    identity will see a pseudonymous patient in an existing study; load the SEG next to the
+    images (3D Slicer, OHIF with local files).
 
 highdicom is imported inside the functions: ``cardioclr --help`` and every command that writes
 no SEG stay as fast as before (highdicom adds ~1 s of imports).
@@ -71,8 +73,8 @@ REFERENCES_FORMAT = "cardioclr-dicom-refs/1"
 REFERENCES_SUFFIX = ".dicom.json"
 
 MANUFACTURER = "cardioclr"
-#: DeidentificationMethod (LO, <= 64 characters); the code sequence carries the same (113100, 113110).
-DEIDENTIFICATION_METHOD = "DICOM PS3.15 Annex E Basic Profile + Retain UIDs (cardioclr)"
+DEVICE_SERIAL = "none"  # the "device" is software: no serial number to identify anything by
+DUMMY_DATE, DUMMY_TIME = "19000101", "000000"  # Annex E action D for type 1 dates
 # Position tolerance (mm) when matching mask slices to source images: well above float32 NIfTI
 # rounding (~1e-5 mm at 300 mm), far below any real slice gap.
 _POSITION_TOLERANCE_MM = 1e-2
@@ -311,14 +313,15 @@ def write_seg(labels: np.ndarray, affine_ras: np.ndarray, sources: Sequence[Data
     ``affine_ras``: the mask's NIfTI voxel (x, y, z) -> RAS mm affine (as :class:`Volume` holds).
     ``sources``: minimal headers of the source images (:func:`read_source_headers`,
     :func:`headers_from_references`), one per slice at least; their PatientID/Name is the
-    pseudonym written. ``description``: SeriesDescription (e.g. ``"cardioclr ED segmentation"``).
+    pseudonym written. ``description``: ContentDescription (e.g. ``"cardioclr ED segmentation"``;
+    the basic profile removes SeriesDescription).
     Written to a temporary name and renamed. Raises :class:`DataError` naming ``out`` when the
     mask is not on the source images or the labels are not 0-3.
     """
     import highdicom as hd
-    from pydicom.sr.codedict import codes
 
     from cardioclr.atomic import atomic_path
+    from cardioclr.io.deid import apply_basic_profile
 
     out = Path(out)
     labels = np.asarray(labels)
@@ -354,22 +357,19 @@ def write_seg(labels: np.ndarray, affine_ras: np.ndarray, sources: Sequence[Data
             manufacturer=MANUFACTURER,
             manufacturer_model_name="cardioclr segment predict",
             software_versions=software_version or "unknown",
-            device_serial_number="none",
+            device_serial_number=DEVICE_SERIAL,
             content_description=description[:64],
             content_label="CARDIOCLR_SEG",
             omit_empty_frames=False,
         )
-    seg.SeriesDescription = description[:64]
-    # PS3.15 Annex E: record the profile and options applied (Attribute Confidentiality Profile).
-    seg.PatientID = patient_id
-    seg.PatientName = patient_id
-    seg.PatientIdentityRemoved = "YES"
-    seg.DeidentificationMethod = DEIDENTIFICATION_METHOD
-    seg.DeidentificationMethodCodeSequence = [
-        hd.sr.CodedConcept(codes.DCM.BasicApplicationConfidentialityProfile.value, "DCM",
-                           codes.DCM.BasicApplicationConfidentialityProfile.meaning),
-        hd.sr.CodedConcept(codes.DCM.RetainUidsOption.value, "DCM", codes.DCM.RetainUidsOption.meaning),
-    ]
+    # PS3.15 Annex E basic profile, Retain UIDs Option (recorded in PatientIdentityRemoved,
+    # DeidentificationMethod and its code sequence): the project's one de-identification helper.
+    apply_basic_profile(seg, patient_id)
+    # Type 1 in the SEG IOD (multi-frame functional groups, enhanced general equipment) but
+    # removed by the helper (action X); Annex E also allows D, a dummy value, which keeps the
+    # object valid without saying when it was made.
+    seg.ContentDate, seg.ContentTime = DUMMY_DATE, DUMMY_TIME
+    seg.DeviceSerialNumber = DEVICE_SERIAL
     with atomic_path(out) as tmp:
         seg.save_as(tmp, enforce_file_format=True)
     return out
