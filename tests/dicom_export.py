@@ -57,6 +57,7 @@ class ExportPatient:
     weight_kg: float | None = 70.0
     accession: str = "ACC7781234"
     seed: int = 0
+    ed_labels: np.ndarray | None = None  # (x, y, z) uint8 expert-like labels of the ED frame
 
     @property
     def phi(self) -> list[str]:
@@ -117,7 +118,7 @@ def phantom_patient(seed: int, number: int, group: str = "NOR", matrix: int | No
         spacing_xyz=tuple(float(s) for s in spec.spacing),  # type: ignore[arg-type]
         ed_index=0, es_index=es_index, frame_ms=frame_ms,
         height_m=round(spec.height_cm / 100.0, 2), weight_kg=round(spec.weight_kg, 1),
-        seed=seed * 1000 + number)
+        seed=seed * 1000 + number, ed_labels=np.asarray(res["ed_gt"], dtype=np.uint8))
     return replace(patient, **overrides)  # type: ignore[arg-type]
 
 
