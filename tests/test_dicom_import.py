@@ -251,6 +251,13 @@ def test_corrupt_header_is_listed_and_the_rest_imported(tmp_path: Path) -> None:
         assert any(r["kind"] == "unreadable" and name in r["reason"] for r in rows)
 
 
+def test_cine_above_the_memory_limit_is_not_read(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _ = _one_patient_export(tmp_path)
+    monkeypatch.setenv("CARDIOCLR_MAX_IMAGE_BYTES", "100000")
+    assert "above the limit" in _skip_reason(tmp_path, root)
+
+
 def test_mixed_geometries_name_both_series(tmp_path: Path) -> None:
     import pydicom
 

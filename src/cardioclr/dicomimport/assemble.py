@@ -18,6 +18,7 @@ the DICOM LPS matrix with its first two rows negated, so the NIfTI written from
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -33,6 +34,16 @@ from cardioclr.io.deid import scrub
 _GAP_TOLERANCE = 0.1  # relative deviation of one slice gap from the median gap
 _POSITION_TOLERANCE_MM = 0.1
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# Same variable and default as the image size guard of the readers (issue 12, io/validate.py).
+_MAX_BYTES_ENV = "CARDIOCLR_MAX_IMAGE_BYTES"
+
+
+def max_cine_bytes() -> int:
+    """Largest cine (float32 bytes) read into memory: ``$CARDIOCLR_MAX_IMAGE_BYTES``, 4 GiB."""
+    try:
+        return int(os.environ.get(_MAX_BYTES_ENV, "") or 4 * 2**30)
+    except ValueError:
+        return 4 * 2**30
 
 
 @dataclass
@@ -121,6 +132,11 @@ def read_cine(c: Candidate, where: str) -> Cine:
     by_phase, lps, order = plan_cine(c, where)
     nt, nz = len(by_phase), len(by_phase[0])
     ref = by_phase[0][0]
+    claimed = nt * nz * ref.rows * ref.columns * 4
+    if claimed > max_cine_bytes():
+        raise DataError(where, f"{c.label}: a {nt} x {nz} x {ref.rows} x {ref.columns} cine needs "
+                        f"{claimed / 2**30:.1f} GiB as float32, above the limit of "
+                        f"{max_cine_bytes() / 2**30:.1f} GiB ({_MAX_BYTES_ENV}); not read")
     array = np.zeros((nt, nz, ref.rows, ref.columns), np.float32)
     index = {(f.path, f.frame): (t, z) for t, row in enumerate(by_phase)
              for z, f in enumerate(row)}

@@ -126,8 +126,10 @@ def import_dicom(cfg: ImportConfig) -> dict:
             "seconds": round(time.perf_counter() - start, 2),
         }
         write_json(tmp / "import_summary.json", summary)
-    if cfg.keep_mapping:
-        _write_mapping(Path(cfg.keep_mapping), mapping)
+        if cfg.keep_mapping:
+            # Before the dataset is committed: a dataset whose pseudonyms cannot be traced back
+            # (if the run died between the two) would be worse than a mapping with extra rows.
+            _write_mapping(Path(cfg.keep_mapping), mapping)
     return summary
 
 
