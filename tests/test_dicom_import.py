@@ -377,3 +377,35 @@ def test_segmentation_volumes_decide_ed_and_es(tmp_path: Path,
     assert seen["model"] == str(model) and seen["shape"][0] == nt  # type: ignore[index]
     with pytest.raises(CardioclrError, match="no trained segmentation model"):
         import_dicom(ImportConfig(str(root), str(tmp_path / "d2"), segmentation=str(tmp_path)))
+
+
+def _series(description: str, n_pos: int, n_phases: int, image_type: tuple[str, ...] = (),
+            trigger: bool = True):
+    from cardioclr.dicomimport.scan import Frame, Series
+
+    s = Series("P", "1.2", "1.2.3", 7, description, image_type, "1.2.840.10008.5.1.4.1.1.4",
+               "1.9", False, False, n_phases, None, None, "DICOM")
+    ori = (0.8, 0.6, 0.0, -0.36, 0.48, 0.8)
+    for k in range(n_pos):
+        for t in range(n_phases):
+            s.frames.append(Frame(Path("f"), None, (0.0, 0.0, 8.0 * k), ori, (1.5, 1.5), 8, 8,
+                                  30.0 * t if trigger else None, t + 1, None, "1", "1"))
+    return s
+
+
+@pytest.mark.parametrize(("description", "n_pos", "n_phases", "image_type", "kind"), [
+    ("cine de sa", 8, 20, (), None),  # an LGE word in a real cine's name: still a cine
+    ("cine_sax_block", 8, 20, (), None),  # 'loc' inside a word is not a localiser
+    ("haste_loc", 8, 1, (), "localizer"),
+    ("sax_de", 8, 1, (), "lge"),
+    ("T1 MOLLI", 3, 8, (), "map"),
+    ("anything", 3, 1, ("ORIGINAL", "PRIMARY", "T1 MAP"), "map"),
+    ("sax", 8, 1, (), "single_phase"),
+])
+def test_series_are_recognised_by_images_and_words(description: str, n_pos: int, n_phases: int,
+                                                    image_type: tuple[str, ...],
+                                                    kind: str | None) -> None:
+    from cardioclr.dicomimport.select import recognise
+
+    found = recognise(_series(description, n_pos, n_phases, image_type))
+    assert (found[0] if found else None) == kind

@@ -90,34 +90,42 @@ def _tokens(text: str) -> list[str]:
     return [t for t in re.split(r"[^a-z0-9*]+", text.lower()) if t]
 
 
+_LOCALIZER_WORDS = {"loc", "localizer", "localiser", "localizers", "localisers", "scout",
+                    "survey", "pilot", "tripilot", "3plane"}
+_MAP_WORDS = ("map", "molli", "sasha", "t2*", "t2star", "ecv")
+_LGE_WORDS = {"lge", "psir", "de", "delayed", "late", "viability", "mde", "ir", "magir"}
+
+
 def recognise(s: Series) -> tuple[str, str] | None:
     """(kind, reason) for a series that is not a cine, or None for a cine (several images per
-    slice position at different trigger times)."""
+    slice position at different trigger times).
+
+    Words of the description are used only where the images agree: an LGE word marks a series
+    with one image per position (a cine named "cine de sa" stays a cine).
+    """
     tokens = _tokens(s.description)
     desc = f"'{s.description}'" if s.description else "(no description)"
     orientations = {tuple(np.round(f.orientation, 3)) for f in s.frames}
-    if "LOCALIZER" in s.image_type or any(
-            w in t for t in tokens for w in ("loc", "scout", "survey", "pilot")):
+    if "LOCALIZER" in s.image_type or any(t in _LOCALIZER_WORDS or t.startswith("localis")
+                                          or t.startswith("localiz") for t in tokens):
         return "localizer", f"localiser {desc}"
     if len(orientations) > 1:
         return "localizer", (f"images in {len(orientations)} different orientations {desc} "
                              "(a localiser or scout, not one stack)")
-    if any("MAP" in t for t in s.image_type) or any(
-            w in t for t in tokens for w in ("map", "molli", "sasha", "t2*", "t2star", "ecv")):
+    if any("MAP" in t for t in s.image_type) or any(w in t for t in tokens for w in _MAP_WORDS):
         return "map", f"parametric map {desc}"
-    lge_words = {"lge", "psir", "de", "delayed", "late", "viability", "mde", "ir"}
-    if any(t in lge_words or "psir" in t or "lge" in t for t in tokens):
-        return "lge", f"late gadolinium enhancement {desc}"
     normal = normal_of(s.frames[0].orientation)
     n_pos = len(slice_positions(s.frames, normal))
     per_position = len(s.frames) / max(n_pos, 1)
     if per_position < 1.5:
+        if any(t in _LGE_WORDS or "psir" in t or "lge" in t for t in tokens):
+            return "lge", f"late gadolinium enhancement {desc}"
         if s.has_inversion_time:
             return "lge", (f"inversion-recovery images, one per slice position {desc} "
                            "(late enhancement)")
         return "single_phase", f"one image per slice position {desc}: not a cine"
     triggers = {f.trigger_ms for f in s.frames}
-    if None not in triggers and len(triggers) == 1 and len(s.frames) > 1:
+    if None not in triggers and len(triggers) == 1:
         return "other", (f"several images per slice position at one trigger time {desc} "
                          "(e.g. inversion or echo times): not a cine")
     return None
