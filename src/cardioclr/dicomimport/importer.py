@@ -235,8 +235,9 @@ def _write_patient(folder: Path, pid: str, cine: Cine, ed: int, es: int, method:
     dtype = np.int16 if integral else np.float32
     zyx = cine.spacing_zyx
     pixdim = (zyx[2], zyx[1], zyx[0])
+    # Frame interval in ms when trigger times give it; else 1 with no time unit (not "1 ms").
     _save(folder / f"{pid}_4d.nii.gz", array.transpose(3, 2, 1, 0).astype(dtype), cine.affine,
-          (*pixdim, cine.frame_ms or 1.0))
+          (*pixdim, cine.frame_ms or 1.0), time_unit="msec" if cine.frame_ms else None)
     for t in sorted({ed, es}):
         stem = f"{pid}_frame{t + 1:02d}"
         _save(folder / f"{stem}.nii.gz", array[t].transpose(2, 1, 0).astype(dtype), cine.affine,
@@ -259,11 +260,12 @@ def _write_patient(folder: Path, pid: str, cine: Cine, ed: int, es: int, method:
     write_text(folder / "Info.cfg", "\n".join(lines) + "\n")
 
 
-def _save(path: Path, data: np.ndarray, affine: np.ndarray, zooms: tuple[float, ...]) -> None:
+def _save(path: Path, data: np.ndarray, affine: np.ndarray, zooms: tuple[float, ...],
+          time_unit: str | None = None) -> None:
     img = nib.Nifti1Image(data, affine)
     img.header.set_data_dtype(data.dtype)
     img.header.set_zooms(zooms)
-    img.header.set_xyzt_units("mm", "msec" if len(zooms) == 4 else None)
+    img.header.set_xyzt_units("mm", time_unit)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     with atomic_path(path) as tmp:
