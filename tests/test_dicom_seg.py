@@ -204,3 +204,46 @@ def test_segment_predict_dicom_seg_cli(tmp_path: Path) -> None:
         skipped = rows[("nii1", phase)]
         assert skipped.status == "skipped" and "without DICOM references" in skipped.reason
     assert not (work / "segmentation" / "dicom_seg" / "nii1").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["per_slice", "enhanced"])
+def test_imported_export_gets_segs_over_the_pacs_images(tmp_path: Path, layout: str) -> None:
+    """PACS export -> ``cardioclr import`` -> prepare -> ``segment predict --dicom-seg``: the SEGs
+    reference the exported instances through the import's sidecars (enhanced MR: skipped, said)."""
+    from cardioclr.cli import main
+    from cardioclr.data.prepare import PrepareConfig, prepare
+    from cardioclr.dicomimport.importer import ImportConfig, import_dicom
+    from dicom_export import phantom_patient, write_export
+
+    truth = write_export(tmp_path / "export", [phantom_patient(0, 1, phase_step=4)], layout=layout)
+    import_dicom(ImportConfig(root=str(tmp_path / "export"), out=str(tmp_path / "data")))
+    work = tmp_path / "work"
+    prepare(PrepareConfig(data=str(tmp_path / "data"), out=str(work), spacing_mm=4.0, image_size=32,
+                          unlabelled=True, workers=1))
+    _fake_segmentation_model(work)
+    assert main(["segment", "predict", str(work), "--dicom-seg", "--no-png", "--no-evaluate",
+                 "--accelerator", "cpu"]) == 0
+    table = pd.read_csv(work / "segmentation" / "dicom_seg" / "dicom_seg.csv", keep_default_na=False)
+    assert len(table) == 2
+    if layout == "enhanced":
+        assert (table["status"] == "skipped").all() and table["reason"].str.contains("multi-frame").all()
+        return
+    assert (table["status"] == "written").all() and (table["roundtrip_ok"].astype(str) == "True").all()
+    exported = {}
+    for p in (tmp_path / "export").rglob("*"):
+        if p.is_file() and p.name != "DICOMDIR":
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            exported[ds.SOPInstanceUID] = ds
+    (patient,) = truth.patients.values()
+    for row in table.itertuples():
+        seg = pydicom.dcmread(row.file)
+        refs = {f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+                for f in seg.PerFrameFunctionalGroupsSequence}
+        assert all(exported[u].SeriesInstanceUID in patient.sax_series_uids for u in refs)
+        assert len(refs) == patient.cine_xyzt.shape[2]  # one source image per slice
+        phases = {float(exported[u].TriggerTime) for u in refs}
+        assert len(phases) == 1  # all of one cardiac phase
+        assert seg.FrameOfReferenceUID == exported[next(iter(refs))].FrameOfReferenceUID
+        raw = Path(row.file).read_bytes()
+        assert not [s for s in truth.phi if len(s) > 3 and s.encode() in raw]

@@ -305,6 +305,42 @@ def _check_on_sources(volume: Any, sources: Sequence[Dataset], where: Path) -> N
                         "no SEG written")
 
 
+def _reference_every_frame(seg: Dataset, sources: Sequence[Dataset]) -> None:
+    """Fill the DerivationImageSequence of frames highdicom left empty with the source image at
+    the frame's position.
+
+    highdicom matches frames to source images series by series and only when a whole series
+    matches, so a one-series-per-slice export gets no per-frame references; every frame lies
+    on a source image (checked by :func:`_check_on_sources`), found here by position.
+    """
+    from pydicom.dataset import Dataset as Item
+    from pydicom.sr.codedict import codes
+
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in sources])
+
+    def coded(code: Any) -> Item:
+        item = Item()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
+            code.value, code.scheme_designator, code.meaning)
+        return item
+
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        if frame.get("DerivationImageSequence"):
+            continue
+        where = np.array([float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient])
+        src = sources[int(np.argmin(np.linalg.norm(positions - where, axis=1)))]
+        ref = Item()
+        ref.ReferencedSOPClassUID = src.SOPClassUID
+        ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+        ref.PurposeOfReferenceCodeSequence = [
+            coded(codes.cid7202.SourceImageForImageProcessingOperation)]
+        ref.SpatialLocationsPreserved = "YES"
+        derivation = Item()
+        derivation.DerivationCodeSequence = [coded(codes.cid7203.SegmentationImageDerivation)]
+        derivation.SourceImageSequence = [ref]
+        frame.DerivationImageSequence = [derivation]
+
+
 def write_seg(labels: np.ndarray, affine_ras: np.ndarray, sources: Sequence[Dataset],
               out: str | os.PathLike[str], description: str, series_number: int = 9000,
               software_version: str = "") -> Path:
@@ -343,10 +379,18 @@ def write_seg(labels: np.ndarray, affine_ras: np.ndarray, sources: Sequence[Data
             # for the SEG's pixel measures: the thickness each mask slice stands for is its gap.
             ds.SliceThickness = float(volume.spacing_between_slices)
     patient_id = str(sources[0].PatientID)
+    # highdicom takes the source images of one series, the others as further source images
+    # (one series per slice position is a common vendor layout).
+    by_series: dict[str, list[Dataset]] = {}
+    for ds in sources:
+        by_series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+    main_series = max(sorted(by_series), key=lambda uid: len(by_series[uid]))
+    further = [ds for uid in sorted(by_series) if uid != main_series for ds in by_series[uid]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # highdicom's notes on optional attributes
         seg = hd.seg.Segmentation(
-            source_images=sources,
+            source_images=by_series[main_series],
+            further_source_images=further or None,
             pixel_array=volume,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=_segment_descriptions(software_version or "unknown"),
@@ -362,6 +406,7 @@ def write_seg(labels: np.ndarray, affine_ras: np.ndarray, sources: Sequence[Data
             content_label="CARDIOCLR_SEG",
             omit_empty_frames=False,
         )
+    _reference_every_frame(seg, sources)
     # PS3.15 Annex E basic profile, Retain UIDs Option (recorded in PatientIdentityRemoved,
     # DeidentificationMethod and its code sequence): the project's one de-identification helper.
     apply_basic_profile(seg, patient_id)
