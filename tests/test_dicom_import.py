@@ -409,3 +409,25 @@ def test_series_are_recognised_by_images_and_words(description: str, n_pos: int,
 
     found = recognise(_series(description, n_pos, n_phases, image_type))
     assert (found[0] if found else None) == kind
+
+
+def test_lv_volume_curve_runs_a_model_file_on_every_frame(tmp_path: Path) -> None:
+    """The model path of ED/ES: a (untrained) model file in the training format, one volume per
+    frame, in mL (voxel counts x the model grid's voxel volume)."""
+    import torch
+
+    from cardioclr.dicomimport.edes import lv_volume_curve
+    from cardioclr.segment.model import NetworkConfig, build_network, network_config_dict
+    from cardioclr.segment.train import MODEL_FORMAT
+
+    cfg = NetworkConfig(channels=(4, 8))
+    torch.manual_seed(0)
+    net = build_network(cfg)
+    torch.save({"format": MODEL_FORMAT, "network": network_config_dict(cfg),
+                "state_dict": net.state_dict(), "image_size": 32, "spacing_mm": 2.0},
+               tmp_path / "model.pt")
+    cine = np.random.default_rng(0).normal(100, 20, (4, 3, 40, 36)).astype(np.float32)
+    volumes = lv_volume_curve(cine, (8.0, 1.6, 1.6), str(tmp_path / "model.pt"))
+    assert volumes.shape == (4,) and (volumes >= 0).all()
+    voxel_ml = 8.0 * 2.0 * 2.0 / 1000.0
+    np.testing.assert_allclose(volumes / voxel_ml, np.rint(volumes / voxel_ml), atol=1e-6)
