@@ -65,7 +65,7 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     patients = [phantom_patient(args.seed, i + 1, GROUPS[i % 5], matrix=args.matrix,
-                                phase_step=args.phase_step, layout=LAYOUTS[i % 3],
+                                phase_step=args.phase_step, layout=LAYOUTS[i % len(LAYOUTS)],
                                 trigger_time=i % 4 != 3, burned_in=i % 7 == 6)
                 for i in range(args.patients)]
     truth = write_export(base / "export", patients, seed=args.seed)

@@ -5,7 +5,8 @@ A patient's short-axis cine (x, y, z, t) -- from the synthetic phantom
 -- is written by :func:`write_export` as a vendor would export it:
 
 * layouts: ``single_series`` (one series holding every slice and phase), ``per_slice`` (one
-  series per slice position, Siemens-style) or ``enhanced`` (one Enhanced MR multi-frame file);
+  series per slice position, Siemens-style), ``per_phase`` (one series per cardiac phase, each
+  holding the whole stack) or ``enhanced`` (one Enhanced MR multi-frame file);
 * files without extensions in nested ``PAxx/STxx/SExx`` folders, in shuffled order (the file
   names say nothing about slice or phase), a DICOMDIR whose records point outside the root;
 * optional missing TriggerTime (the importer must fall back to InstanceNumber);
@@ -32,7 +33,7 @@ import numpy as np
 #: LV long axis, base -> apex, in the patient LPS frame (left, anterior = -y, inferior = -z).
 LONG_AXIS_LPS = np.array([0.6, -0.45, -0.65]) / np.linalg.norm([0.6, -0.45, -0.65])
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-LAYOUTS = ("single_series", "per_slice", "enhanced")
+LAYOUTS = ("single_series", "per_slice", "enhanced", "per_phase")
 EXTRAS = ("localizer", "long_axis", "lge", "t1_map")
 
 
@@ -242,6 +243,14 @@ def _patient_datasets(p: ExportPatient, rng: np.random.Generator
             number = 20 + k
             for t in range(nt):
                 out.append((number, study.image(uid, number, f"CINE_SAX_SL{k + 1}", t + 1,
+                                                frames[k, t], positions[k], t, nt, geo)))
+    elif p.layout == "per_phase":
+        for t in range(nt):
+            uid = generate_uid()
+            sax_uids.append(uid)
+            number = 100 + t
+            for k in range(nz):
+                out.append((number, study.image(uid, number, f"sa cine ph{t + 1}", k + 1,
                                                 frames[k, t], positions[k], t, nt, geo)))
     elif p.layout == "enhanced":
         uid = generate_uid()

@@ -52,14 +52,16 @@ def _assert_no_phi(folder: Path, phi: list[str], extra_text: str = "") -> None:
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory):
-    """Three phantom patients in one tree: one series with every slice and phase, one series
-    per slice without TriggerTime, and enhanced multi-frame (burned-in annotation flagged); each
+    """Four phantom patients in one tree: one series with every slice and phase, one series
+    per slice without TriggerTime, enhanced multi-frame (burned-in annotation flagged), one
+    series per phase without TriggerTime; each
     with a localiser, a 4-chamber cine, an LGE stack and a T1 map; shuffled, no extensions."""
     root = tmp_path_factory.mktemp("export")
     patients = [
         phantom_patient(3, 1, "NOR", phase_step=3, layout="single_series"),
         phantom_patient(3, 2, "DCM", phase_step=3, layout="per_slice", trigger_time=False),
         phantom_patient(3, 3, "HCM", phase_step=3, layout="enhanced", burned_in=True),
+        phantom_patient(3, 4, "RV", phase_step=3, layout="per_phase", trigger_time=False),
     ]
     truth = write_export(root, patients)
     (root / "DICOM" / "README.TXT").write_text("exported by PACS\n")
@@ -93,7 +95,7 @@ def imported(export, tmp_path_factory: pytest.TempPathFactory):
 def test_every_layout_gives_the_source_cine_with_its_affine(export, imported) -> None:
     root, truth = export
     out, summary, mapping, _ = imported
-    assert summary["patients_imported"] == 3 and summary["patients_skipped"] == 0
+    assert summary["patients_imported"] == 4 and summary["patients_skipped"] == 0
     for pid, t in truth.patients.items():
         folder = out / "data" / "training" / mapping[pid]
         img = nib.load(folder / f"{mapping[pid]}_4d.nii.gz")
@@ -121,9 +123,9 @@ def test_other_series_are_recognised_and_reported(export, imported) -> None:
         assert left_out == {"localizer", "long_axis", "lge", "map"}
         assert all(r["reason"] for r in mine)
     patients = {r["patient"]: r for r in _read_csv(out / "data" / "import_patients.csv")}
-    per_slice = mapping[next(p for p in truth.patients if truth.patients[p].sax_series_uids
-                             and len(truth.patients[p].sax_series_uids) > 1)]
-    assert patients[per_slice]["phase_order"] == "InstanceNumber"  # TriggerTime was missing
+    orders = {p["phase_order"] for p in patients.values()}
+    # TriggerTime missing: InstanceNumber (one series per slice), SeriesNumber (per phase)
+    assert {"TriggerTime", "InstanceNumber", "SeriesNumber"} <= orders
     burned = [r for r in rows if r["burned_in_annotation"] == "yes"]
     assert burned and all("BurnedInAnnotation" in r["reason"] for r in burned)
 
@@ -151,7 +153,7 @@ def test_imported_dataset_is_read_by_prepare_with_its_cine(export, imported,
                                                            tmp_path: Path) -> None:
     out, _, mapping, _ = imported
     cases, skipped = find_acdc_cases(out / "data", require_label=False)
-    assert not skipped and len(cases) == 3 and all(c.cine is not None for c in cases)
+    assert not skipped and len(cases) == 4 and all(c.cine is not None for c in cases)
     from cardioclr.data.prepare import prepare_case
 
     row = prepare_case(cases[0], tmp_path, spacing_mm=6.0, size=32)

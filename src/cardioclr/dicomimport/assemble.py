@@ -3,7 +3,8 @@
 Slices are ordered by position along the plane normal ``cross(row, column)`` of
 ImageOrientationPatient (file names, InstanceNumber and series numbers are unreliable); phases
 within a slice by TriggerTime (NominalCardiacTriggerDelayTime for enhanced MR), else
-TemporalPositionIndex, else InstanceNumber -- the fallback used is recorded. Phases are paired
+TemporalPositionIndex, else InstanceNumber (SeriesNumber for a cine exported as one series per
+phase) -- the fallback used is recorded. Phases are paired
 across slices by rank (slices of a per-slice export are triggered slightly differently).
 
 Refused with a :class:`~cardioclr.errors.DataError` naming the series: parallel planes that
@@ -81,7 +82,7 @@ def plan_cine(c: Candidate, where: str) -> tuple[list[list[Frame]], np.ndarray, 
         along = float(np.asarray(f.position) @ normal)
         k = int(np.argmin([abs(along - p) for p in positions]))
         by_slice[k].append(f)
-    order = _phase_order(frames)
+    order = _phase_order(frames, c.per_phase)
     counts = {k: len(v) for k, v in by_slice.items()}
     expected = max(counts.values())
     declared = max((s.cardiac_images or 0) for s in c.series)
@@ -97,8 +98,8 @@ def plan_cine(c: Candidate, where: str) -> tuple[list[list[Frame]], np.ndarray, 
                         + f"; {len(short)} of {len(positions)} slices affected")
     ordered: list[list[Frame]] = []
     for k in range(len(positions)):
-        phases = sorted(by_slice[k], key=lambda f: _phase_key(f, order))
-        keys = [_phase_key(f, order) for f in phases]
+        phases = sorted(by_slice[k], key=lambda f: _phase_key(f, order, series_of))
+        keys = [_phase_key(f, order, series_of) for f in phases]
         if len(set(keys)) != len(keys):
             raise DataError(where, f"two images at the slice at {positions[k]:.1f} mm share one "
                             f"{order} in {c.label}: duplicated or mixed acquisitions")
@@ -203,19 +204,22 @@ def _rescale(ds, frame: int | None) -> tuple[float, float]:  # noqa: ANN001
     return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
-def _phase_order(frames: list[Frame]) -> str:
+def _phase_order(frames: list[Frame], per_phase: bool) -> str:
     if all(f.trigger_ms is not None for f in frames):
         return "TriggerTime"
     if all(f.temporal_index is not None for f in frames):
         return "TemporalPositionIndex"
-    return "InstanceNumber"
+    # One series per phase: InstanceNumber counts slices within a series, not phases.
+    return "SeriesNumber" if per_phase else "InstanceNumber"
 
 
-def _phase_key(f: Frame, order: str) -> float:
+def _phase_key(f: Frame, order: str, series_of: dict[int, Series]) -> float:
     if order == "TriggerTime":
         return float(f.trigger_ms)  # type: ignore[arg-type]
     if order == "TemporalPositionIndex":
         return float(f.temporal_index)  # type: ignore[arg-type]
+    if order == "SeriesNumber":
+        return float(series_of[id(f)].series_number)
     return float(f.instance if f.instance is not None else 0)
 
 

@@ -6,7 +6,9 @@ enhancement stack (LGE/PSIR, or inversion-recovery images with one image per pos
 one image per slice position (not a cine). The remaining *cine* series (several images per
 position at different trigger times) are grouped: a series holding several slice positions is
 a stack by itself; single-position series of one study whose planes are parallel are stacked
-together (one series per slice, as many scanners export). A stack is a short-axis candidate when
+together (one series per slice, as many scanners export), and so are at least
+:data:`MIN_PHASE_SERIES` one-image-per-position stacks of identical geometry (one series per
+cardiac phase). A stack is a short-axis candidate when
 it has at least two slice positions and its normal lies within :data:`SAX_MAX_ANGLE_DEG` of the
 typical LV long axis; single-slice cines at a steep angle to it are long-axis views
 (2/3/4-chamber). When a patient has several candidates the one with the most slices, then the
@@ -34,6 +36,8 @@ SAX_MAX_ANGLE_DEG = 45.0
 # Planes whose normals differ by less than this are parallel (one stack of per-slice series).
 _PARALLEL_COS = float(np.cos(np.radians(2.0)))
 _POSITION_TOLERANCE_MM = 0.1  # frames closer than this along the normal share a slice position
+#: Fewest one-phase stacks of identical geometry read as one cine exported phase by phase.
+MIN_PHASE_SERIES = 3
 
 
 @dataclass
@@ -56,12 +60,19 @@ class Candidate:
     angle_deg: float
 
     @property
+    def per_phase(self) -> bool:
+        """True for a cine exported as one series per cardiac phase."""
+        return len(self.series) > 1 and self.n_positions > 1 and all(
+            len(s.frames) == self.n_positions for s in self.series)
+
+    @property
     def label(self) -> str:
         """How messages name the candidate (series numbers only; UIDs can identify)."""
         numbers = sorted(s.series_number for s in self.series)
         if len(numbers) == 1:
             return f"series {numbers[0]}"
-        return f"series {numbers[0]}-{numbers[-1]} ({len(numbers)} one-slice series)"
+        kind = "one-phase" if self.per_phase else "one-slice"
+        return f"series {numbers[0]}-{numbers[-1]} ({len(numbers)} {kind} series)"
 
 
 def normal_of(orientation: tuple[float, ...]) -> np.ndarray:
@@ -135,13 +146,21 @@ def choose_cine(series: list[Series]) -> tuple[Candidate | None, list[Decision]]
     """The short-axis cine of one patient (None when there is none) and a decision per series."""
     decisions: list[Decision] = []
     cines: list[Series] = []
+    one_phase: list[Series] = []
     for s in series:
         found = recognise(s)
         if found is None:
             cines.append(s)
+        elif found[0] == "single_phase":
+            one_phase.append(s)
         else:
             decisions.append(Decision(s, found[0], False, found[1]))
-    groups = _stack_groups(cines)
+    phase_groups = _phase_groups(one_phase)
+    for group in phase_groups:
+        if len(group) < MIN_PHASE_SERIES:
+            for s in group:
+                decisions.append(Decision(s, "single_phase", False, recognise(s)[1]))  # type: ignore[index]
+    groups = _stack_groups(cines) + [g for g in phase_groups if len(g) >= MIN_PHASE_SERIES]
     candidates: list[Candidate] = []
     for group in groups:
         frames = [f for s in group for f in s.frames]
@@ -150,6 +169,8 @@ def choose_cine(series: list[Series]) -> tuple[Candidate | None, list[Decision]]
         angle = angle_to_long_axis(normal)
         n_phases = max(round(len(s.frames) / max(len(slice_positions(s.frames, normal)), 1))
                        for s in group)
+        if len(group) > 1 and n_phases == 1 and n_pos > 1:
+            n_phases = len(group)  # one series per phase
         cand = Candidate(group, n_pos, n_phases, angle)
         if angle > SAX_MAX_ANGLE_DEG:
             kind = "long_axis" if n_pos == 1 else "other"
@@ -183,6 +204,29 @@ def choose_cine(series: list[Series]) -> tuple[Candidate | None, list[Decision]]
                 f"another short-axis cine of this patient ({other.n_positions} slices x "
                 f"{other.n_phases} phases); used {best.label} instead: it has {why}")))
     return best, decisions
+
+
+def _phase_groups(one_phase: list[Series]) -> list[list[Series]]:
+    """Stacks with one image per position (one series per cardiac phase, as some scanners
+    export a cine) grouped when they share study, frame of reference, plane and positions."""
+    groups: list[list[Series]] = []
+    for s in one_phase:
+        normal = normal_of(s.frames[0].orientation)
+        positions = slice_positions(s.frames, normal)
+        for g in groups:
+            ref = g[0]
+            if (ref.study_uid, ref.frame_of_reference) != (s.study_uid, s.frame_of_reference):
+                continue
+            ref_normal = normal_of(ref.frames[0].orientation)
+            ref_positions = slice_positions(ref.frames, ref_normal)
+            if (abs(float(ref_normal @ normal)) > _PARALLEL_COS
+                    and len(ref_positions) == len(positions)
+                    and np.allclose(ref_positions, positions, atol=_POSITION_TOLERANCE_MM)):
+                g.append(s)
+                break
+        else:
+            groups.append([s])
+    return groups
 
 
 def _stack_groups(cines: list[Series]) -> list[list[Series]]:
