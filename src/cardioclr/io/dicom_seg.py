@@ -355,6 +355,7 @@ def write_seg(labels: np.ndarray, affine_ras: np.ndarray, sources: Sequence[Data
     mask is not on the source images or the labels are not 0-3.
     """
     import highdicom as hd
+    from pydicom.valuerep import DA, TM
 
     from cardioclr.atomic import atomic_path
     from cardioclr.io.deid import apply_basic_profile
@@ -413,7 +414,7 @@ def write_seg(labels: np.ndarray, affine_ras: np.ndarray, sources: Sequence[Data
     # Type 1 in the SEG IOD (multi-frame functional groups, enhanced general equipment) but
     # removed by the helper (action X); Annex E also allows D, a dummy value, which keeps the
     # object valid without saying when it was made.
-    seg.ContentDate, seg.ContentTime = DUMMY_DATE, DUMMY_TIME
+    seg.ContentDate, seg.ContentTime = DA(DUMMY_DATE), TM(DUMMY_TIME)
     seg.DeviceSerialNumber = DEVICE_SERIAL
     with atomic_path(out) as tmp:
         seg.save_as(tmp, enforce_file_format=True)

@@ -100,8 +100,8 @@ def write_segs(work: str | os.PathLike[str], cases: Mapping[str, Case] | None = 
         try:
             with atomic_dir(out_root / pid) as tmp:
                 for phase in _PHASES:
-                    row = {"patient_id": pid, "phase": phase, "status": "skipped", "file": "",
-                           "roundtrip_ok": "", "reason": ""}
+                    row: dict[str, Any] = {"patient_id": pid, "phase": phase, "status": "skipped",
+                                           "file": "", "roundtrip_ok": "", "reason": ""}
                     patient_rows.append(row)
                     mask_path = seg / "nifti" / pid / f"{pid}_{frame_tag(store, pid, phase)}_pred.nii.gz"
                     if not mask_path.is_file():
