@@ -87,6 +87,7 @@ def main() -> None:
     root_log.removeHandler(handler)
     mapping = _read_mapping(mapping_file)
 
+    report = _read_csv(base / "data" / "import_report.csv")
     found = wrong = 0
     ed_err: list[int] = []
     es_err: list[int] = []
@@ -99,9 +100,15 @@ def main() -> None:
         info = dict(line.split(": ", 1) for line in info_path.read_text().splitlines())
         methods.add(info["EDESMethod"])
         ed, es = int(info["ED"]) - 1, int(info["ES"]) - 1
-        refs = json.loads((folder / f"{mapping[pid]}_frame{ed + 1:02d}.dicom.json").read_text())
-        used = {i["series_instance_uid"] for i in refs["instances"]}
-        if used == set(t.sax_series_uids):
+        # The series the ED and ES frames came from (one per phase in a per-phase export) must
+        # be short-axis cine series, and the report must list exactly the truth's count as used.
+        used = set()
+        for frame in {ed, es}:
+            refs = json.loads((folder / f"{mapping[pid]}_frame{frame + 1:02d}.dicom.json")
+                              .read_text())
+            used |= {i["series_instance_uid"] for i in refs["instances"]}
+        n_used = sum(1 for r in report if r["patient"] == mapping[pid] and r["used"] == "yes")
+        if used <= set(t.sax_series_uids) and n_used == len(t.sax_series_uids):
             found += 1
         else:
             wrong += 1
@@ -142,11 +149,15 @@ def _circular(d: int, n: int) -> int:
     return min(d, n - d)
 
 
-def _read_mapping(path: Path) -> dict[str, str]:
+def _read_csv(path: Path) -> list[dict[str, str]]:
     import csv
 
     with open(path, encoding="utf-8", newline="") as fh:
-        return {r["original_patient_id"]: r["pseudonym"] for r in csv.DictReader(fh)}
+        return list(csv.DictReader(fh))
+
+
+def _read_mapping(path: Path) -> dict[str, str]:
+    return {r["original_patient_id"]: r["pseudonym"] for r in _read_csv(path)}
 
 
 def _seg_roundtrip(base: Path, patients: list, mapping: dict[str, str]
