@@ -7,8 +7,9 @@ Usage::
 
 Writes one export tree (tests/dicom_export.py) of ``--patients`` synthetic phantoms (the five
 ACDC groups in turn) with the vendor variations cycled over the patients: one series with every
-slice and phase / one series per slice / enhanced multi-frame MR; TriggerTime missing for every
-4th patient (InstanceNumber fallback); BurnedInAnnotation flagged for every 7th; a localiser, a
+slice and phase / one series per slice / enhanced multi-frame MR / one series per phase;
+TriggerTime missing for every 3rd patient (InstanceNumber, TemporalPositionIndex or SeriesNumber
+fallback; every layout gets some); BurnedInAnnotation flagged for every 7th; a localiser, a
 4-chamber cine, an LGE stack and a T1 map in every study; shuffled file names without
 extensions; a DICOMDIR pointing outside the root; identifying values in every header. Then runs
 ``cardioclr import`` (with ``--segmentation WORK`` if given) and scores it against the truth:
@@ -66,7 +67,7 @@ def main() -> None:
     t0 = time.perf_counter()
     patients = [phantom_patient(args.seed, i + 1, GROUPS[i % 5], matrix=args.matrix,
                                 phase_step=args.phase_step, layout=LAYOUTS[i % len(LAYOUTS)],
-                                trigger_time=i % 4 != 3, burned_in=i % 7 == 6)
+                                trigger_time=i % 3 != 2, burned_in=i % 7 == 6)
                 for i in range(args.patients)]
     truth = write_export(base / "export", patients, seed=args.seed)
     generate_seconds = time.perf_counter() - t0
