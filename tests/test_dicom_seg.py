@@ -207,7 +207,7 @@ def test_segment_predict_dicom_seg_cli(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["per_slice", "enhanced"])
+@pytest.mark.parametrize("layout", ["per_slice", "per_phase", "enhanced"])
 def test_imported_export_gets_segs_over_the_pacs_images(tmp_path: Path, layout: str) -> None:
     """PACS export -> ``cardioclr import`` -> prepare -> ``segment predict --dicom-seg``: the SEGs
     reference the exported instances through the import's sidecars (enhanced MR: skipped, said)."""
