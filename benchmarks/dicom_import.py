@@ -16,7 +16,7 @@ extensions; a DICOMDIR pointing outside the root; identifying values in every he
 the phantom's LV volume is largest at frame 0 and smallest at its ES frame (it falls
 monotonically in systole and rises in filling), so ED/ES errors are in frames (circular).
 
-``seg_roundtrip_ok``: for up to 3 imported single-series (classic MR) patients, the phantom's
+``seg_roundtrip_ok``: for up to 6 imported classic (single-frame) MR patients, the phantom's
 ED labels are written as NIfTI on the imported ED grid, as a DICOM SEG from the import's
 ``.dicom.json`` references (:func:`cardioclr.io.dicom_seg.write_seg`), and read back with
 highdicom (:func:`cardioclr.io.dicom_seg.seg_roundtrip_ok`); null with a reason when that
@@ -171,10 +171,8 @@ def _seg_roundtrip(base: Path, patients: list, mapping: dict[str, str]
 
     checked, ok = 0, True
     for p in patients:
-        if p.layout != "single_series" or p.ed_labels is None or checked == 3:
-            # The SEG writer references classic single-frame images of one series (highdicom
-            # refuses sources from several series: the one-series-per-slice layout).
-            continue
+        if p.layout == "enhanced" or p.ed_labels is None or checked == 6:
+            continue  # the SEG writer references classic single-frame MR images only
         pid = mapping[p.patient_id]
         folder = base / "data" / "training" / pid
         ed_img = folder / f"{pid}_frame01.nii.gz"
@@ -190,9 +188,9 @@ def _seg_roundtrip(base: Path, patients: list, mapping: dict[str, str]
         ok &= bool(seg_roundtrip_ok(seg, mask_path))
         checked += 1
     if not checked:
-        return None, 0, "no single-series (classic MR) patient imported"
-    return ok, checked, ("single-series patients: phantom ED labels -> SEG from the import's "
-                         "references -> read back with highdicom")
+        return None, 0, "no classic (single-frame) MR patient imported"
+    return ok, checked, ("classic MR layouts (single-series, per-slice, per-phase): phantom ED "
+                         "labels -> SEG from the import's references -> read back with highdicom")
 
 
 def _phi_hits(folders: list[Path], phi: list[str], log_text: str) -> int:
