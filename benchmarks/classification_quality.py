@@ -61,8 +61,8 @@ def segment(work: Path, minutes: float) -> tuple[str, str]:
     try:
         optim = dataclasses.replace(PRESETS["cpu"]["optim"], time_budget_s=minutes * 60)
         info = train(preset_config(work, "cpu", optim=optim, progress_bar=False))
+        from cardioclr.data.masks import predicted_mask_path
         from cardioclr.data.store import SliceStore
-        from cardioclr.segment.masks import predicted_mask_path
 
         missing = [p for p in SliceStore(work).patient_ids if not predicted_mask_path(work, p).is_file()]
         if missing:

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cardioclr.clinical.features as features_mod
 import cardioclr.evaluate.baseline as baseline_mod
+import cardioclr.evaluate.clinical_features as features_mod
 from cardioclr.clinical.indices import compute_indices
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
@@ -144,8 +144,8 @@ def test_hybrid_uses_pca_of_deep_features(tiny_work: Path, tmp_path: Path) -> No
 
 def test_hybrid_with_simclr_features_file(tiny_work: Path, tmp_path: Path) -> None:
     """The study's hybrid: indices + the features ``cardioclr pretrain`` writes (a file path)."""
+    from cardioclr.models.checkpoint import save_encoder
     from cardioclr.models.encoders import build_encoder
-    from cardioclr.ssl.checkpoint import save_encoder
     from cardioclr.ssl.features import write_simclr_features
 
     encoder, dim = build_encoder("smallcnn")
@@ -159,6 +159,17 @@ def test_hybrid_with_simclr_features_file(tiny_work: Path, tmp_path: Path) -> No
                                     deep_features=str(csv), pca_components=4, **TINY))
     assert r["model"] == "hybrid-rf" and r["deep_features"]["n_input"] == 2 * dim
     assert r["deep_features"]["file"] == str(csv)
+
+
+def test_hybrid_refuses_a_fine_tuned_models_features(tiny_work: Path, tmp_path: Path) -> None:
+    """A fine-tuned classifier's features are fitted to the train labels: never the hybrid's input."""
+    store = SliceStore(tiny_work)
+    write_deep(tmp_path / "cell", store, informative=True)
+    (tmp_path / "cell" / "deep_features.csv").rename(tmp_path / "cell" / "finetuned_features.csv")
+    for given in (tmp_path / "cell", tmp_path / "cell" / "finetuned_features.csv"):
+        with pytest.raises(DataError, match="not found|must not feed the hybrid"):
+            run_baseline(BaselineConfig(work=str(tiny_work), out=str(tmp_path / "h"), masks="expert",
+                                        deep_features=str(given), **TINY))
 
 
 def test_hybrid_missing_patient_is_a_data_error(tiny_work: Path, tmp_path: Path) -> None:

@@ -12,18 +12,13 @@ import pytest
 import torch
 
 from cardioclr.classify import cv as cv_mod
-from cardioclr.classify.data import (
-    FINETUNE_AUGMENT,
-    InputSpec,
-    SliceBank,
-    load_patient_inputs,
-    patient_probabilities,
-)
+from cardioclr.classify.data import FINETUNE_AUGMENT, SliceBank, patient_probabilities
 from cardioclr.classify.finetune import FinetuneConfig, finetune
 from cardioclr.classify.model import DualPhaseClassifier, count_parameters
 from cardioclr.classify.predict import load_classifier
 from cardioclr.cli import main
 from cardioclr.data.augment import augment_batch
+from cardioclr.data.pairs import InputSpec, load_patient_inputs
 from cardioclr.data.store import SliceStore
 from cardioclr.evaluate.metrics import prob_columns
 from cardioclr.training import TrainerSettings
@@ -210,7 +205,10 @@ def test_tiny_finetune_writes_the_output_contract(tiny_run: tuple[FinetuneConfig
     assert {"epoch", "fold", "seed", "train_loss", "val_loss", "val_auc"} <= set(curves.columns)
     assert curves.loc[curves["split"] == "cv", "val_loss"].notna().all()
 
-    feats = pd.read_csv(out / "deep_features.csv", dtype={"patient_id": str})
+    # Fitted to the train labels: written under a name the hybrid baseline refuses.
+    assert not (out / "deep_features.csv").exists()
+    assert m["finetuned_features"]["file"] == "finetuned_features.csv"
+    feats = pd.read_csv(out / "finetuned_features.csv", dtype={"patient_id": str})
     assert set(store.splits.train + store.splits.test) <= set(feats["patient_id"])
     assert feats.shape[1] == 1 + 2 * 256  # patient_id + [ED, ES] smallcnn features
 
@@ -263,8 +261,8 @@ def test_imagenet_without_weights_is_a_clear_error(tiny_work: Path, capsys: pyte
 
 def test_simclr_with_mismatched_encoder_is_a_clear_error(tiny_work: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
+    from cardioclr.models.checkpoint import save_encoder
     from cardioclr.models.encoders import build_encoder
-    from cardioclr.ssl.checkpoint import save_encoder
 
     enc, d = build_encoder("resnet18")
     path = save_encoder(tmp_path / "encoder.pt", enc, "resnet18", d, "segmented", 64)
@@ -279,8 +277,8 @@ def test_simclr_with_mismatched_encoder_is_a_clear_error(tiny_work: Path, tmp_pa
 
 def test_simclr_init_loads_weights_and_records_input_mode(tmp_path: Path) -> None:
     from cardioclr.classify.model import initialise_encoders
+    from cardioclr.models.checkpoint import save_encoder
     from cardioclr.models.encoders import build_encoder
-    from cardioclr.ssl.checkpoint import save_encoder
 
     torch.manual_seed(1)
     enc, d = build_encoder("smallcnn")

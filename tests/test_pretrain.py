@@ -17,8 +17,8 @@ from cardioclr.data.augment import AugmentConfig, augment_batch
 from cardioclr.data.prepare import PrepareConfig, prepare
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
+from cardioclr.models.checkpoint import ENCODER_FORMAT, load_encoder_weights, read_encoder_file, save_encoder
 from cardioclr.models.encoders import build_encoder
-from cardioclr.ssl.checkpoint import ENCODER_FORMAT, load_encoder_weights, read_encoder_file, save_encoder
 from cardioclr.ssl.data import (
     MAIN,
     PatientRef,
@@ -266,7 +266,7 @@ def test_features_match_the_encoder_on_the_classifier_inputs(run: tuple[Pretrain
                                                              ) -> None:
     import pandas as pd
 
-    from cardioclr.classify.data import InputSpec, load_patient_inputs, network_inputs
+    from cardioclr.data.pairs import InputSpec, load_patient_inputs, network_inputs
 
     cfg, _ = run
     out = Path(cfg.out or "")
@@ -451,7 +451,7 @@ def test_resumed_pretraining_matches_an_uninterrupted_one(run: tuple[PretrainCon
                                                           tmp_path: Path) -> None:
     # The 2-epoch fixture run resumed to 3 epochs must end with the same encoder as a 3-epoch run
     # from scratch: shuffling and view sampling continue from the checkpointed random state.
-    from cardioclr.ssl.checkpoint import load_encoder_weights
+    from cardioclr.models.checkpoint import load_encoder_weights
 
     cfg, _ = run
     resumed = tmp_path / "resumed"

@@ -19,13 +19,14 @@ import pytest
 import torch
 
 from cardioclr.atomic import save_npz
+from cardioclr.choices import MASK_SOURCES
+from cardioclr.data.masks import load_labels, predicted_mask_path
 from cardioclr.data.prepare import PrepareConfig, prepare
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
 from cardioclr.segment import train as train_mod
 from cardioclr.segment.datamodule import select_patients
 from cardioclr.segment.evaluate import evaluate
-from cardioclr.segment.masks import MASK_SOURCES, load_labels, predicted_mask_path
 from cardioclr.segment.model import NetworkConfig
 from cardioclr.segment.predict import (
     LoadedModel,

@@ -20,6 +20,7 @@ from cardioclr.study.config import (
     save_config,
 )
 from cardioclr.study.grid import Cell, expand_grid, runnable
+from cardioclr.study.kinds import CELL_KINDS, CellKind
 from cardioclr.study.progress import estimate_remaining, format_seconds
 from cardioclr.study.runner import MARKER, StudyContext, run_study
 from cardioclr.study.stages import apply_options
@@ -165,8 +166,8 @@ def test_hybrid_stage_uses_the_pretraining_features(tiny_work: Path, tmp_path: P
     computed there when the pretraining did not write them (e.g. a run from before they were)."""
     import pandas as pd
 
+    from cardioclr.models.checkpoint import save_encoder
     from cardioclr.models.encoders import build_encoder
-    from cardioclr.ssl.checkpoint import save_encoder
     from cardioclr.study.stages import run_baseline
 
     out = tmp_path / "study"
@@ -228,10 +229,10 @@ class FakeStages:
         (d / name).write_text(json.dumps({"cell": cell.id}))
         return {"ok": True}
 
-    def table(self) -> dict[str, Any]:
-        kinds = ("synthetic", "prepare", "segment-train", "segment-predict", "segment-evaluate",
-                 "pretrain", "finetune", "baseline", "hybrid")
-        return dict.fromkeys(kinds, self)
+    def kinds(self) -> dict[str, CellKind]:
+        """The registry with this fake as every kind's stage: same costs and outputs, no
+        option check, never a separate process."""
+        return {name: CellKind(self, kind.weight, kind.outputs) for name, kind in CELL_KINDS.items()}
 
 
 def test_resume_after_kill_runs_each_cell_once(tmp_path: Path) -> None:
@@ -239,7 +240,7 @@ def test_resume_after_kill_runs_each_cell_once(tmp_path: Path) -> None:
     out = tmp_path / "study"
     killed = FakeStages(die_after=5)
     with pytest.raises(KeyboardInterrupt):
-        run_study(cfg, out, stages=killed.table(), stream=io.StringIO(), build_report=False)
+        run_study(cfg, out, kinds=killed.kinds(), stream=io.StringIO(), build_report=False)
     state = json.loads((out / "study_state.json").read_text())
     assert [k for k, r in state["cells"].items() if r["status"] == "done"] == \
         ["synthetic", "prepare", "segment-train", "segment-predict", "segment-evaluate"]
@@ -247,7 +248,7 @@ def test_resume_after_kill_runs_each_cell_once(tmp_path: Path) -> None:
 
     again = FakeStages()
     stream = io.StringIO()
-    result = run_study(cfg, out, stages=again.table(), stream=stream, build_report=False)
+    result = run_study(cfg, out, kinds=again.kinds(), stream=stream, build_report=False)
     assert result.ok and len(result.done) == 15 and len(result.not_run) == 2
     # Finished cells were not re-run; the interrupted one and the rest ran exactly once.
     assert set(again.calls) == {c.id for c in runnable(expand_grid(cfg))} - set(killed.calls) | {
@@ -258,7 +259,7 @@ def test_resume_after_kill_runs_each_cell_once(tmp_path: Path) -> None:
         assert (out / c.path / MARKER).is_file()
 
     third = FakeStages()
-    assert run_study(cfg, out, stages=third.table(), stream=io.StringIO(), build_report=False).ok
+    assert run_study(cfg, out, kinds=third.kinds(), stream=io.StringIO(), build_report=False).ok
     assert not third.calls  # everything finished: nothing runs
 
 
@@ -267,7 +268,7 @@ def test_failed_cell_recorded_dependents_not_run(tmp_path: Path) -> None:
     out = tmp_path / "study"
     stages = FakeStages(fail_on="pretrain/smallcnn-full")
     stream = io.StringIO()
-    result = run_study(cfg, out, stages=stages.table(), stream=stream, build_report=False)
+    result = run_study(cfg, out, kinds=stages.kinds(), stream=stream, build_report=False)
     # The two cells that depend on the failed one leave the total: the last line adds up.
     assert stream.getvalue().strip().splitlines()[-1].startswith("[study 13/13 done")
     assert not result.ok and list(result.failed) == ["pretrain/smallcnn-full"]
@@ -283,7 +284,7 @@ def test_failed_cell_recorded_dependents_not_run(tmp_path: Path) -> None:
     assert "Traceback" in (out / "logs" / "pretrain__smallcnn-full.log").read_text()
     # A re-run retries the failed cell (and its dependents) only.
     retry = FakeStages()
-    assert run_study(cfg, out, stages=retry.table(), stream=io.StringIO(), build_report=False).ok
+    assert run_study(cfg, out, kinds=retry.kinds(), stream=io.StringIO(), build_report=False).ok
     assert set(retry.calls) == {"pretrain/smallcnn-full", "finetune/smallcnn__simclr-full__full",
                                 "finetune/smallcnn__simclr-full__segmented"}
 
@@ -291,10 +292,10 @@ def test_failed_cell_recorded_dependents_not_run(tmp_path: Path) -> None:
 def test_different_config_in_same_out_refused(tmp_path: Path) -> None:
     out = tmp_path / "study"
     stages = FakeStages()
-    run_study(load_config("demo"), out, stages=stages.table(), stream=io.StringIO(), build_report=False)
+    run_study(load_config("demo"), out, kinds=stages.kinds(), stream=io.StringIO(), build_report=False)
     other = load_config("demo", overrides={"prepare": {"image_size": 96}})
     with pytest.raises(CardioclrError, match="image_size"):
-        run_study(other, out, stages=stages.table(), stream=io.StringIO(), build_report=False)
+        run_study(other, out, kinds=stages.kinds(), stream=io.StringIO(), build_report=False)
 
 
 def test_predict_refuses_to_replace_a_foreign_work_dir(tmp_path: Path) -> None:
@@ -325,9 +326,9 @@ def test_lightning_style_exit_is_an_interruption(tmp_path: Path) -> None:
     def exits(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
         raise SystemExit(1)
 
-    table = {**stages.table(), "segment-train": exits}
+    kinds = {**stages.kinds(), "segment-train": CellKind(exits, 3.0)}
     with pytest.raises(KeyboardInterrupt):
-        run_study(cfg, out, stages=table, stream=io.StringIO(), build_report=False)
+        run_study(cfg, out, kinds=kinds, stream=io.StringIO(), build_report=False)
     state = json.loads((out / "study_state.json").read_text())["cells"]
     assert state["segment-train"]["status"] == "pending"
     assert "resume" in state["segment-train"]["error"]
@@ -346,7 +347,7 @@ def test_imagenet_weights_added_later_run_the_missing_cells(tmp_path: Path) -> N
 
     out = tmp_path / "study"
     cfg = load_config("demo", overrides={"encoders": ["vgg16"]})
-    first = run_study(cfg, out, stages=FakeStages().table(), stream=io.StringIO(),
+    first = run_study(cfg, out, kinds=FakeStages().kinds(), stream=io.StringIO(),
                       build_report=False)
     imagenet = _imagenet_ids(cfg)
     assert len(imagenet) == 2 and set(first.not_run) == imagenet
@@ -355,7 +356,7 @@ def test_imagenet_weights_added_later_run_the_missing_cells(tmp_path: Path) -> N
     with_weights = dataclasses.replace(cfg, imagenet_weights={"vgg16": str(weights)})
     again = FakeStages()
     stream = io.StringIO()
-    result = run_study(with_weights, out, stages=again.table(), stream=stream, build_report=False)
+    result = run_study(with_weights, out, kinds=again.kinds(), stream=stream, build_report=False)
     assert result.ok and not result.not_run
     assert set(again.calls) == imagenet and set(result.ran) == imagenet  # nothing else re-ran
     assert "imagenet_weights.vgg16" in stream.getvalue()
@@ -367,7 +368,7 @@ def test_imagenet_weights_added_later_run_the_missing_cells(tmp_path: Path) -> N
         assert report[cid.removeprefix("finetune/")].status == "done"
     # The same file again is the same study: nothing runs.
     third = FakeStages()
-    assert run_study(with_weights, out, stages=third.table(), stream=io.StringIO(),
+    assert run_study(with_weights, out, kinds=third.kinds(), stream=io.StringIO(),
                      build_report=False).ok
     assert not third.calls
 
@@ -381,7 +382,7 @@ def test_imagenet_weights_cannot_be_changed_or_removed(tmp_path: Path) -> None:
     b.write_bytes(b"b")
     cfg = load_config("demo", overrides={"encoders": ["vgg16", "resnet18"],
                                          "imagenet_weights": {"vgg16": str(a)}})
-    run_study(cfg, out, stages=FakeStages().table(), stream=io.StringIO(), build_report=False)
+    run_study(cfg, out, kinds=FakeStages().kinds(), stream=io.StringIO(), build_report=False)
     changed = dataclasses.replace(cfg, imagenet_weights={"vgg16": str(b)})
     removed = dataclasses.replace(cfg, imagenet_weights={})
     # Adding another encoder's file while changing this one is still refused.
@@ -389,7 +390,7 @@ def test_imagenet_weights_cannot_be_changed_or_removed(tmp_path: Path) -> None:
     for other in (changed, removed, mixed):
         stages = FakeStages()
         with pytest.raises(CardioclrError, match="imagenet_weights.vgg16.*added to a study but not"):
-            run_study(other, out, stages=stages.table(), stream=io.StringIO(), build_report=False)
+            run_study(other, out, kinds=stages.kinds(), stream=io.StringIO(), build_report=False)
         assert not stages.calls
         assert read_saved_config(out / "study.yaml").imagenet_weights == {"vgg16": str(a)}
     assert config_differences(cfg, dataclasses.replace(
@@ -401,11 +402,11 @@ def test_cli_adds_imagenet_weights_to_a_saved_study(
     """``cardioclr study --out OUT --imagenet-weights vgg16=FILE`` on a study first run without
     it (config read from OUT/study.yaml) runs only the ImageNet cells."""
     from cardioclr.cli import main
-    from cardioclr.study import stages as stages_module
+    from cardioclr.study import kinds as kinds_module
 
     fake = FakeStages()
-    for kind, fn in fake.table().items():
-        monkeypatch.setitem(stages_module.STAGES, kind, fn)
+    for name, kind in fake.kinds().items():
+        monkeypatch.setitem(kinds_module.CELL_KINDS, name, kind)
     out = tmp_path / "study"
     cfg = tmp_path / "vgg.yaml"
     cfg.write_text(yaml.safe_dump({"preset": "demo", "encoders": ["vgg16"]}))

@@ -13,18 +13,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from cardioclr.clinical.criteria import class_criteria, diagnose
+from cardioclr.clinical.labels import DIAGNOSES, LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY
 from cardioclr.data import cli_synth
+from cardioclr.data.acdc import read_info_cfg
 from cardioclr.data.synthetic import (
-    GROUPS,
-    LABEL_LV,
-    LABEL_MYO,
-    LABEL_RV,
     assign_cohort,
-    class_criteria,
-    diagnose,
     generate_patient,
     phantom_indices,
-    read_info,
     read_patient_indices,
     write_synthetic_cohort,
 )
@@ -69,7 +65,7 @@ def test_layout_matches_acdc(cohort):
         assert [ln.split(":")[0] for ln in lines] == list(INFO_LINE)
         for line, (key, pattern) in zip(lines, INFO_LINE.items(), strict=True):
             assert re.fullmatch(rf"{key}: {pattern}", line), line
-        info = read_info(d / "Info.cfg")
+        info = read_info_cfg(d / "Info.cfg")
         es, n_frames = int(info["ES"]), int(info["NbFrame"])
         assert 1 < es <= n_frames
         expected = {"Info.cfg"} | {f"{d.name}_frame{f:02d}{s}.nii.gz"
@@ -80,7 +76,7 @@ def test_layout_matches_acdc(cohort):
 def test_nifti_geometry_dtypes_and_labels(cohort):
     root, _ = cohort
     for d in patient_dirs(root):
-        info = read_info(d / "Info.cfg")
+        info = read_info_cfg(d / "Info.cfg")
         shapes = set()
         for frame in (1, int(info["ES"])):
             img = nib.load(d / f"{d.name}_frame{frame:02d}.nii.gz")
@@ -96,23 +92,23 @@ def test_nifti_geometry_dtypes_and_labels(cohort):
             assert img.get_data_dtype() in (np.int16, np.float32, np.uint8)
             assert gt.get_data_dtype() == np.uint8
             labels = np.asarray(gt.dataobj)
-            assert set(np.unique(labels).tolist()) == {0, LABEL_RV, LABEL_MYO, LABEL_LV}
+            assert set(np.unique(labels).tolist()) == {0, RV_CAVITY, LV_MYOCARDIUM, LV_CAVITY}
             assert np.asarray(img.dataobj).min() >= 0
         assert len(shapes) == 1  # ED, ES, images and masks share one grid
 
 
 def test_classes_balanced(cohort):
     root, _ = cohort
-    groups = {s: Counter(read_info(d / "Info.cfg")["Group"] for d in (root / s).iterdir())
+    groups = {s: Counter(read_info_cfg(d / "Info.cfg")["Group"] for d in (root / s).iterdir())
               for s in ("training", "testing")}
     total = groups["training"] + groups["testing"]
-    assert sorted(total) == sorted(GROUPS) and set(total.values()) == {N_PATIENTS // 5}
+    assert sorted(total) == sorted(DIAGNOSES) and set(total.values()) == {N_PATIENTS // 5}
     for subset, counts in groups.items():
-        per_group = [counts.get(g, 0) for g in GROUPS]
+        per_group = [counts.get(g, 0) for g in DIAGNOSES]
         assert max(per_group) - min(per_group) <= 1, subset
     plan = assign_cohort(150, seed=0, test_fraction=0.2)
     for subset, n in (("training", 24), ("testing", 6)):
-        assert Counter(g for _, s, g in plan if s == subset) == dict.fromkeys(GROUPS, n)
+        assert Counter(g for _, s, g in plan if s == subset) == dict.fromkeys(DIAGNOSES, n)
 
 
 def test_every_patient_meets_its_class_criteria(cohort):
@@ -138,20 +134,20 @@ def test_every_patient_meets_its_class_criteria(cohort):
 def test_contraction_from_ed_to_es(cohort):
     root, _ = cohort
     for d in patient_dirs(root):
-        info = read_info(d / "Info.cfg")
+        info = read_info_cfg(d / "Info.cfg")
         ed = np.asarray(nib.load(d / f"{d.name}_frame01_gt.nii.gz").dataobj)
         es = np.asarray(nib.load(d / f"{d.name}_frame{int(info['ES']):02d}_gt.nii.gz").dataobj)
-        assert (es == LABEL_LV).sum() < (ed == LABEL_LV).sum()
-        assert (es == LABEL_RV).sum() < (ed == LABEL_RV).sum()
+        assert (es == LV_CAVITY).sum() < (ed == LV_CAVITY).sum()
+        assert (es == RV_CAVITY).sum() < (ed == RV_CAVITY).sum()
         # The myocardium is (nearly) incompressible: its volume is conserved while it thickens.
-        myo_ed, myo_es = (ed == LABEL_MYO).sum(), (es == LABEL_MYO).sum()
+        myo_ed, myo_es = (ed == LV_MYOCARDIUM).sum(), (es == LV_MYOCARDIUM).sum()
         assert abs(myo_es / myo_ed - 1.0) < 0.15
         # Wall thickening: myocardium per unit of LV cavity grows on a mid-ventricular slice
         # (the base moves toward the apex at ES, so pick the middle of the ES cavity slices).
-        with_cavity = np.nonzero((es == LABEL_LV).any(axis=(0, 1)))[0]
+        with_cavity = np.nonzero((es == LV_CAVITY).any(axis=(0, 1)))[0]
         k = int(with_cavity[len(with_cavity) // 2])
-        ratio_ed = (ed[:, :, k] == LABEL_MYO).sum() / (ed[:, :, k] == LABEL_LV).sum()
-        ratio_es = (es[:, :, k] == LABEL_MYO).sum() / (es[:, :, k] == LABEL_LV).sum()
+        ratio_ed = (ed[:, :, k] == LV_MYOCARDIUM).sum() / (ed[:, :, k] == LV_CAVITY).sum()
+        ratio_es = (es[:, :, k] == LV_MYOCARDIUM).sum() / (es[:, :, k] == LV_CAVITY).sum()
         assert ratio_es > 1.1 * ratio_ed
 
 
@@ -160,10 +156,10 @@ def test_images_have_mr_like_contrast(cohort):
     for d in patient_dirs(root):
         img = np.asarray(nib.load(d / f"{d.name}_frame01.nii.gz").dataobj, dtype=np.float64)
         lab = np.asarray(nib.load(d / f"{d.name}_frame01_gt.nii.gz").dataobj)
-        blood = np.median(img[lab == LABEL_LV])
-        myo = np.median(img[lab == LABEL_MYO])
+        blood = np.median(img[lab == LV_CAVITY])
+        myo = np.median(img[lab == LV_MYOCARDIUM])
         assert blood > 1.4 * myo  # SSFP: bright blood, dark myocardium
-        assert np.median(img[lab == LABEL_RV]) > 1.3 * myo
+        assert np.median(img[lab == RV_CAVITY]) > 1.3 * myo
         # Air in the corners is dark (Rician noise floor), far below the blood pool.
         corners = np.concatenate([img[:8, :8].ravel(), img[-8:, -8:].ravel()])
         assert np.median(corners) < 0.25 * blood
@@ -192,7 +188,7 @@ def test_cine_holds_ed_and_es_frames(tmp_path):
     ids = write_synthetic_cohort(tmp_path / "c", 1, seed=2, test_fraction=0.0, cine=True,
                                  matrix=64)
     d = tmp_path / "c" / "training" / ids[0]
-    info = read_info(d / "Info.cfg")
+    info = read_info_cfg(d / "Info.cfg")
     cine = nib.load(d / f"{ids[0]}_4d.nii.gz")
     ed = np.asarray(nib.load(d / f"{ids[0]}_frame01.nii.gz").dataobj)
     es_frame = int(info["ES"])
@@ -215,16 +211,16 @@ def test_phantom_indices_on_known_geometry():
 
     def stack(r_cav: float, r_epi: float) -> np.ndarray:
         sl = np.zeros((n, n), np.uint8)
-        sl[rho < r_epi] = LABEL_MYO
-        sl[rho < r_cav] = LABEL_LV
-        sl[(xx < -r_epi) & (np.abs(yy) < 10) & (xx > -r_epi - 12)] = LABEL_RV
+        sl[rho < r_epi] = LV_MYOCARDIUM
+        sl[rho < r_cav] = LV_CAVITY
+        sl[(xx < -r_epi) & (np.abs(yy) < 10) & (xx > -r_epi - 12)] = RV_CAVITY
         return np.repeat(sl[:, :, None], nz, axis=2)
 
     r_epi_es = math.sqrt(14.0**2 + 28.0**2 - 20.0**2)  # myocardial area conserved
     ed, es = stack(20.0, 28.0), stack(14.0, r_epi_es)
     ind = phantom_indices(ed, es, (dx, dx, dz), 180.0, 80.0)
     assert ind["bsa"] == pytest.approx(2.0)
-    assert ind["lv_edv"] == pytest.approx((ed == LABEL_LV).sum() * dz / 1000.0)
+    assert ind["lv_edv"] == pytest.approx((ed == LV_CAVITY).sum() * dz / 1000.0)
     assert ind["lv_edv"] == pytest.approx(math.pi * 20.0**2 * nz * dz / 1000.0, rel=0.03)
     assert ind["lv_ef"] == pytest.approx(100 * (1 - 14.0**2 / 20.0**2), abs=1.5)
     assert ind["lv_mass"] == pytest.approx(
@@ -238,7 +234,7 @@ def test_phantom_indices_on_known_geometry():
 
     # Thin the wall in one 60-degree sector and freeze it at ES: an akinetic infarct.
     sector = (np.abs(np.arctan2(yy, xx)) < math.radians(30))[:, :, None]
-    ed_inf = np.where(sector & (ed == LABEL_MYO) & (rho[:, :, None] >= 24.0), 0, ed)
+    ed_inf = np.where(sector & (ed == LV_MYOCARDIUM) & (rho[:, :, None] >= 24.0), 0, ed)
     es_inf = np.where(sector, ed_inf, es)
     ind_inf = phantom_indices(ed_inf, es_inf, (dx, dx, dz), 180.0, 80.0)
     assert ind_inf["thin_ratio"] < 0.6

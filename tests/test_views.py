@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cardioclr.data.views import (
-    INPUT_MODES,
-    apply_input_mask,
-    check_mode,
-    crop_resize,
-    heart_mask,
-    patient_views,
-    roi_box,
-)
+from cardioclr.choices import INPUT_MODES
+from cardioclr.data.views import apply_input_mask, check_mode, crop_resize, heart_mask, patient_views, roi_box
 
 
 def test_heart_mask_is_the_union_of_the_structures() -> None:

@@ -64,7 +64,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
     """Atomically save arrays to an uncompressed ``.npz`` (fast to read; stores are small)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+        # numpy's stub types **kwds as if a key could be its allow_pickle flag.
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager

@@ -1,20 +1,34 @@
-"""Names that command-line parsers offer as choices, importable without torch or Lightning.
+"""The named choices of the pipeline (one home), importable without torch or Lightning.
 
-Building the ``cardioclr`` parser must stay fast (``cardioclr synth --help`` should not load
-a deep-learning stack), so the choices live here and the modules that implement them re-export
-them. ``ENCODER_NAMES`` must match :data:`cardioclr.models.encoders.ENCODERS` (a test checks).
+Each choice is a ``Literal`` type (for annotations and mypy) and the tuple of its values, in
+the order the command line lists them (for ``argparse`` ``choices=`` and error messages). Building
+the ``cardioclr`` parser must stay fast (``cardioclr synth --help`` should not load a deep-learning
+stack), so nothing here imports more than ``typing``. ``ENCODER_NAMES`` must match
+:data:`cardioclr.models.encoders.ENCODERS` (a test checks).
 """
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 #: Downstream / pretraining input modes (:mod:`cardioclr.data.views`).
-INPUT_MODES = ("full", "segmented", "roi")
-#: Where heart masks come from (:mod:`cardioclr.segment.masks`).
-MASK_SOURCES = ("predicted", "expert")
-#: Encoder initialisations of the classifier (:mod:`cardioclr.classify.model`).
-INITS = ("none", "imagenet", "simclr")
+InputMode = Literal["full", "segmented", "roi"]
+INPUT_MODES: tuple[InputMode, ...] = get_args(InputMode)
+#: Where heart masks come from (:mod:`cardioclr.data.masks`).
+MaskSource = Literal["predicted", "expert"]
+MASK_SOURCES: tuple[MaskSource, ...] = get_args(MaskSource)
+#: Encoder initialisations of the classifier (:mod:`cardioclr.classify.model`); in a study,
+#: ``simclr`` expands to one cell per pretraining input.
+Init = Literal["none", "imagenet", "simclr"]
+INITS: tuple[Init, ...] = get_args(Init)
+#: Pretraining labels as written in fine-tune ``metrics.json`` (``pretraining`` key): the init,
+#: with the SimCLR encoder's pretraining input.
+Pretraining = Literal["none", "imagenet", "simclr-full", "simclr-segmented"]
+PRETRAININGS: tuple[Pretraining, ...] = get_args(Pretraining)
 #: ``--precision`` choices of the training commands (Lightning names; ``auto``: see
 #: :func:`cardioclr.training.resolve_precision`).
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 #: Encoder registry names, in the registry's order.
-ENCODER_NAMES = ("vgg16", "densenet121", "resnet18", "resnet50", "smallcnn")
+EncoderName = Literal["vgg16", "densenet121", "resnet18", "resnet50", "smallcnn"]
+ENCODER_NAMES: tuple[EncoderName, ...] = get_args(EncoderName)

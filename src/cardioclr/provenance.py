@@ -36,7 +36,7 @@ def git_revision() -> str:
 
 def environment_info() -> dict[str, Any]:
     """Versions of Python, cardioclr and the main packages, the git revision and the hardware."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)

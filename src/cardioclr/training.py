@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -154,7 +154,9 @@ class RandomState(L.Callback):
 
 def _numpy_state() -> dict[str, Any]:
     """NumPy's global state as tensors and numbers (loadable with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # The legacy (tuple) form, the default; numpy's stub also allows the dict form.
+    state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+    name, keys, pos, has_gauss, cached = state
     return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
             "has_gauss": int(has_gauss), "cached": float(cached)}
 
@@ -200,7 +202,7 @@ def make_trainer(
         devices=devices,
         num_nodes=settings.num_nodes,
         strategy=strategy,
-        precision=resolve_precision(settings),
+        precision=cast("Any", resolve_precision(settings)),  # a Lightning name, checked by Lightning
         callbacks=callbacks,
         logger=[CSVLogger(out / "logs", name="csv", version=""),
                 TensorBoardLogger(out / "logs", name="tensorboard", version="")],

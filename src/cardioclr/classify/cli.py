@@ -9,7 +9,7 @@ import sys
 from cardioclr.choices import INITS, INPUT_MODES, MASK_SOURCES, PRECISIONS
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``finetune`` subcommand."""
     p = sub.add_parser(
         "finetune",

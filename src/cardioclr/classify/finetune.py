@@ -15,14 +15,13 @@ Protocol (Nakashima et al.; every number per patient):
 Outputs in ``OUT`` (default ``WORK/finetune/<encoder>-<init>-<input>``): ``config.yaml``,
 ``versions.json``, ``metrics.json`` (written last: its presence marks a finished run),
 ``predictions.csv``, ``predictions_per_seed.csv``, ``curves.csv``, ``cv.csv``,
-``deep_features.csv``, ``model.pt``, ``saliency/``; ``cv/`` and ``final/`` hold the per-run
+``finetuned_features.csv`` (inspection only: never the hybrid baseline's input), ``model.pt``,
+``saliency/``; ``cv/`` and ``final/`` hold the per-run
 results that make an interrupted run resumable.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import shutil
@@ -36,18 +35,22 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cardioclr.artifacts import FINETUNED_FEATURES_FILE, FinetuneMetrics
 from cardioclr.atomic import atomic_path, read_json, write_json, write_text
 from cardioclr.classify.cv import check_disjoint, cv_table, grid, run_cv, select
-from cardioclr.classify.data import InputSpec, SliceBank, load_patient_inputs, patient_probabilities
+from cardioclr.classify.data import SliceBank, patient_probabilities
 from cardioclr.classify.model import DualPhaseClassifier, check_init, initialise_encoders
 from cardioclr.classify.predict import MODEL_FILE, save_classifier
 from cardioclr.classify.train import RunHyper, fit_run, predict_slices
+from cardioclr.data.pairs import InputSpec, load_patient_inputs
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.metrics import classification_metrics, prob_columns, to_jsonable
+from cardioclr.evaluate.saliency import run_saliency
 from cardioclr.models.encoders import encoder_names
 from cardioclr.provenance import save_run_info, to_plain
-from cardioclr.training import TrainerSettings, inference_device
+from cardioclr.run_identity import digest, run_identity
+from cardioclr.training import TrainerSettings, inference_device, is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -114,19 +117,13 @@ NOT_IN_FINGERPRINT = ("out", "devices", "accelerator", "num_nodes", "precision",
 
 
 def fingerprint(cfg: FinetuneConfig) -> str:
-    """Hash of the result-relevant configuration (hex, 16 chars)."""
-    d = {k: v for k, v in to_plain(cfg).items() if k not in NOT_IN_FINGERPRINT}
+    """Hash of the result-relevant configuration (hex, 16 chars; :mod:`cardioclr.run_identity`)."""
+    d = run_identity(to_plain(cfg), NOT_IN_FINGERPRINT)
     if cfg.weights:
         # The weight file's size and mtime stand in for its content (hashing VGG weights is slow).
         st = Path(cfg.weights).stat()
         d["weights_stat"] = [st.st_size, int(st.st_mtime)]
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _rank_zero() -> bool:
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
+    return digest(d)
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -150,7 +147,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             return old
         raise CardioclrError(f"{out} holds a finished run of another configuration; pass another "
                              "--out or delete that directory")
-    if _rank_zero():
+    if is_rank_zero():
         save_run_info(out, {**to_plain(cfg), "fingerprint": fp})
     start = time.perf_counter()
     splits = store.splits
@@ -192,7 +189,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                                   chosen, cfg, n_classes, settings, fp)
         models.append(model)
         final_results.append(res)
-    if not _rank_zero():
+    if not is_rank_zero():
         return {}
 
     # ---- 3. the one evaluation on test
@@ -219,14 +216,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     # ---- 4. model, features, curves, saliency
     pretraining = info.pretraining
     save_classifier(out / MODEL_FILE, models, spec, classes, pretraining, cfg.seeds)
-    n_features = _write_deep_features(out / "deep_features.csv", models[0], bank, store, spec, device)
+    n_features = _write_finetuned_features(out / FINETUNED_FEATURES_FILE, models[0], bank, store, spec,
+                                           device)
     curves = _curves(cv_results, final_results)
     write_text(out / "curves.csv", curves.to_csv(index=False))
     write_text(out / "cv.csv", table.to_csv(index=False))
     sal = None
     if cfg.saliency:
-        from cardioclr.evaluate.saliency import run_saliency
-
         pred = {pid: int(np.argmax(ens[i])) for i, pid in enumerate(test_ids)}
         sal_patients = [load_patient_inputs(store, pid, spec, cfg.saliency_margin_mm) for pid in test_ids]
         sal = run_saliency(models[0], sal_patients, pred, classes, cfg.input_mode, out / "saliency",
@@ -236,7 +232,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     final_touched = sorted(splits.train)
     check_disjoint("CV", cv_touched, splits.test)
     train_seconds = sum(r["seconds"] for r in cv_results) + sum(r["seconds"] for r in final_results)
-    metrics = {
+    metrics: FinetuneMetrics = {
         "encoder": cfg.encoder,
         "pretraining": pretraining,
         "init": cfg.init,
@@ -259,8 +255,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "patients": {"train": len(splits.train), "test": len(test_ids),
                      "cv_touched": cv_touched, "final_touched": final_touched,
                      "test_ids": test_ids, "test_overlap_with_training": []},
-        "deep_features": {"file": "deep_features.csv", "n_features": n_features,
-                          "model": f"seed {cfg.seeds[0]} final model"},
+        "finetuned_features": {"file": FINETUNED_FEATURES_FILE, "n_features": n_features,
+                               "model": f"seed {cfg.seeds[0]} final model"},
         "train_seconds": train_seconds,
         "seconds": time.perf_counter() - start,
         "fingerprint": fp,
@@ -296,7 +292,7 @@ def _final_model(run_dir: Path, make_model: Any, seed: int, bank: SliceBank, tra
     res = {"seed": seed, "lr": hyper.lr, "batch_size": hyper.batch_size, "epochs": hyper.max_epochs,
            "epochs_run": r["epochs_run"], "seconds": r["seconds"], "history": r["history"],
            "train_patients": sorted(train_ids), "fingerprint": fp}
-    if _rank_zero():
+    if is_rank_zero():
         with atomic_path(weights) as tmp:
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
         write_json(done, res)
@@ -320,14 +316,15 @@ def _write_predictions(out: Path, test_ids: list[str], y: np.ndarray, ens: np.nd
     write_text(out / "predictions_per_seed.csv", pd.concat(rows).to_csv(index=False))
 
 
-def _write_deep_features(path: Path, model: DualPhaseClassifier, bank: SliceBank, store: SliceStore,
+def _write_finetuned_features(path: Path, model: DualPhaseClassifier, bank: SliceBank, store: SliceStore,
                          spec: InputSpec, device: torch.device) -> int:
     """``patient_id, f0..f{2D-1}``: mean over a patient's slices of the [ED, ES] features.
 
     All train and test patients, plus any other stored patient whose masks load (unlabelled).
     For inspection only: the model was trained on the train labels, so the train patients'
-    features are fitted to them; the hybrid baseline uses the label-free SimCLR features
-    (:mod:`cardioclr.ssl.features`) instead.
+    features are fitted to them. Hence the file name (:data:`~cardioclr.artifacts.FINETUNED_FEATURES_FILE`),
+    which :func:`cardioclr.evaluate.baseline.read_deep_features` refuses: the hybrid baseline
+    uses the label-free SimCLR features (:mod:`cardioclr.ssl.features`) instead.
     """
     _, feats = predict_slices(model, bank.images, bank.hearts, spec.input_mode, device, with_features=True)
     keys, mean = patient_probabilities(feats, bank.patient.numpy())
@@ -338,7 +335,7 @@ def _write_deep_features(path: Path, model: DualPhaseClassifier, bank: SliceBank
         try:
             pi = load_patient_inputs(store, pid, spec)
         except CardioclrError as err:
-            log.info("deep features: skipping %s (%s)", pid, err)
+            log.info("fine-tuned features: skipping %s (%s)", pid, err)
             continue
         _, f = predict_slices(model, torch.from_numpy(pi.images), torch.from_numpy(pi.hearts),
                               spec.input_mode, device, with_features=True)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from cardioclr.choices import INITS
 from cardioclr.errors import CardioclrError
+from cardioclr.models.checkpoint import load_encoder_weights, read_encoder_file
 from cardioclr.models.encoders import build_encoder, encoder_names
 from cardioclr.models.heads import DualPhaseHead
 
@@ -90,7 +91,8 @@ class DualPhaseClassifier(nn.Module):
         """(B, 1, H, W) ED and ES -> (B, n_classes) logits."""
         f = self.features(ed, es)
         d = self.feature_dim
-        return self.head(f[:, :d], f[:, d:])
+        logits: Tensor = self.head(f[:, :d], f[:, d:])
+        return logits
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -124,14 +126,13 @@ def check_init(init: str, weights: str | os.PathLike[str] | None) -> None:
         raise CardioclrError(f"{weights}: weight file not found")
 
 
-def read_simclr_info(path: str | os.PathLike[str], encoder_name: str) -> tuple[dict[str, Tensor], dict]:
+def read_simclr_info(path: str | os.PathLike[str], encoder_name: str
+                     ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Encoder state dict and metadata (primitives only) of a SimCLR ``encoder.pt``.
 
-    Validation (format, encoder name) is :mod:`cardioclr.ssl.checkpoint`'s; a file holding
+    Validation (format, encoder name) is :mod:`cardioclr.models.checkpoint`'s; a file holding
     another architecture raises a :class:`~cardioclr.errors.DataError` naming both encoders.
     """
-    from cardioclr.ssl.checkpoint import load_encoder_weights, read_encoder_file
-
     state = load_encoder_weights(path, encoder_name)
     payload = read_encoder_file(path)
     meta = {k: v for k, v in payload.items()
@@ -139,7 +140,7 @@ def read_simclr_info(path: str | os.PathLike[str], encoder_name: str) -> tuple[d
     return state, meta
 
 
-def simclr_input_mode(meta: dict) -> str | None:
+def simclr_input_mode(meta: dict[str, Any]) -> str | None:
     """The pretraining input mode recorded in ``encoder.pt`` (None when absent)."""
     mode = meta.get("input_mode")
     return str(mode) if isinstance(mode, str) else None
@@ -157,6 +158,7 @@ def initialise_encoders(model: DualPhaseClassifier, init: str,
             loaded, _ = build_encoder(name, in_channels=1, imagenet_weights=weights)
             enc.load_state_dict(loaded.state_dict())
         return InitInfo("imagenet", "imagenet", str(weights), {})
+    assert weights is not None  # check_init: simclr needs a weight file
     state, meta = read_simclr_info(weights, name)
     for enc in model.encoders():
         try:

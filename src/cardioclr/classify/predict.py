@@ -24,9 +24,9 @@ import pandas as pd
 import torch
 
 from cardioclr.atomic import atomic_path
-from cardioclr.classify.data import InputSpec, PatientInputs, load_patient_inputs
 from cardioclr.classify.model import DualPhaseClassifier
 from cardioclr.classify.train import predict_slices
+from cardioclr.data.pairs import InputSpec, PatientInputs, load_patient_inputs
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.metrics import prob_columns
@@ -53,7 +53,8 @@ class Classifier:
         hearts = torch.from_numpy(inputs.hearts)
         per_seed = [predict_slices(m, imgs, hearts, self.spec.input_mode, device)[0].mean(axis=0)
                     for m in self.models]
-        return np.mean(per_seed, axis=0)
+        proba: np.ndarray = np.mean(per_seed, axis=0)
+        return proba
 
     def predict(self, work: str | os.PathLike[str], patient_ids: Sequence[str],
                 device: str | torch.device = "cpu") -> pd.DataFrame:

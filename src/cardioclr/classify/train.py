@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from cardioclr.classify.data import FINETUNE_AUGMENT, SliceBank, network_inputs, patient_probabilities
+from cardioclr.classify.data import FINETUNE_AUGMENT, SliceBank, patient_probabilities
 from cardioclr.classify.model import DualPhaseClassifier
 from cardioclr.data.augment import AugmentConfig, augment_batch
+from cardioclr.data.pairs import network_inputs
 from cardioclr.evaluate.metrics import macro_of, ovr_auc_boot
 from cardioclr.training import TrainerSettings, make_trainer, resume_checkpoint
 

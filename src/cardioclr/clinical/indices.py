@@ -1,8 +1,10 @@
 """Clinical cardiac indices from short-axis label maps (ED and ES).
 
-Label convention (same as the store's expert masks and the segmentation output)::
+Label convention: :mod:`cardioclr.clinical.labels` (0 background, 1 RV cavity, 2 LV myocardium,
+3 LV cavity), as in the store's expert masks, the segmentation output and the phantoms.
 
-    0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity
+This module is the one home of the body surface area (:func:`mosteller_bsa`), the ejection
+fraction (:func:`ejection_fraction_pct`) and the myocardial mass (:func:`myocardial_mass_g`).
 
 Volumes are voxel counts times the voxel volume (slice spacing x pixel x pixel, mm^3 / 1000 =
 mL): the "summation of discs" a cardiologist would compute from the same contours. The slice
@@ -38,9 +40,10 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.ndimage import distance_transform_edt, label
 
+from cardioclr.clinical.labels import LABEL_MEANINGS, LV_CAVITY, LV_MYOCARDIUM, MAX_LABEL, RV_CAVITY
 from cardioclr.errors import CardioclrError
 
-RV_CAVITY, LV_MYOCARDIUM, LV_CAVITY = 1, 2, 3
+#: Density of myocardium (g/mL) that turns a myocardial volume into a mass.
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
 N_SEGMENTS = 6
 
@@ -63,7 +66,11 @@ INDEX_NAMES: tuple[str, ...] = (
 
 
 def mosteller_bsa(height_cm: float | None, weight_kg: float | None) -> float:
-    """Body surface area (m^2) by Mosteller: sqrt(height_cm * weight_kg / 3600); NaN if unknown."""
+    """Body surface area (m^2) by Mosteller: sqrt(height_cm * weight_kg / 3600).
+
+    NaN when either value is unknown (None, not a number) or not a positive finite number:
+    never an exception, so one patient's missing Info.cfg field only blanks its indexed values.
+    """
     try:
         h, w = float(height_cm), float(weight_kg)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -71,6 +78,16 @@ def mosteller_bsa(height_cm: float | None, weight_kg: float | None) -> float:
     if not (math.isfinite(h) and math.isfinite(w)) or h <= 0 or w <= 0:
         return math.nan
     return math.sqrt(h * w / 3600.0)
+
+
+def ejection_fraction_pct(edv_ml: float, esv_ml: float) -> float:
+    """Ejection fraction in %: 100 * (EDV - ESV) / EDV; NaN when EDV is 0 or either is NaN."""
+    return 100.0 * _div(edv_ml - esv_ml, edv_ml)
+
+
+def myocardial_mass_g(myocardium_ml: float) -> float:
+    """Myocardial mass in g: volume (mL) x :data:`MYOCARDIUM_DENSITY_G_PER_ML`."""
+    return myocardium_ml * MYOCARDIUM_DENSITY_G_PER_ML
 
 
 def _div(a: float, b: float) -> float:
@@ -84,8 +101,8 @@ def _check(labels: np.ndarray, name: str) -> np.ndarray:
     a = np.asarray(labels)
     if a.ndim != 3:
         raise CardioclrError(f"{name}: expected a (z, y, x) label map, got shape {a.shape}")
-    if a.size and (a.min() < 0 or a.max() > LV_CAVITY):
-        raise CardioclrError(f"{name}: labels must be 0-3 (bg, RV, LV myocardium, LV cavity); "
+    if a.size and (a.min() < 0 or a.max() > MAX_LABEL):
+        raise CardioclrError(f"{name}: labels must be 0-{MAX_LABEL} ({LABEL_MEANINGS}); "
                              f"found values {np.unique(a)[:10].tolist()}")
     return a
 
@@ -177,13 +194,13 @@ def compute_indices(ed_labels: np.ndarray, es_labels: np.ndarray, spacing_zyx: S
     r["lv_edv_ml"] = _volume_ml(ed, LV_CAVITY, voxel_ml)
     r["lv_esv_ml"] = _volume_ml(es, LV_CAVITY, voxel_ml)
     r["lv_sv_ml"] = r["lv_edv_ml"] - r["lv_esv_ml"]
-    r["lv_ef_pct"] = 100.0 * _div(r["lv_sv_ml"], r["lv_edv_ml"])
+    r["lv_ef_pct"] = ejection_fraction_pct(r["lv_edv_ml"], r["lv_esv_ml"])
     r["rv_edv_ml"] = _volume_ml(ed, RV_CAVITY, voxel_ml)
     r["rv_esv_ml"] = _volume_ml(es, RV_CAVITY, voxel_ml)
     r["rv_sv_ml"] = r["rv_edv_ml"] - r["rv_esv_ml"]
-    r["rv_ef_pct"] = 100.0 * _div(r["rv_sv_ml"], r["rv_edv_ml"])
-    r["myo_mass_ed_g"] = _volume_ml(ed, LV_MYOCARDIUM, voxel_ml) * MYOCARDIUM_DENSITY_G_PER_ML
-    r["myo_mass_es_g"] = _volume_ml(es, LV_MYOCARDIUM, voxel_ml) * MYOCARDIUM_DENSITY_G_PER_ML
+    r["rv_ef_pct"] = ejection_fraction_pct(r["rv_edv_ml"], r["rv_esv_ml"])
+    r["myo_mass_ed_g"] = myocardial_mass_g(_volume_ml(ed, LV_MYOCARDIUM, voxel_ml))
+    r["myo_mass_es_g"] = myocardial_mass_g(_volume_ml(es, LV_MYOCARDIUM, voxel_ml))
 
     for phase, lab in (("ed", ed), ("es", es)):
         st = wall_thickness_stats(lab, sp[1:])

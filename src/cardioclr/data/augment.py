@@ -1,4 +1,11 @@
-"""Batched SimCLR augmentations that run on the training device (the GPU when there is one).
+"""Batched training augmentations that run on the training device (the GPU when there is one).
+
+Two families, one module: the classifier inputs' augmentation (SimCLR pretraining and light
+fine-tuning: :class:`AugmentConfig`, :func:`augment_batch`, :func:`two_views`) and the
+segmentation network's label-safe crop augmentation (:class:`SegmentationAugmentConfig`,
+:func:`augment_segmentation_batch`, at the end of this module).
+
+Classifier inputs.
 
 The paper (Nakashima et al.) pretrains with random crop, contrast, horizontal and vertical
 flips and rotation; we add brightness, gamma and Gaussian noise. Every sample of a batch
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +39,8 @@ from torch import Tensor
 
 from cardioclr.data.views import apply_input_mask, check_mode
 
-__all__ = ["AugmentConfig", "augment_batch", "sample_affine", "two_views"]
+__all__ = ["AugmentConfig", "SegmentationAugmentConfig", "augment_batch", "augment_segmentation_batch",
+           "sample_affine", "two_views"]
 
 
 @dataclass(frozen=True)
@@ -84,9 +93,10 @@ class AugmentConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> AugmentConfig:
+    def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kwargs)
 
 
 def _uniform(n: int, lo: float, hi: float, device: torch.device, generator: torch.Generator | None
@@ -288,3 +298,87 @@ def two_views(images: Tensor, hearts: Tensor | None, mode: str, cfg: AugmentConf
     b = images.shape[0]
     views, _ = _augment(images, hearts, mode, cfg, generator, repeat=2)
     return views[:b], views[b:]
+
+# ----------------------------------------------------------------- segmentation (label-safe)
+#
+# Batched, label-safe training augmentation on the device (one ``grid_sample`` per batch).
+#
+# One random affine map per sample does the crop and the geometry at once: a ``crop`` x ``crop``
+# window around the heart (with jitter, sometimes anywhere) of the S x S store slice, rotated,
+# scaled and mirrored. Images are sampled bilinearly, labels with nearest neighbour, so labels move
+# with the image (mirroring is safe for segmentation: the RV stays where the image shows it).
+# Intensity changes (contrast, brightness, gamma, Gaussian noise) touch the image only.
+
+
+@dataclass(frozen=True)
+class SegmentationAugmentConfig:
+    """Ranges of the random transforms. Angles in degrees, scale as a zoom factor."""
+
+    rotate_deg: float = 180.0
+    scale_min: float = 0.8
+    scale_max: float = 1.25
+    flip_prob: float = 0.5
+    jitter: float = 0.35          # crop centre moves up to this fraction of the crop size
+    random_crop_prob: float = 0.2  # crop centre anywhere (teaches background far from the heart)
+    contrast: float = 0.25        # multiply (x - mean) by U(1 - c, 1 + c)
+    brightness: float = 0.1       # add U(-b, b)
+    gamma_prob: float = 0.3
+    gamma_max: float = 1.5        # gamma in [1/g, g] on the image rescaled to 0-1
+    noise_prob: float = 0.5
+    noise_std: float = 0.05
+
+
+def augment_segmentation_batch(image: Tensor, labels: Tensor, centre_yx: Tensor, crop: int,
+                               cfg: SegmentationAugmentConfig) -> tuple[Tensor, Tensor]:
+    """Random crop + affine + intensity augmentation of a batch.
+
+    ``image``: float (B, 1, S, S); ``labels``: integer (B, S, S); ``centre_yx``: float (B, 2),
+    the heart centre of each slice in pixels (the slice centre when it has no heart). Returns
+    (float (B, 1, crop, crop), long (B, crop, crop)).
+    """
+    b, _, h, w = image.shape
+    dev = image.device
+    # Crop centre in pixels: heart centre + jitter, or uniform over the slice.
+    jit = (torch.rand(b, 2, device=dev) * 2 - 1) * cfg.jitter * crop
+    centre = centre_yx.to(dev, torch.float32) + jit
+    anywhere = torch.rand(b, device=dev) < cfg.random_crop_prob
+    rand_c = torch.stack([_uniform(b, crop / 2, max(h - crop / 2, crop / 2), dev, None),
+                          _uniform(b, crop / 2, max(w - crop / 2, crop / 2), dev, None)], dim=1)
+    centre = torch.where(anywhere[:, None], rand_c, centre)
+    # affine_grid works in normalised coordinates (-1..1 across the input, align_corners=False).
+    cy = (2 * centre[:, 0] + 1) / h - 1
+    cx = (2 * centre[:, 1] + 1) / w - 1
+    angle = _uniform(b, -cfg.rotate_deg, cfg.rotate_deg, dev, None) * math.pi / 180
+    zoom = torch.exp(_uniform(b, math.log(cfg.scale_min), math.log(cfg.scale_max), dev, None))
+    fx = torch.where(_bernoulli(b, cfg.flip_prob, dev, None), -1.0, 1.0)
+    fy = torch.where(_bernoulli(b, cfg.flip_prob, dev, None), -1.0, 1.0)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    sx, sy = crop / w / zoom, crop / h / zoom  # output half-width in input units, zoomed
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0] = cos * sx * fx
+    theta[:, 0, 1] = -sin * sy * fy
+    theta[:, 1, 0] = sin * sx * fx
+    theta[:, 1, 1] = cos * sy * fy
+    theta[:, 0, 2] = cx
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, [b, 1, crop, crop], align_corners=False)
+    img = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    lab = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                        align_corners=False)[:, 0].round().long()
+    # Intensity: contrast around the mean, brightness, gamma on 0-1, additive noise.
+    mean = img.mean(dim=(1, 2, 3), keepdim=True)
+    c = _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, dev, None).view(b, 1, 1, 1)
+    offset = _uniform(b, -cfg.brightness, cfg.brightness, dev, None).view(b, 1, 1, 1)
+    img = (img - mean) * c + mean + offset
+    if cfg.gamma_prob > 0:
+        log_g = _uniform(b, -math.log(cfg.gamma_max), math.log(cfg.gamma_max), dev, None)
+        g = torch.exp(log_g).view(b, 1, 1, 1)
+        use = (torch.rand(b, device=dev) < cfg.gamma_prob).view(b, 1, 1, 1)
+        # The store clips intensities to [-0.5, 1.5]; map to 0-1, apply gamma, map back.
+        u = ((img + 0.5) / 2).clamp(0, 1)
+        img = torch.where(use, u.pow(g) * 2 - 0.5, img)
+    if cfg.noise_prob > 0:
+        std = _uniform(b, 0, cfg.noise_std, dev, None).view(b, 1, 1, 1)
+        std = std * (torch.rand(b, device=dev) < cfg.noise_prob).view(b, 1, 1, 1)
+        img = img + torch.randn_like(img) * std
+    return img, lab

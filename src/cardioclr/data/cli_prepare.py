@@ -7,7 +7,7 @@ import argparse
 from cardioclr.data.prepare import PrepareConfig, default_workers, prepare
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``prepare`` subcommand."""
     p = sub.add_parser("prepare", help="resample, crop and normalise a dataset into a slice "
                        "store with patient-level splits",

@@ -9,7 +9,7 @@ from collections import Counter
 from cardioclr.data.synthetic import assign_cohort, write_synthetic_cohort
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``synth`` subcommand."""
     p = sub.add_parser(
         "synth", help="write a synthetic ACDC-layout cine-MRI cohort (phantoms, 5 groups)",

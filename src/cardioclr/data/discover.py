@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cardioclr.data.acdc import find_acdc_cases, is_acdc_root
 from cardioclr.data.cases import Case, Skipped
+from cardioclr.data.manifest import read_manifest
 from cardioclr.errors import DataError
 
 
@@ -18,8 +19,6 @@ def discover_cases(data: str | os.PathLike[str], require_label: bool = True
     """
     p = Path(data)
     if p.is_file() and p.suffix.lower() == ".csv":
-        from cardioclr.data.manifest import read_manifest
-
         return read_manifest(p, require_label=require_label)
     if not p.exists():
         raise DataError(p, "dataset path does not exist")

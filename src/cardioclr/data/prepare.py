@@ -11,26 +11,27 @@ previous complete work directory untouched.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.ndimage import zoom
 
-from cardioclr.atomic import atomic_dir, read_json, write_json, write_text
+from cardioclr.atomic import atomic_dir, read_json, save_npz, write_json, write_text
+from cardioclr.clinical.indices import mosteller_bsa
 from cardioclr.data.cases import Case, Skipped
 from cardioclr.data.discover import discover_cases
 from cardioclr.data.splits import make_splits
 from cardioclr.data.store import STORE_VERSION
 from cardioclr.errors import CardioclrError, DataError
+from cardioclr.io.types import Volume
 from cardioclr.io.volume import (
-    Volume,
     grid_difference,
     orientation_problems,
     read_cine,
@@ -62,7 +63,7 @@ class PrepareConfig:
     overwrite: bool = False
 
 
-def prepare(cfg: PrepareConfig) -> dict:
+def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Run ``prepare``; returns a summary dict (patients, skipped, seconds, classes)."""
     start = time.perf_counter()
     work = Path(cfg.out)
@@ -78,7 +79,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         raise CardioclrError(f"{cfg.data}: no usable patient; reasons: "
                              + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5]))
     work.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     # Everything is built and checked inside atomic_dir; an error or interrupt before the end of
     # the block leaves a previous store, manifest, splits and dataset.json exactly as they were.
     with atomic_dir(work / "store") as store_tmp:
@@ -123,7 +124,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     return summary
 
 
-def _prepare_one_job(job: tuple[Case, str, float, int]) -> dict | Skipped:
+def _prepare_one_job(job: tuple[Case, str, float, int]) -> dict[str, Any] | Skipped:
     case, store_dir, spacing, size = job
     try:
         return prepare_case(case, Path(store_dir), spacing, size)
@@ -131,7 +132,7 @@ def _prepare_one_job(job: tuple[Case, str, float, int]) -> dict | Skipped:
         return Skipped(case.patient_id, err.path, err.problem)
 
 
-def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> dict:
+def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> dict[str, Any]:
     """Read, check, resample, crop and normalise one patient; write ``store_dir/PID.npz``.
 
     Returns its manifest row. Raises :class:`DataError` naming the file on bad input.
@@ -179,8 +180,6 @@ def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> d
         _check_spacing(case.cine, cine_spacing, ed)
         arrays["cine"] = np.stack([image_to_store(f) for f in cine]).astype(np.float16)
         n_cine = cine.shape[0]
-    from cardioclr.atomic import save_npz
-
     save_npz(store_dir / f"{case.patient_id}.npz", **arrays)
     return {
         "patient_id": case.patient_id,
@@ -188,7 +187,7 @@ def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> d
         "subset": case.subset or "",
         "height_cm": case.height_cm,
         "weight_kg": case.weight_kg,
-        "bsa_m2": body_surface_area(case.height_cm, case.weight_kg),
+        "bsa_m2": mosteller_bsa(case.height_cm, case.weight_kg),
         "n_slices": ed.shape[0],
         "slice_spacing_mm": sz,
         "source_pixel_mm": sy,
@@ -198,13 +197,6 @@ def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> d
         "cine_frames": n_cine,
         "source": case.source,
     }
-
-
-def body_surface_area(height_cm: float | None, weight_kg: float | None) -> float | None:
-    """Mosteller body surface area in m^2, or None when height or weight is unknown."""
-    if not height_cm or not weight_kg or height_cm <= 0 or weight_kg <= 0:
-        return None
-    return math.sqrt(height_cm * weight_kg / 3600.0)
 
 
 def _check_spacing(path: Path, spacing: tuple[float, float, float], ed: Volume) -> None:
@@ -288,7 +280,7 @@ def _crop_pad(a: np.ndarray, offset: tuple[int, int], size: int) -> np.ndarray:
     return out
 
 
-def _manifest_frame(rows: list[dict]) -> pd.DataFrame:
+def _manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows).sort_values("patient_id").reset_index(drop=True)
     classes = sorted(c for c in df["label"].unique() if c)
     index = {c: i for i, c in enumerate(classes)}
@@ -301,7 +293,7 @@ def _write_skipped(path: Path, skipped: list[Skipped]) -> None:
     write_text(path, df.to_csv(index=False))
 
 
-def _plan_splits(work: Path, manifest: pd.DataFrame, cfg: PrepareConfig) -> tuple[dict, bool]:
+def _plan_splits(work: Path, manifest: pd.DataFrame, cfg: PrepareConfig) -> tuple[dict[str, Any], bool]:
     """Splits for ``manifest`` and whether they are new (to be written).
 
     splits.json is written once: on a rebuild it is kept, after checking it still fits the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
@@ -16,7 +17,7 @@ def make_splits(
     test_fraction: float = 0.3,
     n_folds: int = 5,
     seed: int = 0,
-) -> dict:
+) -> dict[str, Any]:
     """Split labelled patients into ``train``/``test`` and cross-validation ``folds`` of train.
 
     ``labels``: patient -> class name (labelled patients only); ``subsets``: patient -> the

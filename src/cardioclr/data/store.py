@@ -19,6 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -162,10 +163,10 @@ class SliceStore:
             cine = z["cine"] if with_cine and "cine" in z.files else None
             geo = Geometry(
                 source_affine=z["source_affine"],
-                source_shape_zyx=tuple(int(v) for v in z["source_shape_zyx"]),
-                source_spacing_zyx=tuple(float(v) for v in z["source_spacing_zyx"]),
-                resampled_shape_yx=tuple(int(v) for v in z["resampled_shape_yx"]),
-                offset_yx=tuple(int(v) for v in z["offset_yx"]),
+                source_shape_zyx=_ints3(z["source_shape_zyx"]),
+                source_spacing_zyx=_floats3(z["source_spacing_zyx"]),
+                resampled_shape_yx=_ints2(z["resampled_shape_yx"]),
+                offset_yx=_ints2(z["offset_yx"]),
             )
             return PatientSlices(
                 patient_id=patient_id,
@@ -174,7 +175,7 @@ class SliceStore:
                 ed_mask=z["ed_mask"] if has_mask else None,
                 es_mask=z["es_mask"] if has_mask else None,
                 cine=cine,
-                spacing_zyx=tuple(float(v) for v in z["spacing_zyx"]),
+                spacing_zyx=_floats3(z["spacing_zyx"]),
                 geometry=geo,
             )
 
@@ -217,3 +218,16 @@ def _fit(a: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     sl = tuple(slice(0, min(x, y)) for x, y in zip(a.shape, shape, strict=True))
     out[sl] = a[sl]
     return out
+
+
+# Typed views of the store's small geometry arrays (written by prepare with these lengths).
+def _ints3(a: np.ndarray) -> tuple[int, int, int]:
+    return cast("tuple[int, int, int]", tuple(int(v) for v in a))
+
+
+def _ints2(a: np.ndarray) -> tuple[int, int]:
+    return cast("tuple[int, int]", tuple(int(v) for v in a))
+
+
+def _floats3(a: np.ndarray) -> tuple[float, float, float]:
+    return cast("tuple[float, float, float]", tuple(float(v) for v in a))

@@ -5,7 +5,7 @@
 * ``roi``       the heart's bounding box plus a margin, cropped and resized (context kept).
 
 Masks come from the segmentation model (``predicted``, the honest default) or from expert
-labels (``expert``, an upper bound); see :mod:`cardioclr.segment.masks`.
+labels (``expert``, an upper bound); see :mod:`cardioclr.data.masks`.
 In ``segmented`` mode, consumers apply the mask *after* geometric augmentation
 (:func:`apply_input_mask`) so that augmented views never show tissue outside the heart.
 """
@@ -41,7 +41,8 @@ def heart_mask(labels: np.ndarray, margin_mm: float = 0.0, spacing_mm: float = 1
     yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
     disk = (yy**2 + xx**2) <= radius**2
     structure = disk[None] if heart.ndim == 3 else disk
-    return binary_dilation(heart, structure=structure)
+    dilated: np.ndarray = binary_dilation(heart, structure=structure)
+    return dilated
 
 
 def roi_box(heart: np.ndarray, margin_px: int, image_size: int) -> tuple[int, int, int]:

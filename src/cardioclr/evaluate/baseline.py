@@ -3,7 +3,7 @@ on ``test``.
 
 The baseline is the method of the ACDC challenge winners (Isensee et al. 2017; Wolterink et al.
 2017): clinical indices measured on the segmentation (volumes, EF, mass, wall thickness, ratios,
-BSA-indexed values; :mod:`cardioclr.clinical.features`) fed to a random forest.
+BSA-indexed values; :mod:`cardioclr.evaluate.clinical_features`) fed to a random forest.
 
 Procedure (no test patient is touched before the final prediction):
 
@@ -20,7 +20,7 @@ patients of each CV fold and then on ``train`` only, and concatenated with the i
 study uses the file written by ``cardioclr pretrain`` (:mod:`cardioclr.ssl.features`): the mean
 [ED, ES] features of the SimCLR encoder, which never saw a label, so train and test patients'
 features are equally (un)fitted to the labels. Features of a model trained on the train labels
-(e.g. the fine-tuning stage's own ``deep_features.csv``) separate the train patients almost
+(the fine-tuning stage's own ``finetuned_features.csv``, refused here) separate the train patients almost
 perfectly but not the test ones, so the forest - and its CV, which reuses those features - learn
 to trust them more than they deserve. Any CSV of this form is accepted.
 
@@ -49,10 +49,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cardioclr.artifacts import DEEP_FEATURES_FILE, FINETUNED_FEATURES_FILE
 from cardioclr.atomic import write_json, write_text
-from cardioclr.clinical.features import feature_table
+from cardioclr.choices import MASK_SOURCES
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
+from cardioclr.evaluate.clinical_features import feature_table
 from cardioclr.evaluate.metrics import (
     classification_metrics,
     macro_of,
@@ -65,7 +67,6 @@ from cardioclr.provenance import save_run_info, to_plain
 log = logging.getLogger(__name__)
 
 MODELS = ("rf", "logistic")
-DEEP_FEATURES_FILE = "deep_features.csv"
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,10 @@ def read_deep_features(path: str | os.PathLike[str], patient_ids: list[str]) -> 
     p = Path(path)
     if p.is_dir():
         p = p / DEEP_FEATURES_FILE
+    if p.name == FINETUNED_FEATURES_FILE:
+        raise DataError(p, "features of a fine-tuned classifier are fitted to the train patients' "
+                        "labels and must not feed the hybrid baseline; give the deep_features.csv "
+                        "of a SimCLR pretraining (cardioclr pretrain), which never saw a label")
     if not p.is_file():
         raise DataError(p, "deep features file not found (expected columns patient_id, f0..fN)")
     df = pd.read_csv(p, dtype={"patient_id": str})
@@ -217,7 +222,7 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
     """Run the clinical (or hybrid) baseline; writes ``cfg.out``/{config.yaml, versions.json,
     features.csv, predictions.csv, metrics.json}. Returns the metrics dict (as written)."""
     start = time.perf_counter()
-    if cfg.masks not in ("predicted", "expert"):
+    if cfg.masks not in MASK_SOURCES:
         raise CardioclrError(f"--masks must be 'predicted' or 'expert', got {cfg.masks!r}")
     param_grid(cfg)  # validates cfg.model early
     store = SliceStore(cfg.work)
@@ -287,7 +292,7 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
         "config": to_plain(cfg),
         "seconds": round(time.perf_counter() - start, 2),
     }
-    result = to_jsonable(result)
+    result = dict(to_jsonable(result))
     write_json(out / "metrics.json", result)
     m = result["macro_auc"]
     log.info("test macro AUC %.3f (95%% CI %.3f-%.3f), accuracy %.3f -> %s", m["value"], m["ci_low"],

@@ -6,11 +6,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from cardioclr.atomic import write_json
+from cardioclr.choices import MASK_SOURCES
+from cardioclr.errors import CardioclrError
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``baseline``, ``metrics`` and ``compare`` parsers."""
     p = subparsers.add_parser(
         "baseline", help="clinical-index random forest (ACDC winners' method), optionally + deep "
@@ -20,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluation on the test split with stratified-bootstrap 95% CIs.")
     p.add_argument("work", help="prepared work directory")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--masks", choices=("predicted", "expert"), default="predicted",
+    p.add_argument("--masks", choices=MASK_SOURCES, default="predicted",
                    help="mask source: 'predicted' (default; needs `cardioclr segment predict`) or "
                    "'expert' (annotation: an optimistic upper bound)")
     p.add_argument("--deep-features", default=None, metavar="PATH",
@@ -53,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_baseline(args: argparse.Namespace) -> int:
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.evaluate.baseline import BaselineConfig, run_baseline
 
     cfg = BaselineConfig(work=str(args.work), out=str(args.out), masks=args.masks,
@@ -70,7 +74,8 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def _emit(obj: dict, out: str | None) -> None:
+def _emit(obj: dict[str, Any], out: str | None) -> None:
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.evaluate.metrics import to_jsonable
 
     obj = to_jsonable(obj)
@@ -82,6 +87,7 @@ def _emit(obj: dict, out: str | None) -> None:
 
 
 def _run_metrics(args: argparse.Namespace) -> int:
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.evaluate.metrics import metrics_from_predictions, read_predictions
 
     df = read_predictions(args.predictions)
@@ -90,7 +96,7 @@ def _run_metrics(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from cardioclr.errors import CardioclrError
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.evaluate.compare import compare_predictions
     from cardioclr.evaluate.metrics import read_predictions
 

@@ -103,7 +103,8 @@ def check_inputs(y_true: Any, proba: Any, classes: Sequence[str]) -> tuple[np.nd
 def _pair_matrix(pos_scores: np.ndarray, neg_scores: np.ndarray) -> np.ndarray:
     """H (P, Q): 1 where positive score > negative score, 0.5 on ties, else 0."""
     d = pos_scores[:, None] - neg_scores[None, :]
-    return (d > 0).astype(np.float64) + 0.5 * (d == 0)
+    h: np.ndarray = (d > 0).astype(np.float64) + 0.5 * (d == 0)
+    return h
 
 
 def auc_binary(y_pos: np.ndarray, scores: np.ndarray) -> float:
@@ -208,12 +209,12 @@ def classification_metrics(y_true: Any, proba: Any, classes: Sequence[str], n_bo
     counts = np.bincount(y, minlength=k)
     present = counts > 0
     for c in np.nonzero(~present)[0]:
-        notes.append(f"class {classes[c]} has no patient in y_true: its AUC and recall are NaN and "
+        notes.append(f"class {classes[int(c)]} has no patient in y_true: its AUC and recall are NaN and "
                      "it is left out of the macro AUC and balanced accuracy")
     if present.sum() < 2:
         notes.append("only one class present: no AUC is defined")
     for c in np.nonzero(present & (counts < SMALL_CLASS))[0]:
-        notes.append(f"class {classes[c]} has only {counts[c]} patient(s): its bootstrap CI is "
+        notes.append(f"class {classes[int(c)]} has only {counts[c]} patient(s): its bootstrap CI is "
                      "unreliable (too narrow)")
     if k == 2 and not present.all():
         notes.append("binary task with one class absent: macro AUC is NaN")

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from cardioclr.atomic import atomic_path, write_text
+from cardioclr.data.views import apply_input_mask
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +214,6 @@ def patient_saliency(model: nn.Module, images: np.ndarray, hearts: np.ndarray,
     bool (n, 2, H, W) dilated heart for the share. Returns ``{maps (n,2,H,W), inputs (n,2,H,W),
     in_heart_share, in_heart_share_ed, in_heart_share_es, mask_area_share}``.
     """
-    from cardioclr.data.views import apply_input_mask
-
     x = apply_input_mask(torch.from_numpy(images).float(), torch.from_numpy(hearts).float(), input_mode)
     maps = gradcam_pairs(model, x.to(device), class_idx)
     return {
@@ -262,7 +261,7 @@ def run_saliency(model: nn.Module, patients: Sequence[Any], pred_index: dict[str
                  classes: Sequence[str], input_mode: str, out_dir: str | Path,
                  margin_mm: float = DEFAULT_MARGIN_MM, mask_source: str = "",
                  device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Saliency for every patient in ``patients`` (:class:`~cardioclr.classify.data.PatientInputs`
+    """Saliency for every patient in ``patients`` (:class:`~cardioclr.data.pairs.PatientInputs`
     loaded with ``saliency_margin_mm=margin_mm``); writes PNGs and ``saliency.csv`` into
     ``out_dir`` and returns the summary for metrics.json."""
     out = Path(out_dir)

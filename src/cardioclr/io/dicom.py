@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cardioclr.errors import DataError
-from cardioclr.io.volume import Volume
+from cardioclr.io.types import Volume
 
 log = logging.getLogger(__name__)
 

@@ -11,41 +11,21 @@ have an sform of diag(-1, -1, 1) whatever their true 1.4-1.7 x 5-10 mm voxels.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
 
+from cardioclr.clinical.labels import LABEL_MEANINGS, MAX_LABEL
 from cardioclr.errors import DataError
+from cardioclr.io.types import Volume
 
-MAX_LABEL = 3  # ACDC: 1 = RV cavity, 2 = LV myocardium, 3 = LV cavity
 #: Same-grid tolerances: positions and voxel sizes in mm, direction cosines (unitless). Loose
 #: enough for float32 NIfTI headers and DICOM's decimal strings, far below any real misplacement.
 GRID_TOLERANCE_MM = 1e-3
 GRID_TOLERANCE_COSINE = 1e-4
 _AXIS_NAMES = ("x (array axis 2, NIfTI i)", "y (array axis 1, NIfTI j)", "z (array axis 0, NIfTI k)")
-
-
-@dataclass(frozen=True)
-class Volume:
-    """A 3D volume: ``array`` (z, y, x), ``spacing`` (z, y, x) mm, source ``affine`` (4, 4).
-
-    ``affine_known`` is False for a NIfTI file whose header has neither an sform nor a qform
-    (codes 0): nibabel then makes up an affine from the voxel size, which says nothing about
-    where the voxels are, so it must not be compared with another file's.
-    """
-
-    array: np.ndarray
-    spacing: tuple[float, float, float]
-    affine: np.ndarray
-    path: str
-    affine_known: bool = True
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(z, y, x) voxels."""
-        return tuple(self.array.shape)  # type: ignore[return-value]
 
 
 def read_volume(path: str | os.PathLike[str]) -> Volume:
@@ -59,6 +39,7 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     """
     p = Path(path)
     if p.is_dir():
+        # Lazy: pydicom takes ~0.6 s to import; the CLI and NIfTI-only runs never load it.
         from cardioclr.io.dicom import read_dicom_series
 
         vol = read_dicom_series(p)
@@ -77,6 +58,7 @@ def read_label_volume(path: str | os.PathLike[str]) -> Volume:
     """
     p = Path(path)
     if p.is_dir():
+        # Lazy: pydicom takes ~0.6 s to import; the CLI and NIfTI-only runs never load it.
         from cardioclr.io.dicom import read_dicom_series
 
         vol = read_dicom_series(p)
@@ -92,7 +74,7 @@ def read_label_volume(path: str | os.PathLike[str]) -> Volume:
     bad = values[(values < 0) | (values > MAX_LABEL)]
     if bad.size:
         raise DataError(p, f"label values {bad.astype(int).tolist()} outside 0-{MAX_LABEL} "
-                        "(expected 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity)")
+                        f"(expected {LABEL_MEANINGS})")
     return Volume(rounded.astype(np.uint8), vol.spacing, vol.affine, vol.path, vol.affine_known)
 
 
@@ -208,7 +190,7 @@ def _load_nifti_header(p: Path) -> nib.Nifti1Image:
     if p.stat().st_size == 0:
         raise DataError(p, "file is empty")
     try:
-        return nib.load(str(p))
+        return cast(nib.Nifti1Image, nib.load(str(p)))  # nib.load's type is the base class
     except Exception as err:  # nibabel raises many types for corrupt headers
         raise DataError(p, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
 

@@ -29,7 +29,8 @@ class ProjectionHead(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """(B, in_dim) -> (B, out_dim)."""
-        return self.net(h)
+        out: Tensor = self.net(h)
+        return out
 
 
 class DualPhaseHead(nn.Module):
@@ -53,4 +54,5 @@ class DualPhaseHead(nn.Module):
         """(B, D), (B, D) -> (B, n_classes)."""
         if ed.shape != es.shape:
             raise ValueError(f"ED and ES features differ in shape: {ed.shape} vs {es.shape}")
-        return self.fc(self.dropout(torch.cat([ed, es], dim=1)))
+        logits: Tensor = self.fc(self.dropout(torch.cat([ed, es], dim=1)))
+        return logits

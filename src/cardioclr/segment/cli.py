@@ -32,13 +32,13 @@ def predict_device(accelerator: str | None, device: str = "auto") -> str:
     return device
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``segment`` command with its ``train``, ``predict`` and ``evaluate`` subcommands."""
     p = sub.add_parser("segment", help="heart segmentation (the anatomic prior): train, predict, "
                        "evaluate", description="2D U-Net segmentation of RV cavity, LV myocardium "
                        "and LV cavity, trained on the expert masks of the train split.")
     ss = p.add_subparsers(dest="segment_command", metavar="STEP")
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=lambda args: _help(p))
 
     t = ss.add_parser("train", help="train the segmentation model (resumes; skips when finished)",
                       description="Writes WORK/segmentation/model/. Re-running resumes from "
@@ -89,6 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.segment.train import preset_config, train
 
     cfg = preset_config(args.work, args.preset, max_epochs=args.max_epochs, devices=args.devices,
@@ -109,6 +110,7 @@ def _predict(args: argparse.Namespace) -> int:
         device = predict_device(args.accelerator, args.device)
     except ValueError as err:
         args.parser.error(str(err))  # exits 2 with the usage line, like other bad options
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.segment.predict import PredictConfig, predict
 
     s = predict(PredictConfig(work=args.work, model=args.model, margin_mm=args.margin_mm,
@@ -140,6 +142,7 @@ def seg_table_summary(table: Any, path: str) -> str:
 
 
 def _evaluate_if_possible(work: str) -> None:
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.data.store import SliceStore
     from cardioclr.segment.evaluate import evaluate, format_summary
 
@@ -152,7 +155,14 @@ def _evaluate_if_possible(work: str) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.segment.evaluate import evaluate, format_summary
 
     print(format_summary(evaluate(args.work)))
     return 0
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    """``cardioclr segment`` without a step: print the steps, exit code 2."""
+    parser.print_help()
+    return 2

@@ -3,7 +3,7 @@
 Only patients of ``splits.json["train"]`` are ever loaded (the test split stays unseen); a few
 of them (``val_fraction``) are held out for validation and early stopping. Every slice of the
 ED and ES frames is one sample; slices stay at store resolution (S x S) and are cropped and
-augmented on the device (:mod:`cardioclr.segment.augment`).
+augmented on the device (:mod:`cardioclr.data.augment`).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def select_patients(store: SliceStore, val_fraction: float, seed: int) -> Patien
     return PatientSelection(train=fit, val=val, excluded=excluded)
 
 
-class SliceDataset(Dataset):
+class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
     """Slices in memory: image float16 (N, S, S), labels uint8 (N, S, S), heart centre (N, 2) px."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
@@ -162,7 +162,7 @@ class SegDataModule(L.LightningDataModule):
                  "(%d patients)", len(self.train_set), len(self.selection.train), len(self.val_set),
                  len(self.selection.val))
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Shuffled slices; data is in memory and augmentation is batched on the device."""
         assert self.train_set is not None
         # Drop a last ragged batch only when there are several batches (tiny cohorts keep all).
@@ -170,7 +170,7 @@ class SegDataModule(L.LightningDataModule):
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=drop,
                           num_workers=0)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Whole validation slices in order."""
         assert self.val_set is not None
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=0)

@@ -27,9 +27,12 @@ import pandas as pd
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 from cardioclr.atomic import read_json, write_json, write_text
+from cardioclr.choices import MASK_SOURCES
+from cardioclr.clinical.indices import compute_indices
+from cardioclr.clinical.labels import STRUCTURES
+from cardioclr.data.masks import load_labels, predicted_mask_path, segmentation_dir
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
-from cardioclr.segment.masks import STRUCTURES, load_labels, predicted_mask_path, segmentation_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,8 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
 def _surface(mask: np.ndarray) -> np.ndarray:
     # Voxels of the mask with a face-neighbour outside it (the image border counts as outside).
     eroded = binary_erosion(mask, structure=generate_binary_structure(mask.ndim, 1), border_value=0)
-    return mask & ~eroded
+    surface: np.ndarray = mask & ~eroded
+    return surface
 
 
 def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -146,8 +150,6 @@ def clinical_indices_table(work: str | os.PathLike[str], patient_ids: Sequence[s
 
     Patients without predicted masks (failed or not predicted) have only an ``expert`` row.
     """
-    from cardioclr.clinical.indices import compute_indices
-
     store = SliceStore(work)
     split_of = {p: "train" for p in store.splits.train} | {p: "test" for p in store.splits.test}
     rows: list[dict[str, Any]] = []
@@ -158,7 +160,7 @@ def clinical_indices_table(work: str | os.PathLike[str], patient_ids: Sequence[s
         except CardioclrError as err:  # one unreadable patient must not stop the table
             log.warning("clinical indices: skipping %s: %s", pid, err)
             continue
-        for source in ("predicted", "expert"):
+        for source in MASK_SOURCES:
             try:
                 ed, es = load_labels(work, pid, source)
             except CardioclrError:

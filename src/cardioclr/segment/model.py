@@ -15,8 +15,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from cardioclr.segment.augment import AugmentConfig, augment_batch
-from cardioclr.segment.masks import N_CLASSES, STRUCTURES
+from cardioclr.clinical.labels import N_LABELS, STRUCTURES
+from cardioclr.data.augment import SegmentationAugmentConfig, augment_segmentation_batch
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,13 @@ def build_network(cfg: NetworkConfig) -> nn.Module:
     if cfg.arch == "unet":
         from monai.networks.nets import UNet
 
-        return UNet(spatial_dims=2, in_channels=1, out_channels=N_CLASSES, channels=tuple(cfg.channels),
+        return UNet(spatial_dims=2, in_channels=1, out_channels=N_LABELS, channels=tuple(cfg.channels),
                     strides=(2,) * (n - 1), num_res_units=cfg.num_res_units, norm=cfg.norm,
                     dropout=cfg.dropout)
     if cfg.arch == "dynunet":
         from monai.networks.nets import DynUNet
 
-        return DynUNet(spatial_dims=2, in_channels=1, out_channels=N_CLASSES, kernel_size=[3] * n,
+        return DynUNet(spatial_dims=2, in_channels=1, out_channels=N_LABELS, kernel_size=[3] * n,
                        strides=[1] + [2] * (n - 1), upsample_kernel_size=[2] * (n - 1),
                        filters=list(cfg.channels), norm_name=cfg.norm, res_block=True,
                        dropout=cfg.dropout or None, deep_supervision=False)
@@ -87,7 +87,7 @@ class SegModule(L.LightningModule):
         self.save_hyperparameters()
         self.net_cfg = NetworkConfig(**{**network, "channels": tuple(network["channels"])})
         self.optim_cfg = OptimConfig(**optim)
-        self.aug_cfg = AugmentConfig(**augment)
+        self.aug_cfg = SegmentationAugmentConfig(**augment)
         self.crop = crop
         self.network = build_network(self.net_cfg)
         from monai.losses import DiceCELoss
@@ -106,7 +106,7 @@ class SegModule(L.LightningModule):
         """Augment on the device, then Dice+CE loss."""
         image, labels, centre = batch
         with torch.no_grad():
-            x, y = augment_batch(image, labels, centre, self.crop, self.aug_cfg)
+            x, y = augment_segmentation_batch(image, labels, centre, self.crop, self.aug_cfg)
         loss = self.loss(self(x), y[:, None])
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import binary_fill_holes, label
 
-from cardioclr.segment.masks import LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY, STRUCTURES
+from cardioclr.clinical.labels import LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY, STRUCTURES
 
 # 8-connected in-plane, 6-connected (face) across slices.
 _CONNECTIVITY = np.zeros((3, 3, 3), dtype=bool)
@@ -33,7 +33,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
         return mask.astype(bool, copy=True)
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
-    return lab == int(sizes.argmax())
+    largest: np.ndarray = lab == int(sizes.argmax())
+    return largest
 
 
 def postprocess_with_stats(labels: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
@@ -54,8 +55,7 @@ def postprocess_with_stats(labels: np.ndarray) -> tuple[np.ndarray, dict[str, fl
         keep = largest_component(m) if n else m
         removed[name] = float((n - int(keep.sum())) / n) if n else 0.0
         out[keep] = value
-    for k in range(out.shape[0]):
-        sl = out[k]
+    for sl in out:  # each slice is a view: filling it fills out
         for value in (RV_CAVITY, LV_CAVITY):  # not MYO: what a ring encloses is cavity
             m = sl == value
             if m.any():

@@ -37,6 +37,7 @@ import torch
 
 from cardioclr.atomic import atomic_dir, save_npz, write_json, write_text
 from cardioclr.data.store import PatientSlices, SliceStore, to_source_grid
+from cardioclr.data.views import heart_mask
 from cardioclr.errors import CardioclrError, DataError
 from cardioclr.provenance import save_run_info
 from cardioclr.segment.model import build_network, network_config_from_dict, size_divisor
@@ -245,9 +246,6 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
     limit_cpu_threads(uses_gpu=device.type == "cuda")
     model = load_model(cfg.model or model_dir(cfg.work), device)
     check_compatible(model, store)
-    heart_mask = None
-    if cfg.margin_mm is not None:
-        from cardioclr.data.views import heart_mask
     save_run_info(seg / "predict", cfg)
     pids = list(patient_ids) if patient_ids is not None else store.patient_ids
     # From here on masks change: the old flags (and summary) stop describing them. Keep the rows
@@ -274,7 +272,7 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
                       "spacing_zyx": np.asarray(ps.spacing_zyx)}
             if "cine" in labels:
                 arrays["cine_masks"] = labels["cine"]
-            if heart_mask is not None:
+            if cfg.margin_mm is not None:
                 arrays["ed_heart"] = heart_mask(labels["ED"], cfg.margin_mm, store.spacing_mm)
                 arrays["es_heart"] = heart_mask(labels["ES"], cfg.margin_mm, store.spacing_mm)
                 arrays["margin_mm"] = np.asarray(cfg.margin_mm)

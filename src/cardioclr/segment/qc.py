@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from cardioclr.atomic import atomic_path
-from cardioclr.segment.masks import LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY, STRUCTURES
+from cardioclr.clinical.labels import LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY, STRUCTURES
 
 FRAGMENT_FRACTION = 0.05
 OPEN_FRACTION = 0.10

@@ -19,14 +19,16 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 
 from cardioclr.atomic import atomic_path, read_json, write_json
+from cardioclr.data.augment import SegmentationAugmentConfig
+from cardioclr.data.masks import segmentation_dir
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
 from cardioclr.provenance import save_run_info, to_plain
-from cardioclr.segment.augment import AugmentConfig
+from cardioclr.run_identity import differences, run_identity
 from cardioclr.segment.datamodule import SegDataModule, select_patients
-from cardioclr.segment.masks import segmentation_dir
 from cardioclr.segment.model import (
     NetworkConfig,
     OptimConfig,
@@ -54,7 +56,7 @@ class SegTrainConfig:
     preset: str = "cpu"
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: SegmentationAugmentConfig = field(default_factory=SegmentationAugmentConfig)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     crop: int = 128
     batch_size: int = 16
@@ -174,12 +176,42 @@ def model_dir(work: str | os.PathLike[str]) -> Path:
     return segmentation_dir(work) / "model"
 
 
+#: Fields of :class:`SegTrainConfig` that do not change what the model learns (where and how
+#: visibly it runs); every other field is part of the run's identity (:mod:`cardioclr.run_identity`).
+NOT_IN_IDENTITY = ("work", "trainer.accelerator", "trainer.devices", "trainer.num_nodes",
+                   "trainer.strategy", "trainer.precision", "trainer.progress_bar")
+
+
+def check_same_run(out: Path, cfg: SegTrainConfig) -> None:
+    """Refuse to skip to, or resume, a model in ``out`` trained with another configuration.
+
+    Compares ``done.json``'s ``config`` (a finished model), else ``config.yaml`` when a
+    checkpoint exists (an interrupted one), with ``cfg``; raises :class:`CardioclrError` naming
+    the differing fields.
+    """
+    done, saved = out / "done.json", out / "config.yaml"
+    old: Any = read_json(done).get("config") if done.is_file() else None
+    if old is None and (out / "checkpoints" / "last.ckpt").is_file() and saved.is_file():
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    if not isinstance(old, dict):
+        return
+    diff = differences(run_identity(old, NOT_IN_IDENTITY), run_identity(to_plain(cfg), NOT_IN_IDENTITY))
+    if diff:
+        state = "a trained" if done.is_file() else "an interrupted training of a"
+        raise CardioclrError(f"{out} holds {state} segmentation model with another configuration ("
+                             + "; ".join(diff[:8]) + ("; ..." if len(diff) > 8 else "")
+                             + "); pass --overwrite to retrain, or prepare another work folder")
+
+
 def train(cfg: SegTrainConfig, overwrite: bool = False) -> dict[str, Any]:
-    """Train (or resume, or skip when finished) and export ``model.pt``; returns done.json's dict."""
+    """Train (or resume, or skip when finished with the same configuration) and export
+    ``model.pt``; returns done.json's dict."""
     from monai.data import set_track_meta
 
     out = model_dir(cfg.work)
     done = out / "done.json"
+    if not overwrite:
+        check_same_run(out, cfg)
     if done.is_file() and not overwrite:
         info = read_json(done)
         log.info("segmentation model already trained (%s); skipping. Pass --overwrite to retrain.", done)

@@ -27,7 +27,7 @@ one CPU, one GPU, several GPUs:
   (Lightning detects torchrun and SLURM; --devices must equal the processes per node.)
 
 outputs (OUT, default WORK/pretrain/<encoder>-<input>/):
-  encoder.pt (load with cardioclr.ssl.checkpoint.load_encoder_weights), deep_features.csv
+  encoder.pt (load with cardioclr.models.checkpoint.load_encoder_weights), deep_features.csv
   (the encoder's mean [ED, ES] features per stored patient, label-free: pass OUT to
   `cardioclr baseline --deep-features` for the hybrid), metrics.json, config.yaml,
   versions.json, checkpoints/last.ckpt (re-run the same command to resume; a finished run
@@ -35,7 +35,7 @@ outputs (OUT, default WORK/pretrain/<encoder>-<input>/):
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``pretrain`` subcommand."""
     p = sub.add_parser(
         "pretrain", help="SimCLR pretraining of an encoder on full, heart-masked or heart-ROI images",
@@ -84,6 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
     from cardioclr.ssl.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(

@@ -41,10 +41,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from cardioclr.data.masks import load_labels, predicted_mask_path
+from cardioclr.data.prepare import PrepareConfig, prepare
 from cardioclr.data.store import SliceStore
 from cardioclr.data.views import check_mode, heart_mask, patient_views, roi_box
 from cardioclr.errors import CardioclrError
-from cardioclr.segment.masks import load_labels, predicted_mask_path
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def load_arrays(sources: Sequence[Source], refs: Sequence[PatientRef], mode: str
 # --------------------------------------------------------------------------------------------
 
 
-class SliceDataset(Dataset):
+class SliceDataset(Dataset[dict[str, torch.Tensor]]):
     """2D slices served from memory: item ``{"image": (S, S) float16, "heart": (S, S) uint8}``.
 
     ``heart`` is present only when hearts were loaded (``segmented`` mode). Batches are built
@@ -286,7 +287,8 @@ def collate_slices(batch: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]
     """Collate for :class:`SliceDataset`: a batch from ``__getitems__`` passes through as is."""
     if isinstance(batch, dict):
         return batch
-    return default_collate(batch)
+    collated: dict[str, torch.Tensor] = default_collate(batch)
+    return collated
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,8 +334,6 @@ def resolve_extras(datas: Sequence[str | os.PathLike[str]], out: Path, main: Sli
             work = out / "extra" / name
             if not (work / "dataset.json").is_file():
                 if rank == 0:
-                    from cardioclr.data.prepare import PrepareConfig, prepare
-
                     log.info("preparing extra dataset %s into %s", path, work)
                     prepare(PrepareConfig(data=str(path), out=str(work), spacing_mm=main.spacing_mm,
                                           image_size=main.image_size, unlabelled=True,

@@ -10,7 +10,7 @@ fine-tuned classifier's own features are not: it was trained on the train labels
 features separate the classes almost perfectly and a model fit on them over-trusts them.)
 
 Inputs are built exactly as for the dual-phase classifier
-(:func:`cardioclr.classify.data.load_patient_inputs`, :func:`~cardioclr.classify.data.network_inputs`)
+(:func:`cardioclr.data.pairs.load_patient_inputs`, :func:`~cardioclr.data.pairs.network_inputs`)
 in the pretraining's input mode, image size and margins (read from ``encoder.pt``): the slices
 where the heart mask is non-empty in ED or ES, masked (``segmented``), cropped around the heart
 (``roi``) or whole (``full``). The mask source is the pretraining's; a ``full`` encoder records
@@ -30,17 +30,15 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cardioclr.artifacts import DEEP_FEATURES_FILE
 from cardioclr.atomic import write_text
-from cardioclr.classify.data import InputSpec, load_patient_inputs, network_inputs
+from cardioclr.data.pairs import InputSpec, load_patient_inputs, network_inputs
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
+from cardioclr.models.checkpoint import load_encoder_weights, read_encoder_file
 from cardioclr.models.encoders import build_encoder
-from cardioclr.ssl.checkpoint import load_encoder_weights, read_encoder_file
 
 log = logging.getLogger(__name__)
-
-#: The file name :func:`cardioclr.evaluate.baseline.read_deep_features` looks for in a folder.
-DEEP_FEATURES_FILE = "deep_features.csv"
 
 __all__ = ["DEEP_FEATURES_FILE", "encoder_spec", "load_pretrained_encoder", "patient_features",
            "write_simclr_features"]
@@ -48,7 +46,7 @@ __all__ = ["DEEP_FEATURES_FILE", "encoder_spec", "load_pretrained_encoder", "pat
 
 def encoder_spec(payload: dict[str, Any], mask_source: str = "predicted") -> InputSpec:
     """The :class:`InputSpec` an ``encoder.pt`` was pretrained with (its dict, see
-    :mod:`cardioclr.ssl.checkpoint`); ``mask_source`` is used only when the file has none
+    :mod:`cardioclr.models.checkpoint`); ``mask_source`` is used only when the file has none
     (``full`` mode)."""
     return InputSpec(input_mode=str(payload["input_mode"]),
                      mask_source=str(payload.get("mask_source") or mask_source),

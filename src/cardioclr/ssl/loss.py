@@ -64,7 +64,8 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
     Gradient convention: rank s receives the gradient of the *sum* of all ranks' losses w.r.t.
     its own x — see :func:`nt_xent` for why that is right under DDP.
     """
-    return _AllGatherWithGrad.apply(x)
+    gathered: Tensor = _AllGatherWithGrad.apply(x)  # type: ignore[no-untyped-call]  # torch's apply is untyped
+    return gathered
 
 
 def _distributed_world() -> tuple[int, int]:

@@ -3,7 +3,7 @@
 Reads ``WORK`` (slice store + splits, and predicted/expert masks for segmented/roi modes) and
 writes ``OUT`` (default ``WORK/pretrain/<encoder>-<input>/``)::
 
-    OUT/encoder.pt              the encoder of the best held-out epoch (cardioclr.ssl.checkpoint)
+    OUT/encoder.pt              the encoder of the best held-out epoch (cardioclr.models.checkpoint)
     OUT/deep_features.csv       patient_id, f0..f{2D-1}: that encoder's mean [ED, ES] features of
                                 every stored patient (cardioclr.ssl.features); the label-free
                                 deep half of the hybrid baseline (``cardioclr baseline
@@ -41,15 +41,16 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cardioclr.artifacts import PretrainMetrics
 from cardioclr.atomic import read_json, write_json
+from cardioclr.choices import INPUT_MODES, MASK_SOURCES
 from cardioclr.data.augment import AugmentConfig
 from cardioclr.data.store import SliceStore
-from cardioclr.data.views import INPUT_MODES
 from cardioclr.errors import CardioclrError
+from cardioclr.models.checkpoint import save_encoder
 from cardioclr.models.encoders import ENCODERS, encoder_names
 from cardioclr.provenance import save_run_info, to_plain
-from cardioclr.segment.masks import MASK_SOURCES
-from cardioclr.ssl.checkpoint import save_encoder
+from cardioclr.run_identity import differences, run_identity
 from cardioclr.ssl.data import (
     MAIN,
     PatientRef,
@@ -133,19 +134,13 @@ def run_key(cfg: PretrainConfig | dict) -> dict[str, Any]:
 
     The mask source is irrelevant (and dropped) in ``full`` mode, which reads no mask.
     """
-    d = to_plain(cfg) if isinstance(cfg, PretrainConfig) else dict(cfg)
-    key = {k: v for k, v in d.items() if k not in _HARDWARE}
+    key = run_identity(to_plain(cfg) if isinstance(cfg, PretrainConfig) else cfg, _HARDWARE)
     key["extra"] = [str(Path(e).resolve()) for e in key.get("extra") or []]
     if key.get("imagenet_weights"):
         key["imagenet_weights"] = str(Path(key["imagenet_weights"]).resolve())
     if key.get("input_mode") == "full":
         key.pop("masks", None)
     return key
-
-
-def _differences(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
-    keys = sorted((set(a) | set(b)) - set(ignore))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
 def finished_metrics(out: Path, cfg: PretrainConfig) -> dict[str, Any] | None:
@@ -164,7 +159,7 @@ def _check_compatible(out: Path, cfg: PretrainConfig) -> None:
     if not (started and config_path.is_file()):
         return
     old = run_key(yaml.safe_load(config_path.read_text(encoding="utf-8")) or {})
-    diff = _differences(old, run_key(cfg), ignore=_EXTENDABLE)
+    diff = differences(old, run_key(cfg), ignore=_EXTENDABLE)
     if diff:
         raise CardioclrError(f"{out} holds a pretraining run with a different configuration "
                              f"({'; '.join(diff)}); choose another --out or delete {out}")
@@ -338,7 +333,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
     state = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
     session_images = (trainer.global_step - timer.start_step) * global_batch
-    metrics: dict[str, Any] = {
+    metrics: PretrainMetrics = {
         "best_val_loss": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None
         else None,
         "best_epoch": int(ckpt["epoch"]) + 1,  # 1-based: the number of epochs trained for it

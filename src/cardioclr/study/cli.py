@@ -11,7 +11,7 @@ from pathlib import Path
 from cardioclr.errors import CardioclrError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``study``, ``report`` and ``predict`` subcommands."""
     s = sub.add_parser(
         "study", help="run the whole paper: data -> segmentation -> SimCLR -> fine-tuning grid -> "

@@ -29,14 +29,10 @@ from typing import Any
 import yaml
 
 from cardioclr.atomic import write_text
+from cardioclr.choices import INITS, INPUT_MODES, MASK_SOURCES
 from cardioclr.errors import CardioclrError
 from cardioclr.provenance import to_plain
-
-#: Fine-tuning initialisations of the grid (``simclr`` expands to one cell per pretraining input).
-INITS = ("none", "imagenet", "simclr")
-#: Pretraining labels as written in fine-tune ``metrics.json`` (``pretraining`` key).
-PRETRAININGS = ("none", "imagenet", "simclr-full", "simclr-segmented")
-INPUTS = ("full", "segmented", "roi")
+from cardioclr.run_identity import differences
 
 
 @dataclass(frozen=True)
@@ -326,20 +322,20 @@ def validate(cfg: StudyConfig) -> None:
     for enc, path in cfg.imagenet_weights.items():
         if not Path(path).is_file():
             raise CardioclrError(f"{path}: ImageNet weight file for {enc} not found")
-    for where, values, allowed in (("pretrain.inputs", cfg.pretrain.inputs, INPUTS),
-                                   ("finetune.inputs", cfg.finetune.inputs, INPUTS),
+    for where, values, allowed in (("pretrain.inputs", cfg.pretrain.inputs, INPUT_MODES),
+                                   ("finetune.inputs", cfg.finetune.inputs, INPUT_MODES),
                                    ("finetune.inits", cfg.finetune.inits, INITS)):
         bad = [v for v in values if v not in allowed]
         if bad or len(set(values)) != len(values):
             raise CardioclrError(f"study.{where}: {list(values)} must be distinct values of "
                                  f"{', '.join(allowed)}")
-    if cfg.mask_source not in ("predicted", "expert"):
+    if cfg.mask_source not in MASK_SOURCES:
         raise CardioclrError("study.mask_source must be predicted or expert")
     if cfg.prepare.split not in ("random", "official"):
         raise CardioclrError("study.prepare.split must be random or official")
-    if cfg.baseline.hybrid_from not in INPUTS:
+    if cfg.baseline.hybrid_from not in INPUT_MODES:
         raise CardioclrError(f"study.baseline.hybrid_from must be the input of a SimCLR "
-                             f"pretraining ({', '.join(INPUTS)}), e.g. segmented; got "
+                             f"pretraining ({', '.join(INPUT_MODES)}), e.g. segmented; got "
                              f"{cfg.baseline.hybrid_from!r} (the hybrid no longer uses a "
                              "fine-tuned model's features, which were fitted to the labels)")
     if cfg.devices < 1:
@@ -395,21 +391,7 @@ def read_saved_config(path: str | os.PathLike[str]) -> StudyConfig:
 def config_differences(old: StudyConfig, new: StudyConfig) -> list[str]:
     """Dotted keys whose values differ, ignoring :data:`RUNTIME_FIELDS` and keys that ``new``
     adds to one of the :data:`ADDITIVE_FIELDS` (see :func:`config_additions`)."""
-    diffs: list[str] = []
-
-    def walk(a: Any, b: Any, where: str) -> None:
-        if where in RUNTIME_FIELDS:
-            return
-        if a is None and b is not None and where.rpartition(".")[0] in ADDITIVE_FIELDS:
-            return  # a key added to an additive mapping (a new ImageNet weight file)
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
-                walk(a.get(k), b.get(k), f"{where}.{k}" if where else k)
-        elif a != b:
-            diffs.append(f"{where}: {a!r} -> {b!r}")
-
-    walk(to_plain(old), to_plain(new), "")
-    return diffs
+    return differences(to_plain(old), to_plain(new), ignore=RUNTIME_FIELDS, additive=ADDITIVE_FIELDS)
 
 
 def config_additions(old: StudyConfig, new: StudyConfig) -> list[str]:

@@ -21,23 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cardioclr.layout import StudyLayout, rel
 from cardioclr.study.config import StudyConfig
 
-#: Relative cost of one cell of each kind, before any has been timed (ETA prior). Only the
-#: ratios matter; they were measured on the demo preset (2 CPU cores).
-KIND_WEIGHTS: dict[str, float] = {
-    "synthetic": 0.2,
-    "prepare": 0.3,
-    "segment-train": 3.0,
-    "segment-predict": 0.4,
-    "segment-evaluate": 0.3,
-    "pretrain": 3.0,
-    "finetune": 2.0,
-    "baseline": 0.3,
-    "hybrid": 0.3,
-}
-
-DATA_DIR, WORK_DIR = "data", "work"
+#: The study folder's layout, relative to OUT (cell paths are stored relative).
+LAYOUT = StudyLayout()
 
 
 @dataclass(frozen=True)
@@ -56,20 +44,15 @@ class Cell:
     deps: tuple[str, ...] = ()
     not_run_reason: str | None = None
 
-    @property
-    def weight(self) -> float:
-        """Relative expected cost (see :data:`KIND_WEIGHTS`)."""
-        return KIND_WEIGHTS.get(self.kind, 1.0)
-
 
 def finetune_cell_name(encoder: str, pretraining: str, downstream_input: str) -> str:
     """Directory name of a fine-tuning cell, e.g. ``smallcnn__simclr-full__segmented``."""
-    return f"{encoder}__{pretraining}__{downstream_input}"
+    return LAYOUT.finetune_cell(encoder, pretraining, downstream_input).name
 
 
 def pretrain_cell_name(encoder: str, pretrain_input: str) -> str:
     """Directory name of a pretraining cell, e.g. ``smallcnn-full`` (the ssl stage's layout)."""
-    return f"{encoder}-{pretrain_input}"
+    return LAYOUT.pretrain_cell(encoder, pretrain_input).name
 
 
 def imagenet_unavailable(cfg: StudyConfig, encoder: str) -> str | None:
@@ -88,15 +71,17 @@ def imagenet_unavailable(cfg: StudyConfig, encoder: str) -> str | None:
 def expand_grid(cfg: StudyConfig) -> list[Cell]:
     """All cells of the study in run order (dependencies always come earlier)."""
     cells: list[Cell] = []
-    work = WORK_DIR
+    work = rel(LAYOUT.work)
     if cfg.data is None:
-        cells.append(Cell("synthetic", "synthetic", DATA_DIR,
+        cells.append(Cell("synthetic", "synthetic", rel(LAYOUT.data),
                           {"patients": cfg.synthetic.patients, "seed": cfg.synthetic.seed}))
     cells.append(Cell("prepare", "prepare", work, {}, ("synthetic",) if cfg.data is None else ()))
-    seg = f"{work}/segmentation"
-    cells.append(Cell("segment-train", "segment-train", f"{seg}/model", {}, ("prepare",)))
-    cells.append(Cell("segment-predict", "segment-predict", f"{seg}/masks", {}, ("segment-train",)))
-    cells.append(Cell("segment-evaluate", "segment-evaluate", seg, {}, ("segment-predict",)))
+    seg = LAYOUT.work_layout
+    cells.append(Cell("segment-train", "segment-train", rel(seg.segmentation_model), {}, ("prepare",)))
+    cells.append(Cell("segment-predict", "segment-predict", rel(seg.segmentation_masks), {},
+                      ("segment-train",)))
+    cells.append(Cell("segment-evaluate", "segment-evaluate", rel(seg.segmentation), {},
+                      ("segment-predict",)))
     masks_dep = ("segment-predict",) if cfg.mask_source == "predicted" else ("prepare",)
 
     simclr_inputs = cfg.pretrain.inputs if "simclr" in cfg.finetune.inits else ()
@@ -104,7 +89,7 @@ def expand_grid(cfg: StudyConfig) -> list[Cell]:
         for inp in simclr_inputs:
             deps = ("prepare", *(masks_dep if inp != "full" else ()))
             cells.append(Cell(f"pretrain/{pretrain_cell_name(enc, inp)}", "pretrain",
-                              f"{work}/pretrain/{pretrain_cell_name(enc, inp)}",
+                              rel(LAYOUT.pretrain_cell(enc, inp)),
                               {"encoder": enc, "input": inp}, deps))
 
     for enc in cfg.encoders:
@@ -121,15 +106,17 @@ def expand_grid(cfg: StudyConfig) -> list[Cell]:
                     if init == "simclr":
                         pre = pretrain_cell_name(enc, pretraining.removeprefix("simclr-"))
                         deps = (*deps, f"pretrain/{pre}")
-                        params["weights"] = f"{work}/pretrain/{pre}/encoder.pt"
+                        params["weights"] = f"{rel(LAYOUT.pretrain)}/{pre}/encoder.pt"
                     elif init == "imagenet":
                         reason = imagenet_unavailable(cfg, enc)
                         params["weights"] = cfg.imagenet_weights.get(enc)
-                    cells.append(Cell(f"finetune/{name}", "finetune", f"finetune/{name}", params,
+                    cells.append(Cell(f"finetune/{name}", "finetune",
+                                      rel(LAYOUT.finetune_cell(enc, pretraining, inp)), params,
                                       deps, reason))
 
     if cfg.baseline.enabled:
-        cells.append(Cell("baseline/clinical", "baseline", "baseline/clinical", {}, masks_dep))
+        cells.append(Cell("baseline/clinical", "baseline", rel(LAYOUT.baseline("clinical")), {},
+                          masks_dep))
         if cfg.baseline.hybrid:
             # Deep features of the first encoder's SimCLR pretraining: self-supervised, so the
             # train patients' features are not fitted to their labels (a fine-tuned model's are).
@@ -142,7 +129,7 @@ def expand_grid(cfg: StudyConfig) -> list[Cell]:
                           f"{inp} images (pretrain.inputs {list(cfg.pretrain.inputs)}; "
                           "finetune.inits must include simclr)")
             # The folder holding the pretraining's deep_features.csv (and encoder.pt).
-            cells.append(Cell("baseline/hybrid", "hybrid", "baseline/hybrid",
+            cells.append(Cell("baseline/hybrid", "hybrid", rel(LAYOUT.baseline("hybrid")),
                               {"deep_features": known[src].path if src in known else None,
                                "source_cell": src, "encoder": enc, "input": inp},
                               (*masks_dep, src), reason))

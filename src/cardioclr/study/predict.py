@@ -176,8 +176,8 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
     ``dicom_seg``: also write the ED/ES masks of patients given as DICOM as DICOM SEG objects in
     ``out/work/segmentation/dicom_seg/`` (:mod:`cardioclr.segment.dicom_out`).
     """
-    from cardioclr.classify.data import load_patient_inputs
     from cardioclr.classify.predict import load_classifier
+    from cardioclr.data.pairs import load_patient_inputs
     from cardioclr.evaluate.metrics import prob_columns
     from cardioclr.segment.predict import PredictConfig
     from cardioclr.segment.predict import predict as segment

@@ -2,7 +2,7 @@
 
 The ETA weights remaining cells by kind: a kind with finished cells is estimated by their mean
 duration (this run's, or a previous run's recorded in the state); a kind with none yet by its
-prior weight (:data:`cardioclr.study.grid.KIND_WEIGHTS`) times the seconds per unit of weight
+prior weight (``weight`` of :data:`cardioclr.study.kinds.CELL_KINDS`) times the seconds per unit of weight
 observed so far. Before anything has finished there is no ETA.
 """
 
@@ -11,9 +11,11 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import TextIO
 
 from cardioclr.study.grid import Cell
+from cardioclr.study.kinds import kind_weights
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -29,16 +31,23 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def estimate_remaining(remaining: list[Cell], durations: dict[str, list[float]],
-                       finished: list[Cell], finished_seconds: list[float]) -> float | None:
+                       finished: list[Cell], finished_seconds: list[float],
+                       weights: Mapping[str, float] | None = None) -> float | None:
     """Seconds left for ``remaining`` cells.
 
     ``durations``: kind -> measured seconds of finished cells of that kind; ``finished`` and
-    ``finished_seconds``: all measured cells and their seconds (calibrate the prior weights).
+    ``finished_seconds``: all measured cells and their seconds (calibrate the prior weights);
+    ``weights``: kind -> prior cost (default: the registry's; an unknown kind weighs 1).
     None when nothing has been measured yet.
     """
     if not remaining:
         return 0.0
-    measured_weight = sum(c.weight for c in finished)
+    prior = kind_weights() if weights is None else weights
+
+    def weight(cell: Cell) -> float:
+        return prior.get(cell.kind, 1.0)
+
+    measured_weight = sum(weight(c) for c in finished)
     total_seconds = sum(finished_seconds)
     if measured_weight <= 0 or total_seconds <= 0:
         return None
@@ -46,15 +55,17 @@ def estimate_remaining(remaining: list[Cell], durations: dict[str, list[float]],
     eta = 0.0
     for cell in remaining:
         times = durations.get(cell.kind)
-        eta += sum(times) / len(times) if times else cell.weight * per_weight
+        eta += sum(times) / len(times) if times else weight(cell) * per_weight
     return eta
 
 
 class Progress:
     """Prints one line per event to ``stream`` (stderr): start of a cell, its end, skips."""
 
-    def __init__(self, cells: list[Cell], stream: TextIO | None = None) -> None:
+    def __init__(self, cells: list[Cell], stream: TextIO | None = None,
+                 weights: Mapping[str, float] | None = None) -> None:
         self.cells = [c for c in cells if c.not_run_reason is None]
+        self.weights = kind_weights() if weights is None else dict(weights)
         self.total = len(self.cells)
         self.stream = stream or sys.stderr
         self.done: set[str] = set()
@@ -73,7 +84,7 @@ class Progress:
         """Estimated seconds left for the cells not yet done."""
         left = [c for c in self.cells if c.id not in self.done]
         return estimate_remaining(left, self.durations, [c for c, _ in self.measured],
-                                  [s for _, s in self.measured])
+                                  [s for _, s in self.measured], self.weights)
 
     def _line(self, text: str) -> None:
         elapsed = time.perf_counter() - self.t0

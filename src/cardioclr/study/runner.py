@@ -9,8 +9,8 @@ Resumability rests on two things:
   ``metrics.json`` where it has one). Re-running the same command therefore skips finished
   cells, resumes the interrupted one and runs the rest.
 
-The stage functions live in :data:`cardioclr.study.stages.STAGES` (kind -> function); tests
-replace them with cheap fakes.
+What runs each kind of cell, what it must leave behind and whether it trains is the registry
+:data:`cardioclr.study.kinds.CELL_KINDS`; tests pass a registry of cheap fakes instead.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,7 +28,6 @@ from typing import Any, TextIO
 from cardioclr.atomic import read_json, write_json, write_text
 from cardioclr.errors import CardioclrError
 from cardioclr.provenance import environment_info
-from cardioclr.study.cell import SUMMARY_FILE, TRAINING_KINDS
 from cardioclr.study.config import (
     StudyConfig,
     config_additions,
@@ -36,48 +35,17 @@ from cardioclr.study.config import (
     read_saved_config,
     save_config,
 )
-from cardioclr.study.grid import DATA_DIR, WORK_DIR, Cell, expand_grid
+from cardioclr.study.context import CONFIG_FILE, MARKER, SUMMARY_FILE, StudyContext
+from cardioclr.study.grid import Cell, expand_grid
+from cardioclr.study.kinds import CELL_KINDS, CellKind, cell_kind, check_options, kind_weights
 from cardioclr.study.progress import Progress
+from cardioclr.study.report import build_report as write_report
 from cardioclr.study.state import StudyState
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "study.yaml"
-MARKER = "study_cell.json"
-#: Files a cell of each kind must have besides the marker to count as finished.
-REQUIRED_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "prepare": ("dataset.json",),
-    "segment-evaluate": ("metrics.json",),
-    "pretrain": ("metrics.json",),
-    "finetune": ("metrics.json",),
-    "baseline": ("metrics.json",),
-    "hybrid": ("metrics.json",),
-}
-
-
-@dataclass(frozen=True)
-class StudyContext:
-    """What every stage function gets besides its cell: the config and the study's folders."""
-
-    cfg: StudyConfig
-    out: Path
-
-    @property
-    def work(self) -> Path:
-        """The prepared work directory ``OUT/work``."""
-        return self.out / WORK_DIR
-
-    @property
-    def data(self) -> Path:
-        """The dataset: ``--data`` or the synthetic cohort ``OUT/data``."""
-        return Path(self.cfg.data) if self.cfg.data is not None else self.out / DATA_DIR
-
-    def cell_dir(self, cell: Cell) -> Path:
-        """Absolute directory of ``cell``."""
-        return self.out / cell.path
-
-
-StageFunction = Callable[[StudyContext, Cell], "dict[str, Any] | None"]
+__all__ = ["CONFIG_FILE", "MARKER", "StudyContext", "StudyResult", "cell_finished", "prepare_out",
+           "run_study"]
 
 
 @dataclass
@@ -98,12 +66,13 @@ class StudyResult:
         return not self.failed and self.report_error is None
 
 
-def cell_finished(ctx: StudyContext, cell: Cell) -> bool:
-    """Whether ``cell`` finished in an earlier run (marker and required outputs present)."""
+def cell_finished(ctx: StudyContext, cell: Cell, kinds: Mapping[str, CellKind] = CELL_KINDS) -> bool:
+    """Whether ``cell`` finished in an earlier run (marker and its kind's outputs present)."""
     d = ctx.cell_dir(cell)
     if not (d / MARKER).is_file():
         return False
-    return all((d / name).is_file() for name in REQUIRED_OUTPUTS.get(cell.kind, ()))
+    outputs = kinds[cell.kind].outputs if cell.kind in kinds else ()
+    return all((d / name).is_file() for name in outputs)
 
 
 def _marker_seconds(ctx: StudyContext, cell: Cell) -> float | None:
@@ -225,31 +194,29 @@ def _run_in_own_process(ctx: StudyContext, cell: Cell, log_path: Path) -> dict[s
 
 
 def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
-              stages: dict[str, StageFunction] | None = None, stream: TextIO | None = None,
+              kinds: Mapping[str, CellKind] = CELL_KINDS, stream: TextIO | None = None,
               build_report: bool = True) -> StudyResult:
     """Run (or resume) the study ``cfg`` in ``out``; returns what happened to every cell.
 
-    A failing cell is recorded (``study_state.json``, ``OUT/logs/<cell>.log`` with the
+    ``kinds``: the registry of cell kinds (:data:`~cardioclr.study.kinds.CELL_KINDS`; tests pass
+    fakes). A failing cell is recorded (``study_state.json``, ``OUT/logs/<cell>.log`` with the
     traceback) and the study goes on with every cell that does not depend on it. The report is
     built at the end from whatever finished.
     """
-    from cardioclr.study.stages import STAGES, check_options
-
-    stages = STAGES if stages is None else stages
     out = Path(out).resolve()
     if cfg.threads is not None:
         import torch
 
         torch.set_num_threads(cfg.threads)
     added = prepare_out(cfg, out)
-    check_options(cfg, stages)
+    check_options(cfg, kinds)
     ctx = StudyContext(cfg, out)
     cells = expand_grid(cfg)
     # Cells recorded as not run by an earlier run but runnable now (an ImageNet weight file
     # added since) need nothing special: they have no completion marker, so the loop below
     # runs them, and the state starts every cell as pending, dropping the old not-run reason.
     state = StudyState(out, cells)
-    progress = Progress(cells, stream or sys.stderr)
+    progress = Progress(cells, stream or sys.stderr, kind_weights(kinds))
     for key in added:
         progress.message(f"added to {out / CONFIG_FILE}: {key} (its cells run now)")
     result = StudyResult()
@@ -273,15 +240,13 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
             progress.drop(cell)
             progress.message(f"not run: {cell.id} ({reason})")
             continue
-        if cell_finished(ctx, cell):
+        if cell_finished(ctx, cell, kinds):
             seconds = _marker_seconds(ctx, cell)
             state.set(cell.id, "done", seconds=seconds)
             result.done.append(cell.id)
             progress.skip(cell, seconds)
             continue
-        fn = stages.get(cell.kind)
-        if fn is None:
-            raise CardioclrError(f"no stage function for cell kind {cell.kind!r}")
+        kind = cell_kind(kinds, cell.kind)
         progress.start(cell)
         state.set(cell.id, "running")
         start = time.perf_counter()
@@ -289,10 +254,10 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
         try:
             with _CellLog(log_path):
                 log.info("cell %s (%s) -> %s", cell.id, cell.kind, ctx.cell_dir(cell))
-                if cfg.devices > 1 and cell.kind in TRAINING_KINDS and stages is STAGES:
+                if cfg.devices > 1 and kind.multi_device:
                     summary = _run_in_own_process(ctx, cell, log_path)
                 else:
-                    summary = fn(ctx, cell) or {}
+                    summary = kind.run(ctx, cell) or {}
         except (KeyboardInterrupt, SystemExit) as err:
             # Lightning turns Ctrl-C inside fit() into sys.exit(1), and SIGTERM into
             # SIGTERMException (a SystemExit): all three are an interrupted cell, resumable.
@@ -322,10 +287,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
 
     result.seconds = time.perf_counter() - t0
     if build_report:
-        from cardioclr.study.report import build_report as _build
-
         try:
-            result.report = {k: str(v) for k, v in _build(out).items()}
+            result.report = {k: str(v) for k, v in write_report(out).items()}
             progress.message(f"report: {out / 'report.html'}")
         except Exception as err:  # noqa: BLE001 - the cells' results stay; say why no report
             result.report_error = f"{type(err).__name__}: {err}"

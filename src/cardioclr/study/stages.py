@@ -1,28 +1,27 @@
 """Stage functions of a study: one per cell kind, each calling the stage's Python API.
 
-Every function takes the :class:`~cardioclr.study.runner.StudyContext` and the
+Every function takes the :class:`~cardioclr.study.context.StudyContext` and the
 :class:`~cardioclr.study.grid.Cell` and runs the stage into the cell's directory; the stage
 itself saves config, versions, logs, checkpoints and ``metrics.json`` there, resumes from its
 checkpoint and skips work it already finished. Stage options of the study config
 (``segment.options``, ``pretrain.options``, ...) are applied to the stage's own config
 dataclass by :func:`apply_options`, nested dataclasses included (``optim: {lr: 1e-3}``).
+The registry :data:`cardioclr.study.kinds.CELL_KINDS` names the function of each kind.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cardioclr.atomic import read_json, write_json
 from cardioclr.errors import CardioclrError
+from cardioclr.layout import WorkLayout
 from cardioclr.provenance import environment_info
 from cardioclr.study.config import StudyConfig
+from cardioclr.study.context import StudyContext
 from cardioclr.study.grid import Cell
-
-if TYPE_CHECKING:
-    from cardioclr.study.runner import StudyContext
 
 
 def apply_options(obj: Any, options: dict[str, Any], where: str) -> Any:
@@ -146,27 +145,39 @@ def baseline_config(cfg: StudyConfig, work: Path, out: Path, deep_features: Path
                                deep_features=str(deep_features) if deep_features else None)
 
 
-def check_options(cfg: StudyConfig, stages: dict[str, Callable[..., Any]] | None = None) -> None:
-    """Build every stage config once with dummy paths: unknown options fail now, not mid-study.
+# Option checks (CellKind.check_options): build the stage config with dummy paths.
+_WORK, _OUT = Path("WORK"), Path("OUT")
 
-    Only the kinds in ``stages`` that are the real stage functions are checked (tests replace
-    them with fakes and may use options the real stages do not know).
-    """
-    real = {k for k, fn in (stages or STAGES).items() if STAGES.get(k) is fn}
-    work, out = Path("WORK"), Path("OUT")
-    enc = cfg.encoders[0]
-    if "synthetic" in real and cfg.data is None:
+
+def check_synthetic(cfg: StudyConfig) -> None:
+    """Unknown ``synthetic.options`` fail (only a study without ``--data`` uses them)."""
+    if cfg.data is None:
         synthetic_kwargs(cfg)
-    if "segment-train" in real:
-        segment_train_config(cfg, work)
-    if "segment-predict" in real:
-        segment_predict_config(cfg, work)
-    if "pretrain" in real:
-        pretrain_config(cfg, work, out, enc, "full")
-    if "finetune" in real:
-        finetune_config(cfg, work, out, {"encoder": enc, "init": "none", "input": "full"}, None)
-    if "baseline" in real:
-        baseline_config(cfg, work, out, None)
+
+
+def check_segment_train(cfg: StudyConfig) -> None:
+    """Unknown ``segment.options`` fail."""
+    segment_train_config(cfg, _WORK)
+
+
+def check_segment_predict(cfg: StudyConfig) -> None:
+    """Unknown ``segment.predict_options`` fail."""
+    segment_predict_config(cfg, _WORK)
+
+
+def check_pretrain(cfg: StudyConfig) -> None:
+    """Unknown ``pretrain.options`` fail."""
+    pretrain_config(cfg, _WORK, _OUT, cfg.encoders[0], "full")
+
+
+def check_finetune(cfg: StudyConfig) -> None:
+    """Unknown ``finetune.options`` fail."""
+    finetune_config(cfg, _WORK, _OUT, {"encoder": cfg.encoders[0], "init": "none", "input": "full"}, None)
+
+
+def check_baseline(cfg: StudyConfig) -> None:
+    """Unknown ``baseline.options`` fail."""
+    baseline_config(cfg, _WORK, _OUT, None)
 
 
 # ------------------------------------------------------------------------------ stage functions
@@ -187,8 +198,9 @@ def run_prepare(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
     """Prepare the store ``OUT/work`` (a store finished by an earlier run is kept)."""
     from cardioclr.data.prepare import prepare
 
-    if (ctx.work / "dataset.json").is_file():
-        return read_json(ctx.work / "dataset.json")
+    dataset_json = WorkLayout(ctx.work).dataset_json
+    if dataset_json.is_file():
+        return read_json(dataset_json)
     return prepare(prepare_config(ctx.cfg, ctx.data, ctx.work))
 
 
@@ -222,14 +234,14 @@ def qc_examples(work: Path, n: int) -> list[str]:
     """Draw ``WORK/segmentation/qc/PID.png`` for ``n`` patients; returns their ids."""
     import pandas as pd
 
+    from cardioclr.data.masks import load_labels, predicted_mask_path
     from cardioclr.data.store import SliceStore
-    from cardioclr.segment.masks import load_labels, predicted_mask_path
     from cardioclr.segment.qc import qc_figure
 
     store = SliceStore(work)
-    seg = work / "segmentation"
-    flags = pd.read_csv(seg / "qc_flags.csv", dtype={"patient_id": str}) if (
-        seg / "qc_flags.csv").is_file() else pd.DataFrame(columns=["patient_id"])
+    layout = WorkLayout(work)
+    flags = pd.read_csv(layout.qc_flags, dtype={"patient_id": str}) if (
+        layout.qc_flags.is_file()) else pd.DataFrame(columns=["patient_id"])
     # Half flagged, half not (the report shows both kinds side by side); test patients first.
     flagged = [p for p in dict.fromkeys(flags["patient_id"]) if predicted_mask_path(work, p).is_file()]
     others = [p for p in dict.fromkeys([*store.splits.test, *store.patient_ids])
@@ -242,7 +254,7 @@ def qc_examples(work: Path, n: int) -> list[str]:
         expert = ({"ED": ps.ed_mask, "ES": ps.es_mask}
                   if ps.ed_mask is not None and ps.es_mask is not None else None)
         rows = flags[flags["patient_id"] == pid].drop(columns="patient_id").to_dict("records")
-        qc_figure(seg / "qc" / f"{pid}.png", pid, {"ED": ps.ed_image, "ES": ps.es_image},
+        qc_figure(layout.qc_images / f"{pid}.png", pid, {"ED": ps.ed_image, "ES": ps.es_image},
                   {"ED": ed, "ES": es}, expert, rows)
     return chosen
 
@@ -296,19 +308,6 @@ def run_baseline(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
                                   device=inference_device(ctx.cfg.accelerator))
     m = _run(baseline_config(ctx.cfg, ctx.work, ctx.cell_dir(cell), deep))
     return {"auc": (m.get("macro_auc") or {}).get("value"), "model": m.get("model")}
-
-
-STAGES: dict[str, Callable[[StudyContext, Cell], dict[str, Any] | None]] = {
-    "synthetic": run_synthetic,
-    "prepare": run_prepare,
-    "segment-train": run_segment_train,
-    "segment-predict": run_segment_predict,
-    "segment-evaluate": run_segment_evaluate,
-    "pretrain": run_pretrain,
-    "finetune": run_finetune,
-    "baseline": run_baseline,
-    "hybrid": run_baseline,
-}
 
 
 def stage_seconds(state_cells: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -2,7 +2,8 @@
 
 Both sources give the same thing: ED and ES label volumes, uint8 (z, S, S) on the store grid
 (S = ``SliceStore.image_size`` pixels at ``SliceStore.spacing_mm`` mm in-plane), with labels
-0 = background, 1 = RV cavity, 2 = LV myocardium, 3 = LV cavity (ACDC convention).
+0 = background, 1 = RV cavity, 2 = LV myocardium, 3 = LV cavity
+(:mod:`cardioclr.clinical.labels`).
 
 ``predicted`` masks live in ``WORK/segmentation/masks/PID.npz`` (written by
 ``cardioclr segment predict WORK``); ``expert`` masks come from the store itself.
@@ -16,12 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from cardioclr.choices import MASK_SOURCES
+from cardioclr.clinical.labels import MAX_LABEL
+from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
-
-# Label values on the store grid (ACDC convention).
-BACKGROUND, RV_CAVITY, LV_MYOCARDIUM, LV_CAVITY = 0, 1, 2, 3
-N_CLASSES = 4
-STRUCTURES = {"RV": RV_CAVITY, "MYO": LV_MYOCARDIUM, "LV": LV_CAVITY}
 
 
 def segmentation_dir(work: str | os.PathLike[str]) -> Path:
@@ -54,8 +52,6 @@ def load_labels(work: str | os.PathLike[str], patient_id: str, source: str) -> t
             raise DataError(p, f"unreadable predicted mask ({err}); re-run "
                             f"`cardioclr segment predict {work}`") from err
         return _check(ed, p, "ed_mask"), _check(es, p, "es_mask")
-    from cardioclr.data.store import SliceStore
-
     store = SliceStore(work)
     ps = store.load(patient_id)
     if ps.ed_mask is None or ps.es_mask is None:
@@ -68,6 +64,6 @@ def load_labels(work: str | os.PathLike[str], patient_id: str, source: str) -> t
 def _check(a: np.ndarray, path: Path, name: str) -> np.ndarray:
     if a.ndim != 3 or a.shape[1] != a.shape[2]:
         raise DataError(path, f"{name} has shape {a.shape}; expected (z, S, S)")
-    if a.size and int(a.max()) >= N_CLASSES:
-        raise DataError(path, f"{name} has label {int(a.max())}; expected labels 0-{N_CLASSES - 1}")
+    if a.size and int(a.max()) > MAX_LABEL:
+        raise DataError(path, f"{name} has label {int(a.max())}; expected labels 0-{MAX_LABEL}")
     return a.astype(np.uint8, copy=False)

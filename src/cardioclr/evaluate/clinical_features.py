@@ -1,6 +1,6 @@
 """Per-patient clinical feature table: :func:`compute_indices` of the ED/ES masks + height/weight.
 
-The masks come from :func:`cardioclr.segment.masks.load_labels`: ``predicted`` (the honest
+The masks come from :func:`cardioclr.data.masks.load_labels`: ``predicted`` (the honest
 default: what a deployed pipeline would see) or ``expert`` (the annotation; an upper bound).
 Spacing is the store grid's ``PatientSlices.spacing_zyx``; height and weight come from the
 manifest (NaN when unknown, which makes the ``*_per_m2`` features NaN too).
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from cardioclr.clinical.indices import INDEX_NAMES, compute_indices
+from cardioclr.data.masks import load_labels
 from cardioclr.data.store import SliceStore
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ def patient_features(store: SliceStore, patient_id: str, source: str) -> dict[st
     ``source``: ``"predicted"`` or ``"expert"``. Raises :class:`~cardioclr.errors.CardioclrError`
     when the masks are unavailable (e.g. segmentation not run yet).
     """
-    from cardioclr.segment.masks import load_labels
-
     ed, es = load_labels(store.work, patient_id, source)
     spacing = store.load(patient_id).spacing_zyx
     row = store.manifest.loc[patient_id]

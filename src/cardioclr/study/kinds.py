@@ -1,0 +1,78 @@
+"""The registry of study cell kinds: one entry per kind says everything the runner needs.
+
+In the style of solo-learn's ``METHODS`` dict: :data:`CELL_KINDS` maps a kind name (the
+``kind`` of a :class:`~cardioclr.study.grid.Cell`) to a :class:`CellKind`: the stage function
+that runs it, its prior cost (ETA before anything was timed), the files it must leave besides
+the completion marker, whether it trains with Lightning (and so runs in its own process with
+several devices), and the option check run before the study starts.
+
+Tests pass their own registry to :func:`cardioclr.study.runner.run_study` (fake stage
+functions, no option check, never a separate process); production code never asks whether
+it runs under a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from cardioclr.errors import CardioclrError
+from cardioclr.study import stages
+from cardioclr.study.config import StudyConfig
+from cardioclr.study.context import StageFunction
+
+
+@dataclass(frozen=True)
+class CellKind:
+    """One kind of study cell.
+
+    ``weight``: relative expected cost before any cell was timed (only ratios matter; measured
+    on the demo preset, 2 CPU cores). ``outputs``: files the cell's directory must hold besides
+    the marker to count as finished. ``multi_device``: a Lightning training; with
+    ``devices > 1`` the runner starts it as ``python -m cardioclr.study.cell`` (which runs
+    :data:`CELL_KINDS`' function). ``check_options``: builds the stage's config from the study
+    config so a wrong option fails before the first cell runs.
+    """
+
+    run: StageFunction
+    weight: float = 1.0
+    outputs: tuple[str, ...] = ()
+    multi_device: bool = False
+    check_options: Callable[[StudyConfig], object] | None = None
+
+
+CELL_KINDS: dict[str, CellKind] = {
+    "synthetic": CellKind(stages.run_synthetic, 0.2, check_options=stages.check_synthetic),
+    "prepare": CellKind(stages.run_prepare, 0.3, ("dataset.json",)),
+    "segment-train": CellKind(stages.run_segment_train, 3.0, multi_device=True,
+                              check_options=stages.check_segment_train),
+    "segment-predict": CellKind(stages.run_segment_predict, 0.4,
+                                check_options=stages.check_segment_predict),
+    "segment-evaluate": CellKind(stages.run_segment_evaluate, 0.3, ("metrics.json",)),
+    "pretrain": CellKind(stages.run_pretrain, 3.0, ("metrics.json",), multi_device=True,
+                         check_options=stages.check_pretrain),
+    "finetune": CellKind(stages.run_finetune, 2.0, ("metrics.json",), multi_device=True,
+                         check_options=stages.check_finetune),
+    "baseline": CellKind(stages.run_baseline, 0.3, ("metrics.json",),
+                         check_options=stages.check_baseline),
+    "hybrid": CellKind(stages.run_baseline, 0.3, ("metrics.json",)),
+}
+
+
+def cell_kind(kinds: Mapping[str, CellKind], name: str) -> CellKind:
+    """``kinds[name]``, or an error listing the known kinds."""
+    if name not in kinds:
+        raise CardioclrError(f"no stage function for cell kind {name!r}; known: {', '.join(kinds)}")
+    return kinds[name]
+
+
+def check_options(cfg: StudyConfig, kinds: Mapping[str, CellKind] = CELL_KINDS) -> None:
+    """Run every kind's option check: unknown options fail now, not mid-study."""
+    for kind in kinds.values():
+        if kind.check_options is not None:
+            kind.check_options(cfg)
+
+
+def kind_weights(kinds: Mapping[str, CellKind] = CELL_KINDS) -> dict[str, float]:
+    """Kind name -> prior cost weight (for the ETA)."""
+    return {name: k.weight for name, k in kinds.items()}

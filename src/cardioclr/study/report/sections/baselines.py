@@ -1,0 +1,61 @@
+"""Baselines: the clinical-feature random forest and the hybrid, next to the best fine-tuned
+model, and the clinical features' importances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cardioclr.artifacts import number
+from cardioclr.study.html import Block, Para, Table, TCell
+from cardioclr.study.report.collect import CellResult, StudyData
+from cardioclr.study.report.format import estimate_or_dash, estimate_text, fmt, value_or_dash
+from cardioclr.study.report.results import best_flags
+
+
+def _features_note(b: CellResult) -> str:
+    """``deep features: smallcnn-segmented/deep_features.csv`` (the pretraining cell), or ''."""
+    deep = b.metrics.get("deep_features") if b.metrics is not None else None
+    if not deep:
+        return ""
+    f = Path(str(deep.get("file") or ""))
+    return f"deep features: {f.parent.name + '/' if f.parent.name else ''}{f.name or '?'}"
+
+
+def baseline_section(data: StudyData) -> list[Block]:
+    """Clinical-feature random forest and the hybrid, next to the best fine-tuned model."""
+    if not data.baselines:
+        return [Para("No baseline was run.")]
+    # (row's cells without the AUC cell, AUC value shown, AUC cell text, AUC cell sub-line)
+    entries: list[tuple[list[TCell], float | None, str, str]] = []
+    for b in data.baselines:
+        m = b.metrics or {}
+        auc = b.auc_estimate.value if b.done else None
+        entries.append(([TCell(str(m.get("model", b.pretraining))),
+                         TCell(estimate_or_dash(b.accuracy)),
+                         TCell(value_or_dash(b.balanced_accuracy.value)),
+                         TCell(str(m.get("mask_source", ""))), TCell(_features_note(b))],
+                        auc, estimate_text(b.auc_estimate) if b.done else b.status, b.reason))
+    done = [c for c in data.cells if c.auc is not None]
+    if done:
+        best = max(done, key=lambda c: c.auc or -1)
+        entries.append(([TCell(f"best fine-tuned: {best.label}"), TCell(estimate_or_dash(best.accuracy)),
+                         TCell(fmt(best.balanced_accuracy.value)), TCell(""), TCell("")],
+                        best.auc, estimate_text(best.auc_estimate), ""))
+    bold = best_flags([auc for _, auc, _, _ in entries])
+    rows = [[cells[0], TCell(text, bold=b, sub=sub), *cells[1:]]
+            for (cells, _, text, sub), b in zip(entries, bold, strict=True)]
+    blocks: list[Block] = [Table(
+        "Clinical-feature baseline (random forest on indices measured on the segmentation; the "
+        "ACDC challenge winners' approach) and the hybrid (clinical indices + PCA of "
+        "self-supervised SimCLR features, which never saw the labels)",
+        ["Model", "Macro AUC (95% CI)", "Accuracy (95% CI)", "Balanced accuracy", "Masks", "Notes"],
+        rows, ["The 'best fine-tuned' row is chosen by test AUC for display only; it is not a "
+               "selected model."])]
+    imp = next((b.metrics.get("feature_importances") for b in data.baselines
+                if b.metrics and b.metrics.get("feature_importances")), None)
+    if isinstance(imp, dict) and imp:
+        top_imp = list(imp.items())[:10]
+        blocks.append(Table("Most important clinical features (first baseline)",
+                            ["Feature", "Importance"],
+                            [[TCell(k), TCell(fmt(number(v)))] for k, v in top_imp]))
+    return blocks
