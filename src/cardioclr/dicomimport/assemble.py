@@ -24,6 +24,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -151,9 +152,8 @@ def read_cine(c: Candidate, where: str) -> Cine:
         for f, img in zip(frames, pixels, strict=True):
             array[index[(f.path, f.frame)]] = img
     spacing_z = float(np.linalg.norm(lps[:3, 2]))
-    triggers = [f.trigger_ms for f in (row[0] for row in by_phase)]
-    frame_ms = (float(np.median(np.diff(triggers))) if nt > 1 and None not in triggers
-                else None)
+    triggers = [f.trigger_ms for f in (row[0] for row in by_phase) if f.trigger_ms is not None]
+    frame_ms = float(np.median(np.diff(triggers))) if nt > 1 and len(triggers) == nt else None
     return Cine(array, _LPS_TO_RAS @ lps, (spacing_z, ref.pixel_spacing[0], ref.pixel_spacing[1]),
                 frame_ms, order, by_phase)
 
@@ -186,7 +186,7 @@ def _read_pixels(path: Path, frames: list[Frame], where: str, label: str,
         raise DataError(where, f"{label}: unreadable pixel data in one file ({detail})") from None
 
 
-def _rescale(ds, frame: int | None) -> tuple[float, float]:  # noqa: ANN001
+def _rescale(ds: Any, frame: int | None) -> tuple[float, float]:
     """RescaleSlope/Intercept of a frame (per-frame or shared functional group, else top level)."""
     sources = []
     if frame is not None:

@@ -7,7 +7,7 @@ import argparse
 from cardioclr.dicomimport.importer import ImportConfig, import_dicom
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``import`` subcommand."""
     p = sub.add_parser(
         "import", help="import a PACS/scanner DICOM export (short-axis cine, ED/ES, pseudonyms)",

@@ -28,8 +28,10 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -67,7 +69,7 @@ class ImportConfig:
     device: str = "cpu"
 
 
-def import_dicom(cfg: ImportConfig) -> dict:
+def import_dicom(cfg: ImportConfig) -> dict[str, Any]:
     """Run the import; returns the summary written to ``import_summary.json``."""
     start = time.perf_counter()
     root, out = Path(cfg.root), Path(cfg.out)
@@ -85,11 +87,11 @@ def import_dicom(cfg: ImportConfig) -> dict:
                              f"{len(scan.problems)} unreadable)")
     all_secrets = sorted({v for ss in scan.patients.values() for s in ss for v in s.secrets})
     mapping = _pseudonyms(sorted(scan.patients), cfg.keep_mapping)
-    report: list[dict] = [
+    report: list[dict[str, Any]] = [
         {"patient": "", "study": "", "series_number": "", "description": "", "images": "",
          "kind": "unreadable", "used": "no", "reason": scrub(f"{path}: {why}", all_secrets),
          "burned_in_annotation": ""} for path, why in scan.problems]
-    patients: list[dict] = []
+    patients: list[dict[str, Any]] = []
     with atomic_dir(out) as tmp:
         for key in sorted(scan.patients, key=lambda k: mapping[k]):
             pid = mapping[key]
@@ -134,11 +136,12 @@ def import_dicom(cfg: ImportConfig) -> dict:
 
 
 def _import_patient(out: Path, pid: str, series: list[Series], row: LabelRow | None,
-                    model: Path | None, cfg: ImportConfig, report: list[dict]) -> dict:
+                    model: Path | None, cfg: ImportConfig, report: list[dict[str, Any]]
+                    ) -> dict[str, Any]:
     """Import one patient into ``out``; returns its row of import_patients.csv."""
     studies = {uid: i + 1 for i, uid in enumerate(sorted({s.study_uid for s in series}))}
     subset = (row.subset if row and row.subset else "training")
-    result = {c: "" for c in PATIENT_COLUMNS}
+    result: dict[str, Any] = {c: "" for c in PATIENT_COLUMNS}
     result.update(patient=pid, subset=subset, label=(row.label if row and row.label else ""),
                   burned_in_annotation="yes" if any(s.burned_in for s in series) else "no")
     try:
@@ -181,7 +184,7 @@ def _import_patient(out: Path, pid: str, series: list[Series], row: LabelRow | N
     return result
 
 
-def _report_row(pid: str, studies: dict[str, int], d: Decision) -> dict:
+def _report_row(pid: str, studies: dict[str, int], d: Decision) -> dict[str, Any]:
     s = d.series
     reason = d.reason + ("; BurnedInAnnotation=YES: pixels may show identifying text"
                          if s.burned_in else "")
@@ -272,7 +275,7 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray, zooms: tuple[float, 
         nib.save(img, str(tmp))
 
 
-def _refs(cine: Cine, t: int, series: list[Series]) -> dict:
+def _refs(cine: Cine, t: int, series: list[Series]) -> dict[str, Any]:
     """Source references of phase ``t`` (format agreed with the DICOM SEG writer)."""
     first = cine.frames[t][0]
     s0 = series[0]
@@ -293,7 +296,7 @@ def _refs(cine: Cine, t: int, series: list[Series]) -> dict:
     }
 
 
-def _first(values) -> float | None:  # noqa: ANN001
+def _first(values: Iterable[float | None]) -> float | None:
     for v in values:
         if v is not None and v > 0:
             return float(v)
@@ -347,7 +350,7 @@ def _write_mapping(path: Path, mapping: dict[str, str]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
+def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
     w.writeheader()

@@ -17,8 +17,10 @@ import logging
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -128,7 +130,7 @@ class _Unreadable(Exception):
     """A file that claims to be DICOM but cannot be used (message already scrubbed)."""
 
 
-def _walk(base: Path):  # noqa: ANN202 - generator of Path
+def _walk(base: Path) -> Iterator[Path]:
     """Regular files under ``base``, sorted, hidden ones skipped, links never followed."""
     for folder, dirs, files in os.walk(base, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -148,7 +150,7 @@ def _has_magic(p: Path) -> bool:
         return False
 
 
-def _read_header(p: Path):  # noqa: ANN202 - (Dataset, secrets) | None
+def _read_header(p: Path) -> tuple[Any, list[str]] | None:
     """(dataset without pixels, identifying values), or None for a file that is not a DICOM
     image (text, DICOMDIR, presentation state...). Raises :class:`_Unreadable` for a corrupt
     DICOM file."""
@@ -184,22 +186,22 @@ def _read_header(p: Path):  # noqa: ANN202 - (Dataset, secrets) | None
     return ds, secrets
 
 
-def _float(value: object) -> float | None:
+def _float(value: Any) -> float | None:
     try:
-        v = float(value)  # type: ignore[arg-type]
+        v = float(value)
     except (TypeError, ValueError):
         return None
     return v if np.isfinite(v) else None
 
 
-def _int(value: object) -> int | None:
+def _int(value: Any) -> int | None:
     try:
-        return int(value)  # type: ignore[arg-type]
+        return int(value)
     except (TypeError, ValueError):
         return None
 
 
-def _add(series: dict[str, Series], ds, path: Path, base: Path, secrets: list[str]) -> None:  # noqa: ANN001
+def _add(series: dict[str, Series], ds: Any, path: Path, base: Path, secrets: list[str]) -> None:
     uid = str(ds.get("SeriesInstanceUID", "") or "")
     if not uid:
         raise _Unreadable("DICOM image without SeriesInstanceUID")
@@ -235,7 +237,8 @@ def _add(series: dict[str, Series], ds, path: Path, base: Path, secrets: list[st
         s.frames.append(_single_frame(ds, path))
 
 
-def _geometry(ds, where: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, float]]:  # noqa: ANN001
+def _geometry(ds: Any, where: str
+              ) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, float]]:
     try:
         pos = tuple(float(v) for v in ds.ImagePositionPatient)
         ori = tuple(float(v) for v in ds.ImageOrientationPatient)
@@ -248,7 +251,7 @@ def _geometry(ds, where: str) -> tuple[tuple[float, ...], tuple[float, ...], tup
     return pos, ori, (sp[0], sp[1])
 
 
-def _single_frame(ds, path: Path) -> Frame:  # noqa: ANN001
+def _single_frame(ds: Any, path: Path) -> Frame:
     pos, ori, sp = _geometry(ds, "image")
     return Frame(path, None, pos, ori, sp, int(ds.get("Rows", 0) or 0),  # type: ignore[arg-type]
                  int(ds.get("Columns", 0) or 0), _float(ds.get("TriggerTime")),
@@ -256,7 +259,7 @@ def _single_frame(ds, path: Path) -> Frame:  # noqa: ANN001
                  str(ds.get("SOPClassUID", "")))
 
 
-def _enhanced_frames(ds, path: Path, n_frames: int) -> list[Frame]:  # noqa: ANN001
+def _enhanced_frames(ds: Any, path: Path, n_frames: int) -> list[Frame]:
     """One :class:`Frame` per frame of an enhanced (multi-frame) MR object."""
     shared = ds.get("SharedFunctionalGroupsSequence")
     shared = shared[0] if shared else None
@@ -265,7 +268,7 @@ def _enhanced_frames(ds, path: Path, n_frames: int) -> list[Frame]:  # noqa: ANN
         raise _Unreadable(f"multi-frame image: {len(per)} per-frame groups for NumberOfFrames "
                           f"{n_frames}")
 
-    def item(group, name: str):  # noqa: ANN001, ANN202
+    def item(group: Any, name: str) -> Any:
         for source in (group, shared):
             if source is not None and name in source and len(source[name].value):
                 return source[name].value[0]

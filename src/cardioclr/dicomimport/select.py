@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cardioclr.dicomimport.scan import Series
+from cardioclr.dicomimport.scan import Frame, Series
 
 #: LV long axis (base -> apex) in the patient LPS frame: to the left, anterior, inferior. The
 #: normal of a short-axis plane lies near it; long-axis planes contain it (normal at ~90 deg).
@@ -87,7 +87,7 @@ def angle_to_long_axis(normal: np.ndarray) -> float:
     return float(np.degrees(np.arccos(min(1.0, abs(float(normal @ LONG_AXIS_LPS))))))
 
 
-def slice_positions(frames: list, normal: np.ndarray) -> list[float]:  # list[Frame]
+def slice_positions(frames: list[Frame], normal: np.ndarray) -> list[float]:
     """Distinct positions (mm along ``normal``) of the frames, sorted."""
     along = sorted(float(np.asarray(f.position) @ normal) for f in frames)
     out: list[float] = []
