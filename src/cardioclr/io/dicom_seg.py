@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cardioclr.clinical.labels import LABEL_MEANINGS, LV_CAVITY, LV_MYOCARDIUM, MAX_LABEL, RV_CAVITY
 from cardioclr.errors import DataError
 
 if TYPE_CHECKING:
@@ -108,13 +109,12 @@ class SegmentSpec:
 _TISSUE = ("85756007", "Tissue")
 _ANATOMY = ("91723000", "Anatomical Structure")
 _BLOOD = ("87612001", "Blood")
-#: Segments in label order (label values as in :data:`cardioclr.io.volume.MAX_LABEL`'s docs:
-#: 1 RV cavity, 2 LV myocardium, 3 LV cavity).
+#: Segments in label order: segment number = cardioclr label value (:mod:`cardioclr.clinical.labels`).
 SEGMENTS: tuple[SegmentSpec, ...] = (
-    SegmentSpec(1, "RV cavity", _TISSUE, _BLOOD, ("53085002", "Right ventricle"), (54, 118, 230)),
-    SegmentSpec(2, "LV myocardium", _ANATOMY, ("49848007", "Left Ventricle Myocardium"), None,
+    SegmentSpec(RV_CAVITY, "RV cavity", _TISSUE, _BLOOD, ("53085002", "Right ventricle"), (54, 118, 230)),
+    SegmentSpec(LV_MYOCARDIUM, "LV myocardium", _ANATOMY, ("49848007", "Left Ventricle Myocardium"), None,
                 (230, 180, 40)),
-    SegmentSpec(3, "LV cavity", _TISSUE, _BLOOD, ("87878005", "Left ventricle"), (220, 40, 40)),
+    SegmentSpec(LV_CAVITY, "LV cavity", _TISSUE, _BLOOD, ("87878005", "Left ventricle"), (220, 40, 40)),
 )
 
 
@@ -364,8 +364,8 @@ def write_seg(labels: np.ndarray, affine_ras: np.ndarray, sources: Sequence[Data
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise DataError(out, f"expected a (z, y, x) label map, got shape {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > len(SEGMENTS)):
-        raise DataError(out, f"label values outside 0-{len(SEGMENTS)}")
+    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):
+        raise DataError(out, f"label values outside 0-{MAX_LABEL} ({LABEL_MEANINGS})")
     fors = {str(ds.FrameOfReferenceUID) for ds in sources}
     studies = {str(ds.StudyInstanceUID) for ds in sources}
     if len(fors) != 1 or len(studies) != 1:
