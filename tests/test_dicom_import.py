@@ -189,6 +189,12 @@ def test_refuses_existing_output_and_output_inside_export(export, tmp_path: Path
         import_dicom(ImportConfig(str(root), str(tmp_path / "data")))
     with pytest.raises(CardioclrError, match="outside the DICOM export"):
         import_dicom(ImportConfig(str(root), str(root / "out")))
+    with pytest.raises(CardioclrError, match="outside the DICOM export"):  # would delete it
+        import_dicom(ImportConfig(str(root), str(root.parent), overwrite=True))
+    (tmp_path / "data" / "thesis.docx").write_text("not mine to delete")
+    with pytest.raises(CardioclrError, match="not a dataset written by cardioclr import"):
+        import_dicom(ImportConfig(str(root), str(tmp_path / "data"), overwrite=True))
+    assert (tmp_path / "data" / "thesis.docx").is_file()
 
 
 # ------------------------------------------------------------------------------------------

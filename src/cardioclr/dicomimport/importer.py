@@ -53,6 +53,7 @@ PATIENT_COLUMNS = ("patient", "subset", "label", "sax_series", "slices", "phases
                    "ed_frame", "es_frame", "ed_es_method", "ed_es_provisional", "frame_ms",
                    "burned_in_annotation", "status", "reason")
 REFS_FORMAT = "cardioclr-dicom-refs/1"
+SUMMARY_FILE = "import_summary.json"
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,16 @@ def import_dicom(cfg: ImportConfig) -> dict[str, Any]:
     root, out = Path(cfg.root), Path(cfg.out)
     if not root.is_dir():
         raise CardioclrError(f"{root}: DICOM export folder does not exist")
-    if out.resolve().is_relative_to(root.resolve()):
-        raise CardioclrError(f"{out}: write the dataset outside the DICOM export {root}")
+    if out.resolve().is_relative_to(root.resolve()) or root.resolve().is_relative_to(
+            out.resolve()):
+        raise CardioclrError(f"{out}: write the dataset outside the DICOM export {root} (and not "
+                             "around it)")
     if out.exists() and not cfg.overwrite:
         raise CardioclrError(f"{out} exists; pass --overwrite to replace it")
+    if out.exists() and any(out.iterdir()) and not (out / SUMMARY_FILE).is_file():
+        # --overwrite replaces the whole folder: only ever one this command wrote.
+        raise CardioclrError(f"{out} is not a dataset written by cardioclr import (no "
+                             f"{SUMMARY_FILE}); refusing to replace it: choose another --out")
     labels = read_labels(cfg.labels) if cfg.labels else {}
     model = _model_path(cfg.segmentation) if cfg.segmentation else None
     scan = scan_export(root)
@@ -127,7 +134,7 @@ def import_dicom(cfg: ImportConfig) -> dict[str, Any]:
             "mapping_written": bool(cfg.keep_mapping),
             "seconds": round(time.perf_counter() - start, 2),
         }
-        write_json(tmp / "import_summary.json", summary)
+        write_json(tmp / SUMMARY_FILE, summary)
         if cfg.keep_mapping:
             # Before the dataset is committed: a dataset whose pseudonyms cannot be traced back
             # (if the run died between the two) would be worse than a mapping with extra rows.
