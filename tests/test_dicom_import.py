@@ -195,6 +195,9 @@ def test_refuses_existing_output_and_output_inside_export(export, tmp_path: Path
     with pytest.raises(CardioclrError, match="not a dataset written by cardioclr import"):
         import_dicom(ImportConfig(str(root), str(tmp_path / "data"), overwrite=True))
     assert (tmp_path / "data" / "thesis.docx").is_file()
+    with pytest.raises(CardioclrError, match="keep the mapping outside"):
+        import_dicom(ImportConfig(str(root), str(tmp_path / "new"),
+                                  keep_mapping=str(tmp_path / "new" / "map.csv")))
 
 
 # ------------------------------------------------------------------------------------------

@@ -86,6 +86,10 @@ def import_dicom(cfg: ImportConfig) -> dict[str, Any]:
         # --overwrite replaces the whole folder: only ever one this command wrote.
         raise CardioclrError(f"{out} is not a dataset written by cardioclr import (no "
                              f"{SUMMARY_FILE}); refusing to replace it: choose another --out")
+    if cfg.keep_mapping and any(Path(cfg.keep_mapping).resolve().is_relative_to(d.resolve())
+                                for d in (out, root)):
+        raise CardioclrError(f"{cfg.keep_mapping}: keep the mapping outside the dataset and the "
+                             "export (it re-identifies every patient)")
     labels = read_labels(cfg.labels) if cfg.labels else {}
     model = _model_path(cfg.segmentation) if cfg.segmentation else None
     scan = scan_export(root)
