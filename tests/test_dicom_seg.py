@@ -144,10 +144,11 @@ def test_seg_from_reference_sidecar_of_an_imported_nifti(tmp_path: Path) -> None
     refs_in_seg = {f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
                    for f in seg.PerFrameFunctionalGroupsSequence}
     assert refs_in_seg == {pydicom.dcmread(p).SOPInstanceUID for p in paths}
-    refs["instances"][0]["frame_number"] = 3
+    refs["instances"][0]["frame_number"] = 3  # frames of a multi-frame image mixed with single images
     sidecar.write_text(json.dumps(refs))
-    with pytest.raises(DataError, match="multi-frame"):
-        headers_from_references(sidecar, "p1")
+    with pytest.raises(DataError, match="several enhanced multi-frame images"):
+        write_seg(labels, vol.affine, headers_from_references(sidecar, "p1"), tmp_path / "bad.dcm", "ED")
+    assert not (tmp_path / "bad.dcm").exists()
 
 
 def _fake_segmentation_model(work: Path) -> None:
@@ -210,7 +211,8 @@ def test_segment_predict_dicom_seg_cli(tmp_path: Path) -> None:
 @pytest.mark.parametrize("layout", ["per_slice", "per_phase", "enhanced"])
 def test_imported_export_gets_segs_over_the_pacs_images(tmp_path: Path, layout: str) -> None:
     """PACS export -> ``cardioclr import`` -> prepare -> ``segment predict --dicom-seg``: the SEGs
-    reference the exported instances through the import's sidecars (enhanced MR: skipped, said)."""
+    reference the exported instances (enhanced MR: the frames of the one instance) through the
+    import's sidecars, one source image of one cardiac phase per slice."""
     from cardioclr.cli import main
     from cardioclr.data.prepare import PrepareConfig, prepare
     from cardioclr.dicomimport.importer import ImportConfig, import_dicom
@@ -226,9 +228,6 @@ def test_imported_export_gets_segs_over_the_pacs_images(tmp_path: Path, layout: 
                  "--accelerator", "cpu"]) == 0
     table = pd.read_csv(work / "segmentation" / "dicom_seg" / "dicom_seg.csv", keep_default_na=False)
     assert len(table) == 2
-    if layout == "enhanced":
-        assert (table["status"] == "skipped").all() and table["reason"].str.contains("multi-frame").all()
-        return
     assert (table["status"] == "written").all() and (table["roundtrip_ok"].astype(str) == "True").all()
     exported = {}
     for p in (tmp_path / "export").rglob("*"):
@@ -236,14 +235,27 @@ def test_imported_export_gets_segs_over_the_pacs_images(tmp_path: Path, layout: 
             ds = pydicom.dcmread(p, stop_before_pixels=True)
             exported[ds.SOPInstanceUID] = ds
     (patient,) = truth.patients.values()
+    nz = patient.cine_xyzt.shape[2]
     for row in table.itertuples():
         seg = pydicom.dcmread(row.file)
-        refs = {f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-                for f in seg.PerFrameFunctionalGroupsSequence}
-        assert all(exported[u].SeriesInstanceUID in patient.sax_series_uids for u in refs)
-        assert len(refs) == patient.cine_xyzt.shape[2]  # one source image per slice
-        phases = {float(exported[u].TriggerTime) for u in refs}
-        assert len(phases) == 1  # all of one cardiac phase
-        assert seg.FrameOfReferenceUID == exported[next(iter(refs))].FrameOfReferenceUID
+        sources, phases = set(), set()
+        for frame in seg.PerFrameFunctionalGroupsSequence:
+            (ref,) = frame.DerivationImageSequence[0].SourceImageSequence
+            src = exported[ref.ReferencedSOPInstanceUID]
+            assert src.SeriesInstanceUID in patient.sax_series_uids
+            if layout == "enhanced":  # the referenced frame lies where the SEG frame does
+                n = int(ref.ReferencedFrameNumber)
+                fg = src.PerFrameFunctionalGroupsSequence[n - 1]
+                where = fg.PlanePositionSequence[0].ImagePositionPatient
+                phases.add(int(fg.FrameContentSequence[0].TemporalPositionIndex))
+                sources.add(n)
+            else:
+                where = src.ImagePositionPatient
+                phases.add(float(src.TriggerTime))
+                sources.add(ref.ReferencedSOPInstanceUID)
+            np.testing.assert_allclose([float(v) for v in where], [
+                float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient], atol=1e-3)
+        assert len(sources) == nz and len(phases) == 1  # one image per slice, all of one phase
+        assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
         raw = Path(row.file).read_bytes()
         assert not [s for s in truth.phi if len(s) > 3 and s.encode() in raw]

@@ -27,8 +27,10 @@ Source images
     name, birth date, institution, accession number, date or description of the source can
     reach the SEG. They come from a DICOM series folder (:func:`read_source_headers`) or from a
     sidecar JSON of references written next to an imported NIfTI frame
-    (:func:`headers_from_references`, format :data:`REFERENCES_FORMAT`). Enhanced multi-frame
-    sources are not supported yet (a clear error says so).
+    (:func:`headers_from_references`, format :data:`REFERENCES_FORMAT`), whose slices may be
+    classic single-frame images (one series, or one series per slice) or frames of one enhanced
+    MR image (each SEG frame then references its ReferencedFrameNumber). An enhanced image in a
+    DICOM *folder* input is refused (the folder reader does not read it either).
 
 De-identification (DICOM PS3.15 Annex E)
     The SEG goes through :func:`cardioclr.io.deid.apply_basic_profile` (Basic Application Level
@@ -197,8 +199,9 @@ def headers_from_references(path: str | os.PathLike[str], patient_id: str) -> li
          "instances": [{"sop_class_uid": ..., "sop_instance_uid": ..., "series_instance_uid": ...,
                         "image_position_patient": [x, y, z], "frame_number": null}, ...]}
 
-    one instance per slice, in any order. Raises :class:`DataError` naming the file when it is
-    unreadable, of another format, lacks a field or references frames of a multi-frame image.
+    one instance per slice, in any order; ``frame_number`` (1-based) for a frame of an enhanced
+    multi-frame image (kept as ReferencedFrameNumber), null for a classic image. Raises
+    :class:`DataError` naming the file when it is unreadable, of another format or lacks a field.
     """
     from pydicom.dataset import Dataset
 
@@ -212,10 +215,9 @@ def headers_from_references(path: str | os.PathLike[str], patient_id: str) -> li
     headers = []
     try:
         for inst in refs["instances"]:
-            if inst.get("frame_number") is not None:
-                raise DataError(p, "references frames of an enhanced multi-frame image; DICOM SEG "
-                                "output supports classic single-frame source images only")
             ds = Dataset()
+            if inst.get("frame_number") is not None:  # a frame of an enhanced multi-frame image
+                ds.ReferencedFrameNumber = int(inst["frame_number"])
             ds.SOPClassUID = inst["sop_class_uid"]
             ds.SOPInstanceUID = inst["sop_instance_uid"]
             ds.SeriesInstanceUID = inst["series_instance_uid"]
@@ -228,7 +230,10 @@ def headers_from_references(path: str | os.PathLike[str], patient_id: str) -> li
             ds.ImagePositionPatient = [float(v) for v in inst["image_position_patient"]]
             if refs.get("slice_thickness") is not None:
                 ds.SliceThickness = float(refs["slice_thickness"])
-            headers.append(minimal_source_header(ds, patient_id))
+            header = minimal_source_header(ds, patient_id)
+            if "ReferencedFrameNumber" in ds:
+                header.ReferencedFrameNumber = ds.ReferencedFrameNumber
+            headers.append(header)
     except (KeyError, TypeError, ValueError) as err:
         raise DataError(p, f"DICOM reference file lacks or garbles a field ({type(err).__name__}: "
                         f"{err})") from None
@@ -305,6 +310,39 @@ def _check_on_sources(volume: Any, sources: Sequence[Dataset], where: Path) -> N
                         "no SEG written")
 
 
+def _as_multiframe(sources: Sequence[Dataset]) -> Dataset:
+    """One minimal multi-frame header standing for the frames of an enhanced MR image listed in
+    ``sources`` (one per slice, each with its ReferencedFrameNumber), for highdicom to place the
+    SEG frames; the real frame numbers are written afterwards (:func:`_reference_every_frame`).
+    """
+    from pydicom.dataset import Dataset as Item
+
+    first = sources[0]
+    if len({str(ds.SOPInstanceUID) for ds in sources}) != 1:
+        raise ValueError("the slices come from several enhanced multi-frame images")
+    mf = Item()
+    for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                "FrameOfReferenceUID", "Modality", "Rows", "Columns", "PatientID", "PatientName",
+                *_EMPTIED):
+        setattr(mf, key, first[key].value)
+    mf.NumberOfFrames = len(sources)
+    measures, orientation, shared = Item(), Item(), Item()
+    measures.PixelSpacing = first.PixelSpacing
+    measures.SliceThickness = first.SliceThickness
+    orientation.ImageOrientationPatient = first.ImageOrientationPatient
+    shared.PixelMeasuresSequence = [measures]
+    shared.PlaneOrientationSequence = [orientation]
+    mf.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for ds in sources:
+        position, frame = Item(), Item()
+        position.ImagePositionPatient = ds.ImagePositionPatient
+        frame.PlanePositionSequence = [position]
+        frames.append(frame)
+    mf.PerFrameFunctionalGroupsSequence = frames
+    return mf
+
+
 def _reference_every_frame(seg: Dataset, sources: Sequence[Dataset]) -> None:
     """Fill the DerivationImageSequence of frames highdicom left empty with the source image at
     the frame's position.
@@ -332,6 +370,8 @@ def _reference_every_frame(seg: Dataset, sources: Sequence[Dataset]) -> None:
         ref = Item()
         ref.ReferencedSOPClassUID = src.SOPClassUID
         ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+        if "ReferencedFrameNumber" in src:  # a frame of an enhanced multi-frame image
+            ref.ReferencedFrameNumber = src.ReferencedFrameNumber
         ref.PurposeOfReferenceCodeSequence = [
             coded(codes.cid7202.SourceImageForImageProcessingOperation)]
         ref.SpatialLocationsPreserved = "YES"
@@ -387,10 +427,18 @@ def write_seg(labels: np.ndarray, affine_ras: np.ndarray, sources: Sequence[Data
         by_series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
     main_series = max(sorted(by_series), key=lambda uid: len(by_series[uid]))
     further = [ds for uid in sorted(by_series) if uid != main_series for ds in by_series[uid]]
+    enhanced = any("ReferencedFrameNumber" in ds for ds in sources)
+    if enhanced:
+        try:
+            main_images, further = [_as_multiframe(sources)], []
+        except ValueError as err:
+            raise DataError(out, str(err)) from None
+    else:
+        main_images = by_series[main_series]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # highdicom's notes on optional attributes
         seg = hd.seg.Segmentation(
-            source_images=by_series[main_series],
+            source_images=main_images,
             further_source_images=further or None,
             pixel_array=volume,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -407,6 +455,9 @@ def write_seg(labels: np.ndarray, affine_ras: np.ndarray, sources: Sequence[Data
             content_label="CARDIOCLR_SEG",
             omit_empty_frames=False,
         )
+    if enhanced:  # highdicom numbered the frames of the stand-in header: reference the real ones
+        for frame in seg.PerFrameFunctionalGroupsSequence:
+            frame.DerivationImageSequence = []
     _reference_every_frame(seg, sources)
     # PS3.15 Annex E basic profile, Retain UIDs Option (recorded in PatientIdentityRemoved,
     # DeidentificationMethod and its code sequence): the project's one de-identification helper.
