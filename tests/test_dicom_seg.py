@@ -204,6 +204,7 @@ def test_segment_predict_dicom_seg_cli(tmp_path: Path) -> None:
         assert not [b for b in PHI_BYTES if b in Path(written.file).read_bytes()]
         skipped = rows[("nii1", phase)]
         assert skipped.status == "skipped" and "without DICOM references" in skipped.reason
+    assert rows[("dcm1", "report")].status == "written" and rows[("nii1", "report")].status == "skipped"
     assert not (work / "segmentation" / "dicom_seg" / "nii1").exists()
 
 
@@ -227,8 +228,9 @@ def test_imported_export_gets_segs_over_the_pacs_images(tmp_path: Path, layout: 
     assert main(["segment", "predict", str(work), "--dicom-seg", "--no-png", "--no-evaluate",
                  "--accelerator", "cpu"]) == 0
     table = pd.read_csv(work / "segmentation" / "dicom_seg" / "dicom_seg.csv", keep_default_na=False)
-    assert len(table) == 2
-    assert (table["status"] == "written").all() and (table["roundtrip_ok"].astype(str) == "True").all()
+    assert list(table["phase"]) == ["ED", "ES", "report"] and (table["status"] == "written").all()
+    table = table[table["phase"] != "report"]
+    assert (table["roundtrip_ok"].astype(str) == "True").all()
     exported = {}
     for p in (tmp_path / "export").rglob("*"):
         if p.is_file() and p.name != "DICOMDIR":
@@ -259,3 +261,49 @@ def test_imported_export_gets_segs_over_the_pacs_images(tmp_path: Path, layout: 
         assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
         raw = Path(row.file).read_bytes()
         assert not [s for s in truth.phi if len(s) > 3 and s.encode() in raw]
+
+
+def test_measurement_report_references_the_seg_segments(tmp_path: Path) -> None:
+    import highdicom as hd
+
+    from cardioclr.clinical.indices import compute_indices
+    from cardioclr.io.dicom_sr import write_measurement_report
+
+    segs, labels = {}, {}
+    for phase, seed in (("ED", 1), ("ES", 2)):
+        _, labels[phase] = _dicom_patient(tmp_path / phase, phase.lower(), seed=seed)
+        vol = read_volume(tmp_path / phase)
+        segs[phase] = write_seg(labels[phase], vol.affine, read_source_headers(tmp_path / phase, "anon-9"),
+                                tmp_path / f"{phase}.dcm", phase)
+    indices = compute_indices(labels["ED"], labels["ES"], vol.spacing)
+    out = write_measurement_report(segs, indices, tmp_path / "sr.dcm")
+    sr = hd.sr.srread(out)
+    seg_uids = {phase: pydicom.dcmread(p).SOPInstanceUID for phase, p in segs.items()}
+    found = {}
+    for group in sr.content.get_volumetric_roi_measurement_groups():
+        for m in group.get_measurements():
+            found[(str(group.tracking_identifier), m.name.value)] = (m.value, m.unit.value)
+    assert found[("LV cavity ED", "18026-5")] == (pytest.approx(indices["lv_edv_ml"]), "mL")
+    assert found[("LV cavity ES", "18148-7")] == (pytest.approx(indices["lv_esv_ml"]), "mL")
+    assert found[("LV cavity ED", "8811-2")] == (pytest.approx(indices["lv_ef_pct"]), "%")
+    assert found[("RV cavity ES", "118565006")] == (pytest.approx(indices["rv_esv_ml"]), "mL")
+    assert found[("LV myocardium ED", "4147007")] == (pytest.approx(indices["myo_mass_ed_g"]), "g")
+
+    def segment_refs(items: pydicom.Sequence) -> set[tuple[str, int]]:
+        out: set[tuple[str, int]] = set()
+        for item in items:
+            for ref in item.get("ReferencedSOPSequence", []):
+                if "ReferencedSegmentNumber" in ref:
+                    out.add((ref.ReferencedSOPInstanceUID, int(ref.ReferencedSegmentNumber)))
+            out |= segment_refs(item.get("ContentSequence", []))
+        return out
+
+    refs = segment_refs(pydicom.dcmread(out).ContentSequence)
+    assert refs == {(seg_uids["ED"], 3), (seg_uids["ES"], 3), (seg_uids["ED"], 1), (seg_uids["ES"], 1),
+                    (seg_uids["ED"], 2)}
+    ds = pydicom.dcmread(out)
+    evidence = {i.ReferencedSOPInstanceUID for s in ds.CurrentRequestedProcedureEvidenceSequence
+                for series in s.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
+    assert set(seg_uids.values()) <= evidence
+    assert ds.PatientID == "anon-9" and ds.PatientIdentityRemoved == "YES"
+    assert not [b for b in PHI_BYTES if b in out.read_bytes()]

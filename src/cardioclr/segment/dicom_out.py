@@ -12,9 +12,12 @@ For each segmented patient and phase (ED, ES) whose source image is DICOM, the s
   SEG that opens over no image), listed as ``skipped`` with that reason.
 
 Every SEG written is read back with highdicom and compared voxel for voxel with its NIfTI mask
-(:func:`cardioclr.io.dicom_seg.seg_roundtrip_ok`). ``WORK/segmentation/dicom_seg/dicom_seg.csv``
-lists each patient and phase: ``patient_id, phase, status (written|skipped|failed), file,
-roundtrip_ok, reason``. A patient that fails is listed and the others continue.
+(:func:`cardioclr.io.dicom_seg.seg_roundtrip_ok`). When both SEGs of a patient are written, a
+TID 1500 measurement report ``PID_measurements_sr.dcm`` (LV EDV/ESV/EF, RV volumes/EF,
+myocardial mass, each referencing its SEG segment; :mod:`cardioclr.io.dicom_sr`) goes beside
+them. ``WORK/segmentation/dicom_seg/dicom_seg.csv`` lists each patient and phase (``ED``, ``ES``,
+``report``): ``patient_id, phase, status (written|skipped|failed), file, roundtrip_ok, reason``.
+A patient that fails is listed and the others continue.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ SEG_DIR = "dicom_seg"
 SEG_TABLE = "dicom_seg.csv"
 SEG_COLUMNS = ("patient_id", "phase", "status", "file", "roundtrip_ok", "reason")
 _PHASES = ("ED", "ES")
+#: ``phase`` of the table row of the patient's TID 1500 measurement report.
+REPORT = "report"
 
 
 def source_headers(image: Path, patient_id: str) -> list[Any]:
@@ -74,6 +79,32 @@ def cases_of_store(store: SliceStore) -> dict[str, Case]:
     return {c.patient_id: c for c in cases}
 
 
+def _write_report(tmp: Path, final: Path, pid: str, masks: dict[str, Any]) -> dict[str, Any]:
+    """The TID 1500 report row of a patient: written when both SEGs are (:mod:`cardioclr.io.dicom_sr`).
+
+    Its failure is reported in the row and does not cost the patient its SEGs.
+    """
+    from cardioclr.clinical.indices import compute_indices
+    from cardioclr.io.dicom_sr import write_measurement_report
+
+    row: dict[str, Any] = {"patient_id": pid, "phase": REPORT, "status": "skipped", "file": "",
+                           "roundtrip_ok": "", "reason": ""}
+    if set(masks) != set(_PHASES):
+        row["reason"] = "needs both the ED and the ES SEG"
+        return row
+    name = f"{pid}_measurements_sr.dcm"
+    try:
+        indices = compute_indices(masks["ED"].array, masks["ES"].array, masks["ED"].spacing)
+        write_measurement_report({ph: tmp / f"{pid}_{ph}_seg.dcm" for ph in _PHASES}, indices,
+                                 tmp / name, software_version=__version__)
+    except Exception as err:  # noqa: BLE001 - the SEGs stand without the report
+        log.error("DICOM measurement report of %s failed: %s: %s", pid, type(err).__name__, err)
+        row.update(status="failed", reason=f"{type(err).__name__}: {err}")
+        return row
+    row.update(status="written", file=str(final / name))
+    return row
+
+
 def write_segs(work: str | os.PathLike[str], cases: Mapping[str, Case] | None = None,
                patient_ids: Sequence[str] | None = None) -> pd.DataFrame:
     """Write the DICOM SEGs of ``patient_ids`` (default: every patient with a mask); returns the
@@ -99,6 +130,7 @@ def write_segs(work: str | os.PathLike[str], cases: Mapping[str, Case] | None = 
         patient_rows: list[dict[str, Any]] = []
         try:
             with atomic_dir(out_root / pid) as tmp:
+                masks: dict[str, Any] = {}
                 for phase in _PHASES:
                     row: dict[str, Any] = {"patient_id": pid, "phase": phase, "status": "skipped",
                                            "file": "", "roundtrip_ok": "", "reason": ""}
@@ -123,8 +155,10 @@ def write_segs(work: str | os.PathLike[str], cases: Mapping[str, Case] | None = 
                               series_number=9001 if phase == "ED" else 9002)
                     ok = seg_roundtrip_ok(tmp / name, mask_path)
                     row.update(status="written", file=str(out_root / pid / name), roundtrip_ok=ok)
+                    masks[phase] = mask
                     if not ok:
                         row["reason"] = "SEG read back differs from the NIfTI mask"
+                patient_rows.append(_write_report(tmp, out_root / pid, pid, masks))
             if not any(r["status"] == "written" for r in patient_rows):
                 shutil.rmtree(out_root / pid, ignore_errors=True)  # no empty folders
         except Exception as err:  # noqa: BLE001 - one patient must not stop the others
@@ -132,7 +166,7 @@ def write_segs(work: str | os.PathLike[str], cases: Mapping[str, Case] | None = 
             log.error("DICOM SEG of %s failed: %s", pid, detail)
             shutil.rmtree(out_root / pid, ignore_errors=True)
             patient_rows = [{"patient_id": pid, "phase": ph, "status": "failed", "file": "",
-                             "roundtrip_ok": "", "reason": detail} for ph in _PHASES]
+                             "roundtrip_ok": "", "reason": detail} for ph in (*_PHASES, REPORT)]
         rows.extend(patient_rows)
     table = pd.DataFrame(rows, columns=list(SEG_COLUMNS))
     write_text(out_root / SEG_TABLE, table.to_csv(index=False))
