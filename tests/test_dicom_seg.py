@@ -307,3 +307,15 @@ def test_measurement_report_references_the_seg_segments(tmp_path: Path) -> None:
     assert set(seg_uids.values()) <= evidence
     assert ds.PatientID == "anon-9" and ds.PatientIdentityRemoved == "YES"
     assert not [b for b in PHI_BYTES if b in out.read_bytes()]
+
+
+def test_seg_table_summary_counts_segs_and_reports_apart() -> None:
+    from cardioclr.segment.cli import seg_table_summary
+
+    table = pd.DataFrame({"patient_id": ["a", "a", "a", "b", "b", "b"],
+                          "phase": ["ED", "ES", "report", "ED", "ES", "report"],
+                          "status": ["written", "written", "written", "skipped", "skipped", "skipped"],
+                          "roundtrip_ok": [True, False, "", "", "", ""]})
+    line = seg_table_summary(table, "x.csv")
+    assert line.startswith("DICOM SEG: 2 written, 2 skipped, 0 failed; 1 measurement reports")
+    assert "1 do NOT read back equal" in line

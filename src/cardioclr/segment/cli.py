@@ -130,12 +130,16 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def seg_table_summary(table: Any, path: str) -> str:
-    """One line on the DICOM SEGs written (``table``: :func:`cardioclr.segment.dicom_out.write_segs`)."""
-    counts = table["status"].value_counts()
+    """One line on the DICOM SEGs and reports written (``table``:
+    :func:`cardioclr.segment.dicom_out.write_segs`, rows ``phase`` ED/ES/report)."""
+    reports = table[table["phase"] == "report"]
+    segs = table[table["phase"] != "report"]
+    counts = segs["status"].value_counts()
     line = (f"DICOM SEG: {counts.get('written', 0)} written, {counts.get('skipped', 0)} skipped, "
-            f"{counts.get('failed', 0)} failed ({path})")
+            f"{counts.get('failed', 0)} failed; {int((reports['status'] == 'written').sum())} "
+            f"measurement reports ({path})")
     # From a DataFrame or re-read from the CSV: compare as text.
-    bad = table[(table["status"] == "written") & (table["roundtrip_ok"].astype(str) != "True")]
+    bad = segs[(segs["status"] == "written") & (segs["roundtrip_ok"].astype(str) != "True")]
     if len(bad):
         line += f"; {len(bad)} do NOT read back equal to their NIfTI mask"
     return line
