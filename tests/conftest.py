@@ -157,6 +157,7 @@ def write_dicom_series(folder: str | os.PathLike[str], volume_zyx: np.ndarray,
         ds.PatientID = patient_id
         ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
         ds.SeriesInstanceUID = series
+        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.2"  # mandatory in the MR image IOD
         ds.SeriesNumber = 7
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [float(v) for v in np.array(origin_lps) + k * spacing_zyx[0] * normal]

@@ -157,3 +157,38 @@ def test_two_devices_run_each_training_cell_as_its_own_ddp_job(tmp_path: Path) -
     # One study ran: the study-level progress file was written by one process only.
     state = json.loads((out / "study_state.json").read_text())
     assert {r["status"] for r in state["cells"].values()} <= {"done", "not-run"}
+
+
+@pytest.mark.slow
+def test_predict_dicom_input_writes_dicom_seg_and_indices(tiny_study: tuple[Path, float],
+                                                          tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+
+    from conftest import write_dicom_series
+
+    out, _ = tiny_study
+    folder = sorted(p for p in (out / "data").glob("*/patient*") if p.is_dir())[0]
+    for phase, frame in zip(("ed", "es"), sorted(folder.glob("*_frame??.nii.gz")), strict=True):
+        img = nib.load(frame)  # int16 phantom frame, written again as a DICOM series
+        sx, sy, sz = (float(v) for v in img.header.get_zooms()[:3])
+        write_dicom_series(tmp_path / phase, np.asarray(img.dataobj).transpose(2, 1, 0),
+                           spacing_zyx=(sz, sy, sx), patient_name="Doe^Jane", patient_id="MRN-0042")
+    model = out / "finetune" / "smallcnn__simclr-segmented__segmented"
+    pred = tmp_path / "pred"
+    assert main(["predict", str(model), "--ed", str(tmp_path / "ed"), "--es", str(tmp_path / "es"),
+                 "--id", "dcm1", "--out", str(pred), "--device", "cpu", "--no-saliency",
+                 "--dicom-seg"]) == 0
+    table = pd.read_csv(pred / "work" / "segmentation" / "dicom_seg" / "dicom_seg.csv")
+    assert list(table["phase"]) == ["ED", "ES", "report"] and (table["status"] == "written").all()
+    table = table[table["phase"] != "report"]
+    assert table["roundtrip_ok"].all()
+    for row in table.itertuples():
+        seg = pydicom.dcmread(row.file)
+        sources = {pydicom.dcmread(p).SOPInstanceUID for p in (tmp_path / row.phase.lower()).iterdir()}
+        assert {i.ReferencedSOPInstanceUID
+                for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == sources
+        assert seg.PatientID == "dcm1" and b"Doe" not in Path(row.file).read_bytes()
+    indices = pd.read_csv(pred / "indices.csv")
+    assert list(indices["patient_id"]) == ["dcm1"] and "lv_ef_pct" in indices.columns

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from cardioclr.data.store import SliceStore
 from cardioclr.segment.evaluate import evaluate, format_summary
@@ -77,6 +78,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "require a GPU (as for train, pretrain and finetune)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (a specific "
                     "device; must agree with --accelerator when both are given)")
+    pr.add_argument("--dicom-seg", action="store_true",
+                    help="also write each ED/ES mask as a DICOM SEG over its source DICOM images "
+                    "(WORK/segmentation/dicom_seg/; patients with plain NIfTI input are listed as "
+                    "skipped in dicom_seg.csv)")
     pr.set_defaults(func=_predict, parser=pr)
 
     e = ss.add_parser("evaluate", help="Dice, HD95 and clinical-index agreement on the test split",
@@ -117,9 +122,30 @@ def _predict(args: argparse.Namespace) -> int:
           f"{s['flags']} QC flags on {s['flagged_patients']} patients (qc_flags.csv)")
     if s["failed"]:
         print("failed: " + ", ".join(s["failed"]))
+    if args.dicom_seg:
+        from cardioclr.segment.dicom_out import SEG_DIR, SEG_TABLE, write_segs
+
+        table = write_segs(args.work)
+        print(seg_table_summary(table, f"{args.work}/segmentation/{SEG_DIR}/{SEG_TABLE}"))
     if not args.no_evaluate:
         _evaluate_if_possible(args.work)
     return 1 if s["segmented"] == 0 else 0
+
+
+def seg_table_summary(table: Any, path: str) -> str:
+    """One line on the DICOM SEGs and reports written (``table``:
+    :func:`cardioclr.segment.dicom_out.write_segs`, rows ``phase`` ED/ES/report)."""
+    reports = table[table["phase"] == "report"]
+    segs = table[table["phase"] != "report"]
+    counts = segs["status"].value_counts()
+    line = (f"DICOM SEG: {counts.get('written', 0)} written, {counts.get('skipped', 0)} skipped, "
+            f"{counts.get('failed', 0)} failed; {int((reports['status'] == 'written').sum())} "
+            f"measurement reports ({path})")
+    # From a DataFrame or re-read from the CSV: compare as text.
+    bad = segs[(segs["status"] == "written") & (segs["roundtrip_ok"].astype(str) != "True")]
+    if len(bad):
+        line += f"; {len(bad)} do NOT read back equal to their NIfTI mask"
+    return line
 
 
 def _evaluate_if_possible(work: str) -> None:

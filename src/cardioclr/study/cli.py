@@ -66,6 +66,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--no-saliency", action="store_true", help="skip the saliency overlays")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write the masks of DICOM inputs as DICOM SEG objects over their "
+                   "source images (DIR/work/segmentation/dicom_seg/)")
     p.set_defaults(func=_run_predict)
 
 
@@ -169,11 +172,20 @@ def _run_predict(args: argparse.Namespace) -> int:
     if not inputs:
         raise CardioclrError("no patient given: pass patient folders or --ed/--es pairs")
     result = predict_patients(args.model_dir, inputs, args.out, device=args.device,
-                              saliency=not args.no_saliency)
+                              saliency=not args.no_saliency, dicom_seg=args.dicom_seg)
     for row in result.predictions.itertuples(index=False):
         print(f"  {row.patient_id}: {row.predicted}")
     for pid, reason in result.failed.items():
         print(f"  {pid}: FAILED - {reason}", file=sys.stderr)
+    if args.dicom_seg:
+        from cardioclr.segment.cli import seg_table_summary
+        from cardioclr.segment.dicom_out import SEG_DIR, SEG_TABLE
+
+        table_path = Path(args.out) / "work" / "segmentation" / SEG_DIR / SEG_TABLE
+        if table_path.is_file():
+            import pandas as pd
+
+            print(seg_table_summary(pd.read_csv(table_path, keep_default_na=False), str(table_path)))
     print(f"wrote {Path(args.out) / 'predictions.csv'} ({len(result.predictions)} patients, "
           f"{len(result.failed)} failed)")
     return 0 if not result.failed else 1

@@ -10,9 +10,14 @@ its ``model.pt`` is the classifier, and its ``config.yaml`` names the work direc
 
 Outputs in ``DIR``: ``predictions.csv`` (``patient_id, predicted, prob_<class>...``, plus
 ``label`` when the patient folder's Info.cfg has a Group), ``failed.csv`` (patient, reason),
-``saliency/PID.png`` overlays, ``segmentation/qc/PID.png`` QC images and
-``segmentation/nifti/PID/`` masks on the patient's own grid. A patient that cannot be read,
-segmented or classified is listed with its reason; the others continue.
+``indices.csv`` (clinical indices of each segmented patient from its predicted masks: volumes
+in mL, EF in %, mass in g, thickness in mm, ``*_per_m2`` when height and weight are known),
+``saliency/PID.png`` overlays, ``work/segmentation/qc/PID.png`` QC images,
+``work/segmentation/nifti/PID/`` masks on the patient's own grid and, with ``--dicom-seg``,
+``work/segmentation/dicom_seg/PID/PID_{ED,ES}_seg.dcm`` DICOM SEG objects over the patient's DICOM
+images (``work/segmentation/dicom_seg/dicom_seg.csv`` says which were written or why not).
+A patient that cannot be read, segmented or classified is listed with its reason; the others
+continue.
 
 Every run replaces the outputs of an earlier run into the same ``DIR`` (the work store is
 rebuilt, the files are rewritten, ``saliency/`` is swapped in whole), so they always describe
@@ -166,8 +171,12 @@ def _check_replaceable(tmp_work: Path, train_work: Path) -> None:
 
 def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInput],
                      out: str | os.PathLike[str], device: str = "auto",
-                     saliency: bool = True) -> PredictResult:
-    """Prepare, segment and classify ``inputs``; write ``out/predictions.csv`` and overlays."""
+                     saliency: bool = True, dicom_seg: bool = False) -> PredictResult:
+    """Prepare, segment and classify ``inputs``; write ``out/predictions.csv`` and overlays.
+
+    ``dicom_seg``: also write the ED/ES masks of patients given as DICOM as DICOM SEG objects in
+    ``out/work/segmentation/dicom_seg/`` (:mod:`cardioclr.segment.dicom_out`).
+    """
     from cardioclr.classify.predict import load_classifier
     from cardioclr.data.pairs import load_patient_inputs
     from cardioclr.evaluate.metrics import prob_columns
@@ -206,6 +215,11 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
         for pid, reason in (summary.get("failed") or {}).items():
             failed[pid] = f"segmentation failed: {reason}"
         ready = [p for p in ready if p not in failed]
+        if dicom_seg and ready:
+            from cardioclr.segment.dicom_out import write_segs
+
+            write_segs(tmp_work, cases={c.patient_id: c for c in cases}, patient_ids=ready)
+    indices = _indices_table(tmp_work, ready)
 
     # New patients only have predicted masks; a model trained on expert masks uses them too.
     spec = dataclasses.replace(clf.spec, mask_source="predicted")
@@ -246,6 +260,7 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
     write_text(out / "predictions.csv", df.to_csv(index=False, float_format="%.6f"))
     write_text(out / "failed.csv", pd.DataFrame(sorted(failed.items()), columns=["patient_id", "reason"])
                .to_csv(index=False))
+    write_text(out / "indices.csv", indices.to_csv(index=False, float_format="%.4g"))
     saliency_status = write_saliency(out / "saliency", render)
     write_json(out / "predict_info.json", {"model_dir": str(Path(model_dir).resolve()),
                                            "work": str(work), "encoder": clf.encoder,
@@ -255,6 +270,21 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
                                            "failed": failed, "saliency": saliency_status,
                                            "seconds": round(time.perf_counter() - start, 2)})
     return PredictResult(df, failed, time.perf_counter() - start)
+
+
+def _indices_table(work: Path, patient_ids: list[str]) -> pd.DataFrame:
+    """Clinical indices (volumes, EF, mass, ...) of each segmented patient from its predicted
+    masks: ``patient_id`` then :data:`cardioclr.clinical.indices.INDEX_NAMES` columns."""
+    from cardioclr.clinical.indices import INDEX_NAMES
+    from cardioclr.segment.evaluate import clinical_indices_table
+
+    columns = ["patient_id", *INDEX_NAMES]
+    if not patient_ids:
+        return pd.DataFrame(columns=columns)
+    table = clinical_indices_table(work, patient_ids)
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    return table[table["source"] == "predicted"].reindex(columns=columns).reset_index(drop=True)
 
 
 def write_saliency(folder: Path, render: Callable[[Path], None] | None) -> str:
