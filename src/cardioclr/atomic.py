@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    # Who builds it, so that a later run can tell debris of a killed run from a live one.
+    (tmp.parent / f"{tmp.name}.owner").write_text(f"{socket.gethostname()} {os.getpid()}\n")
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700
@@ -90,6 +93,51 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        (tmp.parent / f"{tmp.name}.owner").unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(parent: str | os.PathLike[str], name: str) -> list[Path]:
+    """Remove what an interrupted :func:`atomic_dir` for ``parent/name`` left behind.
+
+    ``.NAME.*.partial`` folders whose owner process (recorded beside them) is gone, or that
+    have no owner record, and a leftover ``.NAME.old``. A folder still being built by a live
+    process on this host is kept. Returns the removed paths.
+    """
+    folder = Path(parent)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for tmp in sorted(folder.glob(f".{name}.*.partial")):
+        owner = tmp.parent / f"{tmp.name}.owner"
+        if _owner_alive(owner):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        owner.unlink(missing_ok=True)
+        removed.append(tmp)
+    for owner in folder.glob(f".{name}.*.partial.owner"):
+        if not owner.with_suffix("").exists():
+            owner.unlink(missing_ok=True)
+    old = folder / f".{name}.old"
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old)
+    return removed
+
+
+def _owner_alive(owner: Path) -> bool:
+    try:
+        host, pid = owner.read_text().split()
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return True  # another machine (shared file system): cannot tell, keep it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return int(pid) != os.getpid()
 
 
 def _json_default(obj: Any) -> Any:
