@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import struct
 import zlib
 from pathlib import Path
 
@@ -152,13 +151,15 @@ def check_claimed_size(path: str | os.PathLike[str], shape: tuple[int, ...], ite
 
 
 def nifti_stored_bytes(path: str | os.PathLike[str], offset: int, needed: int) -> int:
-    """Bytes of voxel data the NIfTI file at ``path`` really holds after ``offset``, without
-    reading more than needed into memory.
+    """Bytes of voxel data the NIfTI file at ``path`` really holds after ``offset``, read in
+    64 KiB chunks (memory stays bounded whatever the header claims).
 
-    Plain files: the file size. Gzip: at most ``_DEFLATE_MAX_RATIO`` x the compressed size (a
-    hard bound); when the gzip trailer's size field agrees with ``offset + needed`` that is
-    trusted, else the stream is decompressed in 64 KiB chunks and counted, stopping once
-    ``needed`` bytes are seen (memory stays bounded whatever the header claims).
+    Plain files: the file size. Gzip: first the hard bound of ``_DEFLATE_MAX_RATIO`` x the
+    compressed size (no decompression needed to refuse a 1 KB file claiming gigabytes), then
+    the whole stream is decompressed and counted, which also checks its CRC: a damaged
+    compressed file is refused here (nibabel reads only the bytes it needs and never reaches
+    the checksum, so damage inside the stream would otherwise become a silently wrong image).
+    Raises :class:`DataError` for a damaged gzip stream.
     """
     p = Path(path)
     size = p.stat().st_size
@@ -169,21 +170,14 @@ def nifti_stored_bytes(path: str | os.PathLike[str], offset: int, needed: int) -
     bound = size * _DEFLATE_MAX_RATIO
     if offset + needed > bound:
         return max(bound - offset, 0)
-    with open(p, "rb") as fh:
-        fh.seek(max(size - 4, 0))
-        trailer = fh.read(4)
-    if len(trailer) == 4 and struct.unpack("<I", trailer)[0] == (offset + needed) % 2**32:
-        return needed  # single-member gzip whose trailer matches: the common, honest case
     total = 0
     try:
         with gzip.open(p, "rb") as gz:
-            while total < offset + needed:
-                chunk = gz.read(1 << 16)
-                if not chunk:
-                    break
+            while chunk := gz.read(1 << 16):
                 total += len(chunk)
-    except (OSError, EOFError, zlib.error):
-        pass  # a truncated stream holds what was decompressed before the damage
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(p, f"corrupt or truncated gzip data after {_human(total)} "
+                        f"({type(err).__name__}: {err})") from None
     return max(total - offset, 0)
 
 

@@ -180,7 +180,7 @@ def read_cine(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, fl
     img = _load_nifti_header(p)
     if len(img.shape) != 4:
         raise DataError(p, f"expected a 4D cine (x, y, z, t), found shape {tuple(img.shape)}")
-    spacing = nifti_spacing_mm(p, img.header)
+    spacing = nifti_spacing_mm(p, _raw_header(p, img))
     data = _nifti_data(p, img)
     if not np.isfinite(data).all():
         raise DataError(p, "cine contains NaN or infinite intensities")
@@ -200,7 +200,7 @@ def _read_nifti(p: Path, expect_ndim: int) -> Volume:
         hint = ("; store a single slice as a 3D stack of shape (x, y, 1) with its slice spacing"
                 if len(shape) == 2 else "")
         raise DataError(p, f"expected a 3D stack (x, y, z), found {kind} of shape {shape}{hint}")
-    spacing = nifti_spacing_mm(p, img.header)
+    spacing = nifti_spacing_mm(p, _raw_header(p, img))
     known = int(img.header["sform_code"]) > 0 or int(img.header["qform_code"]) > 0
     if known:
         check_direction(p, img.affine)
@@ -219,6 +219,15 @@ def _load_nifti_header(p: Path) -> nib.Nifti1Image:
         return nib.load(str(p))
     except Exception as err:  # nibabel raises many types for corrupt headers
         raise DataError(p, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
+
+
+def _raw_header(p: Path, img: nib.Nifti1Image) -> nib.Nifti1Header:
+    """The header exactly as stored: ``nib.load`` "fixes" a pixdim of 0 into 1 (with a warning
+    that names no file), which would hide a broken voxel size from the validator."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(p)) as fh:
+        return type(img.header).from_fileobj(fh, check=False)
 
 
 def _nifti_data(p: Path, img: nib.Nifti1Image) -> np.ndarray:
