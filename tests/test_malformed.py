@@ -982,7 +982,13 @@ def test_stale_partial_folders_of_dead_runs_are_removed(base_cohort: Path, tmp_p
     live = work / ".store.live.partial"  # a run still building (this very process)
     live.mkdir()
     (work / ".store.live.partial.owner").write_text(f"{os.uname().nodename} {os.getppid()}\n")
+    dead_file = work / ".manifest.csv.999999999.abcd.tmp.csv"  # atomic_path of a killed writer
+    dead_file.write_text("half")
+    live_file = work / f".manifest.csv.{os.getpid()}.efgh.tmp.csv"
+    live_file.write_text("being written")
     assert main(["prepare", str(base_cohort), "--out", str(work), *PREPARE_ARGS]) == 0
+    assert not dead_file.exists() and live_file.exists()
+    live_file.unlink()
     assert not dead.exists() and not orphan.exists() and not old.exists()
     assert not (work / ".store.dead1234.partial.owner").exists()
     assert live.exists()  # its owner is alive: not ours to remove
