@@ -179,10 +179,6 @@ def _edit_dicom(folder: Path, edit: Callable[[object], None], which: int | None 
 # Each takes the copied dataset root and returns an Expect. Grouped by the class of failure
 # of issue 12 (the comment above each group).
 
-def _c(fn: Callable[[Path], Expect]) -> Callable[[Path], Expect]:
-    return fn
-
-
 CASES: dict[str, Callable[[Path], Expect]] = {}
 
 
