@@ -38,7 +38,9 @@ import pytest
 from cardioclr.cli import main
 from conftest import REPO, write_dicom_series, write_nifti, write_tiny_acdc
 
-pytestmark = pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:The least populated class:UserWarning"),
+              # the DICOM orientation case writes an invalid DS value on purpose
+              pytest.mark.filterwarnings("ignore:Invalid value for VR DS:UserWarning")]
 
 SHAPE_ZYX = (4, 32, 32)
 SPACING_ZYX = (10.0, 3.5, 3.5)
