@@ -17,6 +17,7 @@ patient folders is reported as skipped (never dropped without a word); hidden fo
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Collection
@@ -144,9 +145,12 @@ def find_acdc_cases(root: str | os.PathLike[str], require_label: bool = True,
                 skipped.append(Skipped(d.name, str(d), "folder name does not match patientNNN "
                                        "(ACDC layout); not used"))
                 continue
-            result = patient_boundary(d.name, str(d), lambda d=d, subset=subset: read_acdc_case(
-                d, subset=subset, require_label=require_label, classes=classes))
-            (skipped if isinstance(result, Skipped) else cases).append(result)
+            result = patient_boundary(d.name, str(d), functools.partial(
+                read_acdc_case, d, subset=subset, require_label=require_label, classes=classes))
+            if isinstance(result, Skipped):
+                skipped.append(result)
+            else:
+                cases.append(result)
     if not cases and not any(_PATIENT_DIR.match(s.patient_id) for s in skipped):
         others = ", ".join(s.patient_id for s in skipped[:5])
         raise DataError(r, "no patientNNN folders found (expected the ACDC layout: "

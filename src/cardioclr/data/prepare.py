@@ -216,8 +216,9 @@ def read_checked_case(case: Case, problems: list[DataError] | None = None) -> Ch
     if case.es_mask is not None and es is not None:
         es_mask = step(case.es_mask, lambda: _read_mask(case.es_mask, es))
     cine = None
-    if case.cine is not None and ed is not None:
-        cine = step(case.cine, lambda: _read_cine_like(case.cine, ed))
+    cine_path = case.cine
+    if cine_path is not None and ed is not None:
+        cine = step(cine_path, lambda: _read_cine_like(cine_path, ed))
     if problems is not None:
         problems.extend(found)
     if found or ed is None or es is None:

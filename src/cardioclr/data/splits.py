@@ -63,7 +63,7 @@ def make_splits(
             else None, "train": train, "test": test, "folds": folds}
 
 
-def _check_random_split_sizes(n: int, counts: Counter, test_fraction: float) -> None:
+def _check_random_split_sizes(n: int, counts: Counter[str], test_fraction: float) -> None:
     """Refuse, with advice that works, a stratified split scikit-learn would reject.
 
     A stratified test split needs one patient per class (t >= k), its training split one per

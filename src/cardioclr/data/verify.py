@@ -10,6 +10,7 @@ to split) are listed too.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from collections.abc import Collection
@@ -67,8 +68,7 @@ def verify_dataset(data: str | os.PathLike[str], require_label: bool = True,
     for case in cases:
         report.checked.append(case.patient_id)
         found: list[DataError] = []
-        outcome = patient_boundary(case.patient_id, case.source, lambda c=case, f=found:
-                                   _check(c, f))
+        outcome = patient_boundary(case.patient_id, case.source, functools.partial(_check, case, found))
         if isinstance(outcome, Skipped):
             found.append(DataError(outcome.path, outcome.reason))
         report.problems.extend(Problem(case.patient_id, e.path, e.problem) for e in found)
@@ -98,7 +98,7 @@ def _cohort_problems(data: str | os.PathLike[str], cases: list[Case], require_la
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # sklearn's small-class warnings
-            make_splits(labels, {}, "random", test_fraction, n_folds, 0)  # type: ignore[arg-type]
+            make_splits(labels, {}, "random", test_fraction, n_folds, 0)
     except CardioclrError as err:
         return [Problem("*", str(data), f"the {len(labels)} usable labelled patients "
                         f"({dict(sorted(counts.items()))}) cannot be split: {err}")]

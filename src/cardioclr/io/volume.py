@@ -204,7 +204,8 @@ def _raw_header(p: Path, img: nib.Nifti1Image) -> nib.Nifti1Header:
     from nibabel.openers import ImageOpener
 
     with ImageOpener(str(p)) as fh:
-        return type(img.header).from_fileobj(fh, check=False)
+        header: nib.Nifti1Header = type(img.header).from_fileobj(fh, check=False)
+    return header
 
 
 def _nifti_data(p: Path, img: nib.Nifti1Image) -> np.ndarray:
