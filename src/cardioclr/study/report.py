@@ -676,6 +676,9 @@ def segmentation_section(data: StudyData) -> list[Block]:
             f"{fmt(_num(seg.get('mean_hd95')), 1)} mm",
             ["Phase", *[f"Dice {s}" for s in structures], *[f"HD95 {s} (mm)" for s in structures]],
             rows, [f"Computed on the {seg['grid']}." if seg.get("grid") else ""]))
+    from cardioclr.segment.summary import segmentation_notes  # how made, how good, used for what
+
+    blocks += [Para(n) for n in segmentation_notes(seg, data.cfg.mask_source if data.cfg else "predicted")]
     agree = seg.get("indices_agreement") or {}
     if agree:
         rows = []
