@@ -112,3 +112,17 @@ def test_changed_folds_are_refused_without_overwrite(crossfitted, tmp_path):
 
     with pytest.raises(CardioclrError, match="other folds"):
         write_assignment(work, data["folds"][::-1], "test")
+
+
+def test_fold_models_of_a_study_segment_another_work_directory(crossfitted, tmp_path):
+    import shutil
+
+    work, _ = crossfitted
+    other = tmp_path / "new_patients"
+    shutil.copytree(work, other, ignore=shutil.ignore_patterns("segmentation"))
+    store = SliceStore(other)
+    test_ids = list(store.splits.test)
+    summary = predict(PredictConfig(work=str(other), model=str(folds_dir(work)), tta=False,
+                                    qc_png=False), patient_ids=test_ids)
+    assert summary["models"] == 2 and summary["segmented"] == len(test_ids)
+    assert {mask_source(other, p) for p in test_ids} == {"ensemble"}

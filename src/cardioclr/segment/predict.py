@@ -44,7 +44,6 @@ from cardioclr.segment.crop import Box, crop, heart_box, uncrop
 from cardioclr.segment.crossfit import (
     MASK_SOURCES_FILE,
     crossfit_ready,
-    fold_model_dir,
     folds_dir,
     mask_sources_table,
     models_for,
@@ -346,15 +345,22 @@ def load_models(cfg: PredictConfig, store: SliceStore, device: torch.device
                 ) -> tuple[list[LoadedModel], list[list[str]] | None]:
     """The model(s) of a prediction run and, for a cross-fitted ensemble, its folds.
 
-    ``cfg.model`` names one model. Otherwise the cross-fitted fold models when ``segment train
-    --folds K`` finished (:mod:`cardioclr.segment.crossfit`), else ``WORK/segmentation/model``.
+    ``cfg.model`` names one model, or the ``segmentation/folds`` directory of another work
+    directory (its fold models then segment every patient together: new patients are in no
+    fold). Without it: the cross-fitted fold models when ``segment train --folds K`` finished
+    (:mod:`cardioclr.segment.crossfit`), else ``WORK/segmentation/model``.
     """
+    folds_root = None
     if cfg.model is None and crossfit_ready(cfg.work):
-        folds = read_assignment(cfg.work)
+        folds_root = folds_dir(cfg.work)
+    elif cfg.model is not None and (Path(cfg.model) / "assignment.json").is_file():
+        folds_root = Path(cfg.model)
+    if folds_root is not None:
+        folds = read_assignment(folds_root.parent.parent)
         if folds is None:
-            raise CardioclrError(f"{folds_dir(cfg.work)}: done.json without assignment.json; retrain "
-                                 "with `cardioclr segment train --folds K --overwrite`")
-        models = [load_model(fold_model_dir(cfg.work, k), device) for k in range(len(folds))]
+            raise CardioclrError(f"{folds_root}: no assignment.json; retrain with `cardioclr segment "
+                                 "train --folds K --overwrite`")
+        models = [load_model(folds_root / f"fold_{k}" / "model", device) for k in range(len(folds))]
     else:
         folds = None
         models = [load_model(cfg.model or model_dir(cfg.work), device)]
