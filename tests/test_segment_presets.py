@@ -27,6 +27,7 @@ def test_gpu_preset_network_has_deep_supervision_only_while_training():
         assert net(x).shape == (2, 4, 64, 64)
 
 
+@pytest.mark.slow
 def test_gpu_preset_trains_and_predicts_on_a_cpu(tmp_path: Path):
     root = tmp_path / "data"
     write_tiny_acdc(root, n_per_class=3, seed=5)
