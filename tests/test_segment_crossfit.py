@@ -126,3 +126,20 @@ def test_fold_models_of_a_study_segment_another_work_directory(crossfitted, tmp_
                                     qc_png=False), patient_ids=test_ids)
     assert summary["models"] == 2 and summary["segmented"] == len(test_ids)
     assert {mask_source(other, p) for p in test_ids} == {"ensemble"}
+
+
+def test_segment_train_cli_folds_option_reaches_the_config(monkeypatch):
+    from cardioclr.cli import main
+    from cardioclr.segment import train as train_mod
+
+    seen = {}
+
+    def fake_train(cfg, overwrite=False):
+        seen["cfg"] = cfg
+        return {}
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    assert main(["segment", "train", "W", "--folds", "3"]) == 0
+    assert seen["cfg"].folds == 3 and seen["cfg"].fold is None
+    assert main(["segment", "train", "W"]) == 0
+    assert seen["cfg"].folds == 1
