@@ -593,13 +593,6 @@ def _(data: Path) -> Expect:
     return Expect(es, "ES frame has constant intensity")
 
 
-@case("ed_mask_all_background")
-def _(data: Path) -> Expect:
-    ed, _ = _frames(_p1(data))
-    write_nifti(_gt(ed), np.zeros(SHAPE_ZYX, np.uint8), SPACING_ZYX)
-    return Expect(_gt(ed), "mask holds no label")
-
-
 @case("manifest_height_zero")
 def _(data: Path) -> Expect:
     csv = _manifest_with(data, "height_cm", "0")

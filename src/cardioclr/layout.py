@@ -70,6 +70,11 @@ class WorkLayout:
         return self.segmentation / "model"
 
     @property
+    def segmentation_folds(self) -> Path:
+        """Cross-fitted fold models (:mod:`cardioclr.segment.crossfit`)."""
+        return self.segmentation / "folds"
+
+    @property
     def segmentation_masks(self) -> Path:
         """``WORK/segmentation/masks``: predicted masks ``PID.npz``."""
         return self.segmentation / "masks"

@@ -307,7 +307,12 @@ def two_views(images: Tensor, hearts: Tensor | None, mode: str, cfg: AugmentConf
 # window around the heart (with jitter, sometimes anywhere) of the S x S store slice, rotated,
 # scaled and mirrored. Images are sampled bilinearly, labels with nearest neighbour, so labels move
 # with the image (mirroring is safe for segmentation: the RV stays where the image shows it).
-# Intensity changes (contrast, brightness, gamma, Gaussian noise) touch the image only.
+# An optional smooth random displacement (elastic deformation) is added to the same sampling grid.
+# Intensity changes (contrast, brightness, gamma, multiplicative bias field, low-resolution
+# simulation, Gaussian noise) touch the image only. The transforms and their ranges follow
+# nnU-Net's 2D setup; they are written out here because batched on the device in one
+# ``grid_sample`` they cost ~1 % of a CPU training step, where MONAI's per-sample dictionary
+# transforms cost more than the network on 2 cores.
 
 
 @dataclass(frozen=True)
@@ -326,6 +331,12 @@ class SegmentationAugmentConfig:
     gamma_max: float = 1.5        # gamma in [1/g, g] on the image rescaled to 0-1
     noise_prob: float = 0.5
     noise_std: float = 0.05
+    elastic_prob: float = 0.0     # smooth displacement field on a 5 x 5 control grid
+    elastic_px: float = 0.0       # its SD per control point, in output (crop) pixels
+    bias_prob: float = 0.0        # multiply by exp(smooth field) (MRI coil inhomogeneity)
+    bias_strength: float = 0.3    # SD of the log field on a 4 x 4 control grid
+    lowres_prob: float = 0.0      # down- then up-sample by a factor in [1, lowres_max]
+    lowres_max: float = 2.0
 
 
 def augment_segmentation_batch(image: Tensor, labels: Tensor, centre_yx: Tensor, crop: int,
@@ -362,6 +373,13 @@ def augment_segmentation_batch(image: Tensor, labels: Tensor, centre_yx: Tensor,
     theta[:, 0, 2] = cx
     theta[:, 1, 2] = cy
     grid = F.affine_grid(theta, [b, 1, crop, crop], align_corners=False)
+    if cfg.elastic_prob > 0 and cfg.elastic_px > 0:
+        # Displacement in output pixels, converted to normalised input units (x, y order).
+        coarse = torch.randn(b, 2, 5, 5, device=dev) * cfg.elastic_px
+        coarse = coarse * (torch.rand(b, 1, 1, 1, device=dev) < cfg.elastic_prob)
+        disp = F.interpolate(coarse, size=(crop, crop), mode="bicubic", align_corners=True)
+        scale = torch.stack([2.0 / w / zoom, 2.0 / h / zoom], dim=1).view(b, 2, 1, 1)
+        grid = grid + (disp * scale).permute(0, 2, 3, 1)
     img = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     lab = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                         align_corners=False)[:, 0].round().long()
@@ -377,6 +395,19 @@ def augment_segmentation_batch(image: Tensor, labels: Tensor, centre_yx: Tensor,
         # The store clips intensities to [-0.5, 1.5]; map to 0-1, apply gamma, map back.
         u = ((img + 0.5) / 2).clamp(0, 1)
         img = torch.where(use, u.pow(g) * 2 - 0.5, img)
+    if cfg.bias_prob > 0:
+        log_field = torch.randn(b, 1, 4, 4, device=dev) * cfg.bias_strength
+        log_field = log_field * (torch.rand(b, 1, 1, 1, device=dev) < cfg.bias_prob)
+        img = img * torch.exp(F.interpolate(log_field, size=(crop, crop), mode="bicubic",
+                                            align_corners=True))
+    if cfg.lowres_prob > 0:
+        # One factor per batch (interpolate takes one size); a random subset of samples uses it.
+        f = float(torch.empty(()).uniform_(1.0, cfg.lowres_max))
+        small = max(int(round(crop / f)), 8)
+        low = F.interpolate(F.interpolate(img, size=(small, small), mode="area"), size=(crop, crop),
+                            mode="bilinear", align_corners=False)
+        use = (torch.rand(b, device=dev) < cfg.lowres_prob).view(b, 1, 1, 1)
+        img = torch.where(use, low, img)
     if cfg.noise_prob > 0:
         std = _uniform(b, 0, cfg.noise_std, dev, None).view(b, 1, 1, 1)
         std = std * (torch.rand(b, device=dev) < cfg.noise_prob).view(b, 1, 1, 1)

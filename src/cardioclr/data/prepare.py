@@ -363,9 +363,9 @@ def _read_mask(path: Path | None, image: Volume) -> Volume | None:
     if difference is not None:
         raise DataError(path, f"mask is not on the voxel grid of the image {image.path}: mask is "
                         f"{difference}")
-    if not mask.array.any():
-        raise DataError(path, "mask holds no label (every voxel is background 0); an expert mask "
-                        "must label the heart (remove the file if there is no mask)")
+    # An all-background mask is kept: the patient's images still serve classification and
+    # pretraining, and segmentation training leaves such patients out and lists them in its
+    # done.json (``excluded_patients``).
     return mask
 
 

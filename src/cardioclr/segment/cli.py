@@ -48,8 +48,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                       "checkpoints/last.ckpt; a finished training (done.json) is skipped.")
     t.add_argument("work", help="prepared work directory")
     t.add_argument("--preset", choices=PRESET_NAMES, default="cpu",
-                   help="cpu: small U-Net, < 15 min on 2 cores (default); gpu: nnU-Net-like DynUNet, "
-                   "long schedule")
+                   help="cpu: residual U-Net with instance norm, 28-minute budget on 2 cores (default); "
+                   "gpu: nnU-Net-like DynUNet with deep supervision, 9-minute budget on one GPU")
+    t.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="cross-fitting: train K models, each without one fold of the train split, "
+                   "so that `segment predict` gives every training patient a mask from a model "
+                   "that never saw it (WORK/segmentation/folds/); default 1 (one model)")
     t.add_argument("--max-epochs", type=int, default=None)
     t.add_argument("--accelerator", choices=ACCELERATORS, default=None,
                    help="auto: the GPU when there is one (default); cpu: force the CPU, e.g. on a "
@@ -63,8 +67,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.set_defaults(func=_train)
 
     pr = ss.add_parser("predict", help="segment every patient, write masks, NIfTI, QC; then evaluate",
-                       description="Writes WORK/segmentation/masks, nifti, qc, qc_flags.csv and, when "
-                       "the test split has expert masks, metrics.json and indices.csv.")
+                       description="Writes WORK/segmentation/masks, nifti, qc, qc_flags.csv, "
+                       "quality.csv, mask_sources.csv and, when the test split has expert masks, "
+                       "metrics.json and indices.csv. Uses the cross-fitted fold models when "
+                       "`segment train --folds K` finished (out-of-fold masks for training "
+                       "patients, the K-model average for the others), else the single model.")
     pr.add_argument("work", help="prepared work directory")
     pr.add_argument("--model", default=None, help="model directory or model.pt (default: "
                     "WORK/segmentation/model)")
@@ -97,14 +104,15 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = preset_config(args.work, args.preset, max_epochs=args.max_epochs, devices=args.devices,
                         accelerator=args.accelerator, batch_size=args.batch_size,
-                        patience=args.patience, seed=args.seed,
+                        patience=args.patience, seed=args.seed, folds=args.folds,
                         progress_bar=False if args.no_progress else None)
     info = train(cfg, overwrite=args.overwrite)
     if info:
         print(f"segmentation model: best validation Dice {info['best_val_dice']:.3f} after "
               f"{info['epochs']} epochs, {info['train_seconds']:.0f} s ({info['stopped_by']}); "
               f"{len(info['train_patients'])} training / {len(info['val_patients'])} validation "
-              f"patients, {len(info['excluded_patients'])} excluded")
+              f"patients, {len(info['excluded_patients'])} excluded"
+              + (f"; {info['folds']} cross-fitted fold models" if info.get("folds") else ""))
     return 0
 
 

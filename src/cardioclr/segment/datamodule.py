@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
+from cardioclr.segment.crop import Box, crop, heart_box
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,12 @@ class PatientSelection:
     excluded: dict[str, str]
 
 
-def select_patients(store: SliceStore, val_fraction: float, seed: int) -> PatientSelection:
+def select_patients(store: SliceStore, val_fraction: float, seed: int,
+                    held_out: set[str] | frozenset[str] = frozenset()) -> PatientSelection:
     """Split the store's ``train`` patients with usable expert masks into fit / validation.
+
+    ``held_out``: train patients this model must never see (a cross-fitting fold); they are
+    not loaded at all and not listed as excluded.
 
     Patients without an expert mask, whose ED or ES mask is empty, whose store file is
     unreadable, or whose slices are not on the store grid are excluded with a warning naming
@@ -42,6 +47,8 @@ def select_patients(store: SliceStore, val_fraction: float, seed: int) -> Patien
     excluded: dict[str, str] = {}
     usable: list[str] = []
     for pid in store.splits.train:
+        if pid in held_out:
+            continue
         if pid not in store.manifest.index:
             excluded[pid] = "listed in splits.json but not in the store"
         elif not bool(store.manifest.at[pid, "has_expert_mask"]):
@@ -121,16 +128,33 @@ def pad_to_multiple(a: np.ndarray, divisor: int) -> tuple[np.ndarray, tuple[int,
     return np.pad(a, pad), (h, w)
 
 
-def load_slices(store: SliceStore, patient_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Every ED and ES slice of the patients: images float32 (N, S, S), labels uint8 (N, S, S)."""
+def load_slices(store: SliceStore, patient_ids: list[str], window: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Every ED and ES slice of the patients: images float32 (N, S, S), labels uint8 (N, S, S).
+
+    ``window``: instead, the ``window`` x ``window`` crop around each patient's heart (expert
+    labels of ED and ES together), as ``segment predict`` segments a window around the heart it
+    found: (N, window, window).
+    """
     images, labels = [], []
     for pid in patient_ids:
         ps = store.load(pid)
-        for img, m in ((ps.ed_image, ps.ed_mask), (ps.es_image, ps.es_mask)):
-            if m is None:
-                raise CardioclrError(f"{store.path(pid)}: patient {pid} has no expert mask")
-            images.append(img)
-            labels.append(m)
+        ed_mask, es_mask = ps.ed_mask, ps.es_mask
+        if ed_mask is None or es_mask is None:
+            raise CardioclrError(f"{store.path(pid)}: patient {pid} has no expert mask")
+        pairs = ((ps.ed_image, ed_mask), (ps.es_image, es_mask))
+        box = None
+        if window is not None:
+            both = np.concatenate([ed_mask, es_mask])
+            found = heart_box(both, window, 1, margin_px=0, min_pixels=1)
+            if found is not None:  # same centre, fixed side so slices stack into one batch
+                c = found.size // 2
+                box = Box(found.y0 + c - window // 2, found.x0 + c - window // 2, window)
+            else:
+                box = Box((ps.ed_image.shape[1] - window) // 2, (ps.ed_image.shape[2] - window) // 2, window)
+        for img, m in pairs:
+            images.append(img if box is None else crop(img, box))
+            labels.append(m if box is None else crop(m, box))
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -138,8 +162,9 @@ class SegDataModule(L.LightningDataModule):
     """Fit/validation loaders over the selected train-split patients."""
 
     def __init__(self, work: str | os.PathLike[str], selection: PatientSelection, batch_size: int,
-                 divisor: int) -> None:
+                 divisor: int, val_window: int | None = None) -> None:
         super().__init__()
+        self.val_window = val_window
         self.work = work
         self.selection = selection
         self.batch_size = batch_size
@@ -154,8 +179,9 @@ class SegDataModule(L.LightningDataModule):
         store = SliceStore(self.work)
         img, lab = load_slices(store, self.selection.train)
         self.train_set = SliceDataset(img, lab)
-        vimg, vlab = load_slices(store, self.selection.val)
-        # Validation runs on whole slices, padded so every downsampling level divides evenly.
+        vimg, vlab = load_slices(store, self.selection.val, self.val_window)
+        # Validation runs on heart windows (``val_window``, as predict) or whole slices, padded
+        # so every downsampling level divides evenly.
         self.val_set = SliceDataset(pad_to_multiple(vimg, self.divisor)[0],
                                     pad_to_multiple(vlab, self.divisor)[0])
         log.info("segmentation data: %d training slices (%d patients), %d validation slices "

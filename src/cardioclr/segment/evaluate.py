@@ -34,6 +34,8 @@ from cardioclr.data.masks import load_labels, predicted_mask_path, segmentation_
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
 from cardioclr.layout import WorkLayout
+from cardioclr.segment.crossfit import MASK_SOURCES_FILE, crossfit_ready, folds_dir
+from cardioclr.segment.qc import DISAGREEMENT_FLAG, QUALITY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +225,14 @@ def evaluate(work: str | os.PathLike[str]) -> dict[str, Any]:
     write_text(seg / "indices.csv", indices.to_csv(index=False, float_format="%.3f"))
     metrics["indices_agreement"] = _index_agreement(indices, set(df.index))
 
+    metrics["quality_flag"] = quality_flag_comparison(seg, df)
+    sources_csv = seg / MASK_SOURCES_FILE
+    if sources_csv.is_file():
+        src = pd.read_csv(sources_csv, dtype=str, keep_default_na=False)
+        metrics["mask_sources"] = {str(k): int(v) for k, v in src["source"].value_counts().items()}
     model_info = WorkLayout(work).segmentation_model / "done.json"
+    if crossfit_ready(work):
+        model_info = folds_dir(work) / "done.json"
     info = read_json(model_info) if model_info.is_file() else {}
     metrics["train_seconds"] = info.get("train_seconds")
     metrics["n_train"] = len(info.get("train_patients", []))
@@ -233,6 +242,41 @@ def evaluate(work: str | os.PathLike[str]) -> dict[str, Any]:
     write_json(seg / "metrics.json", metrics)
     write_text(seg / "metrics_per_patient.csv", df.to_csv(float_format="%.4f"))
     return metrics
+
+
+def quality_flag_comparison(seg: Path, per_patient: pd.DataFrame) -> dict[str, Any]:
+    """Is the per-patient quality estimate informative? Test Dice of flagged vs other patients.
+
+    ``per_patient``: metrics_per_patient rows (index patient_id, ``dice_*`` columns). Reads
+    ``quality.csv`` (disagreement per patient) and flags ``low_confidence`` at
+    :data:`cardioclr.segment.qc.DISAGREEMENT_FLAG`. Also the Spearman correlation of the
+    disagreement with the patient's mean Dice (negative: more disagreement, worse masks).
+    """
+    path = seg / QUALITY_FILE
+    if not path.is_file():
+        return {}
+    q = pd.read_csv(path, dtype={"patient_id": str}).set_index("patient_id")
+    dice_cols = [c for c in per_patient.columns if c.startswith("dice_")]
+    mean_dice = per_patient[dice_cols].mean(axis=1)
+    both = [p for p in per_patient.index if p in q.index and np.isfinite(q.at[p, "disagreement"])]
+    if not both:
+        return {}
+    dis = q.loc[both, "disagreement"].astype(float)
+    flagged = dis > DISAGREEMENT_FLAG
+
+    def group(mask: pd.Series) -> dict[str, Any]:
+        ids = list(dis.index[mask])
+        return {"n": len(ids), "mean_dice": float(mean_dice[ids].mean()) if ids else None,
+                "min_dice": float(mean_dice[ids].min()) if ids else None}
+
+    from scipy.stats import spearmanr
+
+    rho = (float(spearmanr(dis.to_numpy(), mean_dice[both].to_numpy()).statistic)
+           if len(both) >= 3 and dis.nunique() > 1 else None)
+    return {"estimate": "TTA disagreement (1 - mean Dice of mirrored predictions vs their average)",
+            "threshold": DISAGREEMENT_FLAG, "flagged": group(flagged), "unflagged": group(~flagged),
+            "spearman_disagreement_vs_dice": rho,
+            "mean_disagreement": float(dis.mean())}
 
 
 def _has_expert(work: str | os.PathLike[str], pid: str) -> bool:
@@ -268,6 +312,14 @@ def format_summary(metrics: dict[str, Any]) -> str:
             r = f"{a['pearson_r']:.3f}" if a["pearson_r"] is not None else "n/a"
             sd = f"{a['sd']:.2f}" if a["sd"] is not None else "n/a"
             lines.append(f"  {k}: r={r}, bias {a['bias']:+.2f} ± {sd} (n={a['n']})")
+    qf = metrics.get("quality_flag") or {}
+    if qf.get("flagged", {}).get("n"):
+        f, u = qf["flagged"], qf["unflagged"]
+        lines.append(f"  quality estimate: {f['n']} low-confidence test patients, mean Dice "
+                     f"{f['mean_dice']:.3f} vs {u['mean_dice']:.3f} for the {u['n']} others"
+                     if u.get("n") else f"  quality estimate: all {f['n']} test patients flagged")
+    elif qf:
+        lines.append(f"  quality estimate: no test patient flagged (threshold {qf['threshold']:g})")
     return "\n".join(lines)
 
 

@@ -24,13 +24,17 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class NetworkConfig:
     """Architecture. ``arch``: ``unet`` (MONAI ``UNet``, residual units) or ``dynunet``
-    (MONAI ``DynUNet``, the nnU-Net layout). ``channels``: features per resolution level."""
+    (MONAI ``DynUNet``, the nnU-Net layout). ``channels``: features per resolution level.
+    ``norm``: ``batch`` or ``instance`` (affine, as nnU-Net). ``deep_supervision``: number of
+    lower-resolution auxiliary outputs trained alongside the main one (``dynunet`` only; they
+    exist only in training mode, so exported weights predict exactly as without them)."""
 
     arch: str = "unet"
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     num_res_units: int = 1
     norm: str = "batch"
     dropout: float = 0.0
+    deep_supervision: int = 0
 
 
 def size_divisor(cfg: NetworkConfig) -> int:
@@ -43,19 +47,25 @@ def build_network(cfg: NetworkConfig) -> nn.Module:
     n = len(cfg.channels)
     if n < 2:
         raise ValueError(f"need at least 2 resolution levels, got channels={cfg.channels}")
+    norm: str | tuple[str, dict[str, Any]] = cfg.norm
+    if cfg.norm == "instance":
+        norm = ("instance", {"affine": True})
+    if cfg.deep_supervision and cfg.arch != "dynunet":
+        raise ValueError("deep_supervision needs arch dynunet")
     if cfg.arch == "unet":
         from monai.networks.nets import UNet
 
         return UNet(spatial_dims=2, in_channels=1, out_channels=N_LABELS, channels=tuple(cfg.channels),
-                    strides=(2,) * (n - 1), num_res_units=cfg.num_res_units, norm=cfg.norm,
+                    strides=(2,) * (n - 1), num_res_units=cfg.num_res_units, norm=norm,
                     dropout=cfg.dropout)
     if cfg.arch == "dynunet":
         from monai.networks.nets import DynUNet
 
         return DynUNet(spatial_dims=2, in_channels=1, out_channels=N_LABELS, kernel_size=[3] * n,
                        strides=[1] + [2] * (n - 1), upsample_kernel_size=[2] * (n - 1),
-                       filters=list(cfg.channels), norm_name=cfg.norm, res_block=True,
-                       dropout=cfg.dropout or None, deep_supervision=False)
+                       filters=list(cfg.channels), norm_name=norm, res_block=True,
+                       dropout=cfg.dropout or None, deep_supervision=cfg.deep_supervision > 0,
+                       deep_supr_num=max(cfg.deep_supervision, 1))
     raise ValueError(f"unknown architecture {cfg.arch!r}; choose unet or dynunet")
 
 
@@ -102,12 +112,26 @@ class SegModule(L.LightningModule):
         """Logits (B, 4, H, W) of images (B, 1, H, W)."""
         return self.network(x)
 
+    def on_fit_start(self) -> None:
+        """channels_last on a GPU: convolutions run in the tensor cores' native layout."""
+        if self.device.type == "cuda":
+            self.network.to(memory_format=torch.channels_last)
+
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        """Augment on the device, then Dice+CE loss."""
+        """Augment on the device, then Dice+CE loss (weighted over deep-supervision outputs)."""
         image, labels, centre = batch
         with torch.no_grad():
             x, y = augment_segmentation_batch(image, labels, centre, self.crop, self.aug_cfg)
-        loss = self.loss(self(x), y[:, None])
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self(x)
+        if out.ndim == 5:  # DynUNet deep supervision: (B, 1 + n, C, H, W), all at full size
+            # nnU-Net's weights: halve per level, normalised to sum to 1.
+            w = torch.tensor([0.5 ** i for i in range(out.shape[1])], device=out.device)
+            w = w / w.sum()
+            loss = sum(w[i] * self.loss(out[:, i], y[:, None]) for i in range(out.shape[1]))
+        else:
+            loss = self.loss(out, y[:, None])
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss

@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,24 @@ import pandas as pd
 import torch
 
 from cardioclr.atomic import atomic_dir, save_npz, write_json, write_text
+from cardioclr.clinical.labels import N_LABELS, STRUCTURES
 from cardioclr.data.store import PatientSlices, SliceStore, to_source_grid
 from cardioclr.data.views import heart_mask
 from cardioclr.errors import CardioclrError, DataError
 from cardioclr.layout import WorkLayout
 from cardioclr.provenance import save_run_info
+from cardioclr.segment.crop import Box, crop, heart_box, uncrop
+from cardioclr.segment.crossfit import (
+    MASK_SOURCES_FILE,
+    crossfit_ready,
+    folds_dir,
+    mask_sources_table,
+    models_for,
+    read_assignment,
+)
 from cardioclr.segment.model import build_network, network_config_from_dict, size_divisor
-from cardioclr.segment.postprocess import postprocess_with_stats
-from cardioclr.segment.qc import QC_COLUMNS, qc_figure, qc_flags
+from cardioclr.segment.postprocess import postprocess, postprocess_with_stats
+from cardioclr.segment.qc import QC_COLUMNS, QUALITY_COLUMNS, QUALITY_FILE, qc_figure, qc_flags, quality_flags
 from cardioclr.segment.train import MODEL_FORMAT, limit_cpu_threads, model_dir
 
 log = logging.getLogger(__name__)
@@ -67,7 +78,11 @@ class PredictConfig:
 
 @dataclass
 class LoadedModel:
-    """A network ready for inference and the store grid it was trained on."""
+    """A network ready for inference and the store grid it was trained on.
+
+    ``window``: least side (store pixels) of the heart-centred window of the localise-then-segment
+    pass; None for model files without one (whole slices are segmented).
+    """
 
     network: torch.nn.Module
     divisor: int
@@ -75,6 +90,7 @@ class LoadedModel:
     spacing_mm: float
     path: Path
     info: dict[str, Any]
+    window: int | None = None
 
 
 def load_model(model_path: str | os.PathLike[str], device: torch.device) -> LoadedModel:
@@ -95,8 +111,10 @@ def load_model(model_path: str | os.PathLike[str], device: torch.device) -> Load
     net = build_network(cfg)
     net.load_state_dict(blob["state_dict"])
     net.to(device).eval()
+    window = blob.get("window")
     return LoadedModel(net, size_divisor(cfg), int(blob["image_size"]), float(blob["spacing_mm"]), p,
-                       {k: v for k, v in blob.items() if k != "state_dict"})
+                       {k: v for k, v in blob.items() if k != "state_dict"},
+                       int(window) if window is not None else None)
 
 
 def check_compatible(model: LoadedModel, store: SliceStore) -> None:
@@ -110,51 +128,145 @@ def check_compatible(model: LoadedModel, store: SliceStore) -> None:
             f"--spacing {model.spacing_mm}` or train a model on this store")
 
 
+class Agreement:
+    """Pooled agreement of the ensemble members (TTA mirrorings x models) with their consensus.
+
+    ``counts[m, j]``: (member m & consensus, member m, consensus) voxels of structure j, summed
+    over every slice given to :func:`infer_slices`.
+    """
+
+    def __init__(self) -> None:
+        self.counts: np.ndarray | None = None
+
+    def add(self, member_labels: list[torch.Tensor], consensus: torch.Tensor) -> None:
+        """Accumulate the counts of one batch: labels (B, H, W) per member and of the consensus."""
+        values = list(STRUCTURES.values())
+        c = np.zeros((len(member_labels), len(values), 3))
+        for m, lab in enumerate(member_labels):
+            for j, v in enumerate(values):
+                p, r = lab == v, consensus == v
+                c[m, j] = (int((p & r).sum()), int(p.sum()), int(r.sum()))
+        self.counts = c if self.counts is None else self.counts + c
+
+    def disagreement(self) -> float:
+        """1 - mean Dice of each member with the consensus over structures present (0-1).
+
+        0: every mirrored (and every ensemble) prediction agrees voxel for voxel; NaN when
+        nothing was segmented or there is a single member.
+        """
+        if self.counts is None or self.counts.shape[0] < 2:
+            return math.nan
+        inter, a, b = self.counts[..., 0], self.counts[..., 1], self.counts[..., 2]
+        present = (a + b) > 0
+        if not present.any():
+            return math.nan
+        dice = 2 * inter[present] / (a + b)[present]
+        return float(1.0 - dice.mean())
+
+
 @torch.inference_mode()
-def infer_slices(model: LoadedModel, images: np.ndarray, device: torch.device, tta: bool = True,
-                 batch_size: int = 32) -> np.ndarray:
+def infer_slices(model: LoadedModel | Sequence[LoadedModel], images: np.ndarray, device: torch.device,
+                 tta: bool = True, batch_size: int = 32, agreement: Agreement | None = None) -> np.ndarray:
     """Arg-max labels uint8 (N, H, W) of slices float (N, H, W) (no post-processing).
 
-    With ``tta`` the softmax is averaged over the 4 combinations of vertical/horizontal mirroring.
+    With ``tta`` the softmax is averaged over the 4 combinations of vertical/horizontal mirroring;
+    with several models (a cross-fitted ensemble) over every model too. ``agreement`` collects
+    how far each of these members is from the averaged result (a per-patient quality estimate).
     """
+    models = [model] if isinstance(model, LoadedModel) else list(model)
+    divisor = max(m.divisor for m in models)
     n, h, w = images.shape
-    ph, pw = (-h) % model.divisor, (-w) % model.divisor
+    ph, pw = (-h) % divisor, (-w) % divisor
     out = np.zeros((n, h, w), np.uint8)
     flips = [(), (2,), (3,), (2, 3)] if tta else [()]
     use_amp = device.type == "cuda"
     for i in range(0, n, batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32))
         x = torch.nn.functional.pad(x[:, None], (0, pw, 0, ph)).to(device)
-        prob = torch.zeros(x.shape[0], 4, x.shape[2], x.shape[3], device=device)
-        for dims in flips:
-            xi = torch.flip(x, dims) if dims else x
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model.network(xi)
-            p = torch.softmax(logits.float(), dim=1)
-            prob += torch.flip(p, dims) if dims else p
-        out[i:i + x.shape[0]] = prob[:, :, :h, :w].argmax(dim=1).to(torch.uint8).cpu().numpy()
+        prob = torch.zeros(x.shape[0], N_LABELS, x.shape[2], x.shape[3], device=device)
+        members: list[torch.Tensor] = []
+        for m in models:
+            for dims in flips:
+                xi = torch.flip(x, dims) if dims else x
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits = m.network(xi)
+                p = torch.softmax(logits.float(), dim=1)
+                p = torch.flip(p, dims) if dims else p
+                prob += p
+                if agreement is not None:
+                    members.append(p[:, :, :h, :w].argmax(dim=1))
+        consensus = prob[:, :, :h, :w].argmax(dim=1)
+        if agreement is not None:
+            agreement.add(members, consensus)
+        out[i:i + x.shape[0]] = consensus.to(torch.uint8).cpu().numpy()
     return out
 
 
-def segment_patient(model: LoadedModel, ps: PatientSlices, device: torch.device, tta: bool = True,
-                    batch_size: int = 32) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
-    """Post-processed labels ``{"ED", "ES"[, "cine"]}`` of one patient, and removed fractions.
+@dataclass(frozen=True)
+class PatientResult:
+    """What :func:`segment_patient` found: post-processed labels and how it got them.
 
-    ED/ES: uint8 (z, S, S); cine: uint8 (t, z, S, S) (every frame post-processed in 3D).
+    ``labels``: ``{"ED", "ES"[, "cine"]}`` uint8 (z, S, S) / (t, z, S, S); ``removed``: per
+    phase the fraction of each structure dropped by post-processing; ``box``: the window the
+    labels were predicted in (None: whole slices); ``localised``: False when the first pass
+    found no heart (whole-slice fallback); ``disagreement``: see :class:`Agreement`.
     """
+
+    labels: dict[str, np.ndarray]
+    removed: dict[str, dict[str, float]]
+    box: Box | None
+    localised: bool
+    disagreement: float
+
+
+def locate_heart(model: LoadedModel, stack: np.ndarray, n_ed: int, device: torch.device,
+                 batch_size: int = 32) -> Box | None:
+    """The window to segment in: whole-slice labels of one model, no TTA, largest components.
+
+    ``stack``: ED slices then ES slices, float (2z, S, S). None when no heart is found.
+    """
+    raw = infer_slices(model, stack, device, tta=False, batch_size=batch_size)
+    cleaned = np.concatenate([postprocess(raw[:n_ed]), postprocess(raw[n_ed:])])
+    assert model.window is not None
+    return heart_box(cleaned, model.window, model.divisor)
+
+
+def segment_patient(model: LoadedModel | Sequence[LoadedModel], ps: PatientSlices, device: torch.device,
+                    tta: bool = True, batch_size: int = 32) -> PatientResult:
+    """Localise the heart, segment the window around it, post-process; see :class:`PatientResult`.
+
+    With a model file that records no window, whole slices are segmented. With several
+    models (a cross-fitted ensemble) the first one localises and all of them segment.
+    """
+    models = [model] if isinstance(model, LoadedModel) else list(model)
     z = ps.n_slices
     stack = np.concatenate([ps.ed_image, ps.es_image]).astype(np.float32)
-    raw = infer_slices(model, stack, device, tta, batch_size)
+    size_hw = (int(stack.shape[1]), int(stack.shape[2]))
+    box: Box | None = None
+    localised = True
+    if models[0].window is not None:
+        box = locate_heart(models[0], stack, z, device, batch_size)
+        if box is None:
+            localised = False  # nothing found: segment whole slices rather than guess a window
+    agreement = Agreement()
+    if box is not None:
+        raw = uncrop(infer_slices(models, crop(stack, box), device, tta, batch_size, agreement), box,
+                     size_hw)
+    else:
+        raw = infer_slices(models, stack, device, tta, batch_size, agreement)
     labels: dict[str, np.ndarray] = {}
     removed: dict[str, dict[str, float]] = {}
     for phase, part in (("ED", raw[:z]), ("ES", raw[z:])):
         labels[phase], removed[phase] = postprocess_with_stats(part)
     if ps.cine is not None:
         t = ps.cine.shape[0]
-        flat = infer_slices(model, ps.cine.reshape(t * z, *ps.cine.shape[2:]).astype(np.float32),
-                            device, tta, batch_size).reshape(ps.cine.shape)
-        labels["cine"] = np.stack([postprocess_with_stats(f)[0] for f in flat])
-    return labels, removed
+        frames = ps.cine.reshape(t * z, *ps.cine.shape[2:]).astype(np.float32)
+        if box is not None:
+            flat = uncrop(infer_slices(models, crop(frames, box), device, tta, batch_size), box, size_hw)
+        else:
+            flat = infer_slices(models, frames, device, tta, batch_size)
+        labels["cine"] = np.stack([postprocess_with_stats(f)[0] for f in flat.reshape(ps.cine.shape)])
+    return PatientResult(labels, removed, box, localised, agreement.disagreement())
 
 
 def frame_tag(store: SliceStore, pid: str, phase: str) -> str:
@@ -187,7 +299,7 @@ def write_source_nifti(folder: Path, store: SliceStore, ps: PatientSlices,
         nib.save(img, str(folder / f"{ps.patient_id}_{frame_tag(store, ps.patient_id, phase)}_pred.nii.gz"))
 
 
-def _remove_outputs(seg: Path, pid: str) -> None:
+def _remove_outputs(seg: Path, pid: str) -> None:  # noqa: D103
     (seg / "masks" / f"{pid}.npz").unlink(missing_ok=True)
     (seg / "qc" / f"{pid}.png").unlink(missing_ok=True)
     shutil.rmtree(seg / "nifti" / pid, ignore_errors=True)
@@ -231,6 +343,34 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def load_models(cfg: PredictConfig, store: SliceStore, device: torch.device
+                ) -> tuple[list[LoadedModel], list[list[str]] | None]:
+    """The model(s) of a prediction run and, for a cross-fitted ensemble, its folds.
+
+    ``cfg.model`` names one model, or the ``segmentation/folds`` directory of another work
+    directory (its fold models then segment every patient together: new patients are in no
+    fold). Without it: the cross-fitted fold models when ``segment train --folds K`` finished
+    (:mod:`cardioclr.segment.crossfit`), else ``WORK/segmentation/model``.
+    """
+    folds_root = None
+    if cfg.model is None and crossfit_ready(cfg.work):
+        folds_root = folds_dir(cfg.work)
+    elif cfg.model is not None and (Path(cfg.model) / "assignment.json").is_file():
+        folds_root = Path(cfg.model)
+    if folds_root is not None:
+        folds = read_assignment(folds_root.parent.parent)
+        if folds is None:
+            raise CardioclrError(f"{folds_root}: no assignment.json; retrain with `cardioclr segment "
+                                 "train --folds K --overwrite`")
+        models = [load_model(folds_root / f"fold_{k}" / "model", device) for k in range(len(folds))]
+    else:
+        folds = None
+        models = [load_model(cfg.model or model_dir(cfg.work), device)]
+    for m in models:
+        check_compatible(m, store)
+    return models, folds
+
+
 def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[str, Any]:
     """Segment the patients (default: all in the store); returns a summary dict.
 
@@ -245,23 +385,36 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
     seg = WorkLayout(cfg.work).segmentation
     device = resolve_device(cfg.device)
     limit_cpu_threads(uses_gpu=device.type == "cuda")
-    model = load_model(cfg.model or model_dir(cfg.work), device)
-    check_compatible(model, store)
+    models, folds = load_models(cfg, store, device)
     save_run_info(seg / "predict", cfg)
     pids = list(patient_ids) if patient_ids is not None else store.patient_ids
     # From here on masks change: the old flags (and summary) stop describing them. Keep the rows
     # of patients this run leaves alone, then remove the files so an interrupt leaves none.
     carried = _carried_flags(seg / QC_FLAGS_FILE, keep=set(store.patient_ids) - set(pids))
-    (seg / QC_FLAGS_FILE).unlink(missing_ok=True)
-    (seg / "predict_summary.json").unlink(missing_ok=True)
+    carried_quality = _carried_rows(seg / QUALITY_FILE, QUALITY_COLUMNS, set(store.patient_ids) - set(pids))
+    carried_sources = _carried_rows(seg / MASK_SOURCES_FILE, ("patient_id", "source", "models"),
+                                    set(store.patient_ids) - set(pids))
+    for name in (QC_FLAGS_FILE, QUALITY_FILE, MASK_SOURCES_FILE, "predict_summary.json"):
+        (seg / name).unlink(missing_ok=True)
     flags: list[dict[str, str]] = []
+    quality: list[dict[str, Any]] = []
+    sources: list[dict[str, str]] = []
     failed: dict[str, str] = {}
     for n, pid in enumerate(pids, 1):
         try:
+            if folds is None:
+                use, source, names = models, "single_model", str(models[0].path.parent.name)
+            else:
+                ks = models_for(pid, folds)
+                use = [models[k] for k in ks]
+                source = "out_of_fold" if len(ks) == 1 else "ensemble"
+                names = ";".join(f"fold_{k}" for k in ks)
             ps = store.load(pid, with_cine=True)
-            labels, removed = segment_patient(model, ps, device, cfg.tta, cfg.batch_size)
+            res = segment_patient(use, ps, device, cfg.tta, cfg.batch_size)
+            labels = res.labels
             phases = {k: labels[k] for k in ("ED", "ES")}
-            rows = qc_flags(phases, removed, ps.spacing_zyx)
+            rows = qc_flags(phases, res.removed, ps.spacing_zyx)
+            rows += quality_flags(res.disagreement, res.localised)
             with atomic_dir(seg / "nifti" / pid) as tmp:
                 write_source_nifti(tmp, store, ps, labels)
             if cfg.qc_png:
@@ -279,6 +432,11 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
                 arrays["margin_mm"] = np.asarray(cfg.margin_mm)
             save_npz(seg / "masks" / f"{pid}.npz", **arrays)  # last: marks the patient complete
             flags.extend({"patient_id": pid, **r} for r in rows)
+            box = res.box
+            quality.append({"patient_id": pid, "disagreement": res.disagreement,
+                            "localised": res.localised,
+                            "window": f"{box.y0},{box.x0},{box.size}" if box is not None else ""})
+            sources.append({"patient_id": pid, "source": source, "models": names})
         except Exception as err:  # one bad patient must not stop the cohort
             log.error("segmentation of %s failed: %s", pid, err, exc_info=log.isEnabledFor(logging.DEBUG))
             _remove_outputs(seg, pid)
@@ -287,6 +445,12 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
         if n % 10 == 0 or n == len(pids):
             log.info("segmented %d/%d patients", n, len(pids))
     table = pd.DataFrame(flags, columns=list(QC_COLUMNS))
+    for name, new, old in ((QUALITY_FILE, pd.DataFrame(quality, columns=list(QUALITY_COLUMNS)),
+                            carried_quality),
+                           (MASK_SOURCES_FILE, mask_sources_table(sources), carried_sources)):
+        both = pd.concat([old, new], ignore_index=True) if len(old) else new
+        write_text(seg / name, both.sort_values("patient_id", kind="stable").to_csv(
+            index=False, float_format="%.5f"))
     everything = (pd.concat([carried, table], ignore_index=True)
                   .sort_values("patient_id", kind="stable") if len(carried) else table)
     write_text(seg / QC_FLAGS_FILE, everything.to_csv(index=False))  # atomic, after every patient
@@ -296,8 +460,24 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
         "failed": failed,
         "flagged_patients": int(table["patient_id"].nunique()) if len(table) else 0,
         "flags": len(table),
-        "model": str(model.path),
+        "low_confidence_patients": int((table["flag"] == "low_confidence").sum()) if len(table) else 0,
+        "not_localised_patients": int((table["flag"] == "heart_not_localised").sum()) if len(table) else 0,
+        "model": str(models[0].path) if folds is None else str(folds_dir(cfg.work)),
+        "models": len(models),
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_json(seg / "predict_summary.json", summary)
     return summary
+
+
+def _carried_rows(path: Path, columns: Sequence[str], keep: set[str]) -> pd.DataFrame:
+    """Rows of a previous per-patient table whose patient is in ``keep`` (see _carried_flags)."""
+    if not keep or not path.is_file():
+        return pd.DataFrame(columns=list(columns))
+    try:
+        old = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return pd.DataFrame(columns=list(columns))
+    if list(old.columns) != list(columns):
+        return pd.DataFrame(columns=list(columns))
+    return old[old["patient_id"].isin(keep)].reset_index(drop=True)

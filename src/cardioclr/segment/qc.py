@@ -10,7 +10,12 @@ Flags (one row each in ``qc_flags.csv``: patient_id, phase, flag, detail):
   border touches something other than myocardium (the wall has a gap);
 * ``implausible_volume``: LV or RV end-diastolic volume outside :data:`EDV_RANGE_ML`;
 * ``implausible_ef``: LV ejection fraction outside :data:`EF_RANGE_PCT` (or ESV > EDV);
-* ``predict_failed``: the patient could not be segmented (the reason is in ``detail``).
+* ``predict_failed``: the patient could not be segmented (the reason is in ``detail``);
+* ``heart_not_localised``: the first, whole-slice pass found no heart, so whole slices were
+  segmented instead of a heart-centred window (a fallback, usually a poor mask);
+* ``low_confidence``: the per-patient quality estimate, the disagreement between the mirrored
+  test-time predictions (and the models of a cross-fitted ensemble), is above
+  :data:`DISAGREEMENT_FLAG` (every patient's value is in ``quality.csv``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,13 @@ OPEN_FRACTION = 0.10
 EDV_RANGE_ML = (20.0, 500.0)
 EF_RANGE_PCT = (5.0, 90.0)
 QC_COLUMNS = ("patient_id", "phase", "flag", "detail")
+#: Per-patient quality estimate: 1 - mean Dice of each test-time-augmented (and ensemble)
+#: prediction with their average, over RV, MYO and LV of ED and ES together. Set once, before
+#: any test evaluation, from the validation patients of the train split (see benchmarks/README.md).
+DISAGREEMENT_FLAG = 0.10
+#: ``WORK/segmentation/quality.csv``: one row per segmented patient (window: "y0,x0,size" or "").
+QUALITY_FILE = "quality.csv"
+QUALITY_COLUMNS = ("patient_id", "disagreement", "localised", "window")
 #: Contour colours (structure name -> matplotlib colour).
 COLOURS = {"LV": "tab:red", "MYO": "tab:green", "RV": "tab:blue"}
 
@@ -109,6 +121,19 @@ def qc_flags(labels: dict[str, np.ndarray], removed: dict[str, dict[str, float]]
         if not (math.isfinite(ef) and lo <= ef <= hi):
             flag("ED/ES", "implausible_ef", f"LV EF {ef:.1f} % (EDV {edv:.1f} mL, ESV {esv:.1f} mL) "
                  f"outside {lo:g}-{hi:g} %")
+    return rows
+
+
+def quality_flags(disagreement: float, localised: bool) -> list[dict[str, str]]:
+    """``low_confidence`` / ``heart_not_localised`` rows (without ``patient_id``) of one patient."""
+    rows: list[dict[str, str]] = []
+    if not localised:
+        rows.append({"phase": "ED/ES", "flag": "heart_not_localised",
+                     "detail": "no heart found on whole slices; segmented whole slices instead"})
+    if math.isfinite(disagreement) and disagreement > DISAGREEMENT_FLAG:
+        rows.append({"phase": "ED/ES", "flag": "low_confidence",
+                     "detail": f"test-time prediction disagreement {disagreement:.3f} > "
+                     f"{DISAGREEMENT_FLAG:g}"})
     return rows
 
 

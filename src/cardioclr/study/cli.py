@@ -23,9 +23,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--data", default=None, help="dataset: ACDC-layout folder or CSV manifest "
                    "(default: the built-in synthetic cohort)")
     s.add_argument("--out", required=True, help="study directory (created; resumed if it exists)")
-    s.add_argument("--preset", choices=("demo", "paper"), default=None,
-                   help="demo: smallcnn, 64 px, minutes on a CPU; paper: VGG16 + DenseNet121 at the "
-                   "paper's settings (GPU). Default: the saved study.yaml of OUT, else demo")
+    s.add_argument("--preset", choices=("demo", "real-cpu", "paper"), default=None,
+                   help="demo: synthetic cohort, smallcnn, 64 px, minutes on a CPU; real-cpu: real "
+                   "data on a CPU (full-quality segmentation, ~30 min, then smallcnn at 64 px); "
+                   "paper: VGG16 + DenseNet121 at the paper's settings (GPU). Default: the saved "
+                   "study.yaml of OUT, else demo without --data, and with --data paper on a GPU "
+                   "machine or real-cpu without one")
     s.add_argument("--config", default=None, help="study YAML overriding the preset (full form: "
                    "configs/study_demo.yaml)")
     s.add_argument("--split", choices=("random", "official"), default=None,
@@ -87,8 +90,19 @@ def launched_as_several_processes(env: Mapping[str, str]) -> str | None:
     return None
 
 
+def _has_gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _run_study(args: argparse.Namespace) -> int:
-    from cardioclr.study.config import load_config, read_saved_config, resolve_imagenet_weights
+    from cardioclr.study.config import (
+        default_preset,
+        load_config,
+        read_saved_config,
+        resolve_imagenet_weights,
+    )
     from cardioclr.study.runner import CONFIG_FILE, run_study
 
     launch = launched_as_several_processes(os.environ)
@@ -119,7 +133,8 @@ def _run_study(args: argparse.Namespace) -> int:
         overrides["accelerator"] = args.accelerator
     if args.threads is not None:
         overrides["threads"] = args.threads
-    cfg = load_config(preset, config_file, overrides)
+    cfg = load_config(preset, config_file, overrides,
+                      default=default_preset(has_data=args.data is not None, has_gpu=_has_gpu()))
     if args.imagenet_weights:
         from cardioclr.study.config import validate
 

@@ -3,8 +3,10 @@
 A study is fully described by :class:`StudyConfig`. It is assembled in three layers, each
 overriding the one before:
 
-1. a preset (:data:`PRESETS`): ``demo`` (synthetic cohort, ``smallcnn``, minutes on a CPU) or
-   ``paper`` (VGG16 + DenseNet121 at the paper's settings, meant for a GPU);
+1. a preset (:data:`PRESETS`): ``demo`` (synthetic cohort, ``smallcnn``, minutes on a CPU),
+   ``real-cpu`` (real data on a CPU: full-quality segmentation, small classification grid) or
+   ``paper`` (VGG16 + DenseNet121 at the paper's settings, meant for a GPU); without a named
+   preset, :func:`default_preset` picks one from the data and the machine;
 2. a YAML file (``--config study.yaml``), any subset of the full form written to
    ``OUT/study.yaml`` (see ``configs/study_demo.yaml`` / ``configs/study_paper.yaml``);
 3. command-line options (``--data``, ``--split``, ``--imagenet-weights``, ``--devices``).
@@ -218,7 +220,41 @@ _PAPER: dict[str, Any] = {
     "report": {"saliency_patients": 4, "n_boot": 2000},
 }
 
-PRESETS: dict[str, dict[str, Any]] = {"demo": _DEMO, "paper": _PAPER}
+# Real data on a CPU (a laptop or workstation without a GPU): the default of `cardioclr study
+# --data DIR` there. Segmentation at the quality its benchmark measures (the segment stage's
+# ``cpu`` preset on its own 192 px / 1.5 mm store grid: 28-minute budget, residual U-Net,
+# localise-then-segment; benchmarks/segmentation_quality.py), then the demo's small
+# classification grid at 64 px (smallcnn), which fits in the rest of an hour on 2 cores.
+# One segmentation model, not cross-fitted: K fold models would cost K x 28 minutes on a CPU
+# (set segment.options.folds: 5 to have them; the report then says masks are out-of-fold).
+_REAL_CPU: dict[str, Any] = {
+    "preset": "real-cpu",
+    "encoders": ["smallcnn"],
+    "accelerator": "cpu",
+    "threads": None,
+    "prepare": {"image_size": 192, "spacing_mm": 1.5, "n_folds": 5, "workers": 2},
+    "segment": {"preset": "cpu", "options": {}, "predict_options": {}},
+    "pretrain": {"options": {"batch_size": 64, "lr": 1e-3, "max_epochs": 15, "patience": 5,
+                             "image_size": 64, "use_cine": False}},
+    "finetune": {"options": {"grid_lr": [1e-3], "grid_batch": [32], "max_folds": 3,
+                             "seeds": [0], "max_epochs": 20, "patience": 5, "image_size": 64,
+                             "n_boot": 1000}},
+    "baseline": {"options": {}},
+    "report": {"saliency_patients": 3, "n_boot": 2000},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"demo": _DEMO, "paper": _PAPER, "real-cpu": _REAL_CPU}
+
+
+def default_preset(has_data: bool, has_gpu: bool) -> str:
+    """The study preset used when none is named (no ``--preset``, no ``preset:`` in a YAML).
+
+    No ``--data``: ``demo`` (the built-in synthetic cohort, ``make demo``). Real data: ``paper``
+    on a machine with a GPU, else ``real-cpu``.
+    """
+    if not has_data:
+        return "demo"
+    return "paper" if has_gpu else "real-cpu"
 
 
 # ------------------------------------------------------------------------------ construction
@@ -280,10 +316,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 
 def load_config(preset: str | None = None, config_file: str | os.PathLike[str] | None = None,
-                overrides: dict[str, Any] | None = None) -> StudyConfig:
+                overrides: dict[str, Any] | None = None, default: str = "demo") -> StudyConfig:
     """Preset, then YAML file, then ``overrides`` (plain form); validated.
 
-    The preset is ``preset`` if given, else the YAML's ``preset`` key, else ``demo``.
+    The preset is ``preset`` if given, else the YAML's ``preset`` key, else ``default`` (see
+    :func:`default_preset`).
     """
     file_data: dict[str, Any] = {}
     if config_file is not None:
@@ -296,7 +333,7 @@ def load_config(preset: str | None = None, config_file: str | os.PathLike[str] |
             raise CardioclrError(f"{p}: not valid YAML ({err})") from err
         if not isinstance(file_data, dict):
             raise CardioclrError(f"{p}: expected a mapping at the top level")
-    name = preset or file_data.get("preset") or "demo"
+    name = preset or file_data.get("preset") or default
     merged = deep_merge(preset_dict(name), file_data)
     merged["preset"] = name
     merged = deep_merge(merged, {k: v for k, v in (overrides or {}).items() if v is not None})

@@ -180,6 +180,7 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
     from cardioclr.classify.predict import load_classifier
     from cardioclr.data.pairs import load_patient_inputs
     from cardioclr.evaluate.metrics import prob_columns
+    from cardioclr.segment.crossfit import crossfit_ready, folds_dir
     from cardioclr.segment.predict import PredictConfig
     from cardioclr.segment.predict import predict as segment
 
@@ -188,7 +189,9 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
     work = find_work_dir(model_dir)
     clf = load_classifier(model_dir)
     seg_model = WorkLayout(work).segmentation_model
-    if not (seg_model / "model.pt").is_file():
+    if crossfit_ready(work):  # a cross-fitted study: new patients get the fold models' average
+        seg_model = folds_dir(work)
+    elif not (seg_model / "model.pt").is_file():
         raise CardioclrError(f"{seg_model}: the study's segmentation model is missing")
     info = read_json(work / "dataset.json")
     ids = [i.patient_id for i in inputs]

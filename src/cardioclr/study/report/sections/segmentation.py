@@ -8,6 +8,7 @@ import pandas as pd
 
 from cardioclr.artifacts import number
 from cardioclr.layout import WorkLayout
+from cardioclr.segment.summary import segmentation_notes
 from cardioclr.study.html import Block, Gallery, Para, Table, TCell
 from cardioclr.study.report.collect import StudyData, read_json_or_none
 from cardioclr.study.report.format import cell_str, fmt
@@ -37,6 +38,8 @@ def segmentation_section(data: StudyData) -> list[Block]:
             f"{fmt(number(seg.get('mean_hd95')), 1)} mm",
             ["Phase", *[f"Dice {s}" for s in structures], *[f"HD95 {s} (mm)" for s in structures]],
             rows, [f"Computed on the {grid}." if grid else ""]))
+    # How the masks were made, how good they are and what they were used for.
+    blocks += [Para(n) for n in segmentation_notes(seg, data.cfg.mask_source if data.cfg else "predicted")]
     agree = seg.get("indices_agreement") or {}
     if agree:
         rows = []

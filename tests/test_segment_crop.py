@@ -1,0 +1,103 @@
+"""Localise-then-segment: heart windows, exact crop / un-crop, the whole-slice fallback, and the
+per-patient quality estimate (test-time disagreement)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cardioclr.data.store import Geometry, PatientSlices
+from cardioclr.segment.crop import Box, crop, full_box, heart_box, uncrop
+from cardioclr.segment.predict import Agreement, LoadedModel, infer_slices, segment_patient
+from cardioclr.segment.qc import DISAGREEMENT_FLAG, quality_flags
+
+
+def test_crop_uncrop_round_trip_is_exact_inside_and_background_outside():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 4, size=(3, 50, 60)).astype(np.uint8)
+    for box in (Box(5, 7, 32), Box(-10, 40, 32), Box(30, -5, 32), Box(-8, -8, 80)):
+        c = crop(a, box)
+        assert c.shape == (3, box.size, box.size)
+        back = uncrop(c, box, (50, 60))
+        inside = np.zeros((50, 60), bool)
+        inside[max(box.y0, 0):box.y0 + box.size, max(box.x0, 0):box.x0 + box.size] = True
+        assert np.array_equal(back[:, inside], a[:, inside])  # exact on the original grid
+        assert not back[:, ~inside].any()  # nothing invented outside the window
+    # A window covering the slice gives the slice back unchanged.
+    assert np.array_equal(uncrop(crop(a, full_box((50, 60), 16)), full_box((50, 60), 16), (50, 60)), a)
+
+
+def test_a_mask_predicted_on_the_crop_lands_where_the_heart_is():
+    labels = np.zeros((2, 96, 96), np.uint8)
+    labels[:, 60:75, 10:30] = 3
+    box = heart_box(labels, size=32, divisor=16)
+    assert box is not None and box.size % 16 == 0 and box.size >= 32
+    assert np.array_equal(uncrop(crop(labels, box), box, (96, 96)), labels)
+
+
+def test_heart_box_grows_to_fit_a_big_heart_and_is_none_without_one():
+    labels = np.zeros((1, 128, 128), np.uint8)
+    assert heart_box(labels, 32, 16) is None
+    labels[0, 10:90, 20:70] = 1  # 80 px tall
+    box = heart_box(labels, 32, 16, margin_px=4)
+    assert box is not None and box.size == 96  # 80 + 2 * 4 -> next multiple of 16
+    assert box.y0 <= 10 - 4 and box.y0 + box.size >= 90 + 4
+
+
+class _Constant(torch.nn.Module):
+    """Logits that always pick one class: a network that finds no heart (class 0) or all heart."""
+
+    def __init__(self, cls: int) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 4, *x.shape[2:])
+        out[:, self.cls] = 1.0
+        return out
+
+
+def _patient(z: int = 2, s: int = 48) -> PatientSlices:
+    img = np.random.default_rng(1).random((z, s, s)).astype(np.float32)
+    geo = Geometry(np.eye(4), (z, s, s), (8.0, 1.5, 1.5), (s, s), (0, 0))
+    return PatientSlices("p1", img, img.copy(), None, None, None, (8.0, 1.5, 1.5), geo)
+
+
+def test_patient_whose_heart_is_not_found_gets_whole_slices_and_a_flag():
+    model = LoadedModel(_Constant(0), 16, 48, 1.5, Path("model.pt"), {}, window=32)
+    res = segment_patient(model, _patient(), torch.device("cpu"), tta=True)
+    assert not res.localised and res.box is None
+    assert res.labels["ED"].shape == (2, 48, 48)
+    flags = quality_flags(res.disagreement, res.localised)
+    assert [f["flag"] for f in flags] == ["heart_not_localised"]
+
+
+def test_found_heart_is_segmented_in_a_window_on_the_store_grid():
+    model = LoadedModel(_Constant(3), 16, 48, 1.5, Path("model.pt"), {}, window=32)
+    res = segment_patient(model, _patient(), torch.device("cpu"), tta=False)
+    assert res.localised and res.box is not None
+    lab = res.labels["ES"]
+    assert lab.shape == (2, 48, 48)
+    expected = uncrop(np.full((2, res.box.size, res.box.size), 3, np.uint8), res.box, (48, 48))
+    assert np.array_equal(lab, expected)
+
+
+def test_disagreement_is_zero_for_agreeing_members_and_flags_above_threshold():
+    model = LoadedModel(_Constant(3), 16, 48, 1.5, Path("model.pt"), {})
+    agree = Agreement()
+    infer_slices(model, np.zeros((2, 32, 32), np.float32), torch.device("cpu"), tta=True, agreement=agree)
+    assert agree.disagreement() == 0.0
+    half = Agreement()
+    a = torch.zeros(1, 4, 4, dtype=torch.long)
+    b = a.clone()
+    a[0, :2] = 3
+    b[0, :, :2] = 3
+    half.add([a, b], a)  # member b overlaps the consensus on 4 of 8 + 8 voxels
+    assert half.disagreement() == pytest.approx(1 - (1.0 + 0.5) / 2)
+    assert quality_flags(DISAGREEMENT_FLAG + 0.01, True)[0]["flag"] == "low_confidence"
+    assert quality_flags(DISAGREEMENT_FLAG / 2, True) == []
+    assert quality_flags(math.nan, True) == []

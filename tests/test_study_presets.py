@@ -1,0 +1,58 @@
+"""Which study preset runs when none is named, and that each preset's options are valid."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from cardioclr.study import cli as study_cli
+from cardioclr.study.config import PRESETS, default_preset, load_config
+from cardioclr.study.kinds import check_options
+from cardioclr.study.stages import segment_train_config
+
+
+def test_default_preset_is_demo_for_synthetic_real_cpu_without_gpu_and_paper_with_one():
+    assert default_preset(has_data=False, has_gpu=False) == "demo"
+    assert default_preset(has_data=False, has_gpu=True) == "demo"  # make demo stays synthetic
+    assert default_preset(has_data=True, has_gpu=False) == "real-cpu"
+    assert default_preset(has_data=True, has_gpu=True) == "paper"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_valid_stage_configs(name, tmp_path):
+    cfg = load_config(name)
+    check_options(cfg)  # unknown stage options would raise here
+    seg = segment_train_config(cfg, tmp_path)
+    assert seg.preset == cfg.segment.preset
+
+
+def test_real_cpu_preset_segments_at_the_benchmarked_cpu_quality(tmp_path):
+    cfg = load_config("real-cpu")
+    assert (cfg.prepare.image_size, cfg.prepare.spacing_mm) == (192, 1.5)  # the cpu preset's grid
+    seg = segment_train_config(cfg, tmp_path)
+    assert seg.network.norm == "instance" and seg.optim.time_budget_s == 28 * 60
+    assert load_config("paper").segment.preset == "gpu"
+
+
+def test_study_cli_resolves_the_preset_from_data_and_gpu(monkeypatch, tmp_path):
+    seen: list[str] = []
+
+    def fake_run(cfg, out, **kwargs):
+        seen.append(cfg.preset)
+        raise SystemExit(0)
+
+    import cardioclr.study.runner as runner
+
+    monkeypatch.setattr(runner, "run_study", fake_run)
+    data = tmp_path / "data"
+    data.mkdir()
+    for gpu, data_arg, expected in ((False, None, "demo"), (False, str(data), "real-cpu"),
+                                    (True, str(data), "paper")):
+        monkeypatch.setattr(study_cli, "_has_gpu", lambda gpu=gpu: gpu)
+        args = argparse.Namespace(out=str(tmp_path / f"out{len(seen)}"), preset=None, config=None,
+                                  data=data_arg, split=None, encoders=None, devices=None,
+                                  accelerator=None, threads=None, imagenet_weights=None)
+        with pytest.raises(SystemExit):
+            study_cli._run_study(args)
+        assert seen[-1] == expected
