@@ -201,3 +201,8 @@ def acdc_root() -> Path:
     if not (root / "training").is_dir():
         pytest.skip(f"real ACDC data not found at {root}")
     return root
+
+
+# Programming errors must fail the tests, not become skipped patients (see
+# cardioclr.data.boundary): unexpected exceptions inside the per-patient boundary propagate.
+os.environ.setdefault("CARDIOCLR_RAISE_UNEXPECTED", "1")

@@ -178,3 +178,12 @@ def test_not_run_reason_without_state_file(tmp_path: Path) -> None:
     assert len(im) == 2 and (im["status"] == "not-run").all()
     assert im["reason"].str.contains("ImageNet").all()
     assert len(df[(df["kind"] == "finetune") & (df["status"] == "done")]) == 6
+
+
+def test_best_of_a_row_is_decided_on_numbers_as_shown() -> None:
+    """Bold goes to the best value as displayed (3 decimals; ties all bold), chosen on numbers."""
+    from cardioclr.study.report.results import best_by_group, best_flags
+
+    assert best_flags([0.8514, None, 0.8506, 0.7]) == [True, False, True, False]
+    assert best_flags([None, None]) == [False, False]
+    assert best_by_group([0.5, 0.9, 0.6], ["full", "segmented", "full"]) == [False, True, True]

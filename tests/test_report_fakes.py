@@ -4,7 +4,9 @@
 ``study_state.json``, the prepared work dir's summary files, segmentation metrics and QC, one
 pretraining, every fine-tuning cell (``metrics.json``, ``predictions.csv``, ``curves.csv``,
 ``saliency/``) and the two baselines. Prediction quality is set per cell (``strength``), so the
-tests know which cell has the best AUC.
+tests know which cell has the best AUC. Every ``metrics.json`` is built with the typed
+definition its stage writes (:mod:`cardioclr.artifacts`), so a renamed or dropped key shows up
+here as well as in the writer and the report.
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cardioclr.artifacts import (
+    BaselineMetrics,
+    ClassificationMetrics,
+    FinetuneMetrics,
+    PretrainMetrics,
+    SaliencySummary,
+    SegmentationMetrics,
+)
 from cardioclr.evaluate.metrics import classification_metrics, prob_columns, to_jsonable
 
 CLASSES = ["DCM", "HCM", "MINF", "NOR", "RV"]
@@ -78,19 +88,19 @@ def write_fake_study(out: Path, n_test_per_class: int = 6, failed: tuple[str, ..
     _write(work / "skipped.csv", "patient_id,path,reason\npatient999,/x/patient999/Info.cfg,"
            "missing field(s) Group\n")
     seg = work / "segmentation"
-    _write(seg / "metrics.json", json.dumps({
-        "grid": "store (64 px at 2.5 mm in-plane, native slice spacing)",
-        "dice": {"ED": {"RV": 0.81, "MYO": 0.77, "LV": 0.9}, "ES": {"RV": 0.7, "MYO": 0.75, "LV": 0.85}},
-        "hd95": {"ED": {"RV": 9.5, "MYO": 6.1, "LV": 4.2}, "ES": {"RV": 11.0, "MYO": 7.0, "LV": 5.0}},
-        "mean_dice": 0.797, "mean_hd95": 7.1, "n_test": len(test),
-        "indices_agreement": {"lv_ef_pct": {"n": len(test), "pearson_r": 0.93, "bias": -1.2, "sd": 4.5}}}))
+    _write(seg / "metrics.json", json.dumps(SegmentationMetrics(
+        grid="store (64 px at 2.5 mm in-plane, native slice spacing)",
+        dice={"ED": {"RV": 0.81, "MYO": 0.77, "LV": 0.9}, "ES": {"RV": 0.7, "MYO": 0.75, "LV": 0.85}},
+        hd95={"ED": {"RV": 9.5, "MYO": 6.1, "LV": 4.2}, "ES": {"RV": 11.0, "MYO": 7.0, "LV": 5.0}},
+        mean_dice=0.797, mean_hd95=7.1, n_test=len(test),
+        indices_agreement={"lv_ef_pct": {"n": len(test), "pearson_r": 0.93, "bias": -1.2, "sd": 4.5}})))
     _write(seg / "qc_flags.csv", "patient_id,phase,flag,detail\npatient001,ED,fragmented,LV: 9%\n"
            "patient001,ES,fragmented,LV: 7%\n")
     (seg / "qc").mkdir(parents=True, exist_ok=True)
     (seg / "qc" / "patient001.png").write_bytes(tiny_png(200))
     for name in ("smallcnn-full", "smallcnn-segmented"):
-        _write(work / "pretrain" / name / "metrics.json", json.dumps({"final_loss": 3.2, "epochs": 5,
-                                                                    "train_seconds": 40.0}))
+        _write(work / "pretrain" / name / "metrics.json", json.dumps(PretrainMetrics(
+            best_val_loss=3.2, best_epoch=4, epochs=5, train_seconds=40.0)))
 
     for cell in cells:
         if cell.not_run_reason:
@@ -119,11 +129,13 @@ def write_fake_study(out: Path, n_test_per_class: int = 6, failed: tuple[str, ..
         for pid in test[:4]:
             (d / "saliency").mkdir(parents=True, exist_ok=True)
             (d / "saliency" / f"{pid}.png").write_bytes(tiny_png(60 + int(strength * 30)))
-        metrics = {"encoder": p["encoder"], "pretraining": p["pretraining"],
-                   "downstream_input": p["input"], "mask_source": "predicted", "classes": CLASSES,
-                   "test": classification_metrics(y, proba, CLASSES, n_boot=200, seed=0),
-                   "saliency": {"in_heart_share_mean": 0.3 + 0.1 * strength, "n": len(test)},
-                   "train_seconds": 12.5}
+        test_metrics: ClassificationMetrics = classification_metrics(y, proba, CLASSES, n_boot=200, seed=0)
+        metrics = FinetuneMetrics(encoder=p["encoder"], pretraining=p["pretraining"],
+                                  downstream_input=p["input"], mask_source="predicted", classes=CLASSES,
+                                  test=test_metrics,
+                                  saliency=SaliencySummary(in_heart_share_mean=0.3 + 0.1 * strength,
+                                                           n=len(test)),
+                                  train_seconds=12.5)
         _write(d / "metrics.json", json.dumps(to_jsonable(metrics)))
         state.set(cell.id, "done", seconds=12.5)
 
@@ -134,9 +146,9 @@ def write_fake_study(out: Path, n_test_per_class: int = 6, failed: tuple[str, ..
         for c, col in enumerate(prob_columns(CLASSES)):
             pred[col] = proba[:, c]
         _write(d / "predictions.csv", pred.to_csv(index=False))
-        m = {"model": f"{name}-rf", "mask_source": "predicted",
-             **classification_metrics(y, proba, CLASSES, n_boot=200, seed=0),
-             "feature_importances": {"lv_ef_pct": 0.3, "rv_edv_ml": 0.2}}
+        m = BaselineMetrics(model=f"{name}-rf", mask_source="predicted",
+                            **classification_metrics(y, proba, CLASSES, n_boot=200, seed=0),
+                            feature_importances={"lv_ef_pct": 0.3, "rv_edv_ml": 0.2})
         if name == "hybrid":  # as the study writes it: the SimCLR pretraining's features
             m["deep_features"] = {"file": str(out / "work" / "pretrain" / "smallcnn-segmented" /
                                               "deep_features.csv"), "n_input": 512,

@@ -471,3 +471,15 @@ def test_study_refuses_to_run_as_several_processes(tmp_path: Path) -> None:
     with mock.patch.dict(os.environ, {"WORLD_SIZE": "2"}):
         assert main(["study", "--out", str(tmp_path / "s")]) == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_unknown_stage_option_fails_before_any_cell_runs(tmp_path: Path) -> None:
+    """Each kind's option check (CellKind.check_options) runs before the first cell."""
+    import dataclasses
+
+    bad = load_config("demo", overrides={"finetune": {"options": {"learning_rat": 0.1}}})
+    fake = FakeStages()
+    kinds = {name: dataclasses.replace(kind, run=fake) for name, kind in CELL_KINDS.items()}
+    with pytest.raises(CardioclrError, match=r"finetune\.options: unknown option\(s\) \['learning_rat'\]"):
+        run_study(bad, tmp_path / "study", kinds=kinds, stream=io.StringIO(), build_report=False)
+    assert not fake.calls

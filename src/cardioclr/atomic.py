@@ -7,9 +7,11 @@ none, never one that looks complete.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +33,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + "".join(final.suffixes),
-                                    dir=final.parent)
+    _remove_dead_temporary_files(final)
+    # The writer's pid is in the name, so that a later writer can remove it once it is dead.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.",
+                                    suffix=".tmp" + "".join(final.suffixes), dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -76,7 +80,10 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final.parent, final.name)  # debris of a killed earlier build
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    # Who builds it, so that a later run can tell debris of a killed run from a live one.
+    (tmp.parent / f"{tmp.name}.owner").write_text(f"{socket.gethostname()} {os.getpid()}\n")
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700
@@ -91,6 +98,63 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        (tmp.parent / f"{tmp.name}.owner").unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(parent: str | os.PathLike[str], name: str) -> list[Path]:
+    """Remove what an interrupted :func:`atomic_dir` for ``parent/name`` left behind.
+
+    ``.NAME.*.partial`` folders whose owner process (recorded beside them) is gone, or that
+    have no owner record, and a leftover ``.NAME.old``. A folder still being built by a live
+    process on this host is kept. Returns the removed paths.
+    """
+    folder = Path(parent)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for tmp in sorted(folder.glob(f".{glob.escape(name)}.*.partial")):
+        owner = tmp.parent / f"{tmp.name}.owner"
+        if _owner_alive(owner):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        owner.unlink(missing_ok=True)
+        removed.append(tmp)
+    for owner in folder.glob(f".{glob.escape(name)}.*.partial.owner"):
+        if not owner.with_suffix("").exists():
+            owner.unlink(missing_ok=True)
+    old = folder / f".{name}.old"
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old)
+    return removed
+
+
+def _remove_dead_temporary_files(final: Path) -> None:
+    """Remove ``.NAME.<pid>.*.tmp*`` files beside ``final`` whose writing process is gone."""
+    for tmp in final.parent.glob(f".{glob.escape(final.name)}.*.tmp*"):
+        pid = tmp.name[len(final.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _owner_alive(owner: Path) -> bool:
+    try:
+        host, pid = owner.read_text().split()
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine (shared file system): cannot tell, keep it
+    return _pid_alive(int(pid)) and int(pid) != os.getpid()
 
 
 def _json_default(obj: Any) -> Any:

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "cardioclr.data.cli_synth",
     "cardioclr.data.cli_prepare",
     "cardioclr.dicomimport.cli",
+    "cardioclr.data.cli_verify",
     "cardioclr.segment.cli",
     "cardioclr.ssl.cli",
     "cardioclr.classify.cli",

@@ -29,13 +29,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
 
-from cardioclr.artifacts import FINETUNED_FEATURES_FILE, FinetuneMetrics
+from cardioclr.artifacts import (
+    FINETUNED_FEATURES_FILE,
+    ClassificationMetrics,
+    FinetuneMetrics,
+    SaliencySummary,
+)
 from cardioclr.atomic import atomic_path, read_json, write_json, write_text
 from cardioclr.classify.cv import check_disjoint, cv_table, grid, run_cv, select
 from cardioclr.classify.data import SliceBank, patient_probabilities
@@ -126,7 +131,7 @@ def fingerprint(cfg: FinetuneConfig) -> str:
     return digest(d)
 
 
-def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     """Run (or resume, or skip when finished) one fine-tuning configuration; returns metrics."""
     if cfg.encoder not in encoder_names():
         raise CardioclrError(f"unknown encoder {cfg.encoder!r}; choose one of {', '.join(encoder_names())}")
@@ -144,7 +149,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         old = read_json(metrics_path)
         if old.get("fingerprint") == fp:
             log.info("%s: finished with the same configuration; skipping", out)
-            return old
+            return cast(FinetuneMetrics, old)
         raise CardioclrError(f"{out} holds a finished run of another configuration; pass another "
                              "--out or delete that directory")
     if is_rank_zero():
@@ -244,14 +249,14 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "linear_probe": cfg.linear_probe,
         "image_size": cfg.image_size,
         "classes": classes,
-        "test": test_metrics,
+        "test": cast(ClassificationMetrics, test_metrics),
         "per_seed": per_seed,
         "seed_spread": _spread(per_seed),
         "ensemble": f"mean of {len(cfg.seeds)} seed model(s)' patient probabilities",
         "cv": table.to_dict(orient="records"),
         "cv_folds": cv_results_summary(cv_results),
         "selected": chosen,
-        "saliency": sal,
+        "saliency": cast("SaliencySummary | None", sal),
         "patients": {"train": len(splits.train), "test": len(test_ids),
                      "cv_touched": cv_touched, "final_touched": final_touched,
                      "test_ids": test_ids, "test_overlap_with_training": []},
@@ -327,6 +332,7 @@ def _write_finetuned_features(path: Path, model: DualPhaseClassifier, bank: Slic
     uses the label-free SimCLR features (:mod:`cardioclr.ssl.features`) instead.
     """
     _, feats = predict_slices(model, bank.images, bank.hearts, spec.input_mode, device, with_features=True)
+    assert feats is not None  # with_features=True
     keys, mean = patient_probabilities(feats, bank.patient.numpy())
     ids = [bank.patient_ids[k] for k in keys]
     extra = [p for p in store.patient_ids if p not in set(ids)]
@@ -339,6 +345,7 @@ def _write_finetuned_features(path: Path, model: DualPhaseClassifier, bank: Slic
             continue
         _, f = predict_slices(model, torch.from_numpy(pi.images), torch.from_numpy(pi.hearts),
                               spec.input_mode, device, with_features=True)
+        assert f is not None  # with_features=True
         rows.append(f.mean(axis=0, keepdims=True))
         ids.append(pid)
     feats_all = np.concatenate(rows)

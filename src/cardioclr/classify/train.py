@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -95,7 +95,8 @@ class ClassifierModule(L.LightningModule):
     def forward(self, images: Tensor, hearts: Tensor) -> Tensor:
         """(B, 2, H, W) pairs and hearts -> (B, K) logits (masking per input mode, no augmentation)."""
         ed, es = network_inputs(images, hearts, self.input_mode)
-        return self.model(ed, es)
+        logits: Tensor = self.model(ed, es)
+        return logits
 
     def on_train_epoch_start(self) -> None:
         self._loss_sum, self._loss_n = 0.0, 0
@@ -136,9 +137,10 @@ class ClassifierModule(L.LightningModule):
         rows = torch.cat([v[2] for v in self._val])
         if self.trainer.world_size > 1:
             # Every rank saw a share (padded by the distributed sampler): gather, then dedupe rows.
-            proba = self.all_gather(proba).flatten(0, 1)
-            labels = self.all_gather(labels).flatten(0, 1)
-            rows = self.all_gather(rows).flatten(0, 1)
+            # all_gather of a tensor is a tensor (its signature also allows dicts and lists).
+            proba = cast(Tensor, self.all_gather(proba)).flatten(0, 1)
+            labels = cast(Tensor, self.all_gather(labels)).flatten(0, 1)
+            rows = cast(Tensor, self.all_gather(rows)).flatten(0, 1)
         r = rows.cpu().numpy()
         _, first = np.unique(r, return_index=True)
         p, y, r = proba.cpu().numpy()[first], labels.cpu().numpy()[first], r[first]

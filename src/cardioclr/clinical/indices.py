@@ -81,8 +81,11 @@ def mosteller_bsa(height_cm: float | None, weight_kg: float | None) -> float:
 
 
 def ejection_fraction_pct(edv_ml: float, esv_ml: float) -> float:
-    """Ejection fraction in %: 100 * (EDV - ESV) / EDV; NaN when EDV is 0 or either is NaN."""
-    return 100.0 * _div(edv_ml - esv_ml, edv_ml)
+    """Ejection fraction in %: 100 * (EDV - ESV) / EDV; NaN when EDV is not a positive finite
+    volume or ESV is not finite (never an exception or a numpy warning)."""
+    if not (math.isfinite(edv_ml) and math.isfinite(esv_ml)) or edv_ml <= 0:
+        return math.nan
+    return 100.0 * (edv_ml - esv_ml) / edv_ml
 
 
 def myocardial_mass_g(myocardium_ml: float) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -32,8 +32,10 @@ class Case:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A patient that could not be used: where, and why (one line a user can act on)."""
+    """A patient (or folder) that could not be used: where, and why (one line a user can act
+    on). ``detail`` is the traceback behind it, for the debug log only (not in skipped.csv)."""
 
     patient_id: str
     path: str
     reason: str
+    detail: str = field(default="", compare=False, repr=False)

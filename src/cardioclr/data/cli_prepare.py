@@ -29,15 +29,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="labels not required (extra data for self-supervised pretraining)")
     p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing store")
+    p.add_argument("--classes", nargs="+", default=None, metavar="NAME",
+                   help="the diagnoses a label may name; other labels are refused per patient "
+                   "(default: the five ACDC groups for an ACDC folder, any label for a CSV)")
+    p.add_argument("--max-image-gb", type=float, default=None,
+                   help="refuse an image needing more memory than this once read as float32 "
+                   "(default 4; also $CARDIOCLR_MAX_IMAGE_BYTES)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.max_image_gb is not None:
+        import os
+
+        from cardioclr.io.validate import MAX_IMAGE_BYTES_ENV
+
+        # Through the environment: the worker processes inherit it.
+        os.environ[MAX_IMAGE_BYTES_ENV] = str(int(args.max_image_gb * 1024**3))
     cfg = PrepareConfig(data=args.data, out=args.out, spacing_mm=args.spacing,
                         image_size=args.size, split=args.split, test_fraction=args.test_fraction,
                         n_folds=args.folds, seed=args.seed, strict=args.strict,
                         unlabelled=args.unlabelled, workers=args.workers,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite,
+                        classes=tuple(args.classes) if args.classes else None)
     s = prepare(cfg)
     print(f"prepared {s['patients']} patients ({s['skipped']} skipped) in {s['seconds']} s: "
           f"train {s['train']}, test {s['test']}, classes {', '.join(s['classes'])} -> {args.out}")

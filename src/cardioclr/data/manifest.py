@@ -14,19 +14,22 @@ Columns (header names are case-insensitive; order is free; unknown columns are i
     subset       optional  training / testing (used by ``--split official``)
 
 Paths are absolute or relative to the CSV's folder. Comma, semicolon or tab separated; UTF-8
-(an Excel byte-order mark is fine). Row numbers in messages are the CSV line numbers as a
-spreadsheet shows them (the header is row 1).
+(an Excel byte-order mark is fine) or UTF-16 with a byte-order mark ("Unicode text" exports).
+Heights and weights are checked against human ranges and labels against ``--classes`` (when
+given) by :mod:`cardioclr.data.validate`, as for ACDC's Info.cfg. Row numbers in messages are
+the CSV line numbers as a spreadsheet shows them (the header is row 1).
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 from cardioclr.data.cases import Case, Skipped
+from cardioclr.data.validate import check_body_size, check_label, parse_measure
 from cardioclr.errors import DataError
 
 REQUIRED_COLUMNS = ("patient_id", "label", "ed_image", "es_image")
@@ -36,8 +39,8 @@ _SUBSETS = {"training": "training", "train": "training", "testing": "testing", "
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def read_manifest(path: str | os.PathLike[str], require_label: bool = True
-                  ) -> tuple[list[Case], list[Skipped]]:
+def read_manifest(path: str | os.PathLike[str], require_label: bool = True,
+                  classes: Collection[str] | None = None) -> tuple[list[Case], list[Skipped]]:
     """Read a CSV manifest into cases and the rows skipped with their reason.
 
     A row is skipped (reason names the CSV row and the file or value) for: an unsafe or empty
@@ -50,8 +53,12 @@ def read_manifest(path: str | os.PathLike[str], require_label: bool = True
     csv_path = Path(path)
     if not csv_path.is_file():
         raise DataError(csv_path, "manifest CSV does not exist")
+    raw = csv_path.read_bytes()
     try:
-        text = csv_path.read_text(encoding="utf-8-sig")
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            text = raw.decode("utf-16")
+        else:
+            text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(csv_path, f"manifest is not UTF-8 text ({err.reason} at byte {err.start}); "
                         "save it as CSV UTF-8") from None
@@ -87,10 +94,13 @@ def read_manifest(path: str | os.PathLike[str], require_label: bool = True
         if pid:
             first_row[pid.lower()] = row
         try:
-            cases.append(_row_case(fields, row, csv_path, base, require_label))
+            cases.append(_row_case(fields, row, csv_path, base, require_label, classes))
         except _RowProblem as problem:
             skipped.append(Skipped(pid, problem.path or str(csv_path),
                                    f"row {row} of {csv_path.name}: {problem}"))
+        except DataError as err:  # a value refused by cardioclr.data.validate
+            skipped.append(Skipped(pid, str(csv_path), f"row {row} of {csv_path.name}: "
+                                   f"{err.problem}"))
     if duplicates:
         raise DataError(csv_path, f"duplicate patient_id: {'; '.join(duplicates[:5])}"
                         + (f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else "")
@@ -109,7 +119,7 @@ class _RowProblem(Exception):
 
 
 def _row_case(fields: dict[str, str], row: int, csv_path: Path, base: Path,
-              require_label: bool) -> Case:
+              require_label: bool, classes: Collection[str] | None) -> Case:
     pid = fields["patient_id"]
     if not pid:
         raise _RowProblem("empty patient_id")
@@ -119,6 +129,8 @@ def _row_case(fields: dict[str, str], row: int, csv_path: Path, base: Path,
     label = fields["label"] or None
     if label is None and require_label:
         raise _RowProblem("empty label (pass --unlabelled to use patients without a diagnosis)")
+    if label is not None and require_label:
+        check_label(csv_path, "label", label, classes)
     paths = {name: _resolve(fields, name, base, required=name in REQUIRED_COLUMNS)
              for name in ("ed_image", "es_image", "ed_mask", "es_mask", "cine")}
     for a, b in (("ed_image", "es_image"), ("ed_mask", "es_mask")):
@@ -129,6 +141,9 @@ def _row_case(fields: dict[str, str], row: int, csv_path: Path, base: Path,
     subset = _SUBSETS.get(subset_text.lower()) if subset_text else None
     if subset_text and subset is None:
         raise _RowProblem(f"subset {subset_text!r} is not training or testing")
+    height = parse_measure(csv_path, "height_cm", fields.get("height_cm"))
+    weight = parse_measure(csv_path, "weight_kg", fields.get("weight_kg"))
+    check_body_size(csv_path, height, weight, "height_cm", "weight_kg")
     return Case(
         patient_id=pid,
         label=label,
@@ -137,8 +152,8 @@ def _row_case(fields: dict[str, str], row: int, csv_path: Path, base: Path,
         ed_mask=paths["ed_mask"],
         es_mask=paths["es_mask"],
         cine=paths["cine"],
-        height_cm=_positive_number(fields, "height_cm"),
-        weight_kg=_positive_number(fields, "weight_kg"),
+        height_cm=height,
+        weight_kg=weight,
         subset=subset,
         source=f"{csv_path}:row {row}",
     )
@@ -162,19 +177,6 @@ def _resolve(fields: dict[str, str], column: str, base: Path, required: bool) ->
         raise _RowProblem(f"{column} {text!r} must be a NIfTI file (.nii/.nii.gz) or a DICOM "
                           "series folder", str(p))
     return p
-
-
-def _positive_number(fields: dict[str, str], column: str) -> float | None:
-    text = fields.get(column, "")
-    if not text:
-        return None
-    try:
-        value = float(text.replace(",", "."))  # decimal comma from European spreadsheets
-    except ValueError:
-        raise _RowProblem(f"{column} {text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise _RowProblem(f"{column} {text!r} must be a positive number")
-    return value
 
 
 def _delimiter(header_line: str) -> str:

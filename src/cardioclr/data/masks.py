@@ -20,16 +20,17 @@ from cardioclr.choices import MASK_SOURCES
 from cardioclr.clinical.labels import MAX_LABEL
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
+from cardioclr.layout import WorkLayout
 
 
 def segmentation_dir(work: str | os.PathLike[str]) -> Path:
     """``WORK/segmentation``: model, masks, NIfTI, metrics and QC of the segmentation stage."""
-    return Path(work) / "segmentation"
+    return WorkLayout(work).segmentation
 
 
 def predicted_mask_path(work: str | os.PathLike[str], patient_id: str) -> Path:
     """``WORK/segmentation/masks/PID.npz``."""
-    return segmentation_dir(work) / "masks" / f"{patient_id}.npz"
+    return WorkLayout(work).segmentation_masks / f"{patient_id}.npz"
 
 
 def load_labels(work: str | os.PathLike[str], patient_id: str, source: str) -> tuple[np.ndarray, np.ndarray]:

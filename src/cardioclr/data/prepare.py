@@ -5,7 +5,19 @@ square grid, and normalised robustly (1st/99th percentiles of the patient's ED+E
 The store is built under a temporary name and renamed into place; ``dataset.json`` is written
 last, so an interrupted or failed run never leaves a store that looks complete, and a failed
 ``--overwrite`` (bad patient with ``--strict``, changed patient set, interrupt) leaves the
-previous complete work directory untouched.
+previous complete work directory untouched. Temporary folders left by a killed run are removed
+when the next run starts; worker processes die with the run that started them and never write
+after it.
+
+Bad input: each patient is read and prepared inside the per-patient error boundary
+(:mod:`cardioclr.data.boundary`): whatever goes wrong becomes a line of ``skipped.csv`` naming
+the file and the problem, unless ``--strict``. The checks are those of ``cardioclr verify``
+(:func:`read_checked_case`).
+
+Expert masks: a patient needs both ED and ES masks for segmentation training and evaluation
+(``has_expert_mask``). When only one phase has a mask, that mask is still read and checked
+against its image, kept in the store (``has_ed_mask`` / ``has_es_mask`` in the manifest and the
+``.npz``), and a warning says the patient counts as unmasked.
 """
 
 from __future__ import annotations
@@ -14,21 +26,30 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 from scipy.ndimage import zoom
 
-from cardioclr.atomic import atomic_dir, read_json, save_npz, write_json, write_text
+from cardioclr.atomic import (
+    atomic_dir,
+    read_json,
+    remove_stale_temporaries,
+    save_npz,
+    write_json,
+    write_text,
+)
 from cardioclr.clinical.indices import mosteller_bsa
+from cardioclr.data.boundary import patient_boundary, reading
 from cardioclr.data.cases import Case, Skipped
 from cardioclr.data.discover import discover_cases
 from cardioclr.data.splits import make_splits
 from cardioclr.data.store import STORE_VERSION
+from cardioclr.data.workers import exit_if_orphaned, worker_pool
 from cardioclr.errors import CardioclrError, DataError
 from cardioclr.io.types import Volume
 from cardioclr.io.volume import (
@@ -43,6 +64,7 @@ from cardioclr.provenance import save_run_info
 log = logging.getLogger(__name__)
 
 LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,31 +83,48 @@ class PrepareConfig:
     unlabelled: bool = False
     workers: int = 2
     overwrite: bool = False
+    #: Diagnoses a label may name (None: the ACDC groups for ACDC folders, any for manifests).
+    classes: tuple[str, ...] | None = None
+
+
+def check_out_dir(work: Path) -> None:
+    """Refuse an output path that exists and is not a folder (or cannot become one)."""
+    for p in (work, *work.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "--out" if p == work else f"--out's parent {p}"
+                raise CardioclrError(f"{work}: {what} is an existing file, not a folder; choose "
+                                     "a folder (it is created if missing)")
+            break
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Run ``prepare``; returns a summary dict (patients, skipped, seconds, classes)."""
     start = time.perf_counter()
     work = Path(cfg.out)
+    check_out_dir(work)
     if (work / "dataset.json").exists() and not cfg.overwrite:
         raise CardioclrError(f"{work} is already prepared (dataset.json exists); pass --overwrite "
                              "to rebuild the store (splits.json is kept)")
-    cases, skipped = discover_cases(cfg.data, require_label=not cfg.unlabelled)
+    cases, skipped = discover_cases(cfg.data, require_label=not cfg.unlabelled,
+                                    classes=cfg.classes)
     for s in skipped:
-        log.warning("skipping %s: %s: %s", s.patient_id, s.path, s.reason)
+        _log_skipped(s)
     if cfg.strict and skipped:
         raise DataError(skipped[0].path, skipped[0].reason)
     if not cases:
         raise CardioclrError(f"{cfg.data}: no usable patient; reasons: "
                              + "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5]))
     work.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(work, "store"):
+        log.info("removed %s left by an interrupted earlier run", stale)
     rows: list[dict[str, Any]] = []
     # Everything is built and checked inside atomic_dir; an error or interrupt before the end of
     # the block leaves a previous store, manifest, splits and dataset.json exactly as they were.
     with atomic_dir(work / "store") as store_tmp:
         jobs = [(case, str(store_tmp), cfg.spacing_mm, cfg.image_size) for case in cases]
         if cfg.workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+            with worker_pool(cfg.workers) as pool:
                 results = list(pool.map(_prepare_one_job, jobs, chunksize=4))
         else:
             results = [_prepare_one_job(j) for j in jobs]
@@ -93,7 +132,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
             if isinstance(result, Skipped):
                 if cfg.strict:
                     raise DataError(result.path, result.reason)
-                log.warning("skipping %s: %s: %s", result.patient_id, result.path, result.reason)
+                _log_skipped(result)
                 skipped.append(result)
             else:
                 rows.append(result)
@@ -124,12 +163,94 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     return summary
 
 
+def _log_skipped(s: Skipped) -> None:
+    log.warning("skipping %s: %s: %s", s.patient_id, s.path, s.reason)
+    if s.detail:
+        log.debug("traceback behind skipping %s:\n%s", s.patient_id, s.detail)
+
+
 def _prepare_one_job(job: tuple[Case, str, float, int]) -> dict[str, Any] | Skipped:
     case, store_dir, spacing, size = job
-    try:
-        return prepare_case(case, Path(store_dir), spacing, size)
-    except DataError as err:
-        return Skipped(case.patient_id, err.path, err.problem)
+    return patient_boundary(case.patient_id, case.source or str(case.ed_image),
+                            lambda: prepare_case(case, Path(store_dir), spacing, size))
+
+
+@dataclass
+class CheckedCase:
+    """A patient's volumes once every check passed (masks None when absent)."""
+
+    ed: Volume
+    es: Volume
+    ed_mask: Volume | None
+    es_mask: Volume | None
+    cine: np.ndarray | None = None  # float32 (t, z, y, x) on the ED grid
+
+
+def read_checked_case(case: Case, problems: list[DataError] | None = None) -> CheckedCase | None:
+    """Read every file of ``case`` and run every check of its content (the checks of
+    ``cardioclr verify`` and ``prepare``).
+
+    With ``problems`` None the first problem raises :class:`DataError` naming the file (prepare).
+    With a list, every problem found is appended and checking goes on with whatever does not
+    depend on the failed file (verify); returns None when a problem was found.
+    """
+    found: list[DataError] = []
+
+    def step(path: Path | str, fn: Callable[[], T]) -> T | None:
+        try:
+            with reading(path):
+                return fn()
+        except DataError as err:
+            if problems is None:
+                raise
+            found.append(err)
+            return None
+
+    ed = step(case.ed_image, lambda: _read_frame(case.ed_image, "ED"))
+    es = step(case.es_image, lambda: _read_frame(case.es_image, "ES"))
+    if es is not None and ed is not None:
+        step(case.es_image, lambda: _check_pair(case, ed, es))
+    ed_mask = es_mask = None
+    if case.ed_mask is not None and ed is not None:
+        ed_mask = step(case.ed_mask, lambda: _read_mask(case.ed_mask, ed))
+    if case.es_mask is not None and es is not None:
+        es_mask = step(case.es_mask, lambda: _read_mask(case.es_mask, es))
+    cine = None
+    cine_path = case.cine
+    if cine_path is not None and ed is not None:
+        cine = step(cine_path, lambda: _read_cine_like(cine_path, ed))
+    if problems is not None:
+        problems.extend(found)
+    if found or ed is None or es is None:
+        return None
+    return CheckedCase(ed, es, ed_mask, es_mask, cine)
+
+
+def _read_cine_like(path: Path, ed: Volume) -> np.ndarray:
+    """The 4D cine (t, z, y, x), refused unless its frames share the ED frame's grid."""
+    cine, cine_spacing = read_cine(path)
+    if cine.shape[1:] != ed.shape:
+        raise DataError(path, f"cine frames {cine.shape[1:]} differ from ED frame {ed.shape}")
+    _check_spacing(path, cine_spacing, ed)
+    return cine
+
+
+def _read_frame(path: Path, phase: str) -> Volume:
+    """An ED or ES image, refused when it holds no image (constant, e.g. all zeros)."""
+    vol = read_volume(path)
+    if vol.array.size and float(vol.array.min()) == float(vol.array.max()):
+        raise DataError(path, f"{phase} frame has constant intensity (every voxel "
+                        f"{float(vol.array.min()):g}): "
+                        "no image to prepare")
+    return vol
+
+
+def _check_pair(case: Case, ed: Volume, es: Volume) -> None:
+    if ed.shape != es.shape:
+        raise DataError(case.es_image, f"ES frame shape {es.shape} differs from ED frame shape "
+                        f"{ed.shape} ({case.ed_image})")
+    _check_spacing(case.es_image, es.spacing, ed)
+    _check_orientation(case.es_image, es, ed)
 
 
 def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> dict[str, Any]:
@@ -137,15 +258,16 @@ def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> d
 
     Returns its manifest row. Raises :class:`DataError` naming the file on bad input.
     """
-    ed = read_volume(case.ed_image)
-    es = read_volume(case.es_image)
-    if ed.shape != es.shape:
-        raise DataError(case.es_image, f"ES frame shape {es.shape} differs from ED frame shape "
-                        f"{ed.shape} ({case.ed_image})")
-    _check_spacing(case.es_image, es.spacing, ed)
-    _check_orientation(case.es_image, es, ed)
-    masks = [_read_mask(m, img) for m, img in ((case.ed_mask, ed), (case.es_mask, es))]
+    checked = read_checked_case(case)
+    assert checked is not None  # problems=None: a problem raises instead
+    ed, es = checked.ed, checked.es
+    masks = [checked.ed_mask, checked.es_mask]
     has_mask = masks[0] is not None and masks[1] is not None
+    if (masks[0] is None) != (masks[1] is None):
+        present, absent = ("ED", "ES") if masks[0] is not None else ("ES", "ED")
+        log.warning("%s: %s mask present but %s mask missing; the %s mask is kept in the store "
+                    "but the patient counts as without expert masks (segmentation needs both "
+                    "phases)", case.patient_id, present, absent, present)
     low, high = _robust_range(case, ed.array, es.array)
     sz, sy, sx = ed.spacing
     ry, rx = round(ed.shape[1] * sy / spacing_mm), round(ed.shape[2] * sx / spacing_mm)
@@ -169,17 +291,15 @@ def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> d
     }
     for phase, m in zip(("ed", "es"), masks, strict=True):
         arrays[f"{phase}_mask"] = (_crop_pad(_resample(m.array, (ry, rx), order=0), offset, size)
-                                   if has_mask and m is not None
+                                   if m is not None
                                    else np.zeros((ed.shape[0], size, size), np.uint8))
+        arrays[f"has_{phase}_mask"] = np.array(m is not None)
     n_cine = 0
-    if case.cine is not None:
-        cine, cine_spacing = read_cine(case.cine)
-        if cine.shape[1:] != ed.shape:
-            raise DataError(case.cine, f"cine frames {cine.shape[1:]} differ from ED frame "
-                            f"{ed.shape}")
-        _check_spacing(case.cine, cine_spacing, ed)
+    cine = checked.cine
+    if cine is not None:
         arrays["cine"] = np.stack([image_to_store(f) for f in cine]).astype(np.float16)
         n_cine = cine.shape[0]
+    exit_if_orphaned()  # a worker whose prepare was killed must not write into its store
     save_npz(store_dir / f"{case.patient_id}.npz", **arrays)
     return {
         "patient_id": case.patient_id,
@@ -194,6 +314,8 @@ def prepare_case(case: Case, store_dir: Path, spacing_mm: float, size: int) -> d
         "ed_frame": case.ed_frame,
         "es_frame": case.es_frame,
         "has_expert_mask": has_mask,
+        "has_ed_mask": masks[0] is not None,
+        "has_es_mask": masks[1] is not None,
         "cine_frames": n_cine,
         "source": case.source,
     }
@@ -241,6 +363,9 @@ def _read_mask(path: Path | None, image: Volume) -> Volume | None:
     if difference is not None:
         raise DataError(path, f"mask is not on the voxel grid of the image {image.path}: mask is "
                         f"{difference}")
+    if not mask.array.any():
+        raise DataError(path, "mask holds no label (every voxel is background 0); an expert mask "
+                        "must label the heart (remove the file if there is no mask)")
     return mask
 
 

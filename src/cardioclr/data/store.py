@@ -23,6 +23,7 @@ from typing import cast
 
 import numpy as np
 import pandas as pd
+from scipy.ndimage import zoom
 
 from cardioclr.atomic import read_json
 from cardioclr.errors import CardioclrError, DataError
@@ -196,8 +197,6 @@ def to_source_grid(array: np.ndarray, geometry: Geometry) -> np.ndarray:
 
     Nearest-neighbour: labels stay labels. Returns uint8 of ``geometry.source_shape_zyx``.
     """
-    from scipy.ndimage import zoom
-
     z, s = array.shape[0], array.shape[1]
     ry, rx = geometry.resampled_shape_yx
     oy, ox = geometry.offset_yx

@@ -11,6 +11,8 @@ from typing import Any
 from cardioclr.atomic import write_json
 from cardioclr.choices import MASK_SOURCES
 from cardioclr.errors import CardioclrError
+from cardioclr.evaluate.compare import compare_predictions
+from cardioclr.evaluate.metrics import metrics_from_predictions, read_predictions, to_jsonable
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_baseline(args: argparse.Namespace) -> int:
-    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
+    # Lazy: scikit-learn's estimators load only when a baseline runs, not to build the parser.
     from cardioclr.evaluate.baseline import BaselineConfig, run_baseline
 
     cfg = BaselineConfig(work=str(args.work), out=str(args.out), masks=args.masks,
@@ -75,9 +77,6 @@ def _fmt(v: float | None) -> str:
 
 
 def _emit(obj: dict[str, Any], out: str | None) -> None:
-    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
-    from cardioclr.evaluate.metrics import to_jsonable
-
     obj = to_jsonable(obj)
     if out:
         write_json(Path(out), obj)
@@ -87,19 +86,12 @@ def _emit(obj: dict[str, Any], out: str | None) -> None:
 
 
 def _run_metrics(args: argparse.Namespace) -> int:
-    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
-    from cardioclr.evaluate.metrics import metrics_from_predictions, read_predictions
-
     df = read_predictions(args.predictions)
     _emit(metrics_from_predictions(df, n_boot=args.n_boot, seed=args.seed), args.out)
     return 0
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
-    from cardioclr.evaluate.compare import compare_predictions
-    from cardioclr.evaluate.metrics import read_predictions
-
     a = read_predictions(args.predictions_a)
     b = read_predictions(args.predictions_b)
     ca = [c[5:] for c in a.columns if c.startswith("prob_")]

@@ -40,11 +40,12 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import torch
+from monai.visualize import GradCAM
 from torch import Tensor, nn
 
 from cardioclr.atomic import atomic_path, write_text
@@ -122,7 +123,8 @@ def target_layer(encoder: nn.Module, feature_dim: int, image_size: int = 64) -> 
     convs = [n for n, m in encoder.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError("encoder has no spatial feature map for Grad-CAM")
-    return convs[-1]
+    last_conv: str = convs[-1]
+    return last_conv
 
 
 class _PairNet(nn.Module):
@@ -134,15 +136,18 @@ class _PairNet(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.encoder_ed = copy.deepcopy(model.encoder_ed)
-        es = model.encoder_es if model.encoder_es is not None else model.encoder_ed
+        # model is a classify.model.DualPhaseClassifier (a layer above: known by its attributes).
+        ed = cast(nn.Module, model.encoder_ed)
+        es = cast(nn.Module, model.encoder_es) if model.encoder_es is not None else ed
+        self.encoder_ed = copy.deepcopy(ed)
         self.encoder_es = copy.deepcopy(es)
-        self.head = copy.deepcopy(model.head)
+        self.head = copy.deepcopy(cast(nn.Module, model.head))
         self.requires_grad_(True)  # frozen (linear-probe) encoders still need gradients here
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 2, H, W) -> (B, K)."""
-        return self.head(self.encoder_ed(x[:, 0:1]), self.encoder_es(x[:, 1:2]))
+        logits: Tensor = self.head(self.encoder_ed(x[:, 0:1]), self.encoder_es(x[:, 1:2]))
+        return logits
 
 
 def gradcam_pairs(model: nn.Module, inputs: Tensor, class_idx: int, image_size: int | None = None
@@ -154,14 +159,13 @@ def gradcam_pairs(model: nn.Module, inputs: Tensor, class_idx: int, image_size: 
     and bilinearly upsampled to H x W but *not* normalised (so shares and ED/ES magnitudes are
     comparable).
     """
-    from monai.visualize import GradCAM
-
     net = _PairNet(model).to(inputs.device)
     size = image_size or int(inputs.shape[-1])
-    d = int(model.feature_dim)
+    d = int(cast(int, model.feature_dim))
     layers = [f"encoder_ed.{target_layer(net.encoder_ed, d, size)}",
               f"encoder_es.{target_layer(net.encoder_es, d, size)}"]
-    cam = GradCAM(nn_module=net, target_layers=layers, postprocessing=lambda x: x)
+    # MONAI's annotation says str; it takes a list of layers too (one per phase here).
+    cam = GradCAM(nn_module=net, target_layers=layers, postprocessing=lambda x: x)  # type: ignore[arg-type]
     # An input that requires grad makes the full backward hooks fire the documented way.
     x = inputs.detach().float().requires_grad_(True)
     maps = []
@@ -233,6 +237,8 @@ def save_overlay(path: str | Path, inputs: np.ndarray, maps: np.ndarray, hearts:
     ``inputs``, ``maps``: (2, H, W) float; ``hearts``, ``share_mask``: (2, H, W) bool. Both
     heatmaps share one colour scale (the max over ED and ES) so their strengths compare.
     """
+    # Lazy: matplotlib loads (and picks its file-only backend) only when a figure is drawn, not
+    # for every fine-tuning run that imports this module with saliency switched off.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -32,6 +32,13 @@ import numpy as np
 
 from cardioclr.errors import DataError
 from cardioclr.io.types import Volume
+from cardioclr.io.validate import (
+    check_claimed_size,
+    check_direction,
+    check_pixel_spacing,
+    check_spacing,
+    max_image_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +93,17 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> Volume:
     if not d.is_dir():
         raise DataError(d, "DICOM folder does not exist")
     files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
-    slices = [s for s in (_read_slice(p) for p in files) if s is not None]
+    slices: list[_Slice] = []
+    total, limit = 0, max_image_bytes()
+    for p in files:
+        s = _read_slice(p)
+        if s is None:
+            continue
+        total += s.pixels.size * 4
+        if total > limit:  # the stack, as float32, would pass the per-image ceiling
+            check_claimed_size(d, (len(slices) + 1, *s.pixels.shape), 4, max_bytes=limit,
+                               what="DICOM series (so far)")
+        slices.append(s)
     if not slices:
         raise DataError(d, f"no DICOM image files found in the folder ({len(files)} other files)")
     slices = _single_series(d, slices)
@@ -131,6 +148,20 @@ def _read_slice(p: Path) -> _Slice | None:
                     raise DataError(p, f"DICOM image lacks {tag}; cannot place the slice in space")
             if int(ds.get("SamplesPerPixel", 1)) != 1:
                 raise DataError(p, "colour DICOM images are not supported (expected MONOCHROME)")
+            raw_spacing = [float(v) for v in np.atleast_1d(ds.PixelSpacing)]
+            if len(raw_spacing) != 2:
+                raise DataError(p, f"PixelSpacing needs 2 values (rows, columns), found "
+                                f"{len(raw_spacing)}")
+            spacing = check_pixel_spacing(p, (raw_spacing[0], raw_spacing[1]))
+            orientation = np.array([float(v) for v in ds.ImageOrientationPatient], np.float64)
+            position = np.array([float(v) for v in ds.ImagePositionPatient], np.float64)
+            if orientation.shape != (6,) or position.shape != (3,):
+                raise DataError(p, "ImageOrientationPatient needs 6 values and "
+                                "ImagePositionPatient 3")
+            if not (np.isfinite(orientation).all() and np.isfinite(position).all()):
+                raise DataError(p, "ImageOrientationPatient or ImagePositionPatient has NaN or "
+                                "infinite values; cannot place the slice in space")
+            _check_pixel_data_size(p, ds)
             pixels = np.asarray(ds.pixel_array, dtype=np.float32)
             if pixels.ndim != 2:
                 raise DataError(p, f"expected one 2D frame per file, found pixel shape "
@@ -140,12 +171,10 @@ def _read_slice(p: Path) -> _Slice | None:
             pixels = pixels * np.float32(slope) + np.float32(intercept)
             if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
                 pixels = pixels.max() + pixels.min() - pixels  # 1 = inverted grey scale
-            spacing = tuple(float(v) for v in ds.PixelSpacing)
             return _Slice(
                 path=p,
-                position=np.array([float(v) for v in ds.ImagePositionPatient], dtype=np.float64),
-                orientation=np.array([float(v) for v in ds.ImageOrientationPatient],
-                                     dtype=np.float64),
+                position=position,
+                orientation=orientation,
                 pixel_spacing=(spacing[0], spacing[1]),
                 pixels=pixels,
                 series=str(ds.get("SeriesInstanceUID", "")),
@@ -160,6 +189,20 @@ def _read_slice(p: Path) -> _Slice | None:
         # `from None`: the chained traceback could carry header values into a log.
         raise DataError(p, f"corrupt or unreadable DICOM file ({type(err).__name__}: "
                         f"{detail[:200]})") from None
+
+
+def _check_pixel_data_size(p: Path, ds: object) -> None:
+    """The size guard for one file, before pixel_array decodes anything: Rows x Columns x
+    BitsAllocated must fit in the stored PixelData (uncompressed) and under the ceiling."""
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)  # type: ignore[attr-defined]
+    bits = int(ds.get("BitsAllocated", 16) or 16)  # type: ignore[attr-defined]
+    itemsize = max(1, (bits + 7) // 8)
+    meta = getattr(ds, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None)
+    encapsulated = bool(syntax is not None and getattr(syntax, "is_encapsulated", False))
+    available = None if encapsulated else len(ds.PixelData)  # type: ignore[attr-defined]
+    check_claimed_size(p, (rows, cols), itemsize, available_bytes=available,
+                       what="DICOM header (Rows x Columns x BitsAllocated)")
 
 
 def _positive_mm(value: object) -> float | None:
@@ -288,6 +331,8 @@ def _volume(d: Path, slices: list[_Slice], row_dir: np.ndarray, col_dir: np.ndar
     lps[:3, 2] = step
     lps[:3, 3] = first.position
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
+    check_spacing(d, (spacing_z, dy, dx), "DICOM PixelSpacing and slice positions")
+    check_direction(d, affine)
     array = np.stack([s.pixels for s in slices]).astype(np.float32, copy=False)
     return Volume(array, (float(spacing_z), float(dy), float(dx)), affine, str(d))
 

@@ -19,7 +19,14 @@ import numpy as np
 
 from cardioclr.clinical.labels import LABEL_MEANINGS, MAX_LABEL
 from cardioclr.errors import DataError
+from cardioclr.io.dicom import read_dicom_series
 from cardioclr.io.types import Volume
+from cardioclr.io.validate import (
+    check_claimed_size,
+    check_direction,
+    nifti_spacing_mm,
+    nifti_stored_bytes,
+)
 
 #: Same-grid tolerances: positions and voxel sizes in mm, direction cosines (unitless). Loose
 #: enough for float32 NIfTI headers and DICOM's decimal strings, far below any real misplacement.
@@ -39,9 +46,6 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     """
     p = Path(path)
     if p.is_dir():
-        # Lazy: pydicom takes ~0.6 s to import; the CLI and NIfTI-only runs never load it.
-        from cardioclr.io.dicom import read_dicom_series
-
         vol = read_dicom_series(p)
     else:
         vol = _read_nifti(p, expect_ndim=3)
@@ -58,9 +62,6 @@ def read_label_volume(path: str | os.PathLike[str]) -> Volume:
     """
     p = Path(path)
     if p.is_dir():
-        # Lazy: pydicom takes ~0.6 s to import; the CLI and NIfTI-only runs never load it.
-        from cardioclr.io.dicom import read_dicom_series
-
         vol = read_dicom_series(p)
     else:
         vol = _read_nifti(p, expect_ndim=3)
@@ -156,11 +157,11 @@ def read_cine(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, fl
     img = _load_nifti_header(p)
     if len(img.shape) != 4:
         raise DataError(p, f"expected a 4D cine (x, y, z, t), found shape {tuple(img.shape)}")
+    spacing = nifti_spacing_mm(p, _raw_header(p, img))
     data = _nifti_data(p, img)
     if not np.isfinite(data).all():
         raise DataError(p, "cine contains NaN or infinite intensities")
-    zooms = img.header.get_zooms()[:3]
-    return np.ascontiguousarray(data.transpose(3, 2, 1, 0)), _spacing_zyx(p, zooms)
+    return np.ascontiguousarray(data.transpose(3, 2, 1, 0)), spacing
 
 
 def _read_nifti(p: Path, expect_ndim: int) -> Volume:
@@ -176,11 +177,13 @@ def _read_nifti(p: Path, expect_ndim: int) -> Volume:
         hint = ("; store a single slice as a 3D stack of shape (x, y, 1) with its slice spacing"
                 if len(shape) == 2 else "")
         raise DataError(p, f"expected a 3D stack (x, y, z), found {kind} of shape {shape}{hint}")
-    data = _nifti_data(p, img).reshape(shape)
-    zooms = img.header.get_zooms()[:3]
-    arr = np.ascontiguousarray(data.transpose(2, 1, 0))  # (x, y, z) -> (z, y, x)
+    spacing = nifti_spacing_mm(p, _raw_header(p, img))
     known = int(img.header["sform_code"]) > 0 or int(img.header["qform_code"]) > 0
-    return Volume(arr, _spacing_zyx(p, zooms), np.asarray(img.affine, dtype=np.float64), str(p),
+    if known:
+        check_direction(p, img.affine)
+    data = _nifti_data(p, img).reshape(shape)
+    arr = np.ascontiguousarray(data.transpose(2, 1, 0))  # (x, y, z) -> (z, y, x)
+    return Volume(arr, spacing, np.asarray(img.affine, dtype=np.float64), str(p),
                   affine_known=known)
 
 
@@ -195,21 +198,31 @@ def _load_nifti_header(p: Path) -> nib.Nifti1Image:
         raise DataError(p, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
 
 
+def _raw_header(p: Path, img: nib.Nifti1Image) -> nib.Nifti1Header:
+    """The header exactly as stored: ``nib.load`` "fixes" a pixdim of 0 into 1 (with a warning
+    that names no file), which would hide a broken voxel size from the validator."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(p)) as fh:
+        header: nib.Nifti1Header = type(img.header).from_fileobj(fh, check=False)
+    return header
+
+
 def _nifti_data(p: Path, img: nib.Nifti1Image) -> np.ndarray:
     dtype = img.get_data_dtype()
     # RGB (structured) and complex data cannot become intensities without losing information.
     if dtype.kind not in "biuf":
         raise DataError(p, f"unsupported NIfTI data type {dtype} (expected a real-valued "
                         "grey-level image: int, uint or float)")
+    # The size guard: the header's shape x dtype is checked against the bytes the file really
+    # holds (decompressed) and the per-image ceiling before nibabel allocates anything.
+    shape = tuple(int(v) for v in img.shape)
+    needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if all(shape) else 0
+    offset = int(img.header["vox_offset"]) if img.header["vox_offset"] else 352
+    available = nifti_stored_bytes(p, offset, needed) if needed else 0
+    check_claimed_size(p, shape, dtype.itemsize, available_bytes=available, what="NIfTI header")
     try:
         # dataobj applies scl_slope/inter; int16, uint8 and float32 files all become float32.
         return np.asarray(img.dataobj, dtype=np.float32)
     except Exception as err:  # truncated gzip -> EOFError, zlib.error, OSError, ValueError
         raise DataError(p, f"corrupt or truncated image data ({type(err).__name__}: {err})") from err
-
-
-def _spacing_zyx(p: Path, zooms: tuple[float, ...]) -> tuple[float, float, float]:
-    sx, sy, sz = (float(z) for z in zooms[:3])
-    if not all(np.isfinite(v) and v > 0 for v in (sx, sy, sz)):
-        raise DataError(p, f"invalid voxel spacing in header: {(sx, sy, sz)} mm")
-    return (sz, sy, sx)

@@ -28,6 +28,7 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from monai.networks.nets import DenseNet121, ResNet
@@ -94,6 +95,7 @@ class VGG16Encoder(nn.Module):
             if isinstance(m, nn.Conv2d):
                 # torchvision's initialisation for VGG, so training from scratch behaves alike.
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                assert m.bias is not None  # every conv here is built with a bias
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -140,7 +142,8 @@ def _dense_layer_fn(layers: nn.Module) -> Callable[..., Tensor]:
     """The part of one MONAI dense layer worth recomputing: concatenate, then BN-ReLU-conv x2."""
 
     def run(*feats: Tensor) -> Tensor:
-        return layers(torch.cat(feats, dim=1))
+        out: Tensor = layers(torch.cat(feats, dim=1))
+        return out
 
     return run
 
@@ -177,11 +180,11 @@ class DenseNetEncoder(nn.Module):
         feats = [x]
         for layer in block.children():
             new = checkpoint(
-                _dense_layer_fn(layer.layers),
+                _dense_layer_fn(cast(nn.Module, layer.layers)),
                 *feats,
                 use_reentrant=False,
                 # called afresh for each (re)computation: plain forward, frozen-stats recompute
-                context_fn=functools.partial(_checkpoint_contexts, layer.layers),
+                context_fn=functools.partial(_checkpoint_contexts, cast(nn.Module, layer.layers)),
             )
             feats.append(new)
         return torch.cat(feats, dim=1)
@@ -268,7 +271,8 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, 256)."""
-        return self.features(x).mean(dim=(2, 3))
+        pooled: Tensor = self.features(x).mean(dim=(2, 3))
+        return pooled
 
 
 # --------------------------------------------------------------------------------------------

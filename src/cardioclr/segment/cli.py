@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cardioclr.data.store import SliceStore
+from cardioclr.segment.evaluate import evaluate, format_summary
+
 # The names of :data:`cardioclr.segment.train.PRESETS`, spelled out so that building the
 # command-line parser does not import torch and Lightning (seconds for every command, even synth).
 PRESET_NAMES = ("cpu", "gpu")
@@ -89,7 +92,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, Lightning or MONAI.
     from cardioclr.segment.train import preset_config, train
 
     cfg = preset_config(args.work, args.preset, max_epochs=args.max_epochs, devices=args.devices,
@@ -110,7 +113,7 @@ def _predict(args: argparse.Namespace) -> int:
         device = predict_device(args.accelerator, args.device)
     except ValueError as err:
         args.parser.error(str(err))  # exits 2 with the usage line, like other bad options
-    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, Lightning or MONAI.
     from cardioclr.segment.predict import PredictConfig, predict
 
     s = predict(PredictConfig(work=args.work, model=args.model, margin_mm=args.margin_mm,
@@ -146,10 +149,6 @@ def seg_table_summary(table: Any, path: str) -> str:
 
 
 def _evaluate_if_possible(work: str) -> None:
-    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
-    from cardioclr.data.store import SliceStore
-    from cardioclr.segment.evaluate import evaluate, format_summary
-
     store = SliceStore(work)
     if not any(bool(store.manifest.at[p, "has_expert_mask"]) for p in store.splits.test
                if p in store.manifest.index):
@@ -159,9 +158,6 @@ def _evaluate_if_possible(work: str) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
-    from cardioclr.segment.evaluate import evaluate, format_summary
-
     print(format_summary(evaluate(args.work)))
     return 0
 

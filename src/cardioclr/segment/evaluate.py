@@ -33,6 +33,7 @@ from cardioclr.clinical.labels import STRUCTURES
 from cardioclr.data.masks import load_labels, predicted_mask_path, segmentation_dir
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
+from cardioclr.layout import WorkLayout
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def evaluate(work: str | os.PathLike[str]) -> dict[str, Any]:
     write_text(seg / "indices.csv", indices.to_csv(index=False, float_format="%.3f"))
     metrics["indices_agreement"] = _index_agreement(indices, set(df.index))
 
-    model_info = seg / "model" / "done.json"
+    model_info = WorkLayout(work).segmentation_model / "done.json"
     info = read_json(model_info) if model_info.is_file() else {}
     metrics["train_seconds"] = info.get("train_seconds")
     metrics["n_train"] = len(info.get("train_patients", []))
@@ -272,4 +273,4 @@ def format_summary(metrics: dict[str, Any]) -> str:
 
 def metrics_path(work: str | os.PathLike[str]) -> Path:
     """``WORK/segmentation/metrics.json``."""
-    return segmentation_dir(work) / "metrics.json"
+    return WorkLayout(work).segmentation_metrics

@@ -39,6 +39,7 @@ from cardioclr.atomic import atomic_dir, save_npz, write_json, write_text
 from cardioclr.data.store import PatientSlices, SliceStore, to_source_grid
 from cardioclr.data.views import heart_mask
 from cardioclr.errors import CardioclrError, DataError
+from cardioclr.layout import WorkLayout
 from cardioclr.provenance import save_run_info
 from cardioclr.segment.model import build_network, network_config_from_dict, size_divisor
 from cardioclr.segment.postprocess import postprocess_with_stats
@@ -241,7 +242,7 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
     set_track_meta(False)
     start = time.perf_counter()
     store = SliceStore(cfg.work)
-    seg = Path(cfg.work) / "segmentation"
+    seg = WorkLayout(cfg.work).segmentation
     device = resolve_device(cfg.device)
     limit_cpu_threads(uses_gpu=device.type == "cuda")
     model = load_model(cfg.model or model_dir(cfg.work), device)

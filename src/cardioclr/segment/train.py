@@ -23,9 +23,9 @@ import yaml
 
 from cardioclr.atomic import atomic_path, read_json, write_json
 from cardioclr.data.augment import SegmentationAugmentConfig
-from cardioclr.data.masks import segmentation_dir
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
+from cardioclr.layout import WorkLayout
 from cardioclr.provenance import save_run_info, to_plain
 from cardioclr.run_identity import differences, run_identity
 from cardioclr.segment.datamodule import SegDataModule, select_patients
@@ -173,13 +173,16 @@ def limit_cpu_threads(uses_gpu: bool | None = None) -> None:
 
 def model_dir(work: str | os.PathLike[str]) -> Path:
     """``WORK/segmentation/model``."""
-    return segmentation_dir(work) / "model"
+    return WorkLayout(work).segmentation_model
 
 
 #: Fields of :class:`SegTrainConfig` that do not change what the model learns (where and how
 #: visibly it runs); every other field is part of the run's identity (:mod:`cardioclr.run_identity`).
 NOT_IN_IDENTITY = ("work", "trainer.accelerator", "trainer.devices", "trainer.num_nodes",
                    "trainer.strategy", "trainer.precision", "trainer.progress_bar")
+#: Fields that only extend training (as in ``pretrain``): an interrupted run asked for more
+#: epochs resumes, and a finished one is kept.
+EXTENDABLE = ("trainer.max_epochs", "trainer.patience")
 
 
 def check_same_run(out: Path, cfg: SegTrainConfig) -> None:
@@ -195,7 +198,8 @@ def check_same_run(out: Path, cfg: SegTrainConfig) -> None:
         old = yaml.safe_load(saved.read_text(encoding="utf-8"))
     if not isinstance(old, dict):
         return
-    diff = differences(run_identity(old, NOT_IN_IDENTITY), run_identity(to_plain(cfg), NOT_IN_IDENTITY))
+    ignore = (*NOT_IN_IDENTITY, *EXTENDABLE)
+    diff = differences(run_identity(old, ignore), run_identity(to_plain(cfg), ignore))
     if diff:
         state = "a trained" if done.is_file() else "an interrupted training of a"
         raise CardioclrError(f"{out} holds {state} segmentation model with another configuration ("

@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Lazy: building the parser (`cardioclr --help`) must not load torch, pandas or sklearn.
+    # Lazy: building the parser (`cardioclr --help`) must not load torch, Lightning or MONAI.
     from cardioclr.ssl.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(

@@ -33,11 +33,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -129,7 +130,7 @@ def default_out(work: str | os.PathLike[str], encoder: str, input_mode: str) -> 
     return Path(work) / "pretrain" / f"{encoder}-{input_mode}"
 
 
-def run_key(cfg: PretrainConfig | dict) -> dict[str, Any]:
+def run_key(cfg: PretrainConfig | dict[str, Any]) -> dict[str, Any]:
     """The fields that define what a run learns (hardware fields dropped; plain types).
 
     The mask source is irrelevant (and dropped) in ``full`` mode, which reads no mask.
@@ -238,7 +239,8 @@ def build_sample_lists(cfg: PretrainConfig, out: Path, rank_zero: bool = True
 
 
 def _loaders(train: SSLArrays, val: SSLArrays, batch: int, val_batch: int, workers: int,
-             pin: bool, shuffle: torch.Generator) -> tuple[DataLoader, DataLoader]:
+             pin: bool, shuffle: torch.Generator
+             ) -> tuple[DataLoader[dict[str, torch.Tensor]], DataLoader[dict[str, torch.Tensor]]]:
     """In-memory loaders; Lightning swaps in a DistributedSampler under DDP."""
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": pin, "collate_fn": collate_slices,
                               "persistent_workers": workers > 0}
@@ -265,7 +267,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     _check_compatible(out, cfg)
     rank_zero = is_rank_zero()
     sources, train_refs, val_refs = build_sample_lists(cfg, out, rank_zero)
-    common = {"mode": cfg.input_mode, "image_size": cfg.image_size, "use_cine": cfg.use_cine,
+    common: dict[str, Any] = {"mode": cfg.input_mode, "image_size": cfg.image_size, "use_cine": cfg.use_cine,
               "mask_margin_mm": cfg.mask_margin_mm, "roi_margin_mm": cfg.roi_margin_mm}
     train = load_arrays(sources, train_refs, **common)
     val = load_arrays(sources, val_refs, **common)
@@ -307,7 +309,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if world > 1 and _uses_gpu(cfg.accelerator):
         # Global batch norm (SimCLR): per-GPU statistics would let positives be identified by
         # their shared local statistics. SyncBatchNorm has no CPU/gloo implementation.
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # type: ignore[no-untyped-call]
     train_loader, val_loader = _loaders(train, val, per_device, val_batch, cfg.workers,
                                         _uses_gpu(cfg.accelerator), shuffle)
     log.info("pretraining %s on %s images: %d train slices (%d patients), %d held-out slices "
@@ -324,7 +326,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         raise KeyboardInterrupt
     if not trainer.is_global_zero:
         return {}
-    ckpt_cb = trainer.checkpoint_callback
+    # make_trainer always adds a ModelCheckpoint (the best held-out loss).
+    ckpt_cb = cast(ModelCheckpoint, trainer.checkpoint_callback)
     best_path = Path(ckpt_cb.best_model_path) if ckpt_cb and ckpt_cb.best_model_path else None
     if best_path is None or not best_path.is_file():
         best_path = out / "checkpoints" / "best.ckpt"
@@ -367,7 +370,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     write_json(out / "metrics.json", metrics)  # last: marks the run finished
     log.info("best held-out loss %.4f at epoch %d; encoder -> %s", metrics["best_val_loss"] or math.nan,
              metrics["best_epoch"], out / "encoder.pt")
-    return metrics
+    return cast(dict[str, Any], metrics)
 
 
 def _write_features(out: Path, cfg: PretrainConfig) -> dict[str, Any] | None:

@@ -16,9 +16,11 @@ the loss is comparable across epochs (early stopping and ``best.ckpt`` monitor `
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor
 
 from cardioclr.data.augment import AugmentConfig, two_views
@@ -50,7 +52,7 @@ class SimCLRModule(L.LightningModule):
 
     def __init__(self, encoder: str, input_mode: str = "full", image_size: int = 96, lr: float = 1e-4,
                  temperature: float = 0.1, cosine: bool = False, warmup_fraction: float = 0.05,
-                 weight_decay: float = 0.0, augment: dict | None = None,
+                 weight_decay: float = 0.0, augment: dict[str, Any] | None = None,
                  imagenet_weights: str | None = None, seed: int = 0, proj_hidden: int = 512,
                  proj_out: int = 128) -> None:
         super().__init__()
@@ -67,7 +69,7 @@ class SimCLRModule(L.LightningModule):
     def make_views(self, batch: dict[str, Tensor], generator: torch.Generator | None = None
                    ) -> tuple[Tensor, Tensor]:
         """Two augmented views of a batch: ((B, 1, S, S), (B, 1, S, S)) float32 on its device."""
-        return two_views(batch["image"], batch.get("heart"), self.hparams.input_mode, self.augment,
+        return two_views(batch["image"], batch.get("heart"), self.hparams["input_mode"], self.augment,
                          generator)
 
     def contrastive_loss(self, x0: Tensor, x1: Tensor) -> Tensor:
@@ -78,18 +80,19 @@ class SimCLRModule(L.LightningModule):
         """
         z = self.projector(self.encoder(torch.cat([x0, x1])))
         z0, z1 = z.chunk(2)
-        return nt_xent(z0, z1, temperature=self.hparams.temperature, gather=True)
+        return nt_xent(z0, z1, temperature=self.hparams["temperature"], gather=True)
 
     def forward(self, x: Tensor) -> Tensor:
         """Encoder features: (B, 1, S, S) -> (B, D)."""
-        return self.encoder(x)
+        features: Tensor = self.encoder(x)
+        return features
 
     # ---- Lightning hooks --------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
         """Per-rank training generator: ranks draw different augmentations from one seed."""
         self._train_gen = torch.Generator(device=self.device)
-        self._train_gen.manual_seed(int(self.hparams.seed) * 1009 + self.global_rank + 1)
+        self._train_gen.manual_seed(int(self.hparams["seed"]) * 1009 + self.global_rank + 1)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """One SimCLR step on a batch of slices; logs ``train/loss``."""
@@ -102,21 +105,21 @@ class SimCLRModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Held-out loss on fixed views (same seed every epoch); logs ``val/loss``."""
         gen = torch.Generator(device=self.device)
-        gen.manual_seed((int(self.hparams.seed) * 1_000_003 + batch_idx) * 1024 + self.global_rank)
+        gen.manual_seed((int(self.hparams["seed"]) * 1_000_003 + batch_idx) * 1024 + self.global_rank)
         x0, x1 = self.make_views(batch, gen)
         loss = self.contrastive_loss(x0, x1)
         self.log(MONITOR, loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=x0.shape[0], sync_dist=True)
         return loss
 
-    def configure_optimizers(self) -> dict:
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         """Adam (paper: lr 1e-4); with ``cosine``, linear warmup then cosine decay per step."""
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
-                               weight_decay=self.hparams.weight_decay)
-        if not self.hparams.cosine:
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams["lr"],
+                               weight_decay=self.hparams["weight_decay"])
+        if not self.hparams["cosine"]:
             return {"optimizer": opt}
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.hparams.warmup_fraction * total)
+        warmup = int(self.hparams["warmup_fraction"] * total)
 
         def factor(step: int) -> float:
             if step < warmup:

@@ -99,7 +99,7 @@ def expand_grid(cfg: StudyConfig) -> list[Cell]:
                 for inp in cfg.finetune.inputs:
                     name = finetune_cell_name(enc, pretraining, inp)
                     # Saliency's in-heart share needs masks even for full-image cells.
-                    deps: tuple[str, ...] = ("prepare", *masks_dep)
+                    deps = ("prepare", *masks_dep)
                     params: dict[str, Any] = {"encoder": enc, "init": init,
                                               "pretraining": pretraining, "input": inp}
                     reason = None

@@ -43,6 +43,7 @@ import yaml
 from cardioclr.atomic import atomic_dir, read_json, write_json, write_text
 from cardioclr.data.cases import Case
 from cardioclr.errors import CardioclrError, DataError
+from cardioclr.layout import WorkLayout
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
     out = Path(out)
     work = find_work_dir(model_dir)
     clf = load_classifier(model_dir)
-    seg_model = work / "segmentation" / "model"
+    seg_model = WorkLayout(work).segmentation_model
     if not (seg_model / "model.pt").is_file():
         raise CardioclrError(f"{seg_model}: the study's segmentation model is missing")
     info = read_json(work / "dataset.json")

@@ -89,6 +89,9 @@ def prepare_out(cfg: StudyConfig, out: Path) -> list[str]:
     file given to a study first run without it: ``imagenet_weights.vgg16``); the saved
     ``study.yaml`` is rewritten with them, so the report and later re-runs see the new cells.
     """
+    from cardioclr.data.prepare import check_out_dir
+
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / CONFIG_FILE
     added: list[str] = []

@@ -200,7 +200,8 @@ def run_prepare(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
 
     dataset_json = WorkLayout(ctx.work).dataset_json
     if dataset_json.is_file():
-        return read_json(dataset_json)
+        summary: dict[str, Any] = read_json(dataset_json)
+        return summary
     return prepare(prepare_config(ctx.cfg, ctx.data, ctx.work))
 
 

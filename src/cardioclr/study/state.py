@@ -90,6 +90,7 @@ def read_state(out: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         return {"cells": {}}
     try:
-        return read_json(p)
+        state: dict[str, Any] = read_json(p)
     except (OSError, ValueError):
         return {"cells": {}}
+    return state

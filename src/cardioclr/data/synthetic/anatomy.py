@@ -90,7 +90,7 @@ def wrap_angle(a: np.ndarray | float) -> np.ndarray:
 
 def bump(x: np.ndarray, plateau: float, ramp: float) -> np.ndarray:
     """1 for |x| <= plateau, raised-cosine down to 0 at plateau + ramp, 0 beyond."""
-    t = np.clip((np.abs(x) - plateau) / max(ramp, 1e-6), 0.0, 1.0)
+    t: np.ndarray = np.clip((np.abs(x) - plateau) / max(ramp, 1e-6), 0.0, 1.0)
     return 0.5 * (1.0 + np.cos(np.pi * t))
 
 
@@ -147,7 +147,8 @@ def phase_parts(h: Heart, alpha: float, d: np.ndarray | None = None,
 def k_table(h: Heart, alpha: float, p: _Parts, k_es: float | None = None) -> np.ndarray:
     """Radial endocardial factor per (slice, angle): 1 at ED, ``k_es`` at ES, 1 in an infarct."""
     k = h.k_es if k_es is None else k_es
-    return 1.0 - alpha * (1.0 - (k * (1.0 - p.winf) + p.winf))
+    factor: np.ndarray = 1.0 - alpha * (1.0 - (k * (1.0 - p.winf) + p.winf))
+    return factor
 
 
 def epi_radius(p: _Parts, re: np.ndarray) -> np.ndarray:

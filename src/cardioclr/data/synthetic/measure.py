@@ -9,12 +9,13 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from cardioclr.clinical.indices import MYOCARDIUM_DENSITY_G_PER_ML, mosteller_bsa
+from cardioclr.clinical.indices import ejection_fraction_pct, mosteller_bsa, myocardial_mass_g
 from cardioclr.clinical.labels import LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY
 from cardioclr.data.acdc import read_info_cfg
 
@@ -85,9 +86,8 @@ def phantom_indices(ed: np.ndarray, es: np.ndarray, spacing: Sequence[float], he
     for name, lab in (("lv", LV_CAVITY), ("rv", RV_CAVITY)):
         r[f"{name}_edv"] = float(np.count_nonzero(ed == lab)) * vox_ml
         r[f"{name}_esv"] = float(np.count_nonzero(es == lab)) * vox_ml
-        edv = r[f"{name}_edv"]
-        r[f"{name}_ef"] = 100.0 * (edv - r[f"{name}_esv"]) / edv if edv > 0 else math.nan
-    r["lv_mass"] = float(np.count_nonzero(ed == LV_MYOCARDIUM)) * vox_ml * MYOCARDIUM_DENSITY_G_PER_ML
+        r[f"{name}_ef"] = ejection_fraction_pct(r[f"{name}_edv"], r[f"{name}_esv"])
+    r["lv_mass"] = myocardial_mass_g(float(np.count_nonzero(ed == LV_MYOCARDIUM)) * vox_ml)
     r["lv_edv_index"] = r["lv_edv"] / bsa
     r["rv_edv_index"] = r["rv_edv"] / bsa
     r["lv_mass_index"] = r["lv_mass"] / bsa
@@ -125,8 +125,9 @@ def read_patient_indices(patient_dir: str | os.PathLike[str]) -> tuple[str, dict
     d = Path(patient_dir)
     info = read_info_cfg(d / "Info.cfg")
     pid = d.name
-    ed = nib.load(d / f"{pid}_frame{int(info['ED']):02d}_gt.nii.gz")
-    es = nib.load(d / f"{pid}_frame{int(info['ES']):02d}_gt.nii.gz")
+    # nibabel's stubs type load() as a generic image without dataobj / get_zooms.
+    ed: Any = nib.load(d / f"{pid}_frame{int(info['ED']):02d}_gt.nii.gz")
+    es: Any = nib.load(d / f"{pid}_frame{int(info['ES']):02d}_gt.nii.gz")
     return info["Group"], phantom_indices(np.asarray(ed.dataobj), np.asarray(es.dataobj),
                                           ed.header.get_zooms()[:3], float(info["Height"]),
                                           float(info["Weight"]))

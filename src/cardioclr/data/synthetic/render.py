@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -149,7 +150,8 @@ def paint_background(rng: np.random.Generator, spec: PatientSpec, tis: dict[str,
         ca, sa = math.cos(ang), math.sin(ang)
         u = (X - c[0]) * ca + (Y - c[1]) * sa
         v = -(X - c[0]) * sa + (Y - c[1]) * ca
-        return ((u / ax) ** 2 + (v / ay) ** 2).astype(np.float32)
+        q: np.ndarray = ((u / ax) ** 2 + (v / ay) ** 2).astype(np.float32)
+        return q
 
     q_lungs = [qform(*lung) for lung in lungs]
     q_liver = qform(*liver)
@@ -201,7 +203,7 @@ def fat_table(rng: np.random.Generator, h: Heart) -> np.ndarray:
     Patchy (absent over much of the free walls) and thickest in the anterior and inferior
     interventricular grooves, where the RV crescent meets the LV.
     """
-    f = np.full(N_PHI, -0.3)
+    f: np.ndarray = np.full(N_PHI, -0.3)
     for m in (1, 2, 3):
         f += rng.normal(0, 0.5) * np.cos(m * PHI + rng.uniform(0, 2 * np.pi))
     f = uniform(rng, 0.5, 4.0) * np.clip(f, 0.0, 2.0)
@@ -288,14 +290,14 @@ def sample_scanner(rng: np.random.Generator, spec: PatientSpec) -> dict[str, obj
             "sigma": np.float32(level / uniform(rng, 10.0, 35.0)), "keep": keep}
 
 
-def acquire(clean: np.ndarray, sc: dict[str, object], dtype: str,
+def acquire(clean: np.ndarray, sc: dict[str, Any], dtype: str,
              rng: np.random.Generator) -> np.ndarray:
     """Relative-intensity tissue map (x, y, z) -> stored MR magnitude image of ``dtype``.
 
     Blur (partial volume, k-space apodisation), bias x scale, then Rician noise: the magnitude
     of the signal plus complex Gaussian noise of standard deviation ``sigma`` per channel.
     """
-    img = ndimage.gaussian_filter(clean, sigma=(sc["blur"], sc["blur"], 0.0), mode="nearest")
+    img: np.ndarray = ndimage.gaussian_filter(clean, sigma=(sc["blur"], sc["blur"], 0.0), mode="nearest")
     img *= sc["bias"]
     img *= sc["gain"]
     sigma = sc["sigma"]
@@ -308,10 +310,14 @@ def acquire(clean: np.ndarray, sc: dict[str, object], dtype: str,
     np.square(im, out=im)
     re += im
     img = np.sqrt(re, out=re)
-    if sc["keep"] is not None:
-        img *= sc["keep"][:, :, None]
+    keep = sc["keep"]
+    if isinstance(keep, np.ndarray):
+        img *= keep[:, :, None]
+    stored: np.ndarray
     if dtype == "int16":
-        return np.clip(np.rint(img), 0, 32767).astype(np.int16)
-    if dtype == "uint8":
-        return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return np.minimum(img, 255.0).astype(np.float32)  # ACDC's float volumes are 0-255
+        stored = np.clip(np.rint(img), 0, 32767).astype(np.int16)
+    elif dtype == "uint8":
+        stored = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    else:
+        stored = np.minimum(img, 255.0).astype(np.float32)  # ACDC's float volumes are 0-255
+    return stored

@@ -30,6 +30,7 @@ from cardioclr.choices import INPUT_MODES, PRETRAININGS
 from cardioclr.layout import StudyLayout
 from cardioclr.study.config import StudyConfig, read_saved_config
 from cardioclr.study.grid import expand_grid
+from cardioclr.study.report.format import INPUT_LABELS, PRETRAINING_LABELS
 from cardioclr.study.state import read_state
 
 #: Downstream inputs in table order.
@@ -103,8 +104,6 @@ class CellResult:
     @property
     def label(self) -> str:
         """Human-readable name: ``smallcnn, SimCLR (full) -> segmented images``."""
-        from cardioclr.study.report.format import INPUT_LABELS, PRETRAINING_LABELS
-
         if self.kind != "finetune":
             return self.cell
         return (f"{self.encoder}, {PRETRAINING_LABELS.get(self.pretraining, self.pretraining)} → "

@@ -15,7 +15,7 @@ from cardioclr.study.report.results import best_flags
 def _features_note(b: CellResult) -> str:
     """``deep features: smallcnn-segmented/deep_features.csv`` (the pretraining cell), or ''."""
     deep = b.metrics.get("deep_features") if b.metrics is not None else None
-    if not deep:
+    if not deep or not isinstance(deep, dict):
         return ""
     f = Path(str(deep.get("file") or ""))
     return f"deep features: {f.parent.name + '/' if f.parent.name else ''}{f.name or '?'}"

@@ -65,6 +65,6 @@ def saliency_section(data: StudyData, n: int) -> list[Block]:
                         pred = data.classes[int(np.argmax(row[cols].to_numpy(float)[0]))]
                         cap = f"{pid}: true {true}, predicted {pred}"
             items.append((f"saliency_{c.cell}_{pid}.png", images[c.cell][pid].read_bytes(), cap))
-        share = f" — in-heart saliency {fmt(c.in_heart)}" if c.in_heart is not None else ""
-        blocks.append(Gallery(f"{c.label}{share}", items))
+        share_text = f" — in-heart saliency {fmt(c.in_heart)}" if c.in_heart is not None else ""
+        blocks.append(Gallery(f"{c.label}{share_text}", items))
     return blocks
