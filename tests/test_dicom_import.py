@@ -269,6 +269,17 @@ def test_cine_above_the_memory_limit_is_not_read(tmp_path: Path,
     assert "above the limit" in _skip_reason(tmp_path, root)
 
 
+def test_implausible_pixel_spacing_is_refused(tmp_path: Path) -> None:
+    import pydicom
+
+    root, _ = _one_patient_export(tmp_path)
+    for p in _files_of(root):
+        ds = pydicom.dcmread(p)
+        ds.PixelSpacing = ["0.04", "0.04"]  # metres written as mm, scaled by 1/100
+        ds.save_as(p)
+    assert "implausible voxel size" in _skip_reason(tmp_path, root)
+
+
 def test_mixed_geometries_name_both_series(tmp_path: Path) -> None:
     import pydicom
 

@@ -15,6 +15,7 @@ import pandas as pd
 import pydicom
 import pytest
 
+from cardioclr.data.store import SliceStore
 from cardioclr.errors import DataError
 from cardioclr.io.dicom_seg import (
     REFERENCES_FORMAT,
@@ -224,6 +225,12 @@ def test_imported_export_gets_segs_over_the_pacs_images(tmp_path: Path, layout: 
     work = tmp_path / "work"
     prepare(PrepareConfig(data=str(tmp_path / "data"), out=str(work), spacing_mm=4.0, image_size=32,
                           unlabelled=True, workers=1))
+    (patient,) = truth.patients.values()
+    # Every imported cine frame is in the store (for pretraining on all frames).
+    store = SliceStore(work)
+    (pid,) = store.patient_ids
+    cine = store.load(pid, with_cine=True).cine
+    assert cine is not None and cine.shape[0] == patient.cine_xyzt.shape[3]
     _fake_segmentation_model(work)
     assert main(["segment", "predict", str(work), "--dicom-seg", "--no-png", "--no-evaluate",
                  "--accelerator", "cpu"]) == 0
@@ -236,7 +243,6 @@ def test_imported_export_gets_segs_over_the_pacs_images(tmp_path: Path, layout: 
         if p.is_file() and p.name != "DICOMDIR":
             ds = pydicom.dcmread(p, stop_before_pixels=True)
             exported[ds.SOPInstanceUID] = ds
-    (patient,) = truth.patients.values()
     nz = patient.cine_xyzt.shape[2]
     for row in table.itertuples():
         seg = pydicom.dcmread(row.file)

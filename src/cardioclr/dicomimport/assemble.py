@@ -19,7 +19,6 @@ the DICOM LPS matrix with its first two rows negated, so the NIfTI written from
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,20 +31,11 @@ from cardioclr.dicomimport.scan import Frame, Series
 from cardioclr.dicomimport.select import Candidate, normal_of, slice_positions
 from cardioclr.errors import DataError
 from cardioclr.io.deid import scrub
+from cardioclr.io.validate import MAX_IMAGE_BYTES_ENV, check_spacing, max_image_bytes
 
 _GAP_TOLERANCE = 0.1  # relative deviation of one slice gap from the median gap
 _POSITION_TOLERANCE_MM = 0.1
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-# Same variable and default as the image size guard of the readers (issue 12, io/validate.py).
-_MAX_BYTES_ENV = "CARDIOCLR_MAX_IMAGE_BYTES"
-
-
-def max_cine_bytes() -> int:
-    """Largest cine (float32 bytes) read into memory: ``$CARDIOCLR_MAX_IMAGE_BYTES``, 4 GiB."""
-    try:
-        return int(os.environ.get(_MAX_BYTES_ENV, "") or 4 * 2**30)
-    except ValueError:
-        return 4 * 2**30
 
 
 @dataclass
@@ -135,10 +125,12 @@ def read_cine(c: Candidate, where: str) -> Cine:
     nt, nz = len(by_phase), len(by_phase[0])
     ref = by_phase[0][0]
     claimed = nt * nz * ref.rows * ref.columns * 4
-    if claimed > max_cine_bytes():
+    if claimed > max_image_bytes():  # the readers' size guard: one limit for every image
         raise DataError(where, f"{c.label}: a {nt} x {nz} x {ref.rows} x {ref.columns} cine needs "
                         f"{claimed / 2**30:.1f} GiB as float32, above the limit of "
-                        f"{max_cine_bytes() / 2**30:.1f} GiB ({_MAX_BYTES_ENV}); not read")
+                        f"{max_image_bytes() / 2**30:.1f} GiB ({MAX_IMAGE_BYTES_ENV}); not read")
+    spacing_zyx = (float(np.linalg.norm(lps[:3, 2])), ref.pixel_spacing[0], ref.pixel_spacing[1])
+    check_spacing(where, spacing_zyx, source=f"DICOM geometry of {c.label}")
     array = np.zeros((nt, nz, ref.rows, ref.columns), np.float32)
     index = {(f.path, f.frame): (t, z) for t, row in enumerate(by_phase)
              for z, f in enumerate(row)}
@@ -151,11 +143,9 @@ def read_cine(c: Candidate, where: str) -> Cine:
         pixels = _read_pixels(path, frames, where, c.label, secrets)
         for f, img in zip(frames, pixels, strict=True):
             array[index[(f.path, f.frame)]] = img
-    spacing_z = float(np.linalg.norm(lps[:3, 2]))
     triggers = [f.trigger_ms for f in (row[0] for row in by_phase) if f.trigger_ms is not None]
     frame_ms = float(np.median(np.diff(triggers))) if nt > 1 and len(triggers) == nt else None
-    return Cine(array, _LPS_TO_RAS @ lps, (spacing_z, ref.pixel_spacing[0], ref.pixel_spacing[1]),
-                frame_ms, order, by_phase)
+    return Cine(array, _LPS_TO_RAS @ lps, spacing_zyx, frame_ms, order, by_phase)
 
 
 def _read_pixels(path: Path, frames: list[Frame], where: str, label: str,
