@@ -780,7 +780,11 @@ _LIMITED_RUN = textwrap.dedent("""
         for line in open("/proc/self/status"):
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
-    base_vm, base_rss = status("VmSize:"), status("VmRSS:")
+    # Baseline: the peak RSS so far (imports included). Current RSS can be lower than that peak
+    # when the kernel drops file-backed library pages under memory pressure, which made
+    # ``peak - current`` count the imports' own peak as growth on a loaded machine.
+    base_vm = status("VmSize:")
+    base_rss = max(status("VmRSS:"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     limit = base_vm + 400 * 1024**2
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     code = cardioclr.cli.main(sys.argv[1:])
