@@ -18,3 +18,11 @@ INITS = ("none", "imagenet", "simclr")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 #: Encoder registry names, in the registry's order.
 ENCODER_NAMES = ("vgg16", "densenet121", "resnet18", "resnet50", "smallcnn")
+#: Diagnosis classifiers of :mod:`cardioclr.clinical.classifier` (fixed hyperparameters).
+DIAGNOSIS_CLASSIFIERS = ("rf", "gb", "logistic", "svm", "ensemble", "ensemble-calibrated")
+#: ``cardioclr baseline --model``: ``auto`` = chosen by CV among candidates; ``rf``/``logistic``
+#: given alone = the paper-style grid search (:mod:`cardioclr.evaluate.baseline`).
+BASELINE_MODELS = ("auto", *DIAGNOSIS_CLASSIFIERS)
+#: ``cardioclr baseline --features``: indices + regional summaries, or the 35 indices (plus
+#: ``auto``: the better of the two by CV on train).
+BASELINE_FEATURE_SETS = ("regional", "indices")

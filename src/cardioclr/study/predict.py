@@ -9,7 +9,9 @@ its ``model.pt`` is the classifier, and its ``config.yaml`` names the work direc
 ``dataset.json`` gives the grid and whose ``segmentation/model`` is the segmentation model.
 
 Outputs in ``DIR``: ``predictions.csv`` (``patient_id, predicted, prob_<class>...``, plus
-``label`` when the patient folder's Info.cfg has a Group), ``failed.csv`` (patient, reason),
+``label`` when the patient folder's Info.cfg has a Group), ``clinical_features.csv`` (indices and
+regional features of the predicted masks), ``diagnosis.csv`` (the study's clinical baseline,
+refitted: :mod:`cardioclr.study.predict_diagnosis`), ``failed.csv`` (patient, reason),
 ``saliency/PID.png`` overlays, ``segmentation/qc/PID.png`` QC images and
 ``segmentation/nifti/PID/`` masks on the patient's own grid. A patient that cannot be read,
 segmented or classified is listed with its reason; the others continue.
@@ -246,12 +248,22 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
     write_text(out / "failed.csv", pd.DataFrame(sorted(failed.items()), columns=["patient_id", "reason"])
                .to_csv(index=False))
     saliency_status = write_saliency(out / "saliency", render)
+    clinical: dict[str, Any] = {"clinical_features": 0, "diagnosis": None}
+    if ready:
+        from cardioclr.study.predict_diagnosis import baseline_dir_of, write_clinical_outputs
+
+        try:
+            clinical = write_clinical_outputs(tmp_work, ready, out, baseline_dir_of(model_dir))
+        except Exception as err:  # noqa: BLE001 - the network's predictions are already written
+            clinical["diagnosis"] = f"failed: {type(err).__name__}: {err}"
+            log.error("clinical features/diagnosis failed: %s", err)
     write_json(out / "predict_info.json", {"model_dir": str(Path(model_dir).resolve()),
                                            "work": str(work), "encoder": clf.encoder,
                                            "pretraining": clf.pretraining,
                                            "input": dataclasses.asdict(spec),
                                            "patients": len(inputs), "predicted": len(df),
                                            "failed": failed, "saliency": saliency_status,
+                                           "clinical": clinical,
                                            "seconds": round(time.perf_counter() - start, 2)})
     return PredictResult(df, failed, time.perf_counter() - start)
 

@@ -770,8 +770,8 @@ def baseline_section(data: StudyData) -> list[Block]:
     rows = [[TCell(r[0].text), TCell(r[1].text, bold=a is not None and a == top, sub=r[1].sub), *r[2:]]
             for r, a in zip(rows, aucs, strict=True)]
     blocks: list[Block] = [Table(
-        "Clinical-feature baseline (random forest on indices measured on the segmentation; the "
-        "ACDC challenge winners' approach) and the hybrid (clinical indices + PCA of "
+        "Clinical-feature baseline (classifier on indices and regional features measured on the "
+        "segmentation; the ACDC challenge winners' approach) and the hybrid (clinical indices + PCA of "
         "self-supervised SimCLR features, which never saw the labels)",
         ["Model", "Macro AUC (95% CI)", "Accuracy (95% CI)", "Balanced accuracy", "Masks", "Notes"],
         rows, ["The 'best fine-tuned' row is chosen by test AUC for display only; it is not a "
@@ -782,6 +782,9 @@ def baseline_section(data: StudyData) -> list[Block]:
         top_imp = list(imp.items())[:10]
         blocks.append(Table("Most important clinical features (first baseline)",
                             ["Feature", "Importance"], [[TCell(k), TCell(fmt(_num(v)))] for k, v in top_imp]))
+    from cardioclr.study.report_diagnosis import diagnosis_blocks
+
+    blocks += diagnosis_blocks(data.classes, [b.metrics for b in data.baselines if b.metrics])
     return blocks
 
 
