@@ -285,7 +285,10 @@ def choose_and_fit(cfg: BaselineConfig, x_by_set: dict[str, pd.DataFrame], y_tra
     builders = {}
     for fs, x in x_by_set.items():
         index_cols = [c for c in x.columns if c not in deep_cols]
-        n_comp = max(1, min(cfg.pca_components, len(deep_cols), len(x) - 1)) if deep_cols else 0
+        # PCA is fitted on each CV fold's training rows: it cannot have more components than the
+        # smallest of them has patients (minus one); the final refit uses the same number.
+        smallest_fit = len(x) - math.ceil(len(x) / n_splits)
+        n_comp = max(1, min(cfg.pca_components, len(deep_cols), smallest_fit - 1)) if deep_cols else 0
 
         def build(name: str, index_cols: list[str] = index_cols, n_comp: int = n_comp) -> Pipeline:
             return candidate_pipeline(name, index_cols, deep_cols, n_comp, cfg.seed, cfg.n_jobs)
