@@ -8,7 +8,8 @@ fit only:
 * ``rf``: random forest (the ACDC-winner / paper-style baseline), balanced class weights;
 * ``gb``: gradient boosting of depth-2 trees with subsampling;
 * ``logistic``: L2-regularised multinomial logistic regression on standardised features;
-* ``svm``: RBF support-vector machine on standardised features (Platt-scaled probabilities);
+* ``svm``: RBF support-vector machine on standardised features, probabilities calibrated by
+  Platt scaling on internal folds of the training rows;
 * ``ensemble``: soft voting (mean probability) of the four, as the ACDC challenge winners
   (Isensee et al. 2017; Khened et al. 2019) combined several classifiers;
 * ``ensemble-calibrated``: the ensemble wrapped in :class:`~sklearn.calibration.CalibratedClassifierCV`
@@ -67,6 +68,9 @@ def build_classifier(name: str, seed: int = 0, n_jobs: int = 1) -> Pipeline:
         return Pipeline([("impute", _impute()), ("scale", StandardScaler()),
                          ("clf", LogisticRegression(C=0.1, max_iter=5000, class_weight="balanced"))])
     if name == "svm":
+        # Platt scaling by libsvm's internal 5-fold CV. sklearn 1.9 deprecates probability=True in
+        # favour of CalibratedClassifierCV(SVC(), ensemble=False), whose stratified folds refuse
+        # classes with fewer than 5 training patients (small cohorts, the tiny test store).
         return Pipeline([("impute", _impute()), ("scale", StandardScaler()),
                          ("clf", SVC(C=1.0, gamma="scale", probability=True, class_weight="balanced",
                                      random_state=seed))])
