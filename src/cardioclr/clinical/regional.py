@@ -195,9 +195,9 @@ def _segment_of(angle: np.ndarray, anchor: float, level: str) -> np.ndarray:
     rel = np.degrees(np.mod(angle - anchor, 2 * np.pi))
     if level == "apical":
         idx = (np.mod(rel - _APICAL_OFFSET_DEG, 360.0) // 90.0).astype(int).clip(0, 3)
-        return np.asarray(_FOUR)[idx]
+        return np.asarray(np.asarray(_FOUR)[idx], dtype=np.int64)
     idx = (rel // 60.0).astype(int).clip(0, 5)
-    return np.asarray(_SIX)[idx] + (6 if level == "mid" else 0)
+    return np.asarray(np.asarray(_SIX)[idx] + (6 if level == "mid" else 0), dtype=np.int64)
 
 
 def slice_levels(ed: np.ndarray) -> tuple[dict[int, str], bool]:
@@ -225,7 +225,8 @@ def _profile(volumes: np.ndarray) -> np.ndarray:
         return np.full(N_PROFILE, np.nan)
     if volumes.size == 1:
         return np.full(N_PROFILE, float(volumes[0]))
-    return np.interp(np.linspace(0, volumes.size - 1, N_PROFILE), np.arange(volumes.size), volumes)
+    at = np.linspace(0, volumes.size - 1, N_PROFILE)
+    return np.asarray(np.interp(at, np.arange(volumes.size), volumes), dtype=float)
 
 
 def _nan_stats(v: list[float]) -> tuple[float, float]:
@@ -270,12 +271,12 @@ def regional_features(ed_labels: np.ndarray, es_labels: np.ndarray, spacing_zyx:
     # Anchor: anterior RV insertion, circular mean over the ED slices where it was found.
     starts, arcs = [], []
     for z, p in pts["ed"].items():
-        r = insertion_angles(p)
-        if isinstance(r, str):
-            notes.append(f"ED slice {z}: {r}")
+        ins = insertion_angles(p)
+        if isinstance(ins, str):
+            notes.append(f"ED slice {z}: {ins}")
         else:
-            starts.append(r[0])
-            arcs.append(r[1])
+            starts.append(ins[0])
+            arcs.append(ins[1])
     anchor = _circular_mean(starts) if starts else math.nan
     v["n_insertion_slices"] = float(len(starts))
     if starts:
@@ -290,9 +291,9 @@ def regional_features(ed_labels: np.ndarray, es_labels: np.ndarray, spacing_zyx:
         sums, counts = np.zeros(N_AHA + 1), np.zeros(N_AHA + 1)
         if starts:
             for z, p in pts[ph].items():
-                s = _segment_of(p.angle, anchor, levels[z])
-                sums += np.bincount(s, weights=p.thickness, minlength=N_AHA + 1)
-                counts += np.bincount(s, minlength=N_AHA + 1)
+                seg_of = _segment_of(p.angle, anchor, levels[z])
+                sums += np.bincount(seg_of, weights=p.thickness, minlength=N_AHA + 1)
+                counts += np.bincount(seg_of, minlength=N_AHA + 1)
         with np.errstate(invalid="ignore", divide="ignore"):
             seg_wt[ph] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)[1:]
         for s in range(1, N_AHA + 1):
