@@ -57,3 +57,25 @@ def test_prepare_all_100_without_skips(acdc_root: Path, tmp_path: Path) -> None:
     p = store.load("patient001")
     assert p.ed_image.shape == (p.n_slices, 192, 192)
     assert p.ed_mask is not None and set(np.unique(p.ed_mask)) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("pid", ["patient001", "patient025", "patient042", "patient100"])
+def test_regional_features_on_native_acdc_masks(acdc_root: Path, pid: str) -> None:
+    """AHA segments on the expert masks at their native spacing: the RV insertion points are
+    found in most ED slices, the septum between them spans a plausible arc, every segment has a
+    physiological thickness, and the HCM patient has the thickest wall."""
+    from cardioclr.clinical.regional import regional_features
+
+    cases, _ = find_acdc_cases(acdc_root)
+    case = next(c for c in cases if c.patient_id == pid)
+    ed, es = read_label_volume(case.ed_mask), read_label_volume(case.es_mask)
+    r = regional_features(ed.array, es.array, ed.spacing).values
+    n_lv = int((ed.array == 2).any(axis=(1, 2)).sum())
+    assert r["n_insertion_slices"] >= n_lv / 2
+    assert 60.0 <= r["septal_arc_deg"] <= 170.0
+    wt = np.array([r[f"wt_ed_seg{s:02d}_mm"] for s in range(1, 17)])
+    assert np.isfinite(wt).all() and (wt > 2.0).all() and (wt < 30.0).all(), wt
+    if pid == "patient025":  # HCM
+        assert r["wt_ed_segment_max_mm"] > 15.0
+    else:
+        assert r["wt_ed_segment_max_mm"] < 15.0

@@ -30,7 +30,8 @@ def main(argv: list[str]) -> int:
 
 
 # A tiny grid so each run takes well under a second per CV fit.
-TINY = {"n_estimators": (25,), "max_depth": (2, None), "max_features": ("sqrt",), "n_boot": 200}
+TINY = {"n_estimators": (25,), "max_depth": (2, None), "max_features": ("sqrt",), "n_boot": 200,
+        "model": "rf", "features": "indices"}
 
 
 def test_feature_table_matches_compute_indices(tiny_work: Path) -> None:
@@ -96,7 +97,8 @@ def test_baseline_never_reads_test_before_the_final_prediction(tiny_work: Path, 
 
 def test_baseline_outputs_and_separable_auc(tiny_work: Path, tmp_path: Path) -> None:
     out = tmp_path / "base"
-    code = main(["baseline", str(tiny_work), "--out", str(out), "--masks", "expert", "--n-boot", "200"])
+    code = main(["baseline", str(tiny_work), "--out", str(out), "--masks", "expert", "--n-boot", "200",
+                 "--model", "rf", "--features", "indices"])
     assert code == 0
     for name in ("config.yaml", "versions.json", "metrics.json", "predictions.csv", "features.csv"):
         assert (out / name).is_file(), name
@@ -138,7 +140,7 @@ def test_hybrid_uses_pca_of_deep_features(tiny_work: Path, tmp_path: Path) -> No
     assert not math.isnan(r["macro_auc"]["value"])
     lr = run_baseline(BaselineConfig(work=str(tiny_work), out=str(tmp_path / "l"), masks="expert",
                                      deep_features=str(tmp_path / "deep"), model="logistic",
-                                     pca_components=4, logistic_c=(0.1, 1.0), n_boot=100))
+                                     features="indices", pca_components=4, logistic_c=(0.1, 1.0), n_boot=100))
     assert lr["model"] == "hybrid-logistic" and lr["hyperparameters"]["C"] in (0.1, 1.0)
 
 

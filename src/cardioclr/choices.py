@@ -32,3 +32,13 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 #: Encoder registry names, in the registry's order.
 EncoderName = Literal["vgg16", "densenet121", "resnet18", "resnet50", "smallcnn"]
 ENCODER_NAMES: tuple[EncoderName, ...] = get_args(EncoderName)
+#: Diagnosis classifiers of :mod:`cardioclr.clinical.classifier` (fixed hyperparameters).
+DiagnosisClassifier = Literal["rf", "gb", "logistic", "svm", "ensemble", "ensemble-calibrated"]
+DIAGNOSIS_CLASSIFIERS: tuple[DiagnosisClassifier, ...] = get_args(DiagnosisClassifier)
+#: ``cardioclr baseline --model``: ``auto`` = chosen by CV among candidates; ``rf``/``logistic``
+#: given alone = the paper-style grid search (:mod:`cardioclr.evaluate.baseline`).
+BASELINE_MODELS: tuple[str, ...] = ("auto", *DIAGNOSIS_CLASSIFIERS)
+#: ``cardioclr baseline --features``: indices + regional summaries, or the 35 indices (plus
+#: ``auto``: the better of the two by CV on train).
+BaselineFeatureSet = Literal["regional", "indices"]
+BASELINE_FEATURE_SETS: tuple[BaselineFeatureSet, ...] = get_args(BaselineFeatureSet)

@@ -1,6 +1,18 @@
 """Clinical-feature baseline (and the hybrid with self-supervised deep features), evaluated once
 on ``test``.
 
+Two methods (``model``):
+
+* ``auto`` (default) and the fixed candidates of :mod:`cardioclr.clinical.classifier` (``svm``,
+  ``gb``, ``ensemble``, ``ensemble-calibrated``): indices + regional features
+  (``features="regional"``: AHA segments, thickening, heterogeneity; :mod:`cardioclr.clinical.regional`),
+  the candidate chosen by ``cv_repeats`` x ``cv_splits`` repeated stratified CV on ``train``
+  (mean accuracy, ties by macro AUC), then refitted on all of ``train``; permutation
+  importances on train; for each test error, the indices that drove it. With ``auto`` the
+  candidates ``rf`` and ``logistic`` are the classifier module's fixed-hyperparameter versions.
+* ``rf`` / ``logistic`` given explicitly: the paper-style random forest (or logistic
+  regression) whose hyperparameters are grid-searched on ``splits.folds``, as below.
+
 The baseline is the method of the ACDC challenge winners (Isensee et al. 2017; Wolterink et al.
 2017): clinical indices measured on the segmentation (volumes, EF, mass, wall thickness, ratios,
 BSA-indexed values; :mod:`cardioclr.evaluate.clinical_features`) fed to a random forest.
@@ -51,10 +63,12 @@ from sklearn.preprocessing import StandardScaler
 
 from cardioclr.artifacts import DEEP_FEATURES_FILE, FINETUNED_FEATURES_FILE
 from cardioclr.atomic import write_json, write_text
-from cardioclr.choices import MASK_SOURCES
+from cardioclr.choices import BASELINE_FEATURE_SETS, BASELINE_MODELS, MASK_SOURCES
+from cardioclr.clinical import classifier as clf_mod
+from cardioclr.clinical.regional import REGIONAL_NAMES
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
-from cardioclr.evaluate.clinical_features import feature_table
+from cardioclr.evaluate.clinical_features import FEATURE_NAMES, feature_table
 from cardioclr.evaluate.metrics import (
     classification_metrics,
     macro_of,
@@ -66,7 +80,23 @@ from cardioclr.provenance import save_run_info, to_plain
 
 log = logging.getLogger(__name__)
 
-MODELS = ("rf", "logistic")
+GRID_MODELS = ("rf", "logistic")
+MODELS = BASELINE_MODELS
+
+#: Regional features the classifier sees with ``features="regional"``: summaries fixed in
+#: advance (not the 48 per-segment values, which are reported but are too many for ~70
+#: patients), checked by CV on the 70 ACDC train patients only (benchmarks/README.md).
+REGIONAL_SUMMARY: tuple[str, ...] = (
+    "n_thin_segments", "n_hypokinetic_segments",
+    "wt_ed_circ_sd_mean_mm", "wt_es_circ_sd_mean_mm", "wt_ed_max_min_ratio_mean",
+    "wt_es_max_min_ratio_mean", "wt_ed_slice_mean_sd_mm", "wt_es_slice_mean_sd_mm",
+    "thickening_segment_min_pct", "thickening_segment_sd_pct", "lv_sphericity_ed",
+    "rv_lv_sv_ratio", "rv_lv_ef_ratio", "mass_lv_esv_ratio_g_per_ml",
+)
+#: Classifier input columns per ``features`` setting.
+FEATURE_SETS: dict[str, tuple[str, ...]] = {"regional": (*FEATURE_NAMES, *REGIONAL_SUMMARY),
+                                            "indices": FEATURE_NAMES}
+assert tuple(FEATURE_SETS) == BASELINE_FEATURE_SETS
 
 
 @dataclass(frozen=True)
@@ -77,7 +107,11 @@ class BaselineConfig:
     out: str
     masks: str = "predicted"
     deep_features: str | None = None
-    model: str = "rf"
+    model: str = "auto"
+    features: str = "auto"
+    candidates: tuple[str, ...] = ("rf", "logistic", "svm", "gb", "ensemble")
+    cv_splits: int = 5
+    cv_repeats: int = 5
     seed: int = 0
     n_boot: int = 2000
     pca_components: int = 16
@@ -95,6 +129,12 @@ def param_grid(cfg: BaselineConfig) -> list[dict[str, Any]]:
                 for d, f, n in itertools.product(cfg.max_depth, cfg.max_features, cfg.n_estimators)]
     if cfg.model == "logistic":
         return [{"C": c} for c in cfg.logistic_c]
+    if cfg.model == "auto" or cfg.model in clf_mod.CANDIDATES:
+        bad = [c for c in cfg.candidates if c not in clf_mod.CANDIDATES]
+        if bad or not cfg.candidates:
+            raise CardioclrError(f"unknown baseline candidates {bad or '(none)'}; choose from "
+                                 f"{', '.join(clf_mod.CANDIDATES)}")
+        return []
     raise CardioclrError(f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
 
 
@@ -218,6 +258,63 @@ def _importances(model: Pipeline, index_cols: list[str], n_comp: int) -> dict[st
     return {names[i]: float(imp[i]) for i in order}
 
 
+def candidate_pipeline(name: str, index_cols: list[str], deep_cols: list[str], n_components: int,
+                       seed: int, n_jobs: int = 1) -> Pipeline:
+    """A :mod:`cardioclr.clinical.classifier` candidate, behind the deep-feature scaler + PCA for
+    the hybrid (fit on the training patients of each fit only)."""
+    model = clf_mod.build_classifier(name, seed, n_jobs)
+    if not deep_cols:
+        return model
+    parts: list[tuple[str, Any, list[str]]] = [("indices", "passthrough", index_cols), (
+        "deep", Pipeline([("scale", StandardScaler()),
+                          ("pca", PCA(n_components=n_components, random_state=seed))]), deep_cols)]
+    return Pipeline([("features", ColumnTransformer(parts)), ("model", model)])
+
+
+def _n_splits(cfg: BaselineConfig, y: np.ndarray) -> int:
+    """``cfg.cv_splits``, lowered to the smallest class count (stratified folds), at least 2."""
+    return max(2, min(cfg.cv_splits, int(np.bincount(y).min()) if y.size else 2))
+
+
+def choose_and_fit(cfg: BaselineConfig, x_by_set: dict[str, pd.DataFrame], y_train: np.ndarray,
+                   deep_cols: list[str], k: int) -> tuple[Pipeline, str, str, dict[str, Any]]:
+    """Repeated stratified CV of every (feature set, candidate) pair on the training patients
+    only (``x_by_set``: feature set -> train rows), then the best pair refitted on all of them:
+    mean accuracy, ties by macro AUC, then the earlier set and candidate. Returns (model,
+    candidate, feature set, CV record for metrics.json)."""
+    cands = tuple(cfg.candidates) if cfg.model == "auto" else (cfg.model,)
+    n_splits = _n_splits(cfg, y_train)
+    results: dict[str, dict[str, Any]] = {}
+    ranked: list[tuple[float, float, int, str, str]] = []
+    builders = {}
+    for fs, x in x_by_set.items():
+        index_cols = [c for c in x.columns if c not in deep_cols]
+        # PCA is fitted on each CV fold's training rows: it cannot have more components than the
+        # smallest of them has patients (minus one); the final refit uses the same number.
+        smallest_fit = len(x) - math.ceil(len(x) / n_splits)
+        n_comp = max(1, min(cfg.pca_components, len(deep_cols), smallest_fit - 1)) if deep_cols else 0
+
+        def build(name: str, index_cols: list[str] = index_cols, n_comp: int = n_comp) -> Pipeline:
+            return candidate_pipeline(name, index_cols, deep_cols, n_comp, cfg.seed, cfg.n_jobs)
+
+        builders[fs] = build
+        _, res = clf_mod.choose_model(x, y_train, k, cands, n_splits, cfg.cv_repeats, cfg.seed,
+                                      cfg.n_jobs, build=build)
+        for name, r in res.items():
+            acc, auc = float(np.mean(r.accuracy)), float(np.nanmean(r.macro_auc))
+            log.info("CV %s on %s features: accuracy %.3f +- %.3f, macro AUC %.4f", name, fs, acc,
+                     float(np.std(r.accuracy)), auc)
+            results[f"{name}/{fs}"] = {**r.summary(), "confusion": r.confusion.tolist()}
+            ranked.append((round(acc, 6), round(auc, 6), -len(ranked), name, fs))
+    _, _, _, best, best_fs = max(ranked)
+    model = builders[best_fs](best).fit(x_by_set[best_fs], y_train)
+    record = {"scoring": f"{cfg.cv_repeats}x{n_splits} repeated stratified CV on train: mean "
+                         "accuracy (ties: macro AUC of the pooled out-of-fold probabilities)",
+              "chosen": best, "chosen_features": best_fs, "n_splits": n_splits,
+              "n_repeats": cfg.cv_repeats, "results": results}
+    return model, best, best_fs, record
+
+
 def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
     """Run the clinical (or hybrid) baseline; writes ``cfg.out``/{config.yaml, versions.json,
     features.csv, predictions.csv, metrics.json}. Returns the metrics dict (as written)."""
@@ -242,23 +339,46 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     save_run_info(out, cfg)
 
+    if cfg.features not in ("auto", *FEATURE_SETS):
+        raise CardioclrError(f"unknown feature set {cfg.features!r}; choose one of auto, "
+                             f"{', '.join(FEATURE_SETS)}")
+    grid = cfg.model in GRID_MODELS
+    # The paper-style grid models keep the paper's indices unless told otherwise.
+    feature_sets = (["indices"] if grid else list(FEATURE_SETS)) if cfg.features == "auto" else [cfg.features]
+    regional = "regional" in feature_sets
+    notes: dict[str, list[str]] = {}
     log.info("features of %d train patients from %s masks", len(train), cfg.masks)
-    x_train = feature_table(store, train, cfg.masks)
-    deep_cols: list[str] = []
-    if cfg.deep_features:
-        d_train = read_deep_features(cfg.deep_features, train)
-        deep_cols = list(d_train.columns)
-        x_train = x_train.join(d_train)
+    full_train = feature_table(store, train, cfg.masks, regional=regional, notes=notes)
+    deep_train = read_deep_features(cfg.deep_features, train) if cfg.deep_features else None
+    deep_cols: list[str] = list(deep_train.columns) if deep_train is not None else []
 
-    best, cv_results = select_hyperparameters(x_train, y_train, splits.folds, deep_cols, cfg, k)
-    log.info("chosen hyperparameters: %s", best)
-    model = fit_model(best, x_train, y_train, deep_cols, cfg)
+    def inputs(full: pd.DataFrame, feature_set: str, deep: pd.DataFrame | None) -> pd.DataFrame:
+        x = full[list(FEATURE_SETS[feature_set])]
+        return x.join(deep) if deep is not None else x
+
+    if grid:
+        feature_set = feature_sets[0]
+        x_train = inputs(full_train, feature_set, deep_train)
+        best, cv_results = select_hyperparameters(x_train, y_train, splits.folds, deep_cols, cfg, k)
+        log.info("chosen hyperparameters: %s", best)
+        model = fit_model(best, x_train, y_train, deep_cols, cfg)
+        name = cfg.model
+        cv_record: dict[str, Any] = {"scoring": "macro one-vs-rest AUC of pooled out-of-fold "
+                                                "probabilities", "n_folds": len(splits.folds),
+                                     "results": cv_results}
+    else:
+        model, name, feature_set, cv_record = choose_and_fit(
+            cfg, {fs: inputs(full_train, fs, deep_train) for fs in feature_sets}, y_train, deep_cols, k)
+        x_train = inputs(full_train, feature_set, deep_train)
+        best = {"classifier": name, "features": feature_set}
+        log.info("chosen classifier: %s on %s features", name, feature_set)
+    cols = list(FEATURE_SETS[feature_set])
 
     # Only now, with the model frozen, are test patients read.
     log.info("features of %d test patients", len(test))
-    x_test = feature_table(store, test, cfg.masks)
-    if cfg.deep_features:
-        x_test = x_test.join(read_deep_features(cfg.deep_features, test))
+    full_test = feature_table(store, test, cfg.masks, regional=regional, notes=notes)
+    x_test = inputs(full_test, feature_set, read_deep_features(cfg.deep_features, test)
+                    if cfg.deep_features else None)
     y_test = np.array([store.label_index(p) for p in test])
     proba = predict_full(model, x_test, k)
 
@@ -269,7 +389,8 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
         pred[col] = proba[:, c]
     write_text(out / "predictions.csv", pred.to_csv(index=False))
 
-    feats = pd.concat([x_train, x_test]).copy()  # one block: hundreds of deep columns otherwise
+    feats = pd.concat([full_train.join(x_train[deep_cols]),
+                       full_test.join(x_test[deep_cols])]).copy()  # one block, not column by column
     feats.insert(0, "subset", ["train"] * len(train) + ["test"] * len(test))
     feats.insert(1, "label_index", np.concatenate([y_train, y_test]))
     write_text(out / "features.csv", feats.to_csv(index=True, float_format="%.6g"))
@@ -278,14 +399,31 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
     n_comp = (model.named_steps["features"].named_transformers_["deep"].named_steps["pca"].n_components_
               if deep_cols else 0)
     metrics = classification_metrics(y_test, proba, classes, n_boot=cfg.n_boot, seed=cfg.seed)
+    if grid:
+        importances = _importances(model, index_cols, int(n_comp))
+        importance_kind = "impurity (random forest) or mean |coefficient| (logistic)"
+    else:
+        importances = clf_mod.permutation_importances(model, x_train, y_train, cfg.seed)
+        importance_kind = "permutation importance on train (mean drop of the log-loss score)"
+    wrong = np.nonzero(proba.argmax(1) != y_test)[0]
+    drivers = clf_mod.error_drivers(model, x_train, y_train, x_test.iloc[wrong], y_test[wrong],
+                                    proba.argmax(1)[wrong], k) if wrong.size else []
+    test_errors = [{"patient_id": test[i], "label": classes[y_test[i]],
+                    "predicted": classes[int(proba[i].argmax())],
+                    "prob_predicted": float(proba[i].max()), "prob_label": float(proba[i, y_test[i]]),
+                    "drivers": d} for i, d in zip(wrong, drivers, strict=True)]
     result = {
-        "model": ("hybrid-" if deep_cols else "clinical-") + cfg.model,
+        "model": ("hybrid-" if deep_cols else "clinical-") + name,
         "mask_source": cfg.masks,
         **metrics,
         "hyperparameters": best,
-        "cv": {"scoring": "macro one-vs-rest AUC of pooled out-of-fold probabilities",
-               "n_folds": len(splits.folds), "results": cv_results},
-        "feature_importances": _importances(model, index_cols, int(n_comp)),
+        "features": {"set": feature_set, "columns": cols,
+                     "regional_written": list(REGIONAL_NAMES) if regional else []},
+        "cv": cv_record,
+        "feature_importances": importances,
+        "feature_importance_kind": importance_kind,
+        "test_errors": test_errors,
+        "feature_notes": {p: n for p, n in notes.items()},
         "n_train": len(train), "n_test": len(test),
         "deep_features": {"file": cfg.deep_features, "n_input": len(deep_cols),
                           "pca_components": int(n_comp)} if deep_cols else None,

@@ -17,12 +17,16 @@ from cardioclr.evaluate.metrics import metrics_from_predictions, read_prediction
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``baseline``, ``metrics`` and ``compare`` parsers."""
+    from cardioclr.choices import BASELINE_FEATURE_SETS, BASELINE_MODELS
+
     p = subparsers.add_parser(
-        "baseline", help="clinical-index random forest (ACDC winners' method), optionally + deep "
-        "features; CV on train folds, evaluated once on test",
-        description="Clinical indices (volumes, EF, mass, wall thickness, ratios, BSA-indexed) from "
-        "the masks -> random forest (hyperparameters by CV on the train folds, macro AUC) -> one "
-        "evaluation on the test split with stratified-bootstrap 95% CIs.")
+        "baseline", help="clinical-index + regional-feature classifier (ACDC winners' method), "
+        "optionally + deep features; chosen by CV on train, evaluated once on test",
+        description="Clinical indices (volumes, EF, mass, wall thickness, ratios, BSA-indexed) and "
+        "regional features (AHA segments, thickening, heterogeneity) from the masks -> classifier "
+        "chosen by repeated stratified CV on train (--model auto: RF, gradient boosting, logistic, "
+        "SVM, soft-voting ensemble; or --model rf: the paper-style random forest grid-searched on "
+        "the train folds) -> one evaluation on the test split with stratified-bootstrap 95%% CIs.")
     p.add_argument("work", help="prepared work directory")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--masks", choices=MASK_SOURCES, default="predicted",
@@ -32,7 +36,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="deep_features.csv (patient_id, f0..fN), or a folder holding it, e.g. "
                    "WORK/pretrain/ENCODER-INPUT (label-free SimCLR features written by `cardioclr "
                    "pretrain`) -> hybrid model")
-    p.add_argument("--model", choices=("rf", "logistic"), default="rf")
+    p.add_argument("--model", choices=BASELINE_MODELS, default="auto",
+                   help="auto (default): the best of --candidates by repeated CV on train; rf / "
+                   "logistic: paper-style grid search on the train folds; or one fixed candidate")
+    p.add_argument("--features", choices=("auto", *BASELINE_FEATURE_SETS), default="auto",
+                   help="auto (default): the better set by the same CV on train; regional: indices "
+                   "+ regional summaries; indices: the 35 indices")
+    p.add_argument("--candidates", default="rf,logistic,svm,gb,ensemble",
+                   help="comma-separated candidates of --model auto")
+    p.add_argument("--cv-repeats", type=int, default=5, help="repeats of the stratified CV on train")
+    p.add_argument("--cv-splits", type=int, default=5, help="folds of the stratified CV on train")
     p.add_argument("--pca-components", type=int, default=16,
                    help="PCA components of the deep features (fit on train only)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the CIs")
@@ -63,6 +76,8 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
     cfg = BaselineConfig(work=str(args.work), out=str(args.out), masks=args.masks,
                          deep_features=args.deep_features, model=args.model, seed=args.seed,
+                         features=args.features, cv_repeats=args.cv_repeats, cv_splits=args.cv_splits,
+                         candidates=tuple(c.strip() for c in args.candidates.split(",") if c.strip()),
                          n_boot=args.n_boot, pca_components=args.pca_components, n_jobs=args.jobs)
     r = run_baseline(cfg)
     a, acc = r["macro_auc"], r["accuracy"]

@@ -10,6 +10,8 @@ its ``model.pt`` is the classifier, and its ``config.yaml`` names the work direc
 
 Outputs in ``DIR``: ``predictions.csv`` (``patient_id, predicted, prob_<class>...``, plus
 ``label`` when the patient folder's Info.cfg has a Group), ``failed.csv`` (patient, reason),
+``clinical_features.csv`` (indices and regional features of the predicted masks),
+``diagnosis.csv`` (the study's clinical baseline, refitted: :mod:`cardioclr.study.predict_diagnosis`),
 ``indices.csv`` (clinical indices of each segmented patient from its predicted masks: volumes
 in mL, EF in %, mass in g, thickness in mm, ``*_per_m2`` when height and weight are known),
 ``saliency/PID.png`` overlays, ``work/segmentation/qc/PID.png`` QC images,
@@ -265,12 +267,22 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
                .to_csv(index=False))
     write_text(out / "indices.csv", indices.to_csv(index=False, float_format="%.4g"))
     saliency_status = write_saliency(out / "saliency", render)
+    clinical: dict[str, Any] = {"clinical_features": 0, "diagnosis": None}
+    if ready:
+        from cardioclr.study.predict_diagnosis import baseline_dir_of, write_clinical_outputs
+
+        try:
+            clinical = write_clinical_outputs(tmp_work, ready, out, baseline_dir_of(model_dir))
+        except Exception as err:  # noqa: BLE001 - the network's predictions are already written
+            clinical["diagnosis"] = f"failed: {type(err).__name__}: {err}"
+            log.error("clinical features/diagnosis failed: %s", err)
     write_json(out / "predict_info.json", {"model_dir": str(Path(model_dir).resolve()),
                                            "work": str(work), "encoder": clf.encoder,
                                            "pretraining": clf.pretraining,
                                            "input": dataclasses.asdict(spec),
                                            "patients": len(inputs), "predicted": len(df),
                                            "failed": failed, "saliency": saliency_status,
+                                           "clinical": clinical,
                                            "seconds": round(time.perf_counter() - start, 2)})
     return PredictResult(df, failed, time.perf_counter() - start)
 

@@ -10,6 +10,7 @@ from cardioclr.study.html import Block, Para, Table, TCell
 from cardioclr.study.report.collect import CellResult, StudyData
 from cardioclr.study.report.format import estimate_or_dash, estimate_text, fmt, value_or_dash
 from cardioclr.study.report.results import best_flags
+from cardioclr.study.report.sections.diagnosis import diagnosis_blocks
 
 
 def _features_note(b: CellResult) -> str:
@@ -45,7 +46,8 @@ def baseline_section(data: StudyData) -> list[Block]:
     rows = [[cells[0], TCell(text, bold=b, sub=sub), *cells[1:]]
             for (cells, _, text, sub), b in zip(entries, bold, strict=True)]
     blocks: list[Block] = [Table(
-        "Clinical-feature baseline (random forest on indices measured on the segmentation; the "
+        "Clinical-feature baseline (classifier on indices and regional features measured on the "
+        "segmentation; the "
         "ACDC challenge winners' approach) and the hybrid (clinical indices + PCA of "
         "self-supervised SimCLR features, which never saw the labels)",
         ["Model", "Macro AUC (95% CI)", "Accuracy (95% CI)", "Balanced accuracy", "Masks", "Notes"],
@@ -58,4 +60,5 @@ def baseline_section(data: StudyData) -> list[Block]:
         blocks.append(Table("Most important clinical features (first baseline)",
                             ["Feature", "Importance"],
                             [[TCell(k), TCell(fmt(number(v)))] for k, v in top_imp]))
+    blocks += diagnosis_blocks(data.classes, [dict(b.metrics) for b in data.baselines if b.metrics])
     return blocks

@@ -1,0 +1,205 @@
+"""Diagnosis from clinical + regional indices on ACDC: expert masks and cross-fitted predicted masks.
+
+Protocol for each mask source (``expert``: the store's annotation; ``predicted``: the masks of a
+cross-fitted segmentation, ``--seg-work``):
+
+1. features of every labelled patient (indices + regional features, :mod:`cardioclr.clinical`);
+2. model choice (classifier x feature set) by repeated stratified CV on the 70 ``train``
+   patients only (:func:`cardioclr.evaluate.baseline.choose_and_fit`), never on test;
+3. 5x5 repeated stratified CV of that choice over all labelled patients (train + test):
+   accuracy and macro one-vs-rest AUC per repeat (mean, SD), confusions summed over repeats;
+4. the fixed 70/30 split: the chosen model fitted on train, evaluated once on the 30 test.
+
+The choice in step 2 saw the 70 train patients, who are also in step 3's CV: step 3 is slightly
+optimistic for them; step 4 is the untouched estimate.
+
+Predicted masks must be cross-fitted: every patient's mask from segmentation models that never
+saw that patient. ``--seg-work WORK`` is a work directory where ``cardioclr segment train WORK
+--folds K`` and ``cardioclr segment predict WORK`` ran (issue 9): masks in
+``WORK/segmentation/masks/PID.npz``, provenance in ``WORK/segmentation/mask_sources.csv``
+(``patient_id, source, models``; ``out_of_fold`` for train patients, ``ensemble`` of the fold
+models - all trained on train only - for test patients). Any patient whose mask is not one of
+those (e.g. ``single_model``: that model saw the train patients) makes the predicted part null
+with the reason. Without ``--seg-work`` the predicted keys are null with the reason.
+
+Usage::
+
+    python benchmarks/diagnosis_quality.py [--data DIR] [--work DIR] [--seg-work DIR]
+        [--candidates rf,logistic,svm,gb,ensemble] [--repeats 5] [--splits 5] [--seed 0]
+
+Last line: one JSON object (keys in benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / ".." / "shared" / "data" / "acdc"
+#: Mask provenance that proves the model never saw the patient (see module docstring).
+HONEST_SOURCES = {"train": {"out_of_fold"}, "test": {"out_of_fold", "ensemble"}}
+
+log = logging.getLogger("diagnosis_quality")
+
+
+def crossfit_problem(work: Path, train: list[str], test: list[str]) -> str | None:
+    """Why ``work``'s predicted masks are not cross-fitted for every patient (None when they are)."""
+    p = work / "segmentation" / "mask_sources.csv"
+    if not p.is_file():
+        return (f"{p} missing: the masks are not from `cardioclr segment train --folds K` + `segment "
+                "predict` (cross-fitted masks are required so that no patient's mask comes from a "
+                "model that saw it)")
+    with p.open(newline="", encoding="utf-8") as f:
+        sources = {r["patient_id"]: r["source"] for r in csv.DictReader(f)}
+    for subset, ids in (("train", train), ("test", test)):
+        bad = [(pid, sources.get(pid, "missing")) for pid in ids
+               if sources.get(pid) not in HONEST_SOURCES[subset]]
+        if bad:
+            return (f"{len(bad)} {subset} patient(s) without a cross-fitted mask, e.g. {bad[:3]} "
+                    f"(expected {sorted(HONEST_SOURCES[subset])})")
+    return None
+
+
+def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeats: int, splits: int,
+                    seed: int) -> dict[str, Any]:
+    """Steps 1-4 of the module docstring for one mask source."""
+    import numpy as np
+    from cardioclr.clinical.features import feature_table
+
+    from cardioclr.clinical.classifier import macro_auc, predict_full, repeated_cv
+    from cardioclr.data.store import SliceStore
+    from cardioclr.evaluate.baseline import FEATURE_SETS, BaselineConfig, choose_and_fit
+
+    t0 = time.perf_counter()
+    store = SliceStore(work)
+    classes, k = store.classes, len(store.classes)
+    train, test = list(store.splits.train), list(store.splits.test)
+    ids = train + test
+    notes: dict[str, list[str]] = {}
+    full = feature_table(store, ids, source, regional=True, notes=notes)
+    y = np.array([store.label_index(p) for p in ids])
+    y_train, y_test = y[:len(train)], y[len(train):]
+    log.info("%s: features of %d patients in %.1f s", source, len(ids), time.perf_counter() - t0)
+
+    cfg = BaselineConfig(work=str(work), out="", masks=source, candidates=candidates, cv_repeats=repeats,
+                         cv_splits=splits, seed=seed)
+    x_by_set = {fs: full.loc[train, list(cols)] for fs, cols in FEATURE_SETS.items()}
+    model, name, fs, record = choose_and_fit(cfg, x_by_set, y_train, [], k)
+    cols = list(FEATURE_SETS[fs])
+    log.info("%s: chosen %s on %s features (CV on train)", source, name, fs)
+
+    cv = repeated_cv(name, full[cols], y, k, n_splits=splits, n_repeats=repeats, seed=seed)
+    s = cv.summary()
+    proba = predict_full(model, full.loc[test, cols], k)
+    pred = proba.argmax(1)
+    confusions = {f"{classes[t]}->{classes[p]}": int(cv.confusion[t, p])
+                  for t in range(k) for p in range(k) if t != p and cv.confusion[t, p]}
+    test_errors = [{"patient_id": test[i], "label": classes[y_test[i]], "predicted": classes[pred[i]]}
+                   for i in np.nonzero(pred != y_test)[0]]
+    n_notes = sum(len(v) for v in notes.values())
+    return {
+        "chosen": {"classifier": name, "features": fs},
+        "choice_cv_on_train": {n: {"accuracy": r["accuracy"]["mean"], "macro_auc": r["macro_auc"]["mean"]}
+                               for n, r in record["results"].items()},
+        "cv_accuracy": {"mean": s["accuracy"]["mean"], "sd": s["accuracy"]["sd"]},
+        "cv_macro_auc": float(np.nanmean(cv.macro_auc)),
+        "cv_confusions": confusions,
+        "cv_confusion_matrix": cv.confusion.tolist(),
+        "test_accuracy": float((pred == y_test).mean()),
+        "test_macro_auc": macro_auc(y_test, proba),
+        "test_errors": test_errors,
+        "n_patients": len(ids), "n_train": len(train), "n_test": len(test),
+        "feature_notes": {"patients": len(notes), "notes": n_notes},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit code (0 also when the data is absent)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA),
+                    help="ACDC-layout folder (default ../shared/data/acdc)")
+    ap.add_argument("--work", default=None, help="prepared work directory to use or create "
+                    "(default: a fresh one under $TMPDIR)")
+    ap.add_argument("--seg-work", default=None, help="work directory with cross-fitted predicted masks "
+                    "(`segment train --folds K` + `segment predict`); without it the predicted part is null")
+    ap.add_argument("--candidates", default="rf,logistic,svm,gb,ensemble")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--splits", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # sklearn's SVC(probability) notice
+    start = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    candidates = tuple(c.strip() for c in args.candidates.split(",") if c.strip())
+
+    work = Path(args.work) if args.work else None
+    if work is None or not (work / "dataset.json").is_file():
+        data = Path(args.data)
+        if not (data.is_dir() and any(data.iterdir())):
+            print(json.dumps({"skipped": f"no data at {data}"}))
+            return 0
+        import tempfile
+
+        from cardioclr.data.prepare import PrepareConfig, prepare
+
+        work = work or Path(tempfile.mkdtemp(prefix="diagnosis_quality_"))
+        prepare(PrepareConfig(data=str(data), out=str(work), workers=2))
+    expert = evaluate_source(work, "expert", candidates, args.repeats, args.splits, args.seed)
+
+    predicted: dict[str, Any] | None = None
+    predicted_reason = None
+    if args.seg_work:
+        from cardioclr.data.store import SliceStore
+
+        sw = Path(args.seg_work)
+        st = SliceStore(sw)
+        predicted_reason = crossfit_problem(sw, list(st.splits.train), list(st.splits.test))
+        if predicted_reason is None:
+            predicted = evaluate_source(sw, "predicted", candidates, args.repeats, args.splits, args.seed)
+    else:
+        predicted_reason = ("no --seg-work: cross-fitted predicted masks (`cardioclr segment train WORK "
+                            "--folds 5` then `segment predict WORK`, 5 segmentation trainings) were not "
+                            "given")
+
+    def pick(d: dict[str, Any] | None, key: str) -> Any:
+        return None if d is None else d[key]
+
+    result = {
+        "expert_cv_accuracy": expert["cv_accuracy"],
+        "expert_cv_macro_auc": expert["cv_macro_auc"],
+        "expert_test_accuracy": expert["test_accuracy"],
+        "expert_test_macro_auc": expert["test_macro_auc"],
+        "predicted_cv_accuracy": pick(predicted, "cv_accuracy"),
+        "predicted_cv_macro_auc": pick(predicted, "cv_macro_auc"),
+        "test_accuracy_predicted": pick(predicted, "test_accuracy"),
+        "test_macro_auc_predicted": pick(predicted, "test_macro_auc"),
+        "predicted_null_reason": predicted_reason,
+        "confusions": {"expert_cv": expert["cv_confusions"],
+                       "predicted_cv": pick(predicted, "cv_confusions")},
+        "targets": {"expert_cv_accuracy": 0.98, "predicted_cv_accuracy": 0.96,
+                    "predicted_cv_macro_auc": 0.995},
+        "protocol": f"{args.repeats}x{args.splits} repeated stratified CV over all labelled patients "
+                    "(classifier and feature set chosen by the same CV on train only) + the fixed 70/30 test",
+        "details": {"expert": expert, "predicted": predicted},
+        "work": str(work), "seg_work": args.seg_work, "candidates": list(candidates),
+        "seconds": round(time.perf_counter() - start, 1),
+        "cpu_count": os.cpu_count(), "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(result, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Diagnosis classifiers on clinical + regional features, and repeated stratified CV.
+
+Candidates (:data:`CANDIDATES`), all sklearn pipelines that start with median imputation, so
+NaN features (a slice without myocardium, an RV without insertion points, unknown height) are
+handled; every statistic of the imputer and scaler is fitted on the training patients of the
+fit only:
+
+* ``rf``: random forest (the ACDC-winner / paper-style baseline), balanced class weights;
+* ``gb``: gradient boosting of depth-2 trees with subsampling;
+* ``logistic``: L2-regularised multinomial logistic regression on standardised features;
+* ``svm``: RBF support-vector machine on standardised features, probabilities calibrated by
+  Platt scaling on internal folds of the training rows;
+* ``ensemble``: soft voting (mean probability) of the four, as the ACDC challenge winners
+  (Isensee et al. 2017; Khened et al. 2019) combined several classifiers;
+* ``ensemble-calibrated``: the ensemble wrapped in :class:`~sklearn.calibration.CalibratedClassifierCV`
+  (sigmoid, 3 inner folds of the training patients).
+
+Which candidate the study uses is chosen by :func:`choose_model`: repeated stratified CV on the
+training patients only, never on test. Every candidate is reproducible for a seed (the seed
+sets every estimator's ``random_state`` and the CV splitters).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import ClassifierMixin, clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier, VotingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from cardioclr.choices import DIAGNOSIS_CLASSIFIERS
+from cardioclr.errors import CardioclrError
+
+CANDIDATES = DIAGNOSIS_CLASSIFIERS
+
+
+def _impute() -> SimpleImputer:
+    return SimpleImputer(strategy="median", keep_empty_features=True)
+
+
+def build_classifier(name: str, seed: int = 0, n_jobs: int = 1) -> Pipeline:
+    """Unfitted pipeline ``impute -> [scale ->] classifier`` for candidate ``name``."""
+    if name == "rf":
+        return Pipeline([("impute", _impute()),
+                         ("clf", RandomForestClassifier(n_estimators=300, max_features="sqrt",
+                                                        class_weight="balanced", random_state=seed,
+                                                        n_jobs=n_jobs))])
+    if name == "gb":
+        # Classic (not histogram) boosting: with ~70 patients the histogram binning buys
+        # nothing, and its OpenMP threads spun for minutes per fit on the loaded 2-core machine.
+        return Pipeline([("impute", _impute()),
+                         ("clf", GradientBoostingClassifier(n_estimators=100, max_depth=2,
+                                                            learning_rate=0.1, subsample=0.8,
+                                                            random_state=seed))])
+    if name == "logistic":
+        return Pipeline([("impute", _impute()), ("scale", StandardScaler()),
+                         ("clf", LogisticRegression(C=0.1, max_iter=5000, class_weight="balanced"))])
+    if name == "svm":
+        # Platt scaling by libsvm's internal 5-fold CV. sklearn 1.9 deprecates probability=True in
+        # favour of CalibratedClassifierCV(SVC(), ensemble=False), whose stratified folds refuse
+        # classes with fewer than 5 training patients (small cohorts, the tiny test store).
+        return Pipeline([("impute", _impute()), ("scale", StandardScaler()),
+                         ("clf", SVC(C=1.0, gamma="scale", probability=True, class_weight="balanced",
+                                     random_state=seed))])
+    if name in ("ensemble", "ensemble-calibrated"):
+        members = [(m, build_classifier(m, seed, n_jobs)) for m in ("rf", "gb", "logistic", "svm")]
+        vote = VotingClassifier(members, voting="soft")
+        if name == "ensemble":
+            return Pipeline([("clf", vote)])
+        return Pipeline([("clf", CalibratedClassifierCV(vote, method="sigmoid", cv=3))])
+    raise CardioclrError(f"unknown classifier {name!r}; choose one of {', '.join(CANDIDATES)}")
+
+
+def predict_full(model: ClassifierMixin, x: pd.DataFrame, k: int) -> np.ndarray:
+    """Probabilities (n, k) in class-index order, zero for classes absent from the fit."""
+    p = model.predict_proba(x)
+    out = np.zeros((len(x), k))
+    out[:, np.asarray(model.classes_).astype(int)] = p
+    return out
+
+
+def macro_auc(y: np.ndarray, proba: np.ndarray) -> float:
+    """Macro one-vs-rest AUC over the classes present in ``y`` (NaN with fewer than two)."""
+    present = np.unique(y)
+    if present.size < 2:
+        return math.nan
+    aucs = [roc_auc_score(y == c, proba[:, c]) for c in present]
+    return float(np.mean(aucs))
+
+
+@dataclass
+class CVResult:
+    """Repeated CV of one candidate: per-repeat accuracy and macro AUC (pooled out-of-fold
+    probabilities of each repeat), the mean out-of-fold probabilities (n, k) over repeats, and
+    the confusion counts (true, predicted) summed over repeats."""
+
+    name: str
+    accuracy: list[float]
+    macro_auc: list[float]
+    oof_proba: np.ndarray
+    confusion: np.ndarray
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able ``{accuracy: {mean, sd, per_repeat}, macro_auc: {...}}``."""
+        def ms(v: list[float]) -> dict[str, Any]:
+            a = np.asarray(v, float)
+            return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+                    "per_repeat": [float(x) for x in a]}
+        return {"accuracy": ms(self.accuracy), "macro_auc": ms(self.macro_auc)}
+
+
+def repeated_cv(name: str, x: pd.DataFrame, y: np.ndarray, k: int, n_splits: int = 5,
+                n_repeats: int = 5, seed: int = 0, n_jobs: int = 1,
+                model: Pipeline | None = None) -> CVResult:
+    """``n_repeats`` x ``n_splits`` repeated stratified CV of candidate ``name`` (or ``model``).
+
+    Each fold's model (imputer, scaler and classifier) is fitted on that fold's training rows
+    only. Accuracy and macro AUC are computed per repeat on the pooled out-of-fold predictions.
+    """
+    y = np.asarray(y, int)
+    splitter = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
+    proto = model if model is not None else build_classifier(name, seed, n_jobs)
+    sums = np.zeros((len(y), k))
+    fold_proba = np.zeros((len(y), k))
+    acc, auc = [], []
+    confusion = np.zeros((k, k), int)
+    for i, (tr, va) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        m = clone(proto).fit(x.iloc[tr], y[tr])
+        fold_proba[va] = predict_full(m, x.iloc[va], k)
+        if (i + 1) % n_splits == 0:  # one repeat done: every patient predicted once
+            pred = fold_proba.argmax(1)
+            acc.append(float((pred == y).mean()))
+            auc.append(macro_auc(y, fold_proba))
+            np.add.at(confusion, (y, pred), 1)
+            sums += fold_proba
+            fold_proba = np.zeros((len(y), k))
+    return CVResult(name, acc, auc, sums / n_repeats, confusion)
+
+
+def choose_model(x: pd.DataFrame, y: np.ndarray, k: int, candidates: Sequence[str] = CANDIDATES,
+                 n_splits: int = 5, n_repeats: int = 5, seed: int = 0, n_jobs: int = 1,
+                 build: Callable[[str], Pipeline] | None = None) -> tuple[str, dict[str, CVResult]]:
+    """The candidate with the best mean CV accuracy (ties: better macro AUC, then the earlier
+    candidate), by repeated stratified CV on ``x``/``y`` only (the training patients).
+
+    ``build(name)`` makes the unfitted pipeline of a candidate (default :func:`build_classifier`;
+    the hybrid baseline puts its deep-feature PCA in front)."""
+    make = build or (lambda c: build_classifier(c, seed, n_jobs))
+    results = {c: repeated_cv(c, x, y, k, n_splits, n_repeats, seed, n_jobs, model=make(c))
+               for c in candidates}
+    best = max(candidates, key=lambda c: (round(float(np.mean(results[c].accuracy)), 6),
+                                          round(float(np.mean(results[c].macro_auc)), 6),
+                                          -list(candidates).index(c)))
+    return best, results
+
+
+def permutation_importances(model: Pipeline, x: pd.DataFrame, y: np.ndarray, seed: int = 0,
+                            n_repeats: int = 5) -> dict[str, float]:
+    """Mean drop of the log-loss score when one column of ``x`` is shuffled (sklearn's
+    permutation importance), largest first. Computed on the training patients: it says what the
+    fitted model relies on, not what generalises."""
+    from sklearn.inspection import permutation_importance
+
+    r = permutation_importance(model, x, y, scoring="neg_log_loss", n_repeats=n_repeats,
+                               random_state=seed)
+    order = np.argsort(-r.importances_mean)
+    return {str(x.columns[i]): float(r.importances_mean[i]) for i in order}
+
+
+def error_drivers(model: Pipeline, x_train: pd.DataFrame, y_train: np.ndarray, x_wrong: pd.DataFrame,
+                  true: np.ndarray, pred: np.ndarray, k: int, top: int = 3) -> list[list[dict[str, Any]]]:
+    """For each misclassified patient (rows of ``x_wrong`` with true class ``true`` and predicted
+    ``pred``), the ``top`` features whose replacement by the true class's training median raises
+    the true class's probability most: ``{feature, value, true_class_median, predicted_class_median,
+    prob_true_gain}``. A one-at-a-time occlusion: it names the indices that pulled the patient
+    towards the wrong class, in the units of the feature."""
+    out: list[list[dict[str, Any]]] = []
+    med = x_train.groupby(np.asarray(y_train)).median()
+    for i in range(len(x_wrong)):
+        row = x_wrong.iloc[[i]]
+        t, p = int(true[i]), int(pred[i])
+        if t not in med.index:
+            out.append([])
+            continue
+        trial = pd.concat([row] * x_wrong.shape[1], ignore_index=True)
+        for j, c in enumerate(x_wrong.columns):
+            trial.iloc[j, j] = med.loc[t, c]
+        base = float(predict_full(model, row, k)[0, t])
+        gain = predict_full(model, trial, k)[:, t] - base
+        order = np.argsort(-gain)[:top]
+        out.append([{"feature": str(x_wrong.columns[j]), "value": float(row.iloc[0, j]),
+                     "true_class_median": float(med.loc[t].iloc[j]),
+                     "predicted_class_median": float(med.loc[p].iloc[j]) if p in med.index else math.nan,
+                     "prob_true_gain": float(gain[j])} for j in order])
+    return out

@@ -1,0 +1,135 @@
+"""Diagnosis classifier candidates, repeated CV and the regional baseline path: reproducible for a
+seed, no validation/test patient in any fit, scaling statistics from training patients only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cardioclr.evaluate.clinical_features as features_mod
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+import cardioclr.clinical.classifier as clf_mod
+from cardioclr.clinical.regional import REGIONAL_NAMES
+from cardioclr.data.store import SliceStore
+from cardioclr.evaluate.baseline import REGIONAL_SUMMARY, BaselineConfig, run_baseline
+
+
+def _toy(n: int = 60, k: int = 3, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    x = rng.normal(size=(n, 6)) + y[:, None] * np.array([1.5, 0, 0, 1.0, 0, 0])
+    x[rng.random(x.shape) < 0.05] = np.nan  # missing values are part of the job
+    return pd.DataFrame(x, columns=[f"c{i}" for i in range(6)], index=[f"p{i:03d}" for i in range(n)]), y
+
+
+@pytest.mark.parametrize("name", ["ensemble", "ensemble-calibrated"])
+def test_candidates_are_reproducible_for_a_seed(name):
+    x, y = _toy(n=30)
+    a = clf_mod.build_classifier(name, seed=3).fit(x, y).predict_proba(x)
+    b = clf_mod.build_classifier(name, seed=3).fit(x, y).predict_proba(x)
+    np.testing.assert_array_equal(a, b)
+    assert np.allclose(a.sum(1), 1.0)
+
+
+def test_seed_changes_the_forest():
+    x, y = _toy(n=30)
+    a = clf_mod.build_classifier("rf", seed=0).fit(x, y).predict_proba(x)
+    b = clf_mod.build_classifier("rf", seed=1).fit(x, y).predict_proba(x)
+    assert not np.array_equal(a, b)
+
+
+class _Recorder(BaseEstimator, ClassifierMixin):
+    """Predicts class priors; records the rows of every fit."""
+
+    fits: list[list[str]] = []
+
+    def fit(self, x, y):
+        _Recorder.fits.append(list(x.index))
+        self.classes_ = np.unique(y)
+        self.prior_ = np.bincount(y) / len(y)
+        return self
+
+    def predict_proba(self, x):
+        return np.tile(self.prior_[self.classes_], (len(x), 1))
+
+
+def test_repeated_cv_never_fits_on_the_patient_it_predicts():
+    x, y = _toy(n=40, k=2)
+    _Recorder.fits = []
+    r = clf_mod.repeated_cv("recorder", x, y, 2, n_splits=4, n_repeats=3, seed=0, model=_Recorder())
+    assert len(_Recorder.fits) == 12 and len(r.accuracy) == 3
+    # In each repeat, each patient is left out of exactly one of the 4 fits.
+    for rep in range(3):
+        fits = _Recorder.fits[rep * 4:(rep + 1) * 4]
+        for pid in x.index:
+            assert sum(pid not in f for f in fits) == 1
+    assert r.confusion.sum() == 3 * len(y)
+
+
+def test_choose_model_sees_only_what_it_is_given():
+    x, y = _toy()
+    best, results = clf_mod.choose_model(x, y, 3, ("logistic", "svm"), n_splits=3, n_repeats=2)
+    assert best in ("logistic", "svm") and set(results) == {"logistic", "svm"}
+    assert all(len(r.accuracy) == 2 for r in results.values())
+
+
+def test_regional_baseline_reads_test_last_and_scales_on_train_only(tiny_work: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    store = SliceStore(tiny_work)
+    train, test = set(store.splits.train), set(store.splits.test)
+    events: list[tuple[str, set[str]]] = []
+    real_pf, real_choose, real_perm = (features_mod.patient_features, clf_mod.choose_model,
+                                       clf_mod.permutation_importances)
+    captured = {}
+
+    def pf_spy(store, pid, source, regional=False, notes=None):
+        events.append(("features", {pid}))
+        return real_pf(store, pid, source, regional=regional, notes=notes)
+
+    def choose_spy(x, *a, **kw):
+        events.append(("choose", set(x.index)))
+        return real_choose(x, *a, **kw)
+
+    def perm_spy(model, x, y, seed=0, n_repeats=5):
+        captured["model"], captured["x"] = model, x
+        return real_perm(model, x, y, seed, n_repeats=2)
+
+    monkeypatch.setattr(features_mod, "patient_features", pf_spy)
+    monkeypatch.setattr(clf_mod, "choose_model", choose_spy)
+    monkeypatch.setattr(clf_mod, "permutation_importances", perm_spy)
+    out = tmp_path / "o"
+    m = run_baseline(BaselineConfig(work=str(tiny_work), out=str(out), masks="expert", model="auto",
+                                    features="regional", candidates=("logistic", "svm"), cv_repeats=2,
+                                    cv_splits=3, n_boot=100))
+    first_test = next(i for i, (k, ids) in enumerate(events) if k == "features" and ids & test)
+    choose_at = next(i for i, (k, _) in enumerate(events) if k == "choose")
+    assert events[choose_at][1] == train and choose_at < first_test
+    assert m["model"] in ("clinical-logistic", "clinical-svm") and m["cv"]["chosen"] in ("logistic", "svm")
+    assert set(captured["x"].index) == train
+    # The imputer of the final model was fitted on the train patients' features only.
+    feats = pd.read_csv(out / "features.csv", index_col=0)
+    cols = list(captured["x"].columns)
+    assert cols == [*features_mod.FEATURE_NAMES, *REGIONAL_SUMMARY]
+    imputer = captured["model"].named_steps["impute"]
+    train_median = feats.loc[feats["subset"] == "train", cols].median().to_numpy()
+    all_median = feats[cols].median().to_numpy()
+    np.testing.assert_allclose(imputer.statistics_, np.nan_to_num(train_median, nan=0.0), rtol=1e-5)
+    assert not np.allclose(train_median, all_median, equal_nan=True)
+    assert set(REGIONAL_NAMES) <= set(feats.columns)
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["feature_importance_kind"].startswith("permutation")
+    assert set(written["feature_importances"]) == set(cols)
+    for err in written["test_errors"]:
+        assert err["patient_id"] in test and len(err["drivers"]) == 3
+
+
+def test_auto_features_choose_by_cv_and_record_every_pair(tiny_work: Path, tmp_path: Path):
+    m = run_baseline(BaselineConfig(work=str(tiny_work), out=str(tmp_path / "a"), masks="expert",
+                                    candidates=("logistic",), cv_repeats=1, cv_splits=2, n_boot=50))
+    assert set(m["cv"]["results"]) == {"logistic/regional", "logistic/indices"}
+    assert m["hyperparameters"] == {"classifier": "logistic", "features": m["cv"]["chosen_features"]}
+    assert m["model"] == "clinical-logistic"

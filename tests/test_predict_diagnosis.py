@@ -1,0 +1,75 @@
+"""``cardioclr predict``'s clinical outputs and the report's diagnosis blocks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cardioclr.clinical.classifier import predict_full
+from cardioclr.data.store import SliceStore
+from cardioclr.errors import CardioclrError
+from cardioclr.evaluate.baseline import BaselineConfig, run_baseline
+from cardioclr.study.html import Para, Table
+from cardioclr.study.predict_diagnosis import refit_baseline, write_clinical_outputs
+from cardioclr.study.report.sections.diagnosis import diagnosis_blocks
+
+
+@pytest.fixture(scope="module")
+def baseline_dir(tiny_work: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("b") / "baseline" / "clinical"
+    run_baseline(BaselineConfig(work=str(tiny_work), out=str(out), masks="expert", features="regional",
+                                candidates=("logistic",), cv_repeats=1, cv_splits=2, n_boot=50))
+    return out
+
+
+def test_refitted_baseline_reproduces_the_study_probabilities(baseline_dir: Path):
+    model, classes, cols, m = refit_baseline(baseline_dir)
+    feats = pd.read_csv(baseline_dir / "features.csv", index_col=0)
+    test = feats[feats["subset"] == "test"]
+    p = predict_full(model, test[cols].astype(float), len(classes))
+    ref = pd.read_csv(baseline_dir / "predictions.csv", index_col="patient_id").loc[test.index]
+    np.testing.assert_allclose(p, ref[[f"prob_{c}" for c in classes]].to_numpy(), atol=1e-3)
+
+
+def test_clinical_outputs_of_new_patients(tiny_work: Path, baseline_dir: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch):
+    import cardioclr.evaluate.clinical_features as features_mod
+
+    # The tiny store has no predicted masks: its expert masks stand in for them.
+    real = features_mod.patient_features
+    monkeypatch.setattr(features_mod, "patient_features",
+                        lambda store, pid, source, **kw: real(store, pid, "expert", **kw))
+    ids = SliceStore(tiny_work).splits.test[:3]
+    s = write_clinical_outputs(tiny_work, ids, tmp_path, baseline_dir)
+    feats = pd.read_csv(tmp_path / "clinical_features.csv", index_col=0)
+    assert list(feats.index) == ids and "wt_ed_seg01_mm" in feats.columns and "lv_ef_pct" in feats.columns
+    diag = pd.read_csv(tmp_path / "diagnosis.csv")
+    assert list(diag["patient_id"]) == ids
+    assert np.allclose(diag.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
+    assert s["diagnosis"]["patients"] == 3
+    missing = write_clinical_outputs(tiny_work, ids, tmp_path, tmp_path / "nowhere")
+    assert "not written" in missing["diagnosis"] and not (tmp_path / "diagnosis.csv").exists()
+
+
+def test_refit_refuses_a_missing_baseline(tmp_path: Path):
+    with pytest.raises(CardioclrError, match="no clinical baseline"):
+        refit_baseline(tmp_path)
+
+
+def test_report_blocks_show_the_confusion_matrix_and_error_drivers(baseline_dir: Path):
+    m = json.loads((baseline_dir / "metrics.json").read_text())
+    m["test_errors"] = [{"patient_id": "p7", "label": "MINF", "predicted": "DCM", "prob_predicted": 0.6,
+                         "drivers": [{"feature": "lv_ef_pct", "value": 18.0, "true_class_median": 33.0,
+                                      "predicted_class_median": 16.0, "prob_true_gain": 0.3}]}]
+    blocks = diagnosis_blocks(m["classes"], [m])
+    paras = [b for b in blocks if isinstance(b, Para)]
+    tables = {b.caption.split(":")[0]: b for b in blocks if isinstance(b, Table)}
+    assert paras and "logistic" in paras[0].text and "training patients only" in paras[0].text
+    cm = tables["Confusion matrix on the test patients"]
+    assert cm.header[1:] == m["classes"] and len(cm.rows) == len(m["classes"])
+    err = next(b for b in blocks if isinstance(b, Table) and b.caption.startswith("Test errors"))
+    assert err.rows[0][0].text == "p7" and "lv_ef_pct = 18" in err.rows[0][3].text
