@@ -18,6 +18,7 @@ from cardioclr.errors import CardioclrError
 COMMAND_MODULES = (
     "cardioclr.data.cli_synth",
     "cardioclr.data.cli_prepare",
+    "cardioclr.data.cli_pack",
     "cardioclr.segment.cli",
     "cardioclr.ssl.cli",
     "cardioclr.classify.cli",
