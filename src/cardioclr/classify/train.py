@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from cardioclr.accel import DeviceBatches, channels_last, configure_backends
 from cardioclr.classify.data import FINETUNE_AUGMENT, SliceBank, network_inputs, patient_probabilities
 from cardioclr.classify.model import DualPhaseClassifier
 from cardioclr.data.augment import AugmentConfig, augment_batch
 from cardioclr.evaluate.metrics import macro_of, ovr_auc_boot
-from cardioclr.training import TrainerSettings, make_trainer, resume_checkpoint
+from cardioclr.training import TrainerSettings, inference_device, make_trainer, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ class ClassifierModule(L.LightningModule):
             hearts = warped if warped is not None else hearts
         loss = F.cross_entropy(self(images, hearts), labels)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=labels.shape[0])
-        self._loss_sum += float(loss.detach()) * labels.shape[0]
+        # A device tensor, read once per epoch: no host synchronisation per step.
+        self._loss_sum = self._loss_sum + loss.detach().float() * labels.shape[0]
         self._loss_n += int(labels.shape[0])
         return loss
 
@@ -117,7 +119,7 @@ class ClassifierModule(L.LightningModule):
         # so that a resumed run's history has every finished epoch.
         if batch_idx + 1 == self.trainer.num_training_batches:
             row = {"epoch": int(self.current_epoch),
-                   "train_loss": self._loss_sum / max(self._loss_n, 1),
+                   "train_loss": float(self._loss_sum) / max(self._loss_n, 1),
                    "val_loss": math.nan, "val_auc": math.nan}
             self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
 
@@ -177,8 +179,19 @@ def fit_run(run_dir: str | Path, model: DualPhaseClassifier, bank: SliceBank, tr
     train_ds = bank.dataset(train_ids)
     # The generator fixes the shuffling order per seed, independent of other RNG consumers.
     gen = torch.Generator().manual_seed(seed)
-    train_dl = DataLoader(train_ds, batch_size=hyper.batch_size, shuffle=True, generator=gen,
-                          num_workers=0)
+    train_dl: DataLoader | DeviceBatches
+    device = inference_device(settings.accelerator)
+    if device.type == "cuda" and settings.devices in (1, "1"):
+        # The pairs on the GPU, batches drawn there (no per-item indexing, no host copies).
+        configure_backends(device)
+        channels_last(model, device)
+        rows = train_ds.rows
+        train_dl = DeviceBatches((bank.images[rows].to(device), bank.hearts[rows].float().to(device),
+                                  bank.labels[rows].to(device), rows.to(device)),
+                                 hyper.batch_size, shuffle=True, generator=gen)
+    else:
+        train_dl = DataLoader(train_ds, batch_size=hyper.batch_size, shuffle=True, generator=gen,
+                              num_workers=0)
     val_dl = None
     if val_ids:
         val_dl = DataLoader(bank.dataset(val_ids), batch_size=EVAL_BATCH, shuffle=False, num_workers=0)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cardioclr.errors import CardioclrError
+from cardioclr.study.config import PRESETS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--data", default=None, help="dataset: ACDC-layout folder or CSV manifest "
                    "(default: the built-in synthetic cohort)")
     s.add_argument("--out", required=True, help="study directory (created; resumed if it exists)")
-    s.add_argument("--preset", choices=("demo", "paper"), default=None,
+    s.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="demo: smallcnn, 64 px, minutes on a CPU; paper: VGG16 + DenseNet121 at the "
-                   "paper's settings (GPU). Default: the saved study.yaml of OUT, else demo")
+                   "paper's settings (GPU); paper-fast: the paper's grid in one short GPU slot (fewer "
+                   "epochs/folds/seeds, see docs/gpu_slot.md). Default: the saved study.yaml of "
+                   "OUT, else demo")
     s.add_argument("--config", default=None, help="study YAML overriding the preset (full form: "
                    "configs/study_demo.yaml)")
     s.add_argument("--split", choices=("random", "official"), default=None,
