@@ -38,3 +38,37 @@ def test_cpu_paths_leave_layout_alone():
     assert conv.weight.is_contiguous()
     x = torch.zeros(2, 1, 8, 8)
     assert as_channels_last(x) is x
+
+
+def test_pretraining_and_fine_tuning_train_from_device_batches(tiny_work, tmp_path, monkeypatch):
+    """The GPU data path (DeviceBatches inside Lightning's fit), exercised on the CPU."""
+    import cardioclr.classify.train as ft_train
+    import cardioclr.ssl.pretrain as pre
+    from cardioclr.accel import DeviceBatches as Batches
+    from cardioclr.classify.finetune import FinetuneConfig, finetune
+
+    used: list[str] = []
+    real_init = Batches.__init__
+
+    def spy(self, tensors, *args, **kwargs):
+        used.append(type(tensors).__name__)
+        real_init(self, tensors, *args, **kwargs)
+
+    monkeypatch.setattr(Batches, "__init__", spy)
+    monkeypatch.setattr(pre, "_uses_gpu", lambda accelerator: True)  # trainer stays on the CPU
+    monkeypatch.setattr(ft_train, "resident_device", lambda settings: torch.device("cpu"))
+    torch.set_num_threads(1)
+    cfg = pre.PretrainConfig(work=str(tiny_work), out=str(tmp_path / "pre"), encoder="smallcnn",
+                             input_mode="segmented", masks="expert", image_size=32, batch_size=16,
+                             max_epochs=2, patience=5, accelerator="cpu", limit_train_batches=2,
+                             progress_bar=False)
+    m = pre.pretrain(cfg)
+    assert used[:2] == ["dict", "dict"]  # train and validation batches
+    assert m["optimizer_steps"] == 4 and m["best_val_loss"] is not None
+    fc = FinetuneConfig(work=str(tiny_work), encoder="smallcnn", init="none", input_mode="segmented",
+                        mask_source="expert", out=str(tmp_path / "ft"), image_size=32,
+                        grid_lr=(1e-3,), grid_batch=(16,), max_epochs=2, patience=2, max_folds=1,
+                        saliency=False, n_boot=50, accelerator="cpu")
+    fm = finetune(fc)
+    assert "tuple" in used[2:]
+    assert fm["test"]["macro_auc"]["value"] is not None

@@ -163,6 +163,13 @@ class ClassifierModule(L.LightningModule):
         self.history = [dict(r) for r in checkpoint.get("cardioclr_history", [])]
 
 
+def resident_device(settings: TrainerSettings) -> torch.device | None:
+    """The GPU that holds the training pairs for the whole run (one CUDA device), else None
+    (CPU, several devices: a DataLoader, which Lightning shards under DDP)."""
+    device = inference_device(settings.accelerator)
+    return device if device.type == "cuda" and settings.devices in (1, "1") else None
+
+
 def fit_run(run_dir: str | Path, model: DualPhaseClassifier, bank: SliceBank, train_ids: list[str],
             val_ids: list[str] | None, hyper: RunHyper, input_mode: str, n_classes: int,
             settings: TrainerSettings, seed: int) -> dict[str, Any]:
@@ -180,8 +187,8 @@ def fit_run(run_dir: str | Path, model: DualPhaseClassifier, bank: SliceBank, tr
     # The generator fixes the shuffling order per seed, independent of other RNG consumers.
     gen = torch.Generator().manual_seed(seed)
     train_dl: DataLoader | DeviceBatches
-    device = inference_device(settings.accelerator)
-    if device.type == "cuda" and settings.devices in (1, "1"):
+    device = resident_device(settings)
+    if device is not None:
         # The pairs on the GPU, batches drawn there (no per-item indexing, no host copies).
         configure_backends(device)
         channels_last(model, device)
