@@ -193,7 +193,7 @@ def fit_run(run_dir: str | Path, model: DualPhaseClassifier, bank: SliceBank, tr
         configure_backends(device)
         channels_last(model, device)
         rows = train_ds.rows
-        train_dl = DeviceBatches((bank.images[rows].to(device), bank.hearts[rows].float().to(device),
+        train_dl = DeviceBatches((bank.images[rows].to(device), bank.hearts[rows].to(device).float(),
                                   bank.labels[rows].to(device), rows.to(device)),
                                  hyper.batch_size, shuffle=True, generator=gen)
     else:
