@@ -73,11 +73,11 @@ def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeat
                     seed: int) -> dict[str, Any]:
     """Steps 1-4 of the module docstring for one mask source."""
     import numpy as np
-    from cardioclr.clinical.features import feature_table
 
     from cardioclr.clinical.classifier import macro_auc, predict_full, repeated_cv
     from cardioclr.data.store import SliceStore
     from cardioclr.evaluate.baseline import FEATURE_SETS, BaselineConfig, choose_and_fit
+    from cardioclr.evaluate.clinical_features import feature_table
 
     t0 = time.perf_counter()
     store = SliceStore(work)

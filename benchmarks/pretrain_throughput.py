@@ -9,7 +9,9 @@ Usage::
 For every encoder it times SimCLR training steps two ways, on one module and optimiser:
 
 * ``pipeline``: next batch from the DataLoader over the in-memory slice store
-  (:class:`cardioclr.ssl.data.SliceDataset`), transfer to the device, batched augmentation into
+  (:class:`cardioclr.ssl.data.SliceDataset`) on CPU, or from the GPU-resident slices
+  (:class:`cardioclr.accel.DeviceBatches`, as pretraining on one GPU) on CUDA, transfer to the
+  device (CPU), batched augmentation into
   two views (:func:`cardioclr.data.augment.two_views`, incl. masking in segmented mode),
   forward of both views, NT-Xent, backward, Adam step;
 * ``synthetic``: the same forward/backward/step on two random (B, 1, S, S) tensors already on
@@ -25,10 +27,11 @@ case, and it gets the most timed steps), else the minimum over encoders;
 ``pipeline_efficiency_min`` is always the minimum (noisier: 1-3 steps per heavy encoder on CPU).
 Target: >= 0.9.
 
-Data: ``--data`` is a prepared work directory, or a raw ACDC-layout folder of which
-``--patients`` evenly spaced patients are prepared into a temporary directory (default: the
-ACDC training set at ``<repo>/../shared/data/acdc``); when absent, a synthetic cohort
-(:mod:`cardioclr.data.synthetic`) is generated. All stored patients are used (labels unused).
+Data: ``--data`` is a prepared work directory, a pack (``cardioclr pack``; all its patients),
+or a raw ACDC-layout folder of which ``--patients`` evenly spaced patients are prepared into a
+temporary directory (default: the ACDC training set at ``<repo>/../shared/data/acdc``); when
+absent, a synthetic cohort (:mod:`cardioclr.data.synthetic`) is generated.
+All stored patients are used (labels unused).
 
 The LAST output line is one JSON object: ``pipeline_efficiency``, ``pipeline_efficiency_min``,
 ``images_per_second`` {encoder: {pipeline, synthetic, ratio, steps, gflop_per_step,
@@ -51,7 +54,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -79,6 +82,12 @@ def prepare_data(data: Path, n_patients: int, tmp: Path) -> tuple[Path, str]:
 
     if (data / "dataset.json").is_file():
         return data, str(data)
+    from cardioclr.data.pack import install, is_pack
+
+    if is_pack(data):  # a packed store (cardioclr pack): installed in place, all its patients
+        work = tmp / "work"
+        info = install(data, work)
+        return work, f"{data} (pack, {info['patients']} patients)"
     if data.exists():
         root = data / "training" if (data / "training").is_dir() else data
         patients = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("patient"))
@@ -105,8 +114,10 @@ def prepare_data(data: Path, n_patients: int, tmp: Path) -> tuple[Path, str]:
 
 
 def make_loader(work: Path, mode: str, image_size: int, batch: int, workers: int, pin: bool
-                ) -> tuple[DataLoader, int]:
-    """The pretraining DataLoader over every stored patient's slices (as ``cardioclr pretrain``)."""
+                ) -> tuple[Iterable[dict[str, torch.Tensor]], int]:
+    """The pretraining batches over every stored patient's slices (as ``cardioclr pretrain``):
+    a DataLoader on CPU, GPU-resident :class:`cardioclr.accel.DeviceBatches` when ``pin``
+    (CUDA)."""
     from cardioclr.data.store import SliceStore
     from cardioclr.ssl.data import MAIN, PatientRef, SliceDataset, Source, collate_slices, load_arrays
 
@@ -116,24 +127,36 @@ def make_loader(work: Path, mode: str, image_size: int, batch: int, workers: int
     ds = SliceDataset(arrays.images, arrays.hearts)
     if len(ds) < batch:
         raise SystemExit(f"only {len(ds)} slices for a batch of {batch}; use more --patients")
+    if pin:
+        # CUDA: the whole dataset resident on the GPU, as `cardioclr pretrain` does there.
+        from cardioclr.accel import DeviceBatches
+
+        tensors = {"image": torch.from_numpy(arrays.images).cuda()}
+        if arrays.hearts is not None:
+            tensors["heart"] = torch.from_numpy(arrays.hearts).cuda()
+        return DeviceBatches(tensors, batch, shuffle=True, drop_last=True), len(ds)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
                         pin_memory=pin, collate_fn=collate_slices, persistent_workers=workers > 0)
     return loader, len(ds)
 
 
-def endless(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+def endless(loader: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
     """Batches forever (a new epoch when one ends, as training does)."""
     while True:
         yield from loader
 
 
-def bench_encoder(name: str, loader: DataLoader, mode: str, image_size: int, batch: int,
-                  device: torch.device, steps: int, block: int) -> dict[str, float]:
+def bench_encoder(name: str, loader: Iterable[dict[str, torch.Tensor]], mode: str, image_size: int,
+                  batch: int, device: torch.device, steps: int, block: int) -> dict[str, float]:
     """Median-based images/s of pipeline and synthetic SimCLR steps for one encoder."""
     from cardioclr.ssl.simclr import SimCLRModule
 
     torch.manual_seed(0)
+    from cardioclr.accel import channels_last, configure_backends
+
+    configure_backends(device)
     module = SimCLRModule(name, input_mode=mode, image_size=image_size).to(device).train()
+    channels_last(module.encoder, device)  # as SimCLRModule.on_fit_start does in training
     opt = torch.optim.Adam(module.parameters(), lr=1e-4)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cardioclr.evaluate.clinical_features as features_mod
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 import cardioclr.clinical.classifier as clf_mod
+import cardioclr.evaluate.clinical_features as features_mod
 from cardioclr.clinical.regional import REGIONAL_NAMES
 from cardioclr.data.store import SliceStore
 from cardioclr.evaluate.baseline import REGIONAL_SUMMARY, BaselineConfig, run_baseline

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "cardioclr.data.cli_prepare",
     "cardioclr.dicomimport.cli",
     "cardioclr.data.cli_verify",
+    "cardioclr.data.cli_pack",
     "cardioclr.segment.cli",
     "cardioclr.ssl.cli",
     "cardioclr.classify.cli",

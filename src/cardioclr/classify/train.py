@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from cardioclr.accel import DeviceBatches, channels_last, configure_backends
 from cardioclr.classify.data import FINETUNE_AUGMENT, SliceBank, patient_probabilities
 from cardioclr.classify.model import DualPhaseClassifier
 from cardioclr.data.augment import AugmentConfig, augment_batch
 from cardioclr.data.pairs import network_inputs
 from cardioclr.evaluate.metrics import macro_of, ovr_auc_boot
-from cardioclr.training import TrainerSettings, make_trainer, resume_checkpoint
+from cardioclr.training import TrainerSettings, inference_device, make_trainer, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class ClassifierModule(L.LightningModule):
         self.augment = augment
         self.slice_patient = slice_patient.cpu().numpy()
         self.history: list[dict[str, Any]] = []
-        self._loss_sum = 0.0
+        self._loss_sum: float | torch.Tensor = 0.0
         self._loss_n = 0
         self._val: list[tuple[Tensor, Tensor, Tensor]] = []
 
@@ -110,7 +111,8 @@ class ClassifierModule(L.LightningModule):
             hearts = warped if warped is not None else hearts
         loss = F.cross_entropy(self(images, hearts), labels)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=labels.shape[0])
-        self._loss_sum += float(loss.detach()) * labels.shape[0]
+        # A device tensor, read once per epoch: no host synchronisation per step.
+        self._loss_sum = self._loss_sum + loss.detach().float() * labels.shape[0]
         self._loss_n += int(labels.shape[0])
         return loss
 
@@ -119,7 +121,7 @@ class ClassifierModule(L.LightningModule):
         # so that a resumed run's history has every finished epoch.
         if batch_idx + 1 == self.trainer.num_training_batches:
             row = {"epoch": int(self.current_epoch),
-                   "train_loss": self._loss_sum / max(self._loss_n, 1),
+                   "train_loss": float(self._loss_sum) / max(self._loss_n, 1),
                    "val_loss": math.nan, "val_auc": math.nan}
             self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
 
@@ -164,6 +166,13 @@ class ClassifierModule(L.LightningModule):
         self.history = [dict(r) for r in checkpoint.get("cardioclr_history", [])]
 
 
+def resident_device(settings: TrainerSettings) -> torch.device | None:
+    """The GPU that holds the training pairs for the whole run (one CUDA device), else None
+    (CPU, several devices: a DataLoader, which Lightning shards under DDP)."""
+    device = inference_device(settings.accelerator)
+    return device if device.type == "cuda" and settings.devices in (1, "1") else None
+
+
 def fit_run(run_dir: str | Path, model: DualPhaseClassifier, bank: SliceBank, train_ids: list[str],
             val_ids: list[str] | None, hyper: RunHyper, input_mode: str, n_classes: int,
             settings: TrainerSettings, seed: int) -> dict[str, Any]:
@@ -180,8 +189,19 @@ def fit_run(run_dir: str | Path, model: DualPhaseClassifier, bank: SliceBank, tr
     train_ds = bank.dataset(train_ids)
     # The generator fixes the shuffling order per seed, independent of other RNG consumers.
     gen = torch.Generator().manual_seed(seed)
-    train_dl = DataLoader(train_ds, batch_size=hyper.batch_size, shuffle=True, generator=gen,
-                          num_workers=0)
+    train_dl: DataLoader[Any] | DeviceBatches
+    device = resident_device(settings)
+    if device is not None:
+        # The pairs on the GPU, batches drawn there (no per-item indexing, no host copies).
+        configure_backends(device)
+        channels_last(model, device)
+        rows = train_ds.rows
+        train_dl = DeviceBatches((bank.images[rows].to(device), bank.hearts[rows].to(device).float(),
+                                  bank.labels[rows].to(device), rows.to(device)),
+                                 hyper.batch_size, shuffle=True, generator=gen)
+    else:
+        train_dl = DataLoader(train_ds, batch_size=hyper.batch_size, shuffle=True, generator=gen,
+                              num_workers=0)
     val_dl = None
     if val_ids:
         val_dl = DataLoader(bank.dataset(val_ids), batch_size=EVAL_BATCH, shuffle=False, num_workers=0)

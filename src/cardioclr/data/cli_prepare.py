@@ -13,10 +13,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        "store with patient-level splits",
                        description="Read an ACDC-layout folder or a CSV manifest and write "
                        "WORK/store, WORK/manifest.csv, WORK/splits.json and WORK/skipped.csv.")
-    p.add_argument("data", help="ACDC-layout folder (training/, testing/) or CSV manifest")
+    p.add_argument("data", help="ACDC-layout folder (training/, testing/), CSV manifest, or a "
+                   "pack (`cardioclr pack`; installed in place, its grid and splits kept)")
     p.add_argument("--out", required=True, help="work directory to write")
-    p.add_argument("--spacing", type=float, default=1.5, help="in-plane spacing in mm (1.5)")
-    p.add_argument("--size", type=int, default=192, help="square grid size in pixels (192)")
+    p.add_argument("--spacing", type=float, default=None, help="in-plane spacing in mm (1.5; a "
+                   "pack's own)")
+    p.add_argument("--size", type=int, default=None, help="square grid size in pixels (192; a "
+                   "pack's own)")
     p.add_argument("--split", choices=("random", "official"), default="random",
                    help="random: stratified 70/30 by patient (paper); official: training/ vs "
                    "testing/")
@@ -46,8 +49,17 @@ def _run(args: argparse.Namespace) -> int:
 
         # Through the environment: the worker processes inherit it.
         os.environ[MAX_IMAGE_BYTES_ENV] = str(int(args.max_image_gb * 1024**3))
-    cfg = PrepareConfig(data=args.data, out=args.out, spacing_mm=args.spacing,
-                        image_size=args.size, split=args.split, test_fraction=args.test_fraction,
+    from cardioclr.data.pack import install, is_pack
+
+    if is_pack(args.data):
+        s = install(args.data, args.out, args.size, args.spacing)
+        print(f"installed pack {args.data} ({s['patients']} patients, {s['image_size']} px at "
+              f"{s['spacing_mm']} mm): train {s['train']}, test {s['test']} -> {args.out}")
+        return 0
+    cfg = PrepareConfig(data=args.data, out=args.out,
+                        spacing_mm=1.5 if args.spacing is None else args.spacing,
+                        image_size=192 if args.size is None else args.size, split=args.split,
+                        test_fraction=args.test_fraction,
                         n_folds=args.folds, seed=args.seed, strict=args.strict,
                         unlabelled=args.unlabelled, workers=args.workers,
                         overwrite=args.overwrite,

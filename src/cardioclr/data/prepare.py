@@ -106,6 +106,10 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     if (work / "dataset.json").exists() and not cfg.overwrite:
         raise CardioclrError(f"{work} is already prepared (dataset.json exists); pass --overwrite "
                              "to rebuild the store (splits.json is kept)")
+    from cardioclr.data.pack import install, is_pack
+
+    if is_pack(cfg.data):  # a packed store: read in place, splits travel with it
+        return install(cfg.data, work, cfg.image_size, cfg.spacing_mm)
     cases, skipped = discover_cases(cfg.data, require_label=not cfg.unlabelled,
                                     classes=cfg.classes)
     for s in skipped:

@@ -9,6 +9,10 @@ Layout of a work directory ``WORK``::
     WORK/skipped.csv      patients that could not be read, with the file and the reason
     WORK/store/PID.npz    arrays of one patient (see :class:`PatientSlices`)
 
+or, for a work directory installed from a pack (``cardioclr prepare PACK``), no ``store/``:
+``dataset.json``'s ``pack`` names the packed file the patients are read from
+(:mod:`cardioclr.data.pack`).
+
 Splits are by patient, written once by ``prepare`` and only read afterwards.
 """
 
@@ -19,13 +23,14 @@ import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 from scipy.ndimage import zoom
 
 from cardioclr.atomic import read_json
+from cardioclr.data.pack import PackReader
 from cardioclr.errors import CardioclrError, DataError
 
 STORE_VERSION = 1
@@ -103,6 +108,9 @@ class SliceStore:
         if self.info.get("store_version") != STORE_VERSION:
             raise CardioclrError(f"{info}: store version {self.info.get('store_version')} is not "
                                  f"{STORE_VERSION}; re-run `cardioclr prepare`")
+        self._pack = None
+        if self.info.get("pack"):
+            self._pack = PackReader(self.info["pack"])
 
     @property
     def classes(self) -> list[str]:
@@ -140,7 +148,9 @@ class SliceStore:
         return int(self.manifest.at[patient_id, "label_index"])
 
     def path(self, patient_id: str) -> Path:
-        """The ``.npz`` file of a patient."""
+        """The ``.npz`` file of a patient (the pack file for a work directory read from one)."""
+        if self._pack is not None:
+            return self._pack.path
         return self.work / "store" / f"{patient_id}.npz"
 
     def load(self, patient_id: str, with_cine: bool = False) -> PatientSlices:
@@ -149,6 +159,10 @@ class SliceStore:
         Raises :class:`DataError` naming the file when it is missing, truncated or lacks arrays.
         """
         p = self.path(patient_id)
+        if self._pack is not None:
+            if patient_id not in self._pack.patients:
+                raise DataError(p, f"patient {patient_id} is not in the pack")
+            return _slices(self._pack.load_arrays(patient_id), patient_id, with_cine)
         if not p.is_file():
             raise DataError(p, f"patient {patient_id} is not in the store")
         try:
@@ -160,25 +174,30 @@ class SliceStore:
     @staticmethod
     def _load(p: Path, patient_id: str, with_cine: bool) -> PatientSlices:
         with np.load(p) as z:
-            has_mask = bool(z["has_mask"])
-            cine = z["cine"] if with_cine and "cine" in z.files else None
-            geo = Geometry(
-                source_affine=z["source_affine"],
-                source_shape_zyx=_ints3(z["source_shape_zyx"]),
-                source_spacing_zyx=_floats3(z["source_spacing_zyx"]),
-                resampled_shape_yx=_ints2(z["resampled_shape_yx"]),
-                offset_yx=_ints2(z["offset_yx"]),
-            )
-            return PatientSlices(
-                patient_id=patient_id,
-                ed_image=z["ed_image"],
-                es_image=z["es_image"],
-                ed_mask=z["ed_mask"] if has_mask else None,
-                es_mask=z["es_mask"] if has_mask else None,
-                cine=cine,
-                spacing_zyx=_floats3(z["spacing_zyx"]),
-                geometry=geo,
-            )
+            return _slices(z, patient_id, with_cine)
+
+
+def _slices(z: Any, patient_id: str, with_cine: bool) -> PatientSlices:
+    """:class:`PatientSlices` from a store file's (or a pack member's) named arrays."""
+    has_mask = bool(z["has_mask"])
+    cine = z["cine"] if with_cine and "cine" in z else None
+    geo = Geometry(
+        source_affine=z["source_affine"],
+        source_shape_zyx=_ints3(z["source_shape_zyx"]),
+        source_spacing_zyx=_floats3(z["source_spacing_zyx"]),
+        resampled_shape_yx=_ints2(z["resampled_shape_yx"]),
+        offset_yx=_ints2(z["offset_yx"]),
+    )
+    return PatientSlices(
+        patient_id=patient_id,
+        ed_image=z["ed_image"],
+        es_image=z["es_image"],
+        ed_mask=z["ed_mask"] if has_mask else None,
+        es_mask=z["es_mask"] if has_mask else None,
+        cine=cine,
+        spacing_zyx=_floats3(z["spacing_zyx"]),
+        geometry=geo,
+    )
 
 
 def read_splits(work: str | os.PathLike[str]) -> Splits:

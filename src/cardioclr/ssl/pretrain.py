@@ -42,6 +42,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cardioclr.accel import DeviceBatches, configure_backends
 from cardioclr.artifacts import PretrainMetrics
 from cardioclr.atomic import read_json, write_json
 from cardioclr.choices import INPUT_MODES, MASK_SOURCES
@@ -253,6 +254,23 @@ def _loaders(train: SSLArrays, val: SSLArrays, batch: int, val_batch: int, worke
     return train_loader, val_loader
 
 
+def _device_loaders(train: SSLArrays, val: SSLArrays, batch: int, val_batch: int,
+                    shuffle: torch.Generator) -> tuple[DeviceBatches, DeviceBatches]:
+    """GPU-resident train/validation batches (one process): same batches as :func:`_loaders`
+    (equal sizes, a new order per epoch from ``shuffle``), no DataLoader on the hot path."""
+    device = inference_device("gpu")
+    configure_backends(device)
+
+    def tensors(a: SSLArrays) -> dict[str, torch.Tensor]:
+        t = {"image": torch.from_numpy(a.images).to(device)}
+        if a.hearts is not None:
+            t["heart"] = torch.from_numpy(a.hearts).to(device)
+        return t
+
+    return (DeviceBatches(tensors(train), batch, shuffle=True, drop_last=True, generator=shuffle),
+            DeviceBatches(tensors(val), val_batch, shuffle=False, drop_last=True))
+
+
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Run (or resume, or skip) one pretraining; returns the metrics dict (empty on ranks > 0)."""
     _validate(cfg)
@@ -310,8 +328,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         # Global batch norm (SimCLR): per-GPU statistics would let positives be identified by
         # their shared local statistics. SyncBatchNorm has no CPU/gloo implementation.
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # type: ignore[no-untyped-call]
-    train_loader, val_loader = _loaders(train, val, per_device, val_batch, cfg.workers,
-                                        _uses_gpu(cfg.accelerator), shuffle)
+    train_loader: Any
+    val_loader: Any
+    if world == 1 and cfg.workers == 0 and _uses_gpu(cfg.accelerator):
+        # The whole dataset on the GPU, batches drawn there (cardioclr.accel.DeviceBatches).
+        train_loader, val_loader = _device_loaders(train, val, per_device, val_batch, shuffle)
+    else:
+        train_loader, val_loader = _loaders(train, val, per_device, val_batch, cfg.workers,
+                                            _uses_gpu(cfg.accelerator), shuffle)
     log.info("pretraining %s on %s images: %d train slices (%d patients), %d held-out slices "
              "(%d patients); global batch %d = %d x %d processes -> %s", cfg.encoder,
              cfg.input_mode, len(train), len(train_refs), len(val), len(val_refs), global_batch,

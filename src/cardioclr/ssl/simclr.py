@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor
 
+from cardioclr.accel import as_channels_last, channels_last, configure_backends
 from cardioclr.data.augment import AugmentConfig, two_views
 from cardioclr.data.views import check_mode
 from cardioclr.models.encoders import build_encoder
@@ -78,7 +79,7 @@ class SimCLRModule(L.LightningModule):
         Both views go through the encoder as one batch of 2B: one kernel launch per layer, and
         batch-norm statistics over both views (as in SimCLR's reference implementation).
         """
-        z = self.projector(self.encoder(torch.cat([x0, x1])))
+        z = self.projector(self.encoder(as_channels_last(torch.cat([x0, x1]))))
         z0, z1 = z.chunk(2)
         return nt_xent(z0, z1, temperature=self.hparams["temperature"], gather=True)
 
@@ -91,6 +92,8 @@ class SimCLRModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Per-rank training generator: ranks draw different augmentations from one seed."""
+        configure_backends(self.device)
+        channels_last(self.encoder, self.device)
         self._train_gen = torch.Generator(device=self.device)
         self._train_gen.manual_seed(int(self.hparams["seed"]) * 1009 + self.global_rank + 1)
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cardioclr.errors import CardioclrError
+from cardioclr.study.config import PRESETS
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,12 +24,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--data", default=None, help="dataset: ACDC-layout folder or CSV manifest "
                    "(default: the built-in synthetic cohort)")
     s.add_argument("--out", required=True, help="study directory (created; resumed if it exists)")
-    s.add_argument("--preset", choices=("demo", "real-cpu", "paper"), default=None,
+    s.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="demo: synthetic cohort, smallcnn, 64 px, minutes on a CPU; real-cpu: real "
                    "data on a CPU (full-quality segmentation, ~30 min, then smallcnn at 64 px); "
-                   "paper: VGG16 + DenseNet121 at the paper's settings (GPU). Default: the saved "
-                   "study.yaml of OUT, else demo without --data, and with --data paper on a GPU "
-                   "machine or real-cpu without one")
+                   "paper: VGG16 + DenseNet121 at the paper's settings (GPU); paper-fast: the "
+                   "paper's grid in one short GPU slot (fewer epochs/folds/seeds, see "
+                   "docs/gpu_slot.md). Default: the saved study.yaml of OUT, else demo without "
+                   "--data, and with --data paper on a GPU machine or real-cpu without one")
     s.add_argument("--config", default=None, help="study YAML overriding the preset (full form: "
                    "configs/study_demo.yaml)")
     s.add_argument("--split", choices=("random", "official"), default=None,

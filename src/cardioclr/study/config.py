@@ -96,6 +96,9 @@ class FinetuneSettings(StageSettings):
 
     inits: tuple[str, ...] = INITS
     inputs: tuple[str, ...] = ("full", "segmented")
+    #: Fine-tuning cells run at once, each in its own process (one cell's small batches and
+    #: per-epoch bookkeeping leave a large GPU mostly idle). 1: one after the other, in-process.
+    concurrent: int = 1
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class ReportSettings:
 
     saliency_patients: int = 3
     n_boot: int = 2000
+    #: How this preset departs from the paper's protocol; printed at the top of the report.
+    deviations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,8 @@ class StudyConfig:
 
 # Dotted keys that may change between runs of the same study without changing which cells it
 # has or what they compute: where it runs (hardware, worker processes) and how it is reported.
-RUNTIME_FIELDS = ("accelerator", "devices", "threads", "prepare.workers", "report")
+RUNTIME_FIELDS = ("accelerator", "devices", "threads", "prepare.workers", "report",
+                  "finetune.concurrent")
 
 # Mappings to which a re-run may ADD keys but in which it may not change or remove one.
 # ``imagenet_weights``: a study first run without an encoder's weight file lists that encoder's
@@ -245,7 +251,39 @@ _REAL_CPU: dict[str, Any] = {
     "report": {"saliency_patients": 3, "n_boot": 2000},
 }
 
-PRESETS: dict[str, dict[str, Any]] = {"demo": _DEMO, "paper": _PAPER, "real-cpu": _REAL_CPU}
+# The paper's grid within one short GPU slot (one H100/H200, <= 8 min of study wall time; see
+# docs/gpu_slot.md and scripts/device_run.sh): the paper's encoders, image size, SimCLR batch,
+# learning rates and temperature, with fewer epochs, folds, grid points and seeds. Every
+# deviation from ``paper`` is listed in ``report.deviations`` and printed in the report.
+_PAPER_FAST: dict[str, Any] = {
+    "preset": "paper-fast",
+    "encoders": ["vgg16", "densenet121"],
+    "accelerator": "auto",
+    "mask_source": "expert",
+    "prepare": {"image_size": 224, "spacing_mm": 1.5, "n_folds": 5, "workers": 8},
+    "segment": {"preset": "gpu", "options": {"optim": {"time_budget_s": 60}},
+                "predict_options": {"qc_png": False}},
+    "pretrain": {"options": {"batch_size": 256, "lr": 1e-4, "temperature": 0.1, "max_epochs": 25,
+                             "patience": 8, "image_size": 224, "workers": 0, "use_cine": False}},
+    "finetune": {"options": {"grid_lr": [1e-4], "grid_batch": [64], "seeds": [0, 1],
+                             "max_folds": 2, "max_epochs": 15, "patience": 4, "image_size": 224,
+                             "n_boot": 1000},
+                 "concurrent": 4},
+    "baseline": {"options": {}},
+    "report": {"saliency_patients": 2, "n_boot": 1000, "deviations": [
+        "masks: the expert (ACDC) masks feed the segmented inputs of every patient, test "
+        "patients included (paper: automatic segmentation); the segmentation cells still train "
+        "the GPU U-Net for a 60 s budget and report its Dice, but its masks are not used",
+        "SimCLR: at most 25 epochs (patience 8) instead of 200 (patience 20); no cine frames",
+        "fine-tuning: one grid point (lr 1e-4, batch 64) instead of lr {1e-4, 3e-4} x batch "
+        "{64, 128, 256}; 2 of the 5 CV folds; 2 seeds instead of 3; at most 15 epochs "
+        "(patience 4) instead of 100 (patience 10)",
+        "bootstrap: 1000 resamples instead of 2000; saliency on 2 patients per cell instead of 4",
+    ]},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"demo": _DEMO, "paper": _PAPER, "real-cpu": _REAL_CPU,
+                                     "paper-fast": _PAPER_FAST}
 
 
 def default_preset(has_data: bool, has_gpu: bool) -> str:
@@ -379,6 +417,8 @@ def validate(cfg: StudyConfig) -> None:
                              "fine-tuned model's features, which were fitted to the labels)")
     if cfg.devices < 1:
         raise CardioclrError("study.devices must be >= 1")
+    if cfg.finetune.concurrent < 1:
+        raise CardioclrError("study.finetune.concurrent must be >= 1")
     if cfg.threads is not None and cfg.threads < 1:
         raise CardioclrError("study.threads must be >= 1 (or null for torch's default)")
 

@@ -196,6 +196,69 @@ def _run_in_own_process(ctx: StudyContext, cell: Cell, log_path: Path) -> dict[s
     return read_json(summary_path) if summary_path.is_file() else {}
 
 
+def _run_concurrently(ctx: StudyContext, group: list[Cell], slots: int, state: StudyState,
+                      progress: Progress, result: StudyResult, blocked: dict[str, str]) -> None:
+    """Run ``group`` (independent training cells) as up to ``slots`` processes at a time.
+
+    Each cell runs as ``python -m cardioclr.study.cell OUT ID`` (output to its log), so one
+    failing or crashing cell fails alone. The CPU threads are shared out among the processes
+    (intra-op threads that outnumber the cores spin-wait). On interruption every process is
+    stopped and its cell left pending (each resumes from its own checkpoint).
+    """
+    import subprocess
+
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // slots))
+    waiting = list(group)
+    running: dict[str, tuple[Cell, subprocess.Popen[bytes], float, Any]] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < slots:
+                cell = waiting.pop(0)
+                progress.start(cell)
+                state.set(cell.id, "running")
+                log_path = ctx.out / "logs" / _log_name(cell)
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                (ctx.cell_dir(cell) / SUMMARY_FILE).unlink(missing_ok=True)
+                fh = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed when it ends
+                proc = subprocess.Popen([sys.executable, "-m", "cardioclr.study.cell", str(ctx.out),
+                                         cell.id], stdout=fh, stderr=subprocess.STDOUT, env=env)
+                running[cell.id] = (cell, proc, time.perf_counter(), fh)
+            time.sleep(0.2)
+            for cid, (cell, proc, start, fh) in list(running.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                fh.close()
+                del running[cid]
+                seconds = time.perf_counter() - start
+                summary_path = ctx.cell_dir(cell) / SUMMARY_FILE
+                if code != 0:
+                    message = f"the cell's process exited with status {code}"
+                    state.set(cid, "failed", seconds=seconds, error=message)
+                    result.failed[cid] = message
+                    blocked[cid] = "failed"
+                    progress.finish(cell, seconds, "failed",
+                                    f"{message} (log: {ctx.out / 'logs' / _log_name(cell)})")
+                    continue
+                summary = read_json(summary_path) if summary_path.is_file() else {}
+                write_json(ctx.cell_dir(cell) / MARKER, {"id": cid, "kind": cell.kind,
+                                                         "seconds": round(seconds, 2),
+                                                         "params": cell.params, "summary": summary})
+                state.set(cid, "done", seconds=seconds)
+                result.done.append(cid)
+                result.ran.append(cid)
+                progress.finish(cell, seconds, "done")
+    except BaseException:
+        for cid, (_cell, proc, start, fh) in running.items():
+            proc.terminate()
+            proc.wait()
+            fh.close()
+            state.set(cid, "pending", seconds=time.perf_counter() - start,
+                      error="interrupted; re-run the same command to resume")
+        raise
+
+
 def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
               kinds: Mapping[str, CellKind] = CELL_KINDS, stream: TextIO | None = None,
               build_report: bool = True) -> StudyResult:
@@ -227,7 +290,10 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
     blocked: dict[str, str] = {}  # cell id -> why it cannot provide its outputs
     write_json(out / "study_environment.json", environment_info())
 
+    handled: set[str] = set()  # cells run by a concurrent group (see _run_concurrently)
     for cell in cells:
+        if cell.id in handled:
+            continue
         if cell.not_run_reason:
             state.set(cell.id, "not-run", reason=cell.not_run_reason)
             result.not_run[cell.id] = cell.not_run_reason
@@ -250,6 +316,15 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
             progress.skip(cell, seconds)
             continue
         kind = cell_kind(kinds, cell.kind)
+        if cell.kind == "finetune" and cfg.finetune.concurrent > 1 and cfg.devices == 1:
+            # Every fine-tuning cell that can run now (pretrainings done) as one group of
+            # processes (``python -m cardioclr.study.cell``, which uses the real registry).
+            group = [c for c in cells if c.kind == "finetune" and c.id not in handled
+                     and c.not_run_reason is None and not any(d in blocked for d in c.deps)
+                     and not cell_finished(ctx, c, kinds)]
+            handled.update(c.id for c in group)
+            _run_concurrently(ctx, group, cfg.finetune.concurrent, state, progress, result, blocked)
+            continue
         progress.start(cell)
         state.set(cell.id, "running")
         start = time.perf_counter()

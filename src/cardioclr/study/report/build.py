@@ -45,6 +45,9 @@ def build_blocks(data: StudyData) -> list[Block]:
             "segmentation." if cfg else "")
     blocks.append(Para(f"Reproduction of Nakashima et al. (anatomic prior + SimCLR pretraining + "
                        f"dual-phase ED/ES classifier) on this dataset. {desc} Output folder: {data.out}"))
+    if cfg and cfg.report.deviations:
+        blocks.append(Para(f"Deviations of preset {cfg.preset} from the paper's protocol: "
+                           + "; ".join(cfg.report.deviations) + ".", css="warn"))
     if data.is_synthetic:
         blocks.append(Para("These results come from the built-in **synthetic** cohort: they "
                            "check that the pipeline runs end to end and carry no clinical meaning.",

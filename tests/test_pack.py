@@ -1,0 +1,101 @@
+"""The packed travelling store (cardioclr.data.pack): round trip, checksums, installation."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cardioclr.cli import main as cli_main
+from cardioclr.data.masks import load_labels
+from cardioclr.data.pack import (
+    IMAGE_HIGH,
+    IMAGE_LOW,
+    IMAGE_STEP,
+    PackReader,
+    decode_image,
+    encode_image,
+    install,
+    is_pack,
+)
+from cardioclr.data.packing import pack
+from cardioclr.data.prepare import PrepareConfig, prepare
+from cardioclr.data.store import SliceStore
+from cardioclr.errors import CardioclrError, DataError
+
+
+def test_image_encoding_round_trip_within_half_a_step():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(IMAGE_LOW, IMAGE_HIGH, size=(3, 16, 16)).astype(np.float32)
+    x[0, 0, :4] = [IMAGE_LOW, IMAGE_HIGH, IMAGE_LOW, IMAGE_HIGH]  # wrap-around of the x-differences
+    y = decode_image(encode_image(x))
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert np.abs(y - x).max() <= IMAGE_STEP / 2 + 1e-6
+
+
+@pytest.fixture(scope="module")
+def packed(tiny_work: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pack") / "tiny.pack"
+    summary = pack(tiny_work, out)
+    assert summary["patients"] == len(SliceStore(tiny_work).patient_ids)
+    return out
+
+
+def test_pack_round_trip_through_prepare(tiny_work: Path, packed: Path, tmp_path: Path):
+    assert is_pack(packed) and not is_pack(tiny_work)
+    assert packed.with_name(packed.name + ".sha256").is_file()
+    work = tmp_path / "work"
+    info = prepare(PrepareConfig(data=str(packed), out=str(work), image_size=64, spacing_mm=3.0))
+    assert not (work / "store").exists()  # read in place, nothing unpacked
+    a, b = SliceStore(tiny_work), SliceStore(work)
+    assert info["patients"] == len(a.patient_ids) and b.patient_ids == a.patient_ids
+    assert b.splits == a.splits and b.image_size == 64 and b.classes == a.classes
+    for pid in a.patient_ids[:4]:
+        x, y = a.load(pid), b.load(pid)
+        assert np.abs(x.ed_image - y.ed_image).max() <= IMAGE_STEP / 2 + 1e-6
+        np.testing.assert_array_equal(x.es_mask, y.es_mask)
+        np.testing.assert_allclose(x.geometry.source_affine, y.geometry.source_affine)
+        assert y.cine is None and x.spacing_zyx == y.spacing_zyx
+        ed, _ = load_labels(work, pid, "expert")
+        np.testing.assert_array_equal(ed, x.ed_mask)
+
+
+def test_pack_refuses_another_grid_and_other_splits(packed: Path, tmp_path: Path):
+    with pytest.raises(CardioclrError, match="image size"):
+        install(packed, tmp_path / "w1", image_size=224)
+    work = tmp_path / "w2"
+    work.mkdir()
+    (work / "splits.json").write_text('{"train": [], "test": [], "folds": [], "seed": 1, "method": "x"}')
+    with pytest.raises(CardioclrError, match="splits"):
+        install(packed, work)
+
+
+def test_damaged_member_is_named(packed: Path, tmp_path: Path):
+    bad = tmp_path / "bad.pack"
+    with zipfile.ZipFile(packed) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.startswith("store/") and not any(
+                    n.filename.startswith("store/") for n in dst.infolist()):
+                data = data[:-8] + b"\0" * 8  # flips bytes of the first patient
+                damaged = item.filename
+            dst.writestr(item, data)
+    with pytest.raises(DataError, match=f"{damaged}: checksum mismatch"):
+        PackReader(bad).verify()
+    work = tmp_path / "w"
+    install(bad, work)
+    pid = damaged.removeprefix("store/").removesuffix(".npz")
+    with pytest.raises(DataError, match="checksum"):
+        SliceStore(work).load(pid)
+
+
+def test_cli_pack_verify(packed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert cli_main(["pack", "--verify", str(packed)]) == 0
+    assert '"ok": true' in capsys.readouterr().out
+    copy = tmp_path / packed.name
+    copy.write_bytes(packed.read_bytes())
+    (tmp_path / (packed.name + ".sha256")).write_text("0" * 64 + f"  {packed.name}\n")
+    assert cli_main(["pack", "--verify", str(copy)]) == 1  # members fine, file checksum not
+    assert "file checksum" in capsys.readouterr().err
