@@ -67,13 +67,25 @@ run() {
 }
 
 # 1. install: the carried wheels (MONAI, nibabel, pydicom) and the project, without network.
+shopt -s nullglob
+WHL=("$WHEELS"/*.whl)
+shopt -u nullglob
 if [[ $DRY == 1 ]]; then
-  # Same wheels, checked for an offline install without touching this environment.
-  run install 120 "$PY" -m pip install --dry-run --no-index --no-deps --ignore-installed \
-      --target "$SITE" "$WHEELS"/*.whl
+  if ((${#WHL[@]})); then
+    # Same wheels, checked for an offline install without touching this environment.
+    run install 120 "$PY" -m pip install --dry-run --no-index --no-deps --ignore-installed \
+        --target "$SITE" "${WHL[@]}"
+  else
+    # A fresh clone (CI) carries no wheels; this CPU environment has the packages installed.
+    log "install: skipped (no wheels in $WHEELS; docs/gpu_slot.md says how to fetch them)"
+    STAGE_S[install]=0; STAGES+=("install")
+  fi
+elif ((${#WHL[@]} == 0)); then
+  log "install: no wheels in $WHEELS: MONAI, nibabel and pydicom must already be installed"
+  FAILED+=("install:no-wheels")
 else
   run install 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-      --upgrade --target "$SITE" "$WHEELS"/*.whl
+      --upgrade --target "$SITE" "${WHL[@]}"
   export PYTHONPATH=$SITE
 fi
 # The project runs from its source tree (no build step, no build backend needed offline).
