@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from cardioclr.io.deid import phi_values, scrub
+from cardioclr.io.dicom import has_dicom_magic
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,6 @@ def _walk(base: Path) -> Iterator[Path]:
             yield p
 
 
-def _has_magic(p: Path) -> bool:
-    try:
-        with open(p, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
 
 def _read_header(p: Path) -> tuple[Any, list[str]] | None:
     """(dataset without pixels, identifying values), or None for a file that is not a DICOM
@@ -158,7 +151,7 @@ def _read_header(p: Path) -> tuple[Any, list[str]] | None:
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import UID
 
-    magic = _has_magic(p)
+    magic = has_dicom_magic(p)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warnings may quote header values
         try:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cardioclr.errors import DataError
+from cardioclr.io.deid import phi_values, scrub
 from cardioclr.io.types import Volume
 from cardioclr.io.validate import (
     check_claimed_size,
@@ -42,10 +43,6 @@ from cardioclr.io.validate import (
 
 log = logging.getLogger(__name__)
 
-# Header fields whose values must never reach a message (DICOM PS3.15 basic profile, patient part).
-_IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames",
-                "PatientBirthDate", "PatientAddress", "AccessionNumber", "ReferringPhysicianName",
-                "InstitutionName", "PatientMotherBirthName", "MedicalRecordLocator")
 _MULTIFRAME_SOP = {
     "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
     "1.2.840.10008.5.1.4.1.1.4.3": "Enhanced MR Color Image Storage",
@@ -115,7 +112,7 @@ def _read_slice(p: Path) -> _Slice | None:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    has_magic = _has_dicom_magic(p)
+    has_magic = has_dicom_magic(p)
     secrets: list[str] = []
     try:
         with warnings.catch_warnings():
@@ -128,7 +125,7 @@ def _read_slice(p: Path) -> _Slice | None:
                 if not has_magic:
                     return None  # a text or binary file that merely failed to parse as DICOM
                 raise
-            secrets = _identifying_values(ds)
+            secrets = phi_values(ds)
             if not has_magic and not ("PixelData" in ds and "Rows" in ds):
                 return None  # force-parsing a non-DICOM file yields junk without pixel data
             sop = str(ds.get("SOPClassUID", ""))
@@ -185,7 +182,7 @@ def _read_slice(p: Path) -> _Slice | None:
     except DataError:
         raise
     except Exception as err:  # pydicom raises many types for truncated or corrupt files
-        detail = _scrub(str(err), secrets)
+        detail = scrub(str(err), secrets)
         # `from None`: the chained traceback could carry header values into a log.
         raise DataError(p, f"corrupt or unreadable DICOM file ({type(err).__name__}: "
                         f"{detail[:200]})") from None
@@ -220,7 +217,7 @@ def _positive_mm(value: object) -> float | None:
     return v if np.isfinite(v) and v > 0 else None
 
 
-def _has_dicom_magic(p: Path) -> bool:
+def has_dicom_magic(p: Path) -> bool:
     """True when the file has the 128-byte preamble followed by ``DICM`` (DICOM Part 10)."""
     try:
         with open(p, "rb") as fh:
@@ -242,27 +239,7 @@ def _is_image_object(ds: object) -> bool:
     return any(tag in ds for tag in ("Rows", "ImagePositionPatient"))  # type: ignore[operator]
 
 
-def _identifying_values(ds: object) -> list[str]:
-    """String forms of the patient-identifying values present in a dataset (for scrubbing)."""
-    out: list[str] = []
-    for key in _IDENTIFYING:
-        try:
-            value = getattr(ds, key, None)
-        except Exception:  # a corrupt element raises on access
-            continue
-        if value is None:
-            continue
-        text = str(value).strip()
-        if text:
-            out.append(text)
-            out.extend(part for part in text.replace("^", " ").split() if len(part) > 2)
-    return out
 
-
-def _scrub(message: str, secrets: list[str]) -> str:
-    for s in sorted(secrets, key=len, reverse=True):
-        message = message.replace(s, "<redacted>")
-    return message
 
 
 def _single_series(d: Path, slices: list[_Slice]) -> list[_Slice]:
