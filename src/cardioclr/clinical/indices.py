@@ -134,17 +134,7 @@ def slice_sector_thickness(labels_2d: np.ndarray, spacing_yx: Sequence[float],
     y0, y1 = max(ys.min() - 1, 0), ys.max() + 2
     x0, x1 = max(xs.min() - 1, 0), xs.max() + 2
     myo, cav = myo[y0:y1, x0:x1], cav[y0:y1, x0:x1]
-    # Keep only the connected LV (myocardium + cavity, 8-connected) with the most cavity: a stray
-    # myocardium blob of a predicted mask would otherwise add a huge "thickness" (its distance to
-    # the cavity), and a stray cavity blob would shift the sector centre.
-    comp, n_comp = label(myo | cav, structure=np.ones((3, 3), bool))
-    if n_comp > 1:
-        keep = int(np.argmax(np.bincount(comp[cav], minlength=n_comp + 1)[1:])) + 1
-        myo, cav = myo & (comp == keep), cav & (comp == keep)
-    inside = np.pad(myo | cav, 1, constant_values=False)
-    # A myocardium pixel is epicardial when one of its 4 neighbours is outside the LV.
-    outside_nb = (~inside[:-2, 1:-1]) | (~inside[2:, 1:-1]) | (~inside[1:-1, :-2]) | (~inside[1:-1, 2:])
-    boundary = myo & outside_nb
+    myo, cav, boundary = lv_component_and_epicardium(myo, cav)
     if not boundary.any():
         return out
     dist = distance_transform_edt(~cav, sampling=tuple(float(s) for s in spacing_yx))
@@ -221,3 +211,21 @@ def compute_indices(ed_labels: np.ndarray, es_labels: np.ndarray, spacing_zyx: S
     for k in INDEXED:
         r[f"{k}_per_m2"] = _div(r[k], bsa)
     return {k: float(r[k]) for k in INDEX_NAMES}
+
+
+def lv_component_and_epicardium(myo: np.ndarray, cav: np.ndarray
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The connected LV (myocardium + cavity, 8-connected) with the most cavity, and its
+    epicardial myocardium pixels. ``myo``, ``cav``: bool (y, x); returns (myo, cav, boundary).
+
+    A stray myocardium blob of a predicted mask would otherwise add a huge "thickness" (its
+    distance to the cavity), and a stray cavity blob would shift the sector centre.
+    """
+    comp, n_comp = label(myo | cav, structure=np.ones((3, 3), bool))
+    if n_comp > 1:
+        keep = int(np.argmax(np.bincount(comp[cav], minlength=n_comp + 1)[1:])) + 1
+        myo, cav = myo & (comp == keep), cav & (comp == keep)
+    inside = np.pad(myo | cav, 1, constant_values=False)
+    # A myocardium pixel is epicardial when one of its 4 neighbours is outside the LV.
+    outside_nb = (~inside[:-2, 1:-1]) | (~inside[2:, 1:-1]) | (~inside[1:-1, :-2]) | (~inside[1:-1, 2:])
+    return myo, cav, myo & outside_nb

@@ -50,9 +50,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt, label
+from scipy.ndimage import distance_transform_edt
 
-from cardioclr.clinical.indices import MYOCARDIUM_DENSITY_G_PER_ML
+from cardioclr.clinical.indices import MYOCARDIUM_DENSITY_G_PER_ML, lv_component_and_epicardium
 from cardioclr.clinical.labels import LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY
 
 #: AHA segment numbers per level (basal, mid, apical).
@@ -138,13 +138,7 @@ def boundary_points(labels_2d: np.ndarray, spacing_yx: Sequence[float],
         return "no myocardium"
     if not cav.any():
         return "no LV cavity"
-    comp, n_comp = label(myo | cav, structure=np.ones((3, 3), bool))
-    if n_comp > 1:
-        keep = int(np.argmax(np.bincount(comp[cav], minlength=n_comp + 1)[1:])) + 1
-        myo, cav = myo & (comp == keep), cav & (comp == keep)
-    inside = np.pad(myo | cav, 1, constant_values=False)
-    outside_nb = (~inside[:-2, 1:-1]) | (~inside[2:, 1:-1]) | (~inside[1:-1, :-2]) | (~inside[1:-1, 2:])
-    boundary = myo & outside_nb
+    myo, cav, boundary = lv_component_and_epicardium(myo, cav)
     if not boundary.any():
         return "no epicardial boundary"
     by, bx = np.nonzero(boundary)
