@@ -63,14 +63,16 @@ def check_disjoint(name: str, used: Sequence[str], test: Sequence[str]) -> None:
 def run_cv(out: Path, bank: SliceBank | PatientBank, splits: Splits, points: Sequence[GridPoint],
            make_model: Callable[[int], Any], input_mode: str, n_classes: int,
            settings: TrainerSettings, seed: int, max_folds: int | None = None,
-           fingerprint: str = "", fit: Callable[..., dict[str, Any]] = fit_run) -> list[dict[str, Any]]:
+           fingerprint: str = "", fit: Callable[..., dict[str, Any]] | None = None
+           ) -> list[dict[str, Any]]:
     """Run (or reload) every grid point x fold; returns one result dict per run.
 
     ``make_model(seed)`` builds a freshly initialised classifier. ``fingerprint`` identifies the
     configuration; a stored fold result with another fingerprint raises instead of being reused.
-    ``fit`` trains one run (:func:`~cardioclr.classify.train.fit_run` for the slice model,
+    ``fit`` trains one run (default :func:`~cardioclr.classify.train.fit_run`, the slice model;
     :func:`~cardioclr.classify.patient_train.fit_patient_run` with a ``PatientBank``).
     """
+    fit = fit or fit_run
     n_folds = len(splits.folds) if max_folds is None else min(max_folds, len(splits.folds))
     if n_folds < 1:
         raise CardioclrError("splits.json has no cross-validation folds")
