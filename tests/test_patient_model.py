@@ -105,6 +105,15 @@ def test_any_channel_count_is_accepted() -> None:
     assert model(ed, ed.clone(), torch.rand(2, 3), mask).shape == (2, K)
 
 
+def test_padding_keeps_the_mask_channels_of_the_input_mode() -> None:
+    """Hearts may have more channels than the two phases (anatomy mode: LV, MYO, RV per phase)."""
+    items = [(torch.rand(n, 2, H, H), torch.ones(n, 6, H, H), torch.linspace(0, 1, n), 0, i)
+             for i, n in enumerate((2, 5))]
+    images, hearts, _, mask, _, _ = pad_patients(items)
+    assert images.shape == (2, 5, 2, H, H) and hearts.shape == (2, 5, 6, H, H)
+    assert hearts[0, 2:].sum() == 0 and hearts[mask].min() == 1
+
+
 def test_augmentation_is_one_transform_per_patient() -> None:
     """All slices and both phases of a patient get the same geometry and intensity change."""
     torch.manual_seed(0)

@@ -8,7 +8,9 @@ pairs. :class:`PatientBank` holds each patient's pairs (as loaded by
 boolean mask (True = real slice).
 
 Batch layout (what :func:`pad_patients` returns and the training module consumes):
-``images`` float32 (B, S, 2, H, W) [ED, ES], ``hearts`` float32 (B, S, 2, H, W),
+``images`` float32 (B, S, 2, H, W) [ED, ES], ``hearts`` float32 (B, S, M, H, W) (M = 2, or the
+mask channels of the input mode, e.g. 6 in ``anatomy``: always read through
+:func:`cardioclr.data.pairs.network_inputs`),
 ``positions`` float32 (B, S), ``mask`` bool (B, S), ``labels`` int64 (B,), ``index`` int64 (B,)
 (the patient's index in the bank). Padding is zeros with mask False and position 0.
 """
@@ -110,7 +112,7 @@ def pad_patients(items: Sequence[tuple[Tensor, Tensor, Tensor, int, int]]) -> Pa
     b, s = len(items), max(counts)
     first = items[0][0]
     images = first.new_zeros((b, s, *first.shape[1:]), dtype=torch.float32)
-    hearts = torch.zeros_like(images)
+    hearts = torch.zeros((b, s, *items[0][1].shape[1:]), dtype=torch.float32)  # (.., 6, ..) in anatomy mode
     positions = torch.zeros(b, s, dtype=torch.float32)
     mask = torch.zeros(b, s, dtype=torch.bool)
     for k, (img, hrt, pos, _, _) in enumerate(items):

@@ -55,11 +55,10 @@ def augment_patients(images: Tensor, hearts: Tensor, input_mode: str, cfg: Augme
                      ) -> tuple[Tensor, Tensor]:
     """One random view per *patient*: (B, S, 2, H, W) images and hearts, same transform for all
     slices and both phases of a patient (they are stacked as channels of one image)."""
-    shape = images.shape
-    flat = images.reshape(shape[0], -1, *shape[-2:])
-    views, warped = augment_batch(flat, hearts.reshape(flat.shape), input_mode, cfg)
-    out_hearts = warped.reshape(shape) if warped is not None else hearts
-    return views.reshape(shape), out_hearts
+    b, (h, w) = images.shape[0], images.shape[-2:]
+    views, warped = augment_batch(images.reshape(b, -1, h, w), hearts.reshape(b, -1, h, w), input_mode, cfg)
+    out_hearts = warped.reshape(hearts.shape) if warped is not None else hearts
+    return views.reshape(images.shape), out_hearts
 
 
 class PatientModule(L.LightningModule):
