@@ -72,7 +72,7 @@ def run_cv(out: Path, bank: SliceBank | PatientBank, splits: Splits, points: Seq
     ``fit`` trains one run (default :func:`~cardioclr.classify.train.fit_run`, the slice model;
     :func:`~cardioclr.classify.patient_train.fit_patient_run` with a ``PatientBank``).
     """
-    fit = fit or fit_run
+    train_one: Callable[..., dict[str, Any]] = fit or fit_run
     n_folds = len(splits.folds) if max_folds is None else min(max_folds, len(splits.folds))
     if n_folds < 1:
         raise CardioclrError("splits.json has no cross-validation folds")
@@ -93,7 +93,7 @@ def run_cv(out: Path, bank: SliceBank | PatientBank, splits: Splits, points: Seq
                 continue
             log.info("CV %s fold %d: %d train / %d validation patients", point.key, k,
                      len(train_ids), len(val_ids))
-            r = fit(run_dir, make_model(seed), bank, train_ids, val_ids,
+            r = train_one(run_dir, make_model(seed), bank, train_ids, val_ids,
                         RunHyper(point.lr, point.batch_size, settings.max_epochs), input_mode,
                         n_classes, settings, seed)
             res = {"lr": point.lr, "batch_size": point.batch_size, "fold": k, "seed": seed,
