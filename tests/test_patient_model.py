@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cardioclr.classify.data import FINETUNE_AUGMENT
 from cardioclr.classify.finetune import FinetuneConfig, finetune
 from cardioclr.classify.patient_data import pad_patients
 from cardioclr.classify.patient_predict import PatientEnsemble
-from cardioclr.classify.patient_train import augment_patients, patient_network_inputs
+from cardioclr.classify.patient_train import augment_patients, patient_loss, patient_network_inputs
 from cardioclr.classify.predict import load_classifier
 from cardioclr.cli import main
 from cardioclr.clinical.labels import LV_CAVITY, LV_MYOCARDIUM
@@ -96,6 +97,21 @@ def test_position_input_changes_the_output() -> None:
     assert not torch.allclose(a, b)
 
 
+def test_instance_loss_adds_a_per_slice_term_and_leaves_the_patient_logits_alone() -> None:
+    torch.manual_seed(0)
+    model = PatientClassifier("smallcnn", K, instance_loss_weight=0.5).eval()
+    images, hearts, positions, mask, labels, _ = pad_patients([_patient(n, i) for i, n in enumerate((2, 4))])
+    ed, es = patient_network_inputs(images, hearts, "full")
+    logits, inst = model.forward_with_instances(ed, es, positions, mask)
+    assert inst is not None and inst.shape == (6, K)
+    torch.testing.assert_close(logits, model(ed, es, positions, mask))
+    per_slice = torch.tensor([labels[0]] * 2 + [labels[1]] * 4)
+    expected = F.cross_entropy(logits, labels) + 0.5 * F.cross_entropy(inst, per_slice)
+    torch.testing.assert_close(patient_loss(logits, inst, labels, mask, 0.5), expected)
+    plain = PatientClassifier("smallcnn", K)
+    assert plain.instance_fc is None and plain.forward_with_instances(ed, es, positions, mask)[1] is None
+
+
 def test_any_channel_count_is_accepted() -> None:
     """An input mode with C channels per phase (e.g. image + LV/MYO/RV masks) needs only
     ``in_channels = C``."""
@@ -172,7 +188,7 @@ def patient_run(tiny_work: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     cfg = FinetuneConfig(work=str(tiny_work), encoder="smallcnn", init="none", input_mode="segmented",
                          mask_source="expert", out=str(out / "run"), image_size=32, grid_lr=(1e-3,),
                          grid_batch=(4,), max_epochs=1, patience=1, max_folds=1, seeds=(0, 1),
-                         n_boot=50, model="patient")
+                         n_boot=50, model="patient", instance_loss_weight=0.3)
     return cfg, finetune(cfg)
 
 
@@ -194,6 +210,7 @@ def test_patient_finetune_writes_predictions_metrics_and_a_loadable_model(
     assert set(att["patient_id"]) == set(store.splits.test)
     clf = load_classifier(out)
     assert isinstance(clf, PatientEnsemble) and len(clf.models) == 2
+    assert clf.models[0].instance_loss_weight == 0.3 and clf.models[0].instance_fc is not None
     again = clf.predict(tiny_work, list(pred["patient_id"][:3]))
     np.testing.assert_allclose(again[cols].to_numpy(), pred[cols].to_numpy()[:3], atol=1e-5)
     sal = pd.read_csv(out / "saliency" / "saliency.csv", dtype={"patient_id": str})
@@ -223,6 +240,9 @@ def test_cli_model_patient_and_its_errors(tiny_work: Path, tmp_path: Path,
     code = main(["finetune", str(tiny_work), "--encoder", "smallcnn", "--input", "full", "--model",
                  "patient", "--linear-probe", "--out", str(tmp_path / "x")])
     assert code != 0 and "--linear-probe" in capsys.readouterr().err
+    code = main(["finetune", str(tiny_work), "--encoder", "smallcnn", "--input", "full",
+                 "--instance-loss-weight", "0.5", "--out", str(tmp_path / "y")])
+    assert code != 0 and "--model patient" in capsys.readouterr().err
 
 
 def test_slice_model_fingerprint_is_unchanged_by_the_new_options(tiny_work: Path) -> None:

@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--pooling", choices=MIL_POOLINGS, default="gated",
                    help="--model patient: pooling over slices: gated attention (Ilse et al. 2018, "
                    "default), attention, or mean")
+    p.add_argument("--instance-loss-weight", type=float, default=0.0,
+                   help="--model patient: weight of an auxiliary loss that classifies every slice "
+                   "with the patient's label (deep supervision of the shared encoder; 0 = off)")
     p.set_defaults(func=_run)
 
 
@@ -91,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         saliency=args.saliency, n_boot=args.n_boot, devices=args.devices,
         accelerator=args.accelerator, num_nodes=args.num_nodes, precision=args.precision,
         progress_bar=sys.stderr.isatty(),
-        model=args.model, pooling=args.pooling,
+        model=args.model, pooling=args.pooling, instance_loss_weight=args.instance_loss_weight,
     )
     m = finetune(cfg)
     if m:

@@ -84,7 +84,8 @@ class FinetuneConfig:
     ``model``: ``slice`` (the paper's ED/ES slice-pair classifier, patient = mean of slice
     probabilities) or ``patient`` (:mod:`cardioclr.models.patient`: all slices of a patient in
     one forward pass, one encoder shared by ED and ES, relative slice position, ``pooling``
-    over slices); with ``patient`` the ``grid_batch`` values count *patients* per step.
+    over slices); with ``patient`` the ``grid_batch`` values count *patients* per step, and
+    ``instance_loss_weight`` > 0 adds the auxiliary per-slice loss (deep supervision).
     """
 
     work: str
@@ -117,6 +118,7 @@ class FinetuneConfig:
     # Issue 11 item 2: the patient-level model (classify.patient_*; default = the slice model).
     model: str = "slice"
     pooling: str = "gated"
+    instance_loss_weight: float = 0.0
 
     def out_dir(self) -> Path:
         """``out`` or ``WORK/finetune/<encoder>-<init>-<input>``."""
@@ -141,6 +143,7 @@ def fingerprint(cfg: FinetuneConfig) -> str:
         # The slice model's runs keep the fingerprint they had before the patient model existed.
         d.pop("model", None)
         d.pop("pooling", None)
+        d.pop("instance_loss_weight", None)
     if cfg.weights:
         # The weight file's size and mtime stand in for its content (hashing VGG weights is slow).
         st = Path(cfg.weights).stat()
@@ -163,6 +166,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     if cfg.model == "patient" and cfg.linear_probe:
         raise CardioclrError("--linear-probe is not available with --model patient (its attention "
                              "and instance layers must train with the encoder)")
+    if cfg.instance_loss_weight < 0 or (cfg.instance_loss_weight > 0 and cfg.model != "patient"):
+        raise CardioclrError("--instance-loss-weight must be >= 0 and needs --model patient")
     patient = cfg.model == "patient"
     spec = cfg.spec()
     store = SliceStore(cfg.work)
@@ -188,7 +193,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         torch.manual_seed(seed)
         m: DualPhaseClassifier | PatientClassifier
         if isinstance(bank, PatientBank):
-            m = PatientClassifier(cfg.encoder, n_classes, bank.input_channels(cfg.input_mode), cfg.pooling)
+            m = PatientClassifier(cfg.encoder, n_classes, bank.input_channels(cfg.input_mode), cfg.pooling,
+                                  instance_loss_weight=cfg.instance_loss_weight)
         else:
             m = DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe)
         initialise_encoders(m, cfg.init, cfg.weights)

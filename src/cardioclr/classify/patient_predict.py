@@ -7,7 +7,8 @@ and the same interface as the slice model's :class:`~cardioclr.classify.predict.
 The file is a plain dict of primitives and tensors (``weights_only=True``)::
 
     format: "cardioclr-patient-classifier", format_version: 1
-    encoder, in_channels, pooling, hidden_dim, attention_dim, n_frequencies, n_classes,
+    encoder, in_channels, pooling, hidden_dim, attention_dim, n_frequencies,
+    instance_loss_weight, n_classes,
     classes [str], input: {InputSpec}, pretraining, seeds [int], state_dicts [per seed]
 
 A patient's prediction is the patient model's probability, averaged over the seeds' models.
@@ -89,7 +90,8 @@ def architecture(model: PatientClassifier) -> dict[str, Any]:
     """The constructor arguments that rebuild ``model`` (primitives only)."""
     return {"encoder": model.encoder_name, "in_channels": int(model.in_channels), "pooling": model.pooling,
             "hidden_dim": int(model.embedding_dim), "attention_dim": int(model.pool.v.out_features),
-            "n_frequencies": int(model.n_frequencies)}
+            "n_frequencies": int(model.n_frequencies),
+            "instance_loss_weight": float(model.instance_loss_weight)}
 
 
 def patient_ensemble_from(obj: dict[str, Any]) -> PatientEnsemble:
@@ -97,7 +99,8 @@ def patient_ensemble_from(obj: dict[str, Any]) -> PatientEnsemble:
     models = []
     for state in obj["state_dicts"]:
         m = PatientClassifier(obj["encoder"], int(obj["n_classes"]), int(obj["in_channels"]), obj["pooling"],
-                              int(obj["hidden_dim"]), int(obj["attention_dim"]), int(obj["n_frequencies"]))
+                              int(obj["hidden_dim"]), int(obj["attention_dim"]), int(obj["n_frequencies"]),
+                              instance_loss_weight=float(obj.get("instance_loss_weight", 0.0)))
         m.load_state_dict(state)
         models.append(m.eval())
     return PatientEnsemble(models=models, spec=InputSpec(**obj["input"]), classes=list(obj["classes"]),

@@ -61,6 +61,17 @@ def augment_patients(images: Tensor, hearts: Tensor, input_mode: str, cfg: Augme
     return views.reshape(images.shape), out_hearts
 
 
+def patient_loss(logits: Tensor, instance_logits: Tensor | None, labels: Tensor, mask: Tensor,
+                 instance_weight: float) -> Tensor:
+    """Cross-entropy of the patient logits (B, K), plus ``instance_weight`` x the mean
+    cross-entropy of the real slices' logits (N, K) against their patient's label."""
+    loss = F.cross_entropy(logits, labels)
+    if instance_logits is not None and instance_weight > 0:
+        per_slice = labels.repeat_interleave(mask.sum(dim=1))
+        loss = loss + instance_weight * F.cross_entropy(instance_logits, per_slice)
+    return loss
+
+
 class PatientModule(L.LightningModule):
     """Thin Lightning wrapper around :class:`PatientClassifier`; batches from :func:`pad_patients`."""
 
@@ -91,7 +102,9 @@ class PatientModule(L.LightningModule):
         images, hearts, positions, mask, labels, _ = batch
         if self.augment is not None:
             images, hearts = augment_patients(images, hearts, self.input_mode, self.augment)
-        loss = F.cross_entropy(self(images, hearts, positions, mask), labels)
+        ed, es = patient_network_inputs(images, hearts, self.input_mode)
+        logits, inst = self.model.forward_with_instances(ed, es, positions, mask)
+        loss = patient_loss(logits, inst, labels, mask, self.model.instance_loss_weight)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=labels.shape[0])
         self._loss_sum = self._loss_sum + loss.detach().float() * labels.shape[0]
         self._loss_n += int(labels.shape[0])

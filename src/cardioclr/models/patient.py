@@ -13,6 +13,11 @@ multiple instance learning", ICML 2018)::
     z = sum_s a_s h_s                         -> (hidden)      the patient embedding
     logits = Linear(z)                        -> (K)
 
+Optional deep supervision (``instance_loss_weight`` > 0): a second linear layer classifies every
+real instance ``h`` with the patient's label, an auxiliary loss that gives the shared encoder a
+label signal per slice (as the slice model has) besides the pooled one; it does not change the
+patient logits.
+
 ED and ES of one position are *both kept* (concatenated, not averaged or subtracted): the MLP
 sees the two phases side by side and can form the change between them (thickening, cavity
 shrinkage) itself, which is what separates the ACDC groups.
@@ -94,8 +99,10 @@ class PatientClassifier(nn.Module):
 
     def __init__(self, encoder_name: str, n_classes: int, in_channels: int = 1, pooling: str = "gated",
                  hidden_dim: int = 128, attention_dim: int = 64, n_frequencies: int = 4,
-                 dropout: float = 0.25) -> None:
+                 dropout: float = 0.25, instance_loss_weight: float = 0.0) -> None:
         super().__init__()
+        if instance_loss_weight < 0:
+            raise ValueError(f"instance_loss_weight must be >= 0, got {instance_loss_weight}")
         self.encoder_name = encoder_name
         self.in_channels = in_channels
         self.pooling = pooling
@@ -110,6 +117,9 @@ class PatientClassifier(nn.Module):
         self.pool = MILPooling(hidden_dim, attention_dim, pooling)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_dim, n_classes)
+        # Only built when used: an unused layer would break DDP (parameters without gradients).
+        self.instance_loss_weight = float(instance_loss_weight)
+        self.instance_fc = nn.Linear(hidden_dim, n_classes) if instance_loss_weight > 0 else None
 
     def encoders(self) -> list[nn.Module]:
         """The encoder modules (one, shared by ED and ES); for the common initialisation code."""
@@ -142,3 +152,15 @@ class PatientClassifier(nn.Module):
         z, _ = self.embed(ed, es, positions, mask)
         logits: Tensor = self.fc(self.dropout(z))
         return logits
+
+    def forward_with_instances(self, ed: Tensor, es: Tensor, positions: Tensor, mask: Tensor
+                               ) -> tuple[Tensor, Tensor | None]:
+        """Patient logits (B, K) and, with an instance head, the logits (N, K) of the N real
+        slices in ``mask`` order (row-major: patient by patient, base first); else None."""
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("every patient needs at least one real slice")
+        h = self.instances(ed, es, positions, mask)
+        z, _ = self.pool(h, mask)
+        logits: Tensor = self.fc(self.dropout(z))
+        inst = self.instance_fc(self.dropout(h[mask])) if self.instance_fc is not None else None
+        return logits, inst
