@@ -27,7 +27,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,16 +45,19 @@ from cardioclr.atomic import atomic_path, read_json, write_json, write_text
 from cardioclr.classify.cv import check_disjoint, cv_table, grid, run_cv, select
 from cardioclr.classify.data import SliceBank, patient_probabilities
 from cardioclr.classify.model import DualPhaseClassifier, check_init, initialise_encoders
+from cardioclr.classify.multitask import MultiTaskClassifier, as_classifier
 from cardioclr.classify.predict import MODEL_FILE, save_classifier
 from cardioclr.classify.train import RunHyper, fit_run, predict_slices
 from cardioclr.data.pairs import InputSpec, load_patient_inputs
 from cardioclr.data.store import SliceStore
+from cardioclr.data.views import input_channels
 from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.metrics import classification_metrics, prob_columns, to_jsonable
 from cardioclr.evaluate.saliency import run_saliency
 from cardioclr.models.encoders import encoder_names
 from cardioclr.provenance import save_run_info, to_plain
 from cardioclr.run_identity import digest, run_identity
+from cardioclr.segment.encoder import default_segmentation_model
 from cardioclr.training import TrainerSettings, inference_device, is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -104,6 +107,9 @@ class FinetuneConfig:
     num_nodes: int = 1
     precision: str = "auto"
     progress_bar: bool = False
+    #: Multi-task fine-tuning (issue 11 item 5): weight of the auxiliary LV/MYO/RV segmentation
+    #: loss on the same encoder (:mod:`cardioclr.classify.multitask`); 0 = off (the paper's).
+    aux_seg_weight: float = 0.0
 
     def out_dir(self) -> Path:
         """``out`` or ``WORK/finetune/<encoder>-<init>-<input>``."""
@@ -124,6 +130,8 @@ NOT_IN_FINGERPRINT = ("out", "devices", "accelerator", "num_nodes", "precision",
 def fingerprint(cfg: FinetuneConfig) -> str:
     """Hash of the result-relevant configuration (hex, 16 chars; :mod:`cardioclr.run_identity`)."""
     d = run_identity(to_plain(cfg), NOT_IN_FINGERPRINT)
+    if not cfg.aux_seg_weight:
+        d.pop("aux_seg_weight", None)  # absent before issue 11: single-task runs keep their hash
     if cfg.weights:
         # The weight file's size and mtime stand in for its content (hashing VGG weights is slow).
         st = Path(cfg.weights).stat()
@@ -135,9 +143,13 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     """Run (or resume, or skip when finished) one fine-tuning configuration; returns metrics."""
     if cfg.encoder not in encoder_names():
         raise CardioclrError(f"unknown encoder {cfg.encoder!r}; choose one of {', '.join(encoder_names())}")
+    if cfg.init == "segmentation" and not cfg.weights:
+        cfg = replace(cfg, weights=str(default_segmentation_model(cfg.work)))
     check_init(cfg.init, cfg.weights)
     if not cfg.seeds:
         raise CardioclrError("--seeds needs at least one seed")
+    if cfg.aux_seg_weight < 0:
+        raise CardioclrError(f"--aux-seg-weight must be >= 0, got {cfg.aux_seg_weight}")
     if not cfg.grid_lr or not cfg.grid_batch:
         raise CardioclrError("--grid-lr and --grid-batch need at least one value each")
     spec = cfg.spec()
@@ -162,16 +174,27 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
 
     def make_model(seed: int) -> DualPhaseClassifier:
         torch.manual_seed(seed)
-        m = DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe)
+        m: DualPhaseClassifier
+        if cfg.aux_seg_weight > 0:
+            m = MultiTaskClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe,
+                                    in_channels=input_channels(cfg.input_mode),
+                                    aux_seg_weight=cfg.aux_seg_weight, image_size=cfg.image_size)
+        else:
+            m = DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe,
+                                    in_channels=input_channels(cfg.input_mode))
         initialise_encoders(m, cfg.init, cfg.weights)
         return m
 
     # Validates the weight file (and reads the SimCLR input mode) before any data is loaded.
-    info = initialise_encoders(DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder),
+    info = initialise_encoders(DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder,
+                                                   in_channels=input_channels(cfg.input_mode)),
                                cfg.init, cfg.weights)
     log.info("loading %d train + %d test patients (%s input, %s masks, %d px)", len(splits.train),
              len(splits.test), cfg.input_mode, cfg.mask_source, cfg.image_size)
-    bank = SliceBank.load(store, list(splits.train) + list(splits.test), spec)
+    # Multi-task targets are loaded for every patient but only training rows ever reach the
+    # loss (classify.multitask): test masks are never targets.
+    bank = SliceBank.load(store, list(splits.train) + list(splits.test), spec,
+                          with_structures=cfg.aux_seg_weight > 0)
     settings = TrainerSettings(max_epochs=cfg.max_epochs, patience=cfg.patience,
                                accelerator=cfg.accelerator, devices=cfg.devices,
                                num_nodes=cfg.num_nodes, precision=cfg.precision,
@@ -196,6 +219,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         final_results.append(res)
     if not is_rank_zero():
         return {}
+    models = [as_classifier(m) for m in models]  # the auxiliary head only trains
 
     # ---- 3. the one evaluation on test
     device = inference_device(cfg.accelerator)
