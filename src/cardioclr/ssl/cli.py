@@ -1,4 +1,4 @@
-"""``cardioclr pretrain WORK --encoder NAME --input full|segmented|roi``: SimCLR pretraining."""
+"""``cardioclr pretrain WORK --encoder NAME --input full|segmented|roi|anatomy``: SimCLR pretraining."""
 
 from __future__ import annotations
 
@@ -71,6 +71,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "on CPU")
     p.add_argument("--imagenet-weights", default=None, metavar="FILE",
                    help="start from a local torchvision ImageNet state-dict file (never downloaded)")
+    p.add_argument("--init", choices=("none", "segmentation"), default="none",
+                   help="segmentation: start from the trained segmentation U-Net's encoder "
+                   "(\"segmentation followed by SimCLR\"; needs --encoder segunet; default OUT "
+                   "WORK/pretrain/segunet-<input>-from-segmentation)")
+    p.add_argument("--segmentation-model", default=None, metavar="MODEL.pt",
+                   help="--init segmentation: the segmentation model (default "
+                   "WORK/segmentation/model/model.pt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader workers (default 0: slices are in memory, indexing is cheap)")
@@ -95,7 +102,8 @@ def _run(args: argparse.Namespace) -> int:
         accelerator=args.accelerator, num_nodes=args.num_nodes, precision=args.precision,
         imagenet_weights=args.imagenet_weights, seed=args.seed, workers=args.workers,
         use_cine=args.use_cine, mask_margin_mm=args.mask_margin_mm,
-        roi_margin_mm=args.roi_margin_mm)
+        roi_margin_mm=args.roi_margin_mm, init=args.init,
+        segmentation_model=args.segmentation_model)
     metrics = pretrain(cfg)
     if metrics:  # empty on DDP ranks > 0
         summary = {k: metrics.get(k) for k in ("best_val_loss", "best_epoch", "epochs", "images_seen",

@@ -26,6 +26,10 @@ Masks
     union covers the heart through the cycle up to segmentation error). In ``segmented`` mode,
     slices whose heart mask is empty (above the base, below the apex) are dropped: they would
     be all-zero images, identical to each other, which carry no contrastive signal.
+    ``anatomy`` mode crops like ``roi`` and serves the LV, MYO and RV masks of each slice as
+    hearts uint8 (N, 3, S, S), which become input channels after augmentation
+    (:func:`cardioclr.data.augment.two_views`: warped with the image, never intensity-changed).
+    It uses the ED and ES frames only: cine frames have no structure masks of their own.
 """
 
 from __future__ import annotations
@@ -44,7 +48,15 @@ from torch.utils.data import Dataset, default_collate
 from cardioclr.data.masks import load_labels, predicted_mask_path
 from cardioclr.data.prepare import PrepareConfig, prepare
 from cardioclr.data.store import SliceStore
-from cardioclr.data.views import check_mode, heart_mask, patient_views, roi_box
+from cardioclr.data.views import (
+    check_mode,
+    crop_resize,
+    crops_to_heart,
+    heart_mask,
+    patient_views,
+    roi_box,
+    structure_masks,
+)
 from cardioclr.errors import CardioclrError
 
 log = logging.getLogger(__name__)
@@ -170,11 +182,12 @@ def load_patient(store: SliceStore, pid: str, mode: str, image_size: int, mask_s
 
     Returns ``(images, hearts)``: images float16 (n, S', S') with S' = ``image_size``, ordered
     ED slices, ES slices, then cine frames (those identical to ED/ES dropped); hearts uint8
-    (n, S', S') in ``segmented`` mode, else None. ``mask_margin_mm`` dilates the heart mask in
+    (n, S', S') in ``segmented`` mode, (n, 3, S', S') LV/MYO/RV masks in ``anatomy`` mode (ED
+    and ES slices only), else None. ``mask_margin_mm`` dilates the heart mask in
     segmented mode; ``roi_margin_mm`` is the margin around the heart box in roi mode.
     """
     check_mode(mode)
-    ps = store.load(pid, with_cine=use_cine)
+    ps = store.load(pid, with_cine=use_cine and mode != "anatomy")
     frames = [ps.ed_image, ps.es_image]
     if ps.cine is not None:
         # Prepared ED/ES frames usually are cine frames too: skip exact duplicates so they are
@@ -196,7 +209,7 @@ def load_patient(store: SliceStore, pid: str, mode: str, image_size: int, mask_s
     union = ed_h | es_h  # the mask of cine frames (see module docstring)
     hearts_in = [ed_h, es_h] + [union] * (len(frames) - 2)
     box = None
-    if mode == "roi":
+    if crops_to_heart(mode):
         margin_px = int(round(roi_margin_mm / store.spacing_mm))
         box = roi_box(np.stack([ed_h, es_h]), margin_px, store.image_size)
     imgs, hearts = [], []
@@ -207,6 +220,12 @@ def load_patient(store: SliceStore, pid: str, mode: str, image_size: int, mask_s
     images = np.concatenate(imgs).astype(np.float16)
     if mode == "roi":
         return images, None
+    if mode == "anatomy":
+        assert box is not None  # crops_to_heart above
+        masks = structure_masks(np.concatenate([ed_lab, es_lab]))
+        structures = np.stack([crop_resize(masks[:, j].astype(np.float32), box, image_size, is_mask=True)
+                               for j in range(masks.shape[1])], axis=1)
+        return images, (structures > 0.5).astype(np.uint8)
     heart_arr = np.concatenate(hearts).astype(np.uint8)
     keep = heart_arr.reshape(len(heart_arr), -1).any(axis=1)
     return images[keep], heart_arr[keep]
@@ -233,14 +252,23 @@ def load_arrays(sources: Sequence[Source], refs: Sequence[PatientRef], mode: str
     empty = np.zeros((0, image_size, image_size), np.float16)
     out = SSLArrays(
         images=np.concatenate(images) if images else empty,
-        hearts=(np.concatenate(hearts) if hearts else empty.astype(np.uint8)) if mode == "segmented"
-        else None,
+        hearts=_stack_hearts(hearts, mode, image_size),
         patients=list(refs),
         per_source=per_source,
     )
     log.info("loaded %d slices of %d patients (%s mode, %d px) in %.1f s", len(out), len(refs), mode,
              image_size, time.perf_counter() - start)
     return out
+
+
+def _stack_hearts(hearts: list[np.ndarray], mode: str, image_size: int) -> np.ndarray | None:
+    """The loaded masks as one array ((N, S, S) segmented, (N, 3, S, S) anatomy), or None."""
+    if mode not in ("segmented", "anatomy"):
+        return None
+    if hearts:
+        return np.concatenate(hearts)
+    shape = (0, image_size, image_size) if mode == "segmented" else (0, 3, image_size, image_size)
+    return np.zeros(shape, np.uint8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,7 +287,8 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
     """
 
     def __init__(self, images: np.ndarray, hearts: np.ndarray | None = None) -> None:
-        if hearts is not None and hearts.shape != images.shape:
+        # (N, S, S) heart masks, or (N, 3, S, S) structure masks in anatomy mode.
+        if hearts is not None and (len(hearts) != len(images) or hearts.shape[-2:] != images.shape[-2:]):
             raise ValueError(f"hearts {hearts.shape} and images {images.shape} differ in shape")
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.hearts = None if hearts is None else torch.from_numpy(np.ascontiguousarray(hearts))

@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -50,9 +50,10 @@ from cardioclr.data.augment import AugmentConfig
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
 from cardioclr.models.checkpoint import save_encoder
-from cardioclr.models.encoders import ENCODERS, encoder_names
+from cardioclr.models.encoders import ENCODERS, encoder_names, load_widened
 from cardioclr.provenance import save_run_info, to_plain
 from cardioclr.run_identity import differences, run_identity
+from cardioclr.segment.encoder import default_segmentation_model, load_segmentation_encoder
 from cardioclr.ssl.data import (
     MAIN,
     PatientRef,
@@ -107,6 +108,11 @@ class PretrainConfig:
     num_nodes: int = 1
     precision: str = "auto"
     imagenet_weights: str | None = None
+    #: ``segmentation``: start from the trained segmentation network's encoder ("segmentation
+    #: followed by SimCLR", issue 11 item 4; ``--encoder segunet`` only). ``segmentation_model``:
+    #: its ``model.pt`` (None: ``WORK/segmentation/model/model.pt``).
+    init: str = "none"
+    segmentation_model: str | None = None
     seed: int = 0
     workers: int = 0
     val_fraction: float = 0.1
@@ -142,6 +148,12 @@ def run_key(cfg: PretrainConfig | dict[str, Any]) -> dict[str, Any]:
         key["imagenet_weights"] = str(Path(key["imagenet_weights"]).resolve())
     if key.get("input_mode") == "full":
         key.pop("masks", None)
+    if key.get("init", "none") == "none":
+        # Absent before issue 11: runs without the option keep their identity.
+        key.pop("init", None)
+        key.pop("segmentation_model", None)
+    elif key.get("segmentation_model"):
+        key["segmentation_model"] = str(Path(key["segmentation_model"]).resolve())
     return key
 
 
@@ -211,6 +223,13 @@ def _validate(cfg: PretrainConfig) -> None:
         raise CardioclrError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
     if not cfg.temperature > 0:
         raise CardioclrError(f"--temperature must be > 0, got {cfg.temperature}")
+    if cfg.init not in ("none", "segmentation"):
+        raise CardioclrError(f"unknown pretraining --init {cfg.init!r}; choose none or segmentation")
+    if cfg.init == "segmentation" and cfg.encoder != "segunet":
+        raise CardioclrError("--init segmentation needs --encoder segunet (the segmentation U-Net's "
+                             f"down path), not {cfg.encoder!r}")
+    if cfg.init == "segmentation" and cfg.imagenet_weights:
+        raise CardioclrError("--init segmentation and --imagenet-weights exclude each other")
 
 
 def build_sample_lists(cfg: PretrainConfig, out: Path, rank_zero: bool = True
@@ -274,7 +293,15 @@ def _device_loaders(train: SSLArrays, val: SSLArrays, batch: int, val_batch: int
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Run (or resume, or skip) one pretraining; returns the metrics dict (empty on ranks > 0)."""
     _validate(cfg)
+    if cfg.init == "segmentation" and not cfg.segmentation_model:
+        cfg = replace(cfg, segmentation_model=str(default_segmentation_model(cfg.work)))
     out = Path(cfg.out) if cfg.out else default_out(cfg.work, cfg.encoder, cfg.input_mode)
+    if cfg.init == "segmentation" and not cfg.out:
+        out = out.with_name(out.name + "-from-segmentation")
+    seg_state: dict[str, torch.Tensor] | None = None
+    if cfg.init == "segmentation":
+        assert cfg.segmentation_model is not None  # resolved above
+        seg_state, _ = load_segmentation_encoder(cfg.segmentation_model)  # fails before any data loads
     done = finished_metrics(out, cfg)
     if done is not None:
         log.info("%s: finished run with the same configuration; skipping", out)
@@ -324,6 +351,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                           lr=cfg.lr, temperature=cfg.temperature, cosine=cfg.cosine,
                           augment=cfg.augment.to_dict(), imagenet_weights=cfg.imagenet_weights,
                           seed=cfg.seed)
+    if seg_state is not None:
+        # Before fit: a resumed run then overwrites it with its checkpoint, as it should.
+        load_widened(module.encoder, seg_state)
     if world > 1 and _uses_gpu(cfg.accelerator):
         # Global batch norm (SimCLR): per-GPU statistics would let positives be identified by
         # their shared local statistics. SyncBatchNorm has no CPU/gloo implementation.
@@ -389,7 +419,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     save_encoder(out / "encoder.pt", state, cfg.encoder, module.feature_dim, cfg.input_mode,
                  cfg.image_size, mask_source=None if cfg.input_mode == "full" else cfg.masks,
                  mask_margin_mm=cfg.mask_margin_mm, roi_margin_mm=cfg.roi_margin_mm,
-                 best_epoch=metrics["best_epoch"], best_val_loss=metrics["best_val_loss"])
+                 best_epoch=metrics["best_epoch"], best_val_loss=metrics["best_val_loss"],
+                 **({"init": cfg.init, "segmentation_model": cfg.segmentation_model}
+                    if cfg.init != "none" else {}))
     metrics["deep_features"] = _write_features(out, cfg)
     write_json(out / "metrics.json", metrics)  # last: marks the run finished
     log.info("best held-out loss %.4f at epoch %d; encoder -> %s", metrics["best_val_loss"] or math.nan,

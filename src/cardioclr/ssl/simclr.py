@@ -25,7 +25,7 @@ from torch import Tensor
 
 from cardioclr.accel import as_channels_last, channels_last, configure_backends
 from cardioclr.data.augment import AugmentConfig, two_views
-from cardioclr.data.views import check_mode
+from cardioclr.data.views import check_mode, input_channels
 from cardioclr.models.encoders import build_encoder
 from cardioclr.models.heads import ProjectionHead
 from cardioclr.ssl.loss import nt_xent
@@ -59,7 +59,7 @@ class SimCLRModule(L.LightningModule):
         super().__init__()
         check_mode(input_mode)
         self.save_hyperparameters()
-        self.encoder, self.feature_dim = build_encoder(encoder, in_channels=1,
+        self.encoder, self.feature_dim = build_encoder(encoder, in_channels=input_channels(input_mode),
                                                        imagenet_weights=imagenet_weights)
         self.projector = ProjectionHead(self.feature_dim, proj_hidden, proj_out)
         self.augment = AugmentConfig.from_dict(augment) if augment else AugmentConfig()
@@ -69,7 +69,8 @@ class SimCLRModule(L.LightningModule):
 
     def make_views(self, batch: dict[str, Tensor], generator: torch.Generator | None = None
                    ) -> tuple[Tensor, Tensor]:
-        """Two augmented views of a batch: ((B, 1, S, S), (B, 1, S, S)) float32 on its device."""
+        """Two augmented views of a batch: ((B, C, S, S), (B, C, S, S)) float32 on its device
+        (C = :func:`~cardioclr.data.views.input_channels`: 4 in ``anatomy`` mode)."""
         return two_views(batch["image"], batch.get("heart"), self.hparams["input_mode"], self.augment,
                          generator)
 
