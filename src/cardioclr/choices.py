@@ -14,6 +14,10 @@ from typing import Literal, get_args
 #: Downstream / pretraining input modes (:mod:`cardioclr.data.views`).
 InputMode = Literal["full", "segmented", "roi"]
 INPUT_MODES: tuple[InputMode, ...] = get_args(InputMode)
+#: ``cardioclr pretrain --positives``: which slice pairs are contrastive positives
+#: (:mod:`cardioclr.ssl.positives`); ``augment`` = the paper's two-view SimCLR.
+Positives = Literal["augment", "anatomy", "phase", "neighbour", "cine"]
+POSITIVES: tuple[Positives, ...] = get_args(Positives)
 #: Where heart masks come from (:mod:`cardioclr.data.masks`).
 MaskSource = Literal["predicted", "expert"]
 MASK_SOURCES: tuple[MaskSource, ...] = get_args(MaskSource)
