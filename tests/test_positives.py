@@ -61,8 +61,14 @@ def _pairs(meta: SliceMeta, spec: PositiveSpec) -> set[tuple[int, int]]:
 @pytest.mark.parametrize("name", ["augment", "phase", "neighbour", "cine", "anatomy"])
 def test_partners_never_cross_patients_and_include_self(name: str) -> None:
     meta = _meta({0: 6, 1: 10, 7: 18}, cine_frames=2)
-    pairs = _pairs(meta, PositiveSpec(name, 0.25))
+    spec = PositiveSpec(name, 0.25)
+    pairs = _pairs(meta, spec)
     assert all(meta.patient[i] == meta.patient[j] for i, j in pairs)
+    # The relation the loss uses (not only the per-patient table) never crosses patients.
+    rows = meta.as_tensor()
+    rel = related(rows, rows, spec)
+    assert not (rel & (rows[:, None, 0] != rows[None, :, 0])).any()
+    assert {(int(i), int(j)) for i, j in rel.nonzero()} == pairs
     assert all((i, i) in pairs for i in range(len(meta)))
     if name == "augment":
         assert pairs == {(i, i) for i in range(len(meta))}
