@@ -31,7 +31,7 @@ from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor
 
 from cardioclr.accel import as_channels_last, channels_last, configure_backends
-from cardioclr.data.augment import AugmentConfig, augment_batch, two_views
+from cardioclr.data.augment import AugmentConfig, two_views
 from cardioclr.data.views import check_mode
 from cardioclr.errors import CardioclrError
 from cardioclr.models.encoders import build_encoder
@@ -107,7 +107,7 @@ class SimCLRModule(L.LightningModule):
         """Multi-positive NT-Xent of anchors and drawn partners; scalar.
 
         ``batch["index"]`` (B,) are the anchors' rows in the ``part`` ("train"/"val") slices.
-        Views: (2B, 1, S, S) = augmented anchors, then their augmented partners.
+        Views: (2B, C, S, S) = augmented anchors, then their augmented partners.
         """
         pairs = self._pairs.get(part)
         if pairs is None or "index" not in batch:
@@ -120,7 +120,13 @@ class SimCLRModule(L.LightningModule):
         hearts = batch.get("heart")
         if hearts is not None and heart2 is not None:
             hearts = torch.cat([hearts, heart2.to(device)])
-        views, _ = augment_batch(images, hearts, self.hparams["input_mode"], self.augment, generator)
+        # two_views (not augment_batch) so every input mode builds its views in one place, e.g.
+        # extra mask channels; of the 2 x 2B views drawn, anchor view 0 and partner view 1 are
+        # used (augmentation costs a few % of a step: the extra 2B views are cheaper than a
+        # second code path).
+        first, second = two_views(images, hearts, self.hparams["input_mode"], self.augment, generator)
+        b = index.shape[0]
+        views = torch.cat([first[:b], second[b:]])
         z = self.projector(self.encoder(as_channels_last(views)))
         meta = torch.cat([pairs.meta[index], pairs.meta[rows2]]).to(device)
         columns = gather_rows(meta)  # every process's views, rank-major, as in the loss
