@@ -245,3 +245,19 @@ def test_default_positives_keep_the_papers_run_key_and_folder(tmp_path: Path) ->
     assert run_key(_cfg(tmp_path, tmp_path / "o"))["neighbour_bound"] == 0.25
     assert default_out("W", "smallcnn", "full") == Path("W/pretrain/smallcnn-full")
     assert default_out("W", "smallcnn", "full", "anatomy") == Path("W/pretrain/smallcnn-full-anatomy")
+
+
+def test_resumed_anatomy_pretraining_matches_an_uninterrupted_one(tiny_work: Path, tmp_path: Path) -> None:
+    # Partners are drawn with the module's checkpointed generator: a run resumed in place from
+    # epoch 2 to 3 ends with the same encoder as 3 epochs straight.
+    import dataclasses
+
+    from cardioclr.models.checkpoint import load_encoder_weights
+
+    cfg = _cfg(tiny_work, tmp_path / "resumed", input_mode="full")
+    pretrain(cfg)
+    pretrain(dataclasses.replace(cfg, max_epochs=3))
+    pretrain(dataclasses.replace(cfg, out=str(tmp_path / "straight"), max_epochs=3))
+    a = load_encoder_weights(tmp_path / "resumed" / "encoder.pt", "smallcnn")
+    b = load_encoder_weights(tmp_path / "straight" / "encoder.pt", "smallcnn")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
