@@ -261,3 +261,53 @@ def test_resumed_anatomy_pretraining_matches_an_uninterrupted_one(tiny_work: Pat
     a = load_encoder_weights(tmp_path / "resumed" / "encoder.pt", "smallcnn")
     b = load_encoder_weights(tmp_path / "straight" / "encoder.pt", "smallcnn")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# Two processes (gloo, CPU), as the module computes it: masks from the gathered metadata.
+_WORLD = 2
+
+
+def _rank_worker(rank: int, init_file: str, z: torch.Tensor, meta: torch.Tensor, out: str) -> None:
+    import torch.distributed as dist
+
+    from cardioclr.ssl.loss import gather_rows
+    from cardioclr.ssl.positives import same_patient
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=_WORLD)
+    try:
+        m = z.shape[0] // _WORLD
+        local = z[rank * m:(rank + 1) * m].clone().requires_grad_()
+        rows = meta[rank * m:(rank + 1) * m]
+        columns = gather_rows(rows)
+        spec = PositiveSpec("anatomy")
+        loss = multi_positive_nt_xent(local, related(rows, columns, spec), same_patient(rows, columns),
+                                      temperature=0.2)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": local.grad}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_multi_positive_loss_equals_single_process(tmp_path: Path) -> None:
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    from cardioclr.ssl.positives import same_patient
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed unavailable")
+    meta_np = _meta({0: 4, 1: 4, 2: 4})  # 24 slices: 12 views per rank
+    meta = meta_np.as_tensor()
+    z = torch.randn(len(meta_np), 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    mp.spawn(_rank_worker, args=(str(tmp_path / "init"), z, meta, str(tmp_path)), nprocs=_WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(_WORLD)]
+    full_z = z.clone().requires_grad_()
+    spec = PositiveSpec("anatomy")
+    full = multi_positive_nt_xent(full_z, related(meta, meta, spec), same_patient(meta, meta),
+                                  temperature=0.2, gather=False)
+    full.backward()
+    assert torch.stack([r["loss"] for r in ranks]).mean().item() == pytest.approx(full.item(), abs=1e-9)
+    assert abs(ranks[0]["loss"].item() - ranks[1]["loss"].item()) > 1e-6  # gathering did something
+    grad = torch.cat([r["grad"] for r in ranks]) / _WORLD  # DDP averages over the W ranks
+    torch.testing.assert_close(grad, full_z.grad, atol=1e-9, rtol=0)
