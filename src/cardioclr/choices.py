@@ -15,6 +15,10 @@ from typing import Literal, get_args
 #: ROI plus the LV, MYO and RV masks as extra channels (issue 11, beyond the paper).
 InputMode = Literal["full", "segmented", "roi", "anatomy"]
 INPUT_MODES: tuple[InputMode, ...] = get_args(InputMode)
+#: ``cardioclr pretrain --positives``: which slice pairs are contrastive positives
+#: (:mod:`cardioclr.ssl.positives`); ``augment`` = the paper's two-view SimCLR.
+Positives = Literal["augment", "anatomy", "phase", "neighbour", "cine"]
+POSITIVES: tuple[Positives, ...] = get_args(Positives)
 #: Where heart masks come from (:mod:`cardioclr.data.masks`).
 MaskSource = Literal["predicted", "expert"]
 MASK_SOURCES: tuple[MaskSource, ...] = get_args(MaskSource)

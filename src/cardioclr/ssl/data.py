@@ -58,6 +58,7 @@ from cardioclr.data.views import (
     structure_masks,
 )
 from cardioclr.errors import CardioclrError
+from cardioclr.ssl.positives import ED_FRAME, ES_FRAME, FIRST_CINE, SliceMeta, frame_meta
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +100,16 @@ class SSLArrays:
     """Pre-loaded slices of one part (train or validation).
 
     ``images``: float16 (N, S, S) store intensities; ``hearts``: uint8 (N, S, S) 0/1 or None
-    (``full``/``roi`` modes); ``patients``: the patients loaded; ``per_source``: slice counts.
+    (``full``/``roi`` modes); ``patients``: the patients loaded; ``per_source``: slice counts;
+    ``meta``: where each slice comes from (patient code = index in ``patients``, frame,
+    stack position; :mod:`cardioclr.ssl.positives`).
     """
 
     images: np.ndarray
     hearts: np.ndarray | None
     patients: list[PatientRef]
     per_source: dict[str, int] = field(default_factory=dict)
+    meta: SliceMeta = field(default_factory=SliceMeta.empty)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -186,18 +190,33 @@ def load_patient(store: SliceStore, pid: str, mode: str, image_size: int, mask_s
     and ES slices only), else None. ``mask_margin_mm`` dilates the heart mask in
     segmented mode; ``roi_margin_mm`` is the margin around the heart box in roi mode.
     """
+    images, hearts, _ = load_patient_slices(store, pid, mode, image_size, mask_source, use_cine,
+                                            mask_margin_mm, roi_margin_mm)
+    return images, hearts
+
+
+def load_patient_slices(store: SliceStore, pid: str, mode: str, image_size: int, mask_source: str,
+                        use_cine: bool = True, mask_margin_mm: float = 0.0,
+                        roi_margin_mm: float = 10.0, patient_code: int = 0,
+                        ) -> tuple[np.ndarray, np.ndarray | None, SliceMeta]:
+    """:func:`load_patient` plus each slice's :class:`SliceMeta` (patient = ``patient_code``)."""
     check_mode(mode)
     ps = store.load(pid, with_cine=use_cine and mode != "anatomy")
     frames = [ps.ed_image, ps.es_image]
+    codes = [ED_FRAME, ES_FRAME]
     if ps.cine is not None:
         # Prepared ED/ES frames usually are cine frames too: skip exact duplicates so they are
         # not weighted twice (cine is stored as float16 of the same resampled array).
         ed16, es16 = ps.ed_image.astype(np.float16), ps.es_image.astype(np.float16)
-        frames += [f.astype(np.float32) for f in ps.cine
-                   if not (np.array_equal(f, ed16) or np.array_equal(f, es16))]
+        for t, f in enumerate(ps.cine):
+            if not (np.array_equal(f, ed16) or np.array_equal(f, es16)):
+                frames.append(f.astype(np.float32))
+                codes.append(FIRST_CINE + t)
+    meta = SliceMeta.concat([frame_meta(patient_code, c, len(f)) for c, f in zip(codes, frames,
+                                                                                 strict=True)])
     if mode == "full":
         imgs = [patient_views(f, np.zeros(f.shape, bool), mode, image_size)[0] for f in frames]
-        return np.concatenate(imgs).astype(np.float16), None
+        return np.concatenate(imgs).astype(np.float16), None, meta
 
     ed_lab, es_lab = _labels(store.work, pid, mask_source, store)
     margin = mask_margin_mm if mode == "segmented" else 0.0
@@ -219,16 +238,16 @@ def load_patient(store: SliceStore, pid: str, mode: str, image_size: int, mask_s
         hearts.append(hrt)
     images = np.concatenate(imgs).astype(np.float16)
     if mode == "roi":
-        return images, None
+        return images, None, meta
     if mode == "anatomy":
         assert box is not None  # crops_to_heart above
         masks = structure_masks(np.concatenate([ed_lab, es_lab]))
         structures = np.stack([crop_resize(masks[:, j].astype(np.float32), box, image_size, is_mask=True)
                                for j in range(masks.shape[1])], axis=1)
-        return images, (structures > 0.5).astype(np.uint8)
+        return images, (structures > 0.5).astype(np.uint8), meta
     heart_arr = np.concatenate(hearts).astype(np.uint8)
-    keep = heart_arr.reshape(len(heart_arr), -1).any(axis=1)
-    return images[keep], heart_arr[keep]
+    keep = np.asarray(heart_arr.reshape(len(heart_arr), -1).any(axis=1))
+    return images[keep], heart_arr[keep], meta.select(keep)
 
 
 def load_arrays(sources: Sequence[Source], refs: Sequence[PatientRef], mode: str, image_size: int,
@@ -240,12 +259,15 @@ def load_arrays(sources: Sequence[Source], refs: Sequence[PatientRef], mode: str
     stores = {s.name: SliceStore(s.work) for s in sources}
     images: list[np.ndarray] = []
     hearts: list[np.ndarray] = []
+    metas: list[SliceMeta] = []
     per_source: dict[str, int] = {}
-    for ref in refs:
+    for code, ref in enumerate(refs):
         src = by_name[ref.source]
-        img, hrt = load_patient(stores[ref.source], ref.patient_id, mode, image_size,
-                                src.mask_source, use_cine, mask_margin_mm, roi_margin_mm)
+        img, hrt, meta = load_patient_slices(stores[ref.source], ref.patient_id, mode, image_size,
+                                             src.mask_source, use_cine, mask_margin_mm,
+                                             roi_margin_mm, patient_code=code)
         images.append(img)
+        metas.append(meta)
         if hrt is not None:
             hearts.append(hrt)
         per_source[ref.source] = per_source.get(ref.source, 0) + len(img)
@@ -255,6 +277,7 @@ def load_arrays(sources: Sequence[Source], refs: Sequence[PatientRef], mode: str
         hearts=_stack_hearts(hearts, mode, image_size),
         patients=list(refs),
         per_source=per_source,
+        meta=SliceMeta.concat(metas),
     )
     log.info("loaded %d slices of %d patients (%s mode, %d px) in %.1f s", len(out), len(refs), mode,
              image_size, time.perf_counter() - start)
@@ -284,14 +307,20 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
     passed through by :func:`collate_slices`. Both views of SimCLR are made from the same
     slice on the device (:func:`cardioclr.data.augment.two_views`), so each slice is
     transferred once.
+
+    ``with_index``: items also carry ``"index"`` (int64, the slice's row), from which
+    anatomy-aware pretraining draws each slice's positive partner
+    (:mod:`cardioclr.ssl.positives`).
     """
 
-    def __init__(self, images: np.ndarray, hearts: np.ndarray | None = None) -> None:
+    def __init__(self, images: np.ndarray, hearts: np.ndarray | None = None,
+                 with_index: bool = False) -> None:
         # (N, S, S) heart masks, or (N, 3, S, S) structure masks in anatomy mode.
         if hearts is not None and (len(hearts) != len(images) or hearts.shape[-2:] != images.shape[-2:]):
             raise ValueError(f"hearts {hearts.shape} and images {images.shape} differ in shape")
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.hearts = None if hearts is None else torch.from_numpy(np.ascontiguousarray(hearts))
+        self.with_index = with_index
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -300,6 +329,8 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         item = {"image": self.images[i]}
         if self.hearts is not None:
             item["heart"] = self.hearts[i]
+        if self.with_index:
+            item["index"] = torch.tensor(i, dtype=torch.long)
         return item
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -308,6 +339,8 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         batch = {"image": self.images[idx]}
         if self.hearts is not None:
             batch["heart"] = self.hearts[idx]
+        if self.with_index:
+            batch["index"] = idx
         return batch
 
 

@@ -21,6 +21,11 @@ views), as in the SimCLR/Nakashima papers, so a run means the same thing on 1 CP
 each of the W processes gets ``batch_size / W`` images and NT-Xent gathers the projections
 of all processes, so every image still has 2 * batch_size - 2 negatives.
 
+Positives: ``positives="augment"`` is the paper's SimCLR (two views of one slice). The other
+values (:mod:`cardioclr.ssl.positives`) add positives from the same patient: the same slice at
+ED and ES, neighbouring slices, cine frames; negatives are then other patients only. Their
+runs go to ``WORK/pretrain/<encoder>-<input>-<positives>/`` by default.
+
 Throughput convention (here and in ``benchmarks/pretrain_throughput.py``): *images/s* counts
 each image once per step although the encoder sees it twice (two views); views/s = 2 x that.
 """
@@ -45,7 +50,7 @@ from torch.utils.data import DataLoader
 from cardioclr.accel import DeviceBatches, configure_backends
 from cardioclr.artifacts import PretrainMetrics
 from cardioclr.atomic import read_json, write_json
-from cardioclr.choices import INPUT_MODES, MASK_SOURCES
+from cardioclr.choices import INPUT_MODES, MASK_SOURCES, POSITIVES
 from cardioclr.data.augment import AugmentConfig
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
@@ -67,6 +72,7 @@ from cardioclr.ssl.data import (
     split_validation,
 )
 from cardioclr.ssl.features import DEEP_FEATURES_FILE, write_simclr_features
+from cardioclr.ssl.positives import PositivePairs, PositiveSpec
 from cardioclr.ssl.simclr import MONITOR, SimCLRModule
 from cardioclr.training import (
     TrainerSettings,
@@ -87,7 +93,9 @@ class PretrainConfig:
     patients is held out for early stopping. ``limit_train_batches`` caps batches per epoch
     (int: count, float: fraction), for smoke tests. ``precision``: a Lightning precision
     (``auto``: bf16-mixed on a bf16-capable GPU, 32-true on CPU; see
-    :func:`cardioclr.training.resolve_precision`).
+    :func:`cardioclr.training.resolve_precision`). ``positives``: ``augment`` (the paper's
+    SimCLR) or an anatomy-aware set (:mod:`cardioclr.ssl.positives`), ``neighbour_bound`` the
+    relative base-to-apex distance of neighbour positives.
     """
 
     work: str
@@ -122,6 +130,8 @@ class PretrainConfig:
     limit_train_batches: int | float = 1.0
     progress_bar: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    positives: str = "augment"
+    neighbour_bound: float = 0.25
 
 
 # Fields that do not change what is learnt: a run may be resumed/skipped with other values
@@ -132,15 +142,19 @@ _HARDWARE = ("work", "out", "devices", "accelerator", "num_nodes", "precision", 
 _EXTENDABLE = ("max_epochs", "patience")
 
 
-def default_out(work: str | os.PathLike[str], encoder: str, input_mode: str) -> Path:
-    """``WORK/pretrain/<encoder>-<input>``."""
-    return Path(work) / "pretrain" / f"{encoder}-{input_mode}"
+def default_out(work: str | os.PathLike[str], encoder: str, input_mode: str,
+                positives: str = "augment") -> Path:
+    """``WORK/pretrain/<encoder>-<input>`` (``-<positives>`` appended unless ``augment``)."""
+    suffix = "" if positives == "augment" else f"-{positives}"
+    return Path(work) / "pretrain" / f"{encoder}-{input_mode}{suffix}"
 
 
 def run_key(cfg: PretrainConfig | dict[str, Any]) -> dict[str, Any]:
     """The fields that define what a run learns (hardware fields dropped; plain types).
 
-    The mask source is irrelevant (and dropped) in ``full`` mode, which reads no mask.
+    The mask source is irrelevant (and dropped) in ``full`` mode, which reads no mask. The
+    positives are dropped when they are the paper's (``augment``), and the neighbour bound when
+    no neighbour positives are used, so runs made before these options existed keep their key.
     """
     key = run_identity(to_plain(cfg) if isinstance(cfg, PretrainConfig) else cfg, _HARDWARE)
     key["extra"] = [str(Path(e).resolve()) for e in key.get("extra") or []]
@@ -154,6 +168,11 @@ def run_key(cfg: PretrainConfig | dict[str, Any]) -> dict[str, Any]:
         key.pop("segmentation_model", None)
     elif key.get("segmentation_model"):
         key["segmentation_model"] = str(Path(key["segmentation_model"]).resolve())
+    positives = key.get("positives", "augment")
+    if positives == "augment":
+        key.pop("positives", None)
+    if positives not in ("neighbour", "anatomy"):
+        key.pop("neighbour_bound", None)
     return key
 
 
@@ -230,6 +249,9 @@ def _validate(cfg: PretrainConfig) -> None:
                              f"down path), not {cfg.encoder!r}")
     if cfg.init == "segmentation" and cfg.imagenet_weights:
         raise CardioclrError("--init segmentation and --imagenet-weights exclude each other")
+    if cfg.positives not in POSITIVES:
+        raise CardioclrError(f"unknown positives {cfg.positives!r}; choose one of: {', '.join(POSITIVES)}")
+    PositiveSpec(cfg.positives, cfg.neighbour_bound)  # checks the bound
 
 
 def build_sample_lists(cfg: PretrainConfig, out: Path, rank_zero: bool = True
@@ -259,22 +281,27 @@ def build_sample_lists(cfg: PretrainConfig, out: Path, rank_zero: bool = True
 
 
 def _loaders(train: SSLArrays, val: SSLArrays, batch: int, val_batch: int, workers: int,
-             pin: bool, shuffle: torch.Generator
+             pin: bool, shuffle: torch.Generator, with_index: bool = False,
              ) -> tuple[DataLoader[dict[str, torch.Tensor]], DataLoader[dict[str, torch.Tensor]]]:
-    """In-memory loaders; Lightning swaps in a DistributedSampler under DDP."""
+    """In-memory loaders; Lightning swaps in a DistributedSampler under DDP.
+
+    ``with_index``: batches carry each slice's row (anatomy-aware positives draw partners).
+    """
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": pin, "collate_fn": collate_slices,
                               "persistent_workers": workers > 0}
-    train_loader = DataLoader(SliceDataset(train.images, train.hearts), batch_size=batch, shuffle=True,
+    train_loader = DataLoader(SliceDataset(train.images, train.hearts, with_index), batch_size=batch,
+                              shuffle=True,
                               drop_last=True,  # equal batches on every rank for the gather
                               generator=shuffle, **common)
     # Fixed val batches of equal size: NT-Xent's value depends on the number of negatives.
-    val_loader = DataLoader(SliceDataset(val.images, val.hearts), batch_size=val_batch, shuffle=False,
-                            drop_last=True, **common)
+    val_loader = DataLoader(SliceDataset(val.images, val.hearts, with_index), batch_size=val_batch,
+                            shuffle=False, drop_last=True, **common)
     return train_loader, val_loader
 
 
 def _device_loaders(train: SSLArrays, val: SSLArrays, batch: int, val_batch: int,
-                    shuffle: torch.Generator) -> tuple[DeviceBatches, DeviceBatches]:
+                    shuffle: torch.Generator, with_index: bool = False,
+                    ) -> tuple[DeviceBatches, DeviceBatches]:
     """GPU-resident train/validation batches (one process): same batches as :func:`_loaders`
     (equal sizes, a new order per epoch from ``shuffle``), no DataLoader on the hot path."""
     device = inference_device("gpu")
@@ -284,6 +311,8 @@ def _device_loaders(train: SSLArrays, val: SSLArrays, batch: int, val_batch: int
         t = {"image": torch.from_numpy(a.images).to(device)}
         if a.hearts is not None:
             t["heart"] = torch.from_numpy(a.hearts).to(device)
+        if with_index:
+            t["index"] = torch.arange(len(a), device=device)
         return t
 
     return (DeviceBatches(tensors(train), batch, shuffle=True, drop_last=True, generator=shuffle),
@@ -295,7 +324,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     _validate(cfg)
     if cfg.init == "segmentation" and not cfg.segmentation_model:
         cfg = replace(cfg, segmentation_model=str(default_segmentation_model(cfg.work)))
-    out = Path(cfg.out) if cfg.out else default_out(cfg.work, cfg.encoder, cfg.input_mode)
+    out = Path(cfg.out) if cfg.out else default_out(cfg.work, cfg.encoder, cfg.input_mode,
+                                                    cfg.positives)
     if cfg.init == "segmentation" and not cfg.out:
         out = out.with_name(out.name + "-from-segmentation")
     seg_state: dict[str, torch.Tensor] | None = None
@@ -350,10 +380,18 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     module = SimCLRModule(encoder=cfg.encoder, input_mode=cfg.input_mode, image_size=cfg.image_size,
                           lr=cfg.lr, temperature=cfg.temperature, cosine=cfg.cosine,
                           augment=cfg.augment.to_dict(), imagenet_weights=cfg.imagenet_weights,
-                          seed=cfg.seed)
+                          seed=cfg.seed, positives=cfg.positives,
+                          neighbour_bound=cfg.neighbour_bound)
     if seg_state is not None:
         # Before fit: a resumed run then overwrites it with its checkpoint, as it should.
         load_widened(module.encoder, seg_state)
+    spec = module.positive_spec
+    if spec.anatomical:
+        train_pairs = PositivePairs(train.images, train.hearts, train.meta, spec)
+        val_pairs = PositivePairs(val.images, val.hearts, val.meta, spec)
+        module.attach_pairs(train_pairs, val_pairs)
+        log.info("%s positives: %.1f per train slice on average (itself included)", spec.name,
+                 float(train_pairs.table.counts().double().mean()))
     if world > 1 and _uses_gpu(cfg.accelerator):
         # Global batch norm (SimCLR): per-GPU statistics would let positives be identified by
         # their shared local statistics. SyncBatchNorm has no CPU/gloo implementation.
@@ -362,10 +400,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     val_loader: Any
     if world == 1 and cfg.workers == 0 and _uses_gpu(cfg.accelerator):
         # The whole dataset on the GPU, batches drawn there (cardioclr.accel.DeviceBatches).
-        train_loader, val_loader = _device_loaders(train, val, per_device, val_batch, shuffle)
+        train_loader, val_loader = _device_loaders(train, val, per_device, val_batch, shuffle,
+                                                   spec.anatomical)
     else:
         train_loader, val_loader = _loaders(train, val, per_device, val_batch, cfg.workers,
-                                            _uses_gpu(cfg.accelerator), shuffle)
+                                            _uses_gpu(cfg.accelerator), shuffle, spec.anatomical)
     log.info("pretraining %s on %s images: %d train slices (%d patients), %d held-out slices "
              "(%d patients); global batch %d = %d x %d processes -> %s", cfg.encoder,
              cfg.input_mode, len(train), len(train_refs), len(val), len(val_refs), global_batch,
