@@ -27,6 +27,7 @@ import pandas as pd
 from cardioclr.atomic import read_json, write_json
 from cardioclr.classify.data import SliceBank
 from cardioclr.classify.model import DualPhaseClassifier
+from cardioclr.classify.recipe import TrainingRecipe
 from cardioclr.classify.train import RunHyper, fit_run
 from cardioclr.data.store import Splits
 from cardioclr.errors import CardioclrError
@@ -63,11 +64,12 @@ def check_disjoint(name: str, used: Sequence[str], test: Sequence[str]) -> None:
 def run_cv(out: Path, bank: SliceBank, splits: Splits, points: Sequence[GridPoint],
            make_model: Callable[[int], DualPhaseClassifier], input_mode: str, n_classes: int,
            settings: TrainerSettings, seed: int, max_folds: int | None = None,
-           fingerprint: str = "") -> list[dict[str, Any]]:
+           fingerprint: str = "", recipe: TrainingRecipe | None = None) -> list[dict[str, Any]]:
     """Run (or reload) every grid point x fold; returns one result dict per run.
 
     ``make_model(seed)`` builds a freshly initialised classifier. ``fingerprint`` identifies the
     configuration; a stored fold result with another fingerprint raises instead of being reused.
+    ``recipe``: the training details of every run (:mod:`.recipe`; validation uses its TTA).
     """
     n_folds = len(splits.folds) if max_folds is None else min(max_folds, len(splits.folds))
     if n_folds < 1:
@@ -91,7 +93,7 @@ def run_cv(out: Path, bank: SliceBank, splits: Splits, points: Sequence[GridPoin
                      len(train_ids), len(val_ids))
             r = fit_run(run_dir, make_model(seed), bank, train_ids, val_ids,
                         RunHyper(point.lr, point.batch_size, settings.max_epochs), input_mode,
-                        n_classes, settings, seed)
+                        n_classes, settings, seed, recipe)
             res = {"lr": point.lr, "batch_size": point.batch_size, "fold": k, "seed": seed,
                    "best_epoch": r["best_epoch"], "epochs_to_best": r["best_epoch"] + 1,
                    "val_loss": r["val_loss"], "val_auc": _finite_or_none(r["val_auc"]),

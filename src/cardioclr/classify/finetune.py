@@ -46,6 +46,7 @@ from cardioclr.classify.cv import check_disjoint, cv_table, grid, run_cv, select
 from cardioclr.classify.data import SliceBank, patient_probabilities
 from cardioclr.classify.model import DualPhaseClassifier, check_init, initialise_encoders
 from cardioclr.classify.predict import MODEL_FILE, save_classifier
+from cardioclr.classify.recipe import TrainingRecipe, as_recipe
 from cardioclr.classify.train import RunHyper, fit_run, predict_slices
 from cardioclr.data.pairs import InputSpec, load_patient_inputs
 from cardioclr.data.store import SliceStore
@@ -75,6 +76,10 @@ class FinetuneConfig:
     ``batch_size`` (:class:`cardioclr.ssl.pretrain.PretrainConfig`) is global and split over
     the processes. A grid point chosen on one device is therefore a larger effective batch on
     several; divide the values by the device count to keep the single-device steps.
+
+    ``recipe``: small-data training details (:class:`~cardioclr.classify.recipe.TrainingRecipe`;
+    a preset name or a plain mapping is converted on construction); the default is the paper's
+    training and leaves the fingerprint of such runs as it was before recipes existed.
     """
 
     work: str
@@ -104,6 +109,12 @@ class FinetuneConfig:
     num_nodes: int = 1
     precision: str = "auto"
     progress_bar: bool = False
+    recipe: TrainingRecipe = TrainingRecipe()
+
+    def __post_init__(self) -> None:
+        # A preset name (`recipe: small-data` in a study YAML) or a mapping (config.yaml) becomes
+        # the recipe itself, so every reader sees concrete values.
+        object.__setattr__(self, "recipe", as_recipe(self.recipe))
 
     def out_dir(self) -> Path:
         """``out`` or ``WORK/finetune/<encoder>-<init>-<input>``."""
@@ -124,6 +135,8 @@ NOT_IN_FINGERPRINT = ("out", "devices", "accelerator", "num_nodes", "precision",
 def fingerprint(cfg: FinetuneConfig) -> str:
     """Hash of the result-relevant configuration (hex, 16 chars; :mod:`cardioclr.run_identity`)."""
     d = run_identity(to_plain(cfg), NOT_IN_FINGERPRINT)
+    if cfg.recipe == TrainingRecipe():
+        d.pop("recipe")  # the paper's training: same identity as runs from before recipes existed
     if cfg.weights:
         # The weight file's size and mtime stand in for its content (hashing VGG weights is slow).
         st = Path(cfg.weights).stat()
@@ -180,7 +193,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     # ---- 1. cross-validation on train only
     points = grid(cfg.grid_lr, cfg.grid_batch)
     cv_results = run_cv(out, bank, splits, points, make_model, cfg.input_mode, n_classes, settings,
-                        seed=cfg.seeds[0], max_folds=cfg.max_folds, fingerprint=fp)
+                        seed=cfg.seeds[0], max_folds=cfg.max_folds, fingerprint=fp, recipe=cfg.recipe)
     table = cv_table(cv_results)
     chosen = select(table)
     log.info("selected lr %g, batch %d, %d epochs (CV val AUC %s)", chosen["lr"], chosen["batch_size"],
@@ -202,7 +215,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     test_rows = bank.rows_of(splits.test)
     per_seed_p = []
     for model in models:
-        p, _ = predict_slices(model, bank.images[test_rows], bank.hearts[test_rows], cfg.input_mode, device)
+        p, _ = predict_slices(model, bank.images[test_rows], bank.hearts[test_rows], cfg.input_mode, device,
+                              tta=cfg.recipe.tta)
         per_seed_p.append(p)
     slice_patient = bank.patient[test_rows].numpy()
     keys, _ = patient_probabilities(per_seed_p[0], slice_patient)
@@ -220,7 +234,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
 
     # ---- 4. model, features, curves, saliency
     pretraining = info.pretraining
-    save_classifier(out / MODEL_FILE, models, spec, classes, pretraining, cfg.seeds)
+    save_classifier(out / MODEL_FILE, models, spec, classes, pretraining, cfg.seeds, tta=cfg.recipe.tta)
     n_features = _write_finetuned_features(out / FINETUNED_FEATURES_FILE, models[0], bank, store, spec,
                                            device)
     curves = _curves(cv_results, final_results)
@@ -252,7 +266,10 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         "test": cast(ClassificationMetrics, test_metrics),
         "per_seed": per_seed,
         "seed_spread": _spread(per_seed),
-        "ensemble": f"mean of {len(cfg.seeds)} seed model(s)' patient probabilities",
+        "ensemble": f"mean of {len(cfg.seeds)} seed model(s)' patient probabilities"
+                    + (f", each the mean of {cfg.recipe.tta} TTA views" if cfg.recipe.tta > 1 else ""),
+        "ensemble_size": len(cfg.seeds),
+        "recipe": cast("dict[str, Any]", to_plain(cfg.recipe)),
         "cv": table.to_dict(orient="records"),
         "cv_folds": cv_results_summary(cv_results),
         "selected": chosen,
@@ -290,9 +307,13 @@ def _final_model(run_dir: Path, make_model: Any, seed: int, bank: SliceBank, tra
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         log.info("final model seed %d: done", seed)
         return model, res
-    hyper = RunHyper(chosen["lr"], chosen["batch_size"], chosen["epochs"], cfg.augment)
+    # The schedule's horizon is the CV runs' cap, so the final model's learning rates per epoch
+    # are those of the CV runs up to the chosen epoch.
+    hyper = RunHyper(chosen["lr"], chosen["batch_size"], chosen["epochs"], cfg.augment,
+                     schedule_epochs=cfg.max_epochs)
     log.info("final model seed %d: %d train patients, %d epochs", seed, len(train_ids), hyper.max_epochs)
-    r = fit_run(run_dir, model, bank, list(train_ids), None, hyper, cfg.input_mode, n_classes, settings, seed)
+    r = fit_run(run_dir, model, bank, list(train_ids), None, hyper, cfg.input_mode, n_classes, settings, seed,
+                cfg.recipe)
     model = model.cpu()
     res = {"seed": seed, "lr": hyper.lr, "batch_size": hyper.batch_size, "epochs": hyper.max_epochs,
            "epochs_run": r["epochs_run"], "seconds": r["seconds"], "history": r["history"],
