@@ -236,6 +236,8 @@ def test_recipe_presets_overrides_and_validation() -> None:
     assert custom.name == rc.CUSTOM and custom.mixup_alpha == 0.0 and custom.ema_decay == small.ema_decay
     assert rc.as_recipe({"name": "small-data", "tta": small.tta}) == small  # same values: same preset
     assert rc.as_recipe(to_plain(custom)) == custom
+    patched = dataclasses.replace(small, tta=1)  # e.g. a study option patching one field
+    assert rc.as_recipe(patched).name == rc.CUSTOM and rc.as_recipe(small) is small
     for bad in ({"label_smoothing": 1.0}, {"schedule": "step"}, {"ema_decay": 1.0}, {"tta": 0},
                 {"mixup_alpha": -1.0}, {"flips": True}):
         with pytest.raises(CardioclrError):

@@ -136,7 +136,9 @@ def as_recipe(value: TrainingRecipe | str | Mapping[str, Any] | None) -> Trainin
     if value is None:
         return TrainingRecipe()
     if isinstance(value, TrainingRecipe):
-        return value
+        # A preset with fields changed in place (study options patch the fields) is no longer it.
+        preset = RECIPES.get(value.name)
+        return value if preset is None or value == preset else replace(value, name=CUSTOM)
     if isinstance(value, str):
         return named_recipe(value)
     known = {f.name for f in fields(TrainingRecipe)}
