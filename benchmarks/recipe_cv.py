@@ -110,6 +110,9 @@ def main() -> int:
     ap.add_argument("--candidates", default="none,small-data",
                     help=f"comma-separated, from {', '.join(CANDIDATE_NAMES)}")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="train nothing: summarise the folds already finished (patients without an "
+                    "out-of-fold prediction for every candidate are left out; the JSON says how many)")
     args = ap.parse_args()
     if not args.work or not (Path(args.work) / "splits.json").is_file():
         print(json.dumps({"skipped": f"no prepared work directory at {args.work!r} (pass --work)"}))
@@ -151,18 +154,24 @@ def main() -> int:
     oof: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
     for name in names:
-        recipe = pool[name]
         for v in views:
             oof[f"{name}@tta{v}"] = [np.full((len(train), k), np.nan) for _ in range(args.repeats)]
-        for i, (tr, va) in enumerate(splits):
-            rep, fold = divmod(i, args.folds)
+    # Fold-major order: every finished fold has all candidates, so a partial run stays paired.
+    for i, (tr, va) in enumerate(splits):
+        rep, fold = divmod(i, args.folds)
+        for name in names:
+            recipe = pool[name]
             run_dir = out / args.input / name / f"r{rep}f{fold}"
             done = run_dir / "result.json"
             key = {"recipe": dataclasses.asdict(recipe), "epochs": args.epochs, "lr": args.lr,
                    "batch": args.batch, "encoder": args.encoder, "spec": dataclasses.asdict(spec),
                    "val": [train[j] for j in va]}
             res = read_json(done) if done.is_file() else None
-            if res is None or res.get("key") != key:
+            if res is not None and res.get("key") != key:
+                res = None
+            if res is None and args.summarise_only:
+                continue
+            if res is None:
                 torch.manual_seed(rep * 100 + fold)
                 model = DualPhaseClassifier(args.encoder, k)
                 hyper = RunHyper(args.lr, args.batch, args.epochs, True, schedule_epochs=args.epochs)
@@ -181,6 +190,14 @@ def main() -> int:
             for v in views:
                 for pid, pr in res["probs"][str(v)].items():
                     oof[f"{name}@tta{v}"][rep][train.index(pid)] = pr
+    # Only patients predicted out of fold by every candidate in every repeat (all of them
+    # unless --summarise-only met unfinished folds).
+    have = np.all([np.isfinite(p).all(axis=1) for reps in oof.values() for p in reps], axis=0)
+    if not have.any():
+        print(json.dumps({"skipped": "no finished folds"}))
+        return 0
+    y_all = y_all[have]
+    oof = {key: [p[have] for p in reps] for key, reps in oof.items()}
     base_key = f"{names[0]}@tta1"
     base_avg = np.mean(oof[base_key], axis=0)
     result: dict[str, Any] = {}
@@ -199,7 +216,8 @@ def main() -> int:
                                               strict=True)]
         result[key] = entry
     print(json.dumps({"candidates": result, "baseline": base_key,
-                      "protocol": {"patients": len(train), "split": "train only (splits.json)",
+                      "protocol": {"patients": len(train), "patients_scored": int(have.sum()),
+                                   "split": "train only (splits.json)",
                                    "folds": args.folds, "repeats": args.repeats, "epochs": args.epochs,
                                    "lr": args.lr, "batch": args.batch, "encoder": args.encoder,
                                    "input": args.input, "masks": args.masks, "image_size": args.image_size,
