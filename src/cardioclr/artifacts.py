@@ -167,6 +167,10 @@ class FinetuneMetrics(TypedDict, total=False):
     per_seed: list[dict[str, Any]]
     seed_spread: dict[str, Any]
     ensemble: str
+    #: Models averaged into the test probabilities (one final model per seed).
+    ensemble_size: int
+    #: The training recipe's fields (:class:`cardioclr.classify.recipe.TrainingRecipe`).
+    recipe: dict[str, Any]
     cv: list[dict[str, Any]]
     cv_folds: list[dict[str, Any]]
     selected: dict[str, Any]

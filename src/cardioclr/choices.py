@@ -59,3 +59,10 @@ BASELINE_MODELS: tuple[str, ...] = ("auto", *DIAGNOSIS_CLASSIFIERS)
 #: ``auto``: the better of the two by CV on train).
 BaselineFeatureSet = Literal["regional", "indices"]
 BASELINE_FEATURE_SETS: tuple[BaselineFeatureSet, ...] = get_args(BaselineFeatureSet)
+#: ``cardioclr finetune --recipe``: named small-data training recipes
+#: (:data:`cardioclr.classify.recipe.RECIPES`; ``none`` = the paper's training).
+RecipeName = Literal["none", "small-data"]
+RECIPE_NAMES: tuple[RecipeName, ...] = get_args(RecipeName)
+#: ``cardioclr finetune --schedule``: learning-rate schedules (:mod:`cardioclr.classify.recipe`).
+Schedule = Literal["constant", "cosine"]
+SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)

@@ -51,6 +51,7 @@ from cardioclr.classify.patient_data import PatientBank
 from cardioclr.classify.patient_predict import attention_table, patient_features, save_patient_classifier
 from cardioclr.classify.patient_train import fit_patient_run, predict_patients
 from cardioclr.classify.predict import MODEL_FILE, save_classifier
+from cardioclr.classify.recipe import TrainingRecipe, as_recipe
 from cardioclr.classify.train import RunHyper, fit_run, predict_slices
 from cardioclr.data.pairs import InputSpec, load_patient_inputs
 from cardioclr.data.store import SliceStore
@@ -88,6 +89,9 @@ class FinetuneConfig:
     probabilities) or ``patient`` (:mod:`cardioclr.models.patient`: all slices of a patient in
     one forward pass, one encoder shared by ED and ES, relative slice position, ``pooling``
     over slices); with ``patient`` the ``grid_batch`` values count *patients* per step.
+    ``recipe``: small-data training details (:class:`~cardioclr.classify.recipe.TrainingRecipe`;
+    a preset name or a plain mapping is converted on construction); the default is the paper's
+    training and leaves the fingerprint of such runs as it was before recipes existed.
     """
 
     work: str
@@ -123,6 +127,12 @@ class FinetuneConfig:
     #: Multi-task fine-tuning (issue 11 item 5): weight of the auxiliary LV/MYO/RV segmentation
     #: loss on the same encoder (:mod:`cardioclr.classify.multitask`); 0 = off (the paper's).
     aux_seg_weight: float = 0.0
+    recipe: TrainingRecipe = TrainingRecipe()
+
+    def __post_init__(self) -> None:
+        # A preset name (`recipe: small-data` in a study YAML) or a mapping (config.yaml) becomes
+        # the recipe itself, so every reader sees concrete values.
+        object.__setattr__(self, "recipe", as_recipe(self.recipe))
 
     def out_dir(self) -> Path:
         """``out`` or ``WORK/finetune/<encoder>-<init>-<input>``."""
@@ -149,6 +159,8 @@ def fingerprint(cfg: FinetuneConfig) -> str:
         d.pop("pooling", None)
     if not cfg.aux_seg_weight:
         d.pop("aux_seg_weight", None)  # absent before issue 11: single-task runs keep their hash
+    if cfg.recipe == TrainingRecipe():
+        d.pop("recipe")  # the paper's training: same identity as runs from before recipes existed
     if cfg.weights:
         # The weight file's size and mtime stand in for its content (hashing VGG weights is slow).
         st = Path(cfg.weights).stat()
@@ -178,6 +190,11 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     patient = cfg.model == "patient"
     if patient and cfg.aux_seg_weight > 0:
         raise CardioclrError("--aux-seg-weight (multi-task) is available with --model slice only")
+    if patient and cfg.recipe != TrainingRecipe():
+        raise CardioclrError("--recipe and its options are available with --model slice only")
+    if cfg.aux_seg_weight > 0 and cfg.recipe.mixes:
+        raise CardioclrError("--mixup/--cutmix cannot be combined with --aux-seg-weight (the mixed "
+                             "images would no longer match their segmentation targets)")
     spec = cfg.spec()
     store = SliceStore(cfg.work)
     out = cfg.out_dir()
@@ -234,7 +251,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     # ---- 1. cross-validation on train only
     points = grid(cfg.grid_lr, cfg.grid_batch)
     cv_results = run_cv(out, bank, splits, points, make_model, cfg.input_mode, n_classes, settings,
-                        seed=cfg.seeds[0], max_folds=cfg.max_folds, fingerprint=fp, fit=fit)
+                        seed=cfg.seeds[0], max_folds=cfg.max_folds, fingerprint=fp, fit=fit,
+                        recipe=cfg.recipe)
     table = cv_table(cv_results)
     chosen = select(table)
     log.info("selected lr %g, batch %d, %d epochs (CV val AUC %s)", chosen["lr"], chosen["batch_size"],
@@ -269,7 +287,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         per_seed_p = []
         for model in models:
             p, _ = predict_slices(cast(DualPhaseClassifier, model), bank.images[test_rows],
-                                  bank.hearts[test_rows], cfg.input_mode, device)
+                                  bank.hearts[test_rows], cfg.input_mode, device,
+                                  tta=cfg.recipe.tta)
             per_seed_p.append(p)
         slice_patient = bank.patient[test_rows].numpy()
         keys, _ = patient_probabilities(per_seed_p[0], slice_patient)
@@ -295,7 +314,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         n_features = feats.shape[1] - 1
     else:
         slice_models = [cast(DualPhaseClassifier, m) for m in models]
-        save_classifier(out / MODEL_FILE, slice_models, spec, classes, pretraining, cfg.seeds)
+        save_classifier(out / MODEL_FILE, slice_models, spec, classes, pretraining, cfg.seeds,
+                        tta=cfg.recipe.tta)
         n_features = _write_finetuned_features(out / FINETUNED_FEATURES_FILE, slice_models[0], bank, store,
                                                spec, device)
     curves = _curves(cv_results, final_results)
@@ -330,7 +350,10 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         "per_seed": per_seed,
         "seed_spread": _spread(per_seed),
         "ensemble": f"mean of {len(cfg.seeds)} seed model(s)' patient probabilities"
-                    + (" (patient-level model)" if patient else ""),
+                    + (" (patient-level model)" if patient else "")
+                    + (f", each the mean of {cfg.recipe.tta} TTA views" if cfg.recipe.tta > 1 else ""),
+        "ensemble_size": len(cfg.seeds),
+        "recipe": cast("dict[str, Any]", to_plain(cfg.recipe)),
         "cv": table.to_dict(orient="records"),
         "cv_folds": cv_results_summary(cv_results),
         "selected": chosen,
@@ -368,9 +391,13 @@ def _final_model(run_dir: Path, make_model: Any, seed: int, bank: SliceBank | Pa
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         log.info("final model seed %d: done", seed)
         return model, res
-    hyper = RunHyper(chosen["lr"], chosen["batch_size"], chosen["epochs"], cfg.augment)
+    # The schedule's horizon is the CV runs' cap, so the final model's learning rates per epoch
+    # are those of the CV runs up to the chosen epoch.
+    hyper = RunHyper(chosen["lr"], chosen["batch_size"], chosen["epochs"], cfg.augment,
+                     schedule_epochs=cfg.max_epochs)
     log.info("final model seed %d: %d train patients, %d epochs", seed, len(train_ids), hyper.max_epochs)
-    r = fit(run_dir, model, bank, list(train_ids), None, hyper, cfg.input_mode, n_classes, settings, seed)
+    r = fit(run_dir, model, bank, list(train_ids), None, hyper, cfg.input_mode, n_classes, settings, seed,
+            cfg.recipe)
     model = model.cpu()
     res = {"seed": seed, "lr": hyper.lr, "batch_size": hyper.batch_size, "epochs": hyper.max_epochs,
            "epochs_run": r["epochs_run"], "seconds": r["seconds"], "history": r["history"],
