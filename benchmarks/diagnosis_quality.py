@@ -39,7 +39,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    warnings.filterwarnings("ignore", category=FutureWarning)  # sklearn's SVC(probability) notice
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
     candidates = tuple(c.strip() for c in args.candidates.split(",") if c.strip())

@@ -9,7 +9,7 @@ fit only:
 * ``gb``: gradient boosting of depth-2 trees with subsampling;
 * ``logistic``: L2-regularised multinomial logistic regression on standardised features;
 * ``svm``: RBF support-vector machine on standardised features, probabilities calibrated by
-  Platt scaling on internal folds of the training rows;
+  Platt scaling on cross-validated decision values of the training rows (:class:`CalibratedSVC`);
 * ``ensemble``: soft voting (mean probability) of the four, as the ACDC challenge winners
   (Isensee et al. 2017; Khened et al. 2019) combined several classifiers;
 * ``ensemble-calibrated``: the ensemble wrapped in :class:`~sklearn.calibration.CalibratedClassifierCV`
@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier, VotingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -48,6 +48,59 @@ CANDIDATES = DIAGNOSIS_CLASSIFIERS
 
 def _impute() -> SimpleImputer:
     return SimpleImputer(strategy="median", keep_empty_features=True)
+
+
+class CalibratedSVC(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # sklearn is untyped
+    """RBF support-vector machine with sigmoid-calibrated (Platt) probabilities, the way
+    scikit-learn >= 1.9 recommends instead of ``SVC(probability=True)``:
+    ``CalibratedClassifierCV(SVC(), ensemble=False)`` (one SVC fitted on all rows; the sigmoid
+    fitted on its cross-validated decision values).
+
+    Why a wrapper: the calibration's stratified folds must not outnumber the rarest class, which
+    with 5 folds refuses cohorts with fewer than 5 patients in a class (small studies, inner CV
+    folds). :meth:`fit` uses ``min(max_folds, rarest class count)`` folds (at least 2), decided on
+    the rows it is given. ``class_weight="balanced"``; ``gamma="scale"``.
+    """
+
+    def __init__(self, C: float = 1.0, max_folds: int = 5, random_state: int | None = None) -> None:
+        self.C = C
+        self.max_folds = max_folds
+        self.random_state = random_state
+
+    def fit(self, x: Any, y: Any) -> CalibratedSVC:
+        """Fit on ``x`` (n, features) and labels ``y`` (n,)."""
+        y = np.asarray(y)
+        self.classes_, counts = np.unique(y, return_counts=True)
+        svc = SVC(C=self.C, gamma="scale", class_weight="balanced", random_state=self.random_state)
+        self.calibrated_: Any = None
+        self.svc_: Any = None
+        self.calibrator_: Any = None
+        if counts.min() >= 2:
+            folds = int(min(self.max_folds, counts.min()))
+            cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.random_state)
+            self.calibrated_ = CalibratedClassifierCV(svc, method="sigmoid", cv=cv,
+                                                      ensemble=False).fit(x, y)
+        else:
+            # A class with a single row cannot be cross-validated (sklearn refuses it): a
+            # multinomial logistic map of the training rows' own decision values (optimistic,
+            # but defined; tiny cohorts only).
+            self.svc_ = svc.fit(x, y)
+            self.calibrator_ = LogisticRegression(max_iter=1000).fit(self._decision(x), y)
+        return self
+
+    def _decision(self, x: Any) -> np.ndarray:
+        d = np.asarray(self.svc_.decision_function(x))
+        return d[:, None] if d.ndim == 1 else d
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Calibrated probabilities (n, len(classes_))."""
+        if self.calibrated_ is not None:
+            return np.asarray(self.calibrated_.predict_proba(x))
+        return np.asarray(self.calibrator_.predict_proba(self._decision(x)))
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Most probable class of each row (n,)."""
+        return np.asarray(self.classes_[self.predict_proba(x).argmax(1)])
 
 
 def build_classifier(name: str, seed: int = 0, n_jobs: int = 1) -> Pipeline:
@@ -68,12 +121,8 @@ def build_classifier(name: str, seed: int = 0, n_jobs: int = 1) -> Pipeline:
         return Pipeline([("impute", _impute()), ("scale", StandardScaler()),
                          ("clf", LogisticRegression(C=0.1, max_iter=5000, class_weight="balanced"))])
     if name == "svm":
-        # Platt scaling by libsvm's internal 5-fold CV. sklearn 1.9 deprecates probability=True in
-        # favour of CalibratedClassifierCV(SVC(), ensemble=False), whose stratified folds refuse
-        # classes with fewer than 5 training patients (small cohorts, the tiny test store).
         return Pipeline([("impute", _impute()), ("scale", StandardScaler()),
-                         ("clf", SVC(C=1.0, gamma="scale", probability=True, class_weight="balanced",
-                                     random_state=seed))])
+                         ("clf", CalibratedSVC(C=1.0, random_state=seed))])
     if name in ("ensemble", "ensemble-calibrated"):
         members = [(m, build_classifier(m, seed, n_jobs)) for m in ("rf", "gb", "logistic", "svm")]
         vote = VotingClassifier(members, voting="soft")
