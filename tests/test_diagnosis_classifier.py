@@ -44,6 +44,15 @@ def test_svm_probabilities_are_calibrated_without_the_deprecated_path(n, recwarn
     np.testing.assert_array_equal(p, clf_mod.build_classifier("svm", seed=1).fit(x, y).predict_proba(x))
     assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]  # SVC(probability=True)
     assert (model.predict(x) == p.argmax(1)).mean() > 0.5
+    assert model.named_steps["clf"].C_ in (0.5, 1.0, 2.0, 4.0, 8.0)  # chosen by inner CV on these rows
+
+
+def test_svm_regularisation_is_chosen_by_inner_cv():
+    x, y = _toy(n=40)
+    x = x.fillna(0).to_numpy()
+    # Learnable labels: a tiny C underfits every inner fold, so the inner CV prefers the larger C.
+    assert clf_mod.CalibratedSVC(C=None, c_grid=(0.001, 10.0), random_state=0).fit(x, y).C_ == 10.0
+    assert clf_mod.CalibratedSVC(C=3.0).fit(x.fillna(0).to_numpy(), y).C_ == 3.0
 
 
 def test_svm_calibration_with_a_single_row_class():
