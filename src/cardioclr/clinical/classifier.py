@@ -40,6 +40,7 @@ from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, Strat
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+from threadpoolctl import threadpool_limits
 
 from cardioclr.choices import DIAGNOSIS_CLASSIFIERS
 from cardioclr.errors import CardioclrError
@@ -90,6 +91,12 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # sk
 
     def fit(self, x: Any, y: Any) -> CalibratedSVC:
         """Fit on ``x`` (n, features) and labels ``y`` (n,)."""
+        # The sigmoid fits are tiny L-BFGS problems whose BLAS threads only spin: one thread made
+        # a fit 7x faster (0.9 -> 0.13 s on 56 ACDC patients, loaded 2-core machine).
+        with threadpool_limits(limits=1):
+            return self._fit(x, y)
+
+    def _fit(self, x: Any, y: Any) -> CalibratedSVC:
         y = np.asarray(y)
         self.classes_, counts = np.unique(y, return_counts=True)
         self.C_ = self._choose_c(x, y, int(counts.min()))
