@@ -36,7 +36,7 @@ from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier,
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import GridSearchCV, RepeatedStratifiedKFold, StratifiedKFold
+from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -83,11 +83,19 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # sk
             return float(self.C)
         if rarest < 2:
             return float(sorted(self.c_grid)[len(self.c_grid) // 2])  # no CV possible: the middle
+        # GridSearchCV(SVC, scoring="accuracy") by hand: the same splits, mean fold accuracy and
+        # first-best tie rule, without its per-fit validation and scorer overhead (5x fewer
+        # seconds: it was two thirds of the demo's clinical baseline).
+        grid = sorted(self.c_grid)
         cv = RepeatedStratifiedKFold(n_splits=int(min(self.max_folds, rarest)),
                                      n_repeats=self.inner_repeats, random_state=self.random_state)
-        search = GridSearchCV(SVC(gamma="scale", class_weight="balanced"),
-                              {"C": sorted(self.c_grid)}, scoring="accuracy", cv=cv).fit(x, y)
-        return float(search.best_params_["C"])  # first of the tied best = the smallest C
+        xa = np.asarray(x, dtype=float)
+        scores = np.zeros(len(grid))
+        for tr, va in cv.split(xa, y):
+            for i, c in enumerate(grid):
+                svc = SVC(C=c, gamma="scale", class_weight="balanced").fit(xa[tr], y[tr])
+                scores[i] += float((svc.predict(xa[va]) == y[va]).mean())
+        return float(grid[int(np.argmax(scores))])  # first of the tied best = the smallest C
 
     def fit(self, x: Any, y: Any) -> CalibratedSVC:
         """Fit on ``x`` (n, features) and labels ``y`` (n,)."""
