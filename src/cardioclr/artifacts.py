@@ -193,6 +193,10 @@ class BaselineMetrics(ClassificationMetrics, total=False):
     hyperparameters: dict[str, Any]
     cv: dict[str, Any]
     feature_importances: dict[str, float]
+    feature_importance_kind: str
+    features: dict[str, Any]
+    test_errors: list[dict[str, Any]]
+    feature_notes: dict[str, list[str]]
     n_train: int
     n_test: int
     deep_features: DeepFeaturesInfo | None
