@@ -283,6 +283,9 @@ _REAL_CPU: dict[str, Any] = {
                              "n_boot": 1000}},
     "baseline": {"options": {}},
     "report": {"saliency_patients": 3, "n_boot": 2000},
+    # Beyond the paper (issue 11; report Table 4): the heart-ROI input without pretraining,
+    # ~5 minutes on 2 cores. More configurations: benchmarks/classification_quality.py --list.
+    "beyond_paper": [{"name": "roi", "input": "roi", "init": "none"}],
 }
 
 # The paper's grid within one short GPU slot (one H100/H200, <= 8 min of study wall time; see
