@@ -105,4 +105,8 @@ def questions_section(data: StudyData) -> list[Block]:
     masking = [c for q, c in data.questions if q == "masking"]
     return [Para(answer("Does SimCLR pretraining help?", simclr)),
             Para(answer("Does heart masking (segmented instead of full images) help?", masking)),
-            Para("Paired tests on the same test patients: " + TABLE_4_NOTE.split("AUC p: ", 1)[1])]
+            Para("Each comparison pairs two cells on the same test patients: Δ with the 95% CI "
+                 "of a paired stratified patient bootstrap; macro-AUC p from the paired "
+                 "bootstrap (DeLong for two classes), accuracy p from the exact McNemar test; "
+                 "not corrected for multiple comparisons. A verdict is \"helps\" or \"hurts\" "
+                 "only when the CI of the AUC difference excludes 0.")]
