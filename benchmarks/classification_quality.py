@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=64, help="network input side (px)")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (fixed)")
     p.add_argument("--batch", type=int, default=32, help="fine-tuning batch (fixed)")
-    p.add_argument("--epochs", type=int, default=20, help="fine-tuning epoch cap")
+    p.add_argument("--epochs", type=int, default=15, help="fine-tuning epoch cap")
     p.add_argument("--patience", type=int, default=4)
     p.add_argument("--folds", type=int, default=2, help="CV folds used (of splits.json's 5)")
     p.add_argument("--ssl-epochs", type=int, default=15, help="SimCLR epoch cap")
