@@ -156,6 +156,11 @@ class FinetuneMetrics(TypedDict, total=False):
     mask_source: str
     shared_encoder: bool
     linear_probe: bool
+    #: ``slice`` (the paper's slice-pair model) or ``patient`` (issue 11 item 2); absent in
+    #: runs older than the patient-level model, which are slice models.
+    model: str
+    #: The patient-level model's pooling over slices (None for the slice model).
+    pooling: str | None
     image_size: int
     classes: list[str]
     test: ClassificationMetrics

@@ -29,6 +29,15 @@ PRETRAININGS: tuple[Pretraining, ...] = get_args(Pretraining)
 #: :func:`cardioclr.training.resolve_precision`).
 Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+#: ``finetune --model``: the paper's slice-pair classifier (patient = mean of slice
+#: probabilities) or the patient-level model (all slices, attention pooling;
+#: :mod:`cardioclr.models.patient`).
+ClassifierModel = Literal["slice", "patient"]
+CLASSIFIER_MODELS: tuple[ClassifierModel, ...] = get_args(ClassifierModel)
+#: ``finetune --pooling`` of the patient-level model (must match
+#: :data:`cardioclr.models.patient.POOLING_CHOICES`).
+MilPooling = Literal["gated", "attention", "mean"]
+MIL_POOLINGS: tuple[MilPooling, ...] = get_args(MilPooling)
 #: Encoder registry names, in the registry's order.
 EncoderName = Literal["vgg16", "densenet121", "resnet18", "resnet50", "smallcnn"]
 ENCODER_NAMES: tuple[EncoderName, ...] = get_args(EncoderName)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from cardioclr.choices import INITS, INPUT_MODES, MASK_SOURCES, PRECISIONS
+from cardioclr.choices import CLASSIFIER_MODELS, INITS, INPUT_MODES, MASK_SOURCES, MIL_POOLINGS, PRECISIONS
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,6 +64,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16-mixed on a bf16-capable GPU (16-mixed on older GPUs), 32-true "
                    "on CPU")
+    # Issue 11 item 2: the patient-level model.
+    p.add_argument("--model", choices=CLASSIFIER_MODELS, default="slice",
+                   help="slice: the paper's ED/ES slice-pair classifier, patient probability = mean "
+                   "of slice probabilities (default); patient: all ED+ES slices of a patient in one "
+                   "forward pass (one shared encoder, relative slice position base->apex, attention "
+                   "pooling over slices); --grid-batch then counts PATIENTS per step (try 4 8)")
+    p.add_argument("--pooling", choices=MIL_POOLINGS, default="gated",
+                   help="--model patient: pooling over slices: gated attention (Ilse et al. 2018, "
+                   "default), attention, or mean")
     p.set_defaults(func=_run)
 
 
@@ -82,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         saliency=args.saliency, n_boot=args.n_boot, devices=args.devices,
         accelerator=args.accelerator, num_nodes=args.num_nodes, precision=args.precision,
         progress_bar=sys.stderr.isatty(),
+        model=args.model, pooling=args.pooling,
     )
     m = finetune(cfg)
     if m:

@@ -26,7 +26,7 @@ import pandas as pd
 
 from cardioclr.atomic import read_json, write_json
 from cardioclr.classify.data import SliceBank
-from cardioclr.classify.model import DualPhaseClassifier
+from cardioclr.classify.patient_data import PatientBank
 from cardioclr.classify.train import RunHyper, fit_run
 from cardioclr.data.store import Splits
 from cardioclr.errors import CardioclrError
@@ -60,15 +60,19 @@ def check_disjoint(name: str, used: Sequence[str], test: Sequence[str]) -> None:
         raise CardioclrError(f"{name} would touch test patients {leak[:5]}; splits.json is inconsistent")
 
 
-def run_cv(out: Path, bank: SliceBank, splits: Splits, points: Sequence[GridPoint],
-           make_model: Callable[[int], DualPhaseClassifier], input_mode: str, n_classes: int,
+def run_cv(out: Path, bank: SliceBank | PatientBank, splits: Splits, points: Sequence[GridPoint],
+           make_model: Callable[[int], Any], input_mode: str, n_classes: int,
            settings: TrainerSettings, seed: int, max_folds: int | None = None,
-           fingerprint: str = "") -> list[dict[str, Any]]:
+           fingerprint: str = "", fit: Callable[..., dict[str, Any]] | None = None
+           ) -> list[dict[str, Any]]:
     """Run (or reload) every grid point x fold; returns one result dict per run.
 
     ``make_model(seed)`` builds a freshly initialised classifier. ``fingerprint`` identifies the
     configuration; a stored fold result with another fingerprint raises instead of being reused.
+    ``fit`` trains one run (default :func:`~cardioclr.classify.train.fit_run`, the slice model;
+    :func:`~cardioclr.classify.patient_train.fit_patient_run` with a ``PatientBank``).
     """
+    train_one: Callable[..., dict[str, Any]] = fit or fit_run
     n_folds = len(splits.folds) if max_folds is None else min(max_folds, len(splits.folds))
     if n_folds < 1:
         raise CardioclrError("splits.json has no cross-validation folds")
@@ -89,7 +93,7 @@ def run_cv(out: Path, bank: SliceBank, splits: Splits, points: Sequence[GridPoin
                 continue
             log.info("CV %s fold %d: %d train / %d validation patients", point.key, k,
                      len(train_ids), len(val_ids))
-            r = fit_run(run_dir, make_model(seed), bank, train_ids, val_ids,
+            r = train_one(run_dir, make_model(seed), bank, train_ids, val_ids,
                         RunHyper(point.lr, point.batch_size, settings.max_epochs), input_mode,
                         n_classes, settings, seed)
             res = {"lr": point.lr, "batch_size": point.batch_size, "fold": k, "seed": seed,

@@ -42,9 +42,13 @@ from cardioclr.artifacts import (
     SaliencySummary,
 )
 from cardioclr.atomic import atomic_path, read_json, write_json, write_text
+from cardioclr.choices import CLASSIFIER_MODELS, MIL_POOLINGS
 from cardioclr.classify.cv import check_disjoint, cv_table, grid, run_cv, select
 from cardioclr.classify.data import SliceBank, patient_probabilities
 from cardioclr.classify.model import DualPhaseClassifier, check_init, initialise_encoders
+from cardioclr.classify.patient_data import PatientBank
+from cardioclr.classify.patient_predict import attention_table, patient_features, save_patient_classifier
+from cardioclr.classify.patient_train import fit_patient_run, predict_patients
 from cardioclr.classify.predict import MODEL_FILE, save_classifier
 from cardioclr.classify.train import RunHyper, fit_run, predict_slices
 from cardioclr.data.pairs import InputSpec, load_patient_inputs
@@ -53,6 +57,7 @@ from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.metrics import classification_metrics, prob_columns, to_jsonable
 from cardioclr.evaluate.saliency import run_saliency
 from cardioclr.models.encoders import encoder_names
+from cardioclr.models.patient import PatientClassifier
 from cardioclr.provenance import save_run_info, to_plain
 from cardioclr.run_identity import digest, run_identity
 from cardioclr.training import TrainerSettings, inference_device, is_rank_zero
@@ -75,6 +80,11 @@ class FinetuneConfig:
     ``batch_size`` (:class:`cardioclr.ssl.pretrain.PretrainConfig`) is global and split over
     the processes. A grid point chosen on one device is therefore a larger effective batch on
     several; divide the values by the device count to keep the single-device steps.
+
+    ``model``: ``slice`` (the paper's ED/ES slice-pair classifier, patient = mean of slice
+    probabilities) or ``patient`` (:mod:`cardioclr.models.patient`: all slices of a patient in
+    one forward pass, one encoder shared by ED and ES, relative slice position, ``pooling``
+    over slices); with ``patient`` the ``grid_batch`` values count *patients* per step.
     """
 
     work: str
@@ -104,6 +114,9 @@ class FinetuneConfig:
     num_nodes: int = 1
     precision: str = "auto"
     progress_bar: bool = False
+    # Issue 11 item 2: the patient-level model (classify.patient_*; default = the slice model).
+    model: str = "slice"
+    pooling: str = "gated"
 
     def out_dir(self) -> Path:
         """``out`` or ``WORK/finetune/<encoder>-<init>-<input>``."""
@@ -124,6 +137,10 @@ NOT_IN_FINGERPRINT = ("out", "devices", "accelerator", "num_nodes", "precision",
 def fingerprint(cfg: FinetuneConfig) -> str:
     """Hash of the result-relevant configuration (hex, 16 chars; :mod:`cardioclr.run_identity`)."""
     d = run_identity(to_plain(cfg), NOT_IN_FINGERPRINT)
+    if cfg.model == "slice":
+        # The slice model's runs keep the fingerprint they had before the patient model existed.
+        d.pop("model", None)
+        d.pop("pooling", None)
     if cfg.weights:
         # The weight file's size and mtime stand in for its content (hashing VGG weights is slow).
         st = Path(cfg.weights).stat()
@@ -140,6 +157,13 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         raise CardioclrError("--seeds needs at least one seed")
     if not cfg.grid_lr or not cfg.grid_batch:
         raise CardioclrError("--grid-lr and --grid-batch need at least one value each")
+    if cfg.model not in CLASSIFIER_MODELS or cfg.pooling not in MIL_POOLINGS:
+        raise CardioclrError(f"--model must be one of {', '.join(CLASSIFIER_MODELS)} and --pooling one "
+                             f"of {', '.join(MIL_POOLINGS)} (got {cfg.model!r}, {cfg.pooling!r})")
+    if cfg.model == "patient" and cfg.linear_probe:
+        raise CardioclrError("--linear-probe is not available with --model patient (its attention "
+                             "and instance layers must train with the encoder)")
+    patient = cfg.model == "patient"
     spec = cfg.spec()
     store = SliceStore(cfg.work)
     out = cfg.out_dir()
@@ -160,9 +184,13 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     n_classes = len(classes)
     check_disjoint("training", splits.train, splits.test)
 
-    def make_model(seed: int) -> DualPhaseClassifier:
+    def make_model(seed: int) -> DualPhaseClassifier | PatientClassifier:
         torch.manual_seed(seed)
-        m = DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe)
+        m: DualPhaseClassifier | PatientClassifier
+        if isinstance(bank, PatientBank):
+            m = PatientClassifier(cfg.encoder, n_classes, bank.input_channels(cfg.input_mode), cfg.pooling)
+        else:
+            m = DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe)
         initialise_encoders(m, cfg.init, cfg.weights)
         return m
 
@@ -171,7 +199,9 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
                                cfg.init, cfg.weights)
     log.info("loading %d train + %d test patients (%s input, %s masks, %d px)", len(splits.train),
              len(splits.test), cfg.input_mode, cfg.mask_source, cfg.image_size)
-    bank = SliceBank.load(store, list(splits.train) + list(splits.test), spec)
+    bank: SliceBank | PatientBank = (PatientBank if patient else SliceBank).load(
+        store, list(splits.train) + list(splits.test), spec)
+    fit = fit_patient_run if patient else fit_run
     settings = TrainerSettings(max_epochs=cfg.max_epochs, patience=cfg.patience,
                                accelerator=cfg.accelerator, devices=cfg.devices,
                                num_nodes=cfg.num_nodes, precision=cfg.precision,
@@ -180,18 +210,18 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     # ---- 1. cross-validation on train only
     points = grid(cfg.grid_lr, cfg.grid_batch)
     cv_results = run_cv(out, bank, splits, points, make_model, cfg.input_mode, n_classes, settings,
-                        seed=cfg.seeds[0], max_folds=cfg.max_folds, fingerprint=fp)
+                        seed=cfg.seeds[0], max_folds=cfg.max_folds, fingerprint=fp, fit=fit)
     table = cv_table(cv_results)
     chosen = select(table)
     log.info("selected lr %g, batch %d, %d epochs (CV val AUC %s)", chosen["lr"], chosen["batch_size"],
              chosen["epochs"], chosen["cv_val_auc_mean"])
 
     # ---- 2. final model(s) on all of train
-    models: list[DualPhaseClassifier] = []
+    models: list[DualPhaseClassifier | PatientClassifier] = []
     final_results: list[dict[str, Any]] = []
     for seed in cfg.seeds:
         model, res = _final_model(out / "final" / f"seed{seed}", make_model, seed, bank, splits.train,
-                                  chosen, cfg, n_classes, settings, fp)
+                                  chosen, cfg, n_classes, settings, fp, fit)
         models.append(model)
         final_results.append(res)
     if not is_rank_zero():
@@ -199,16 +229,27 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
 
     # ---- 3. the one evaluation on test
     device = inference_device(cfg.accelerator)
-    test_rows = bank.rows_of(splits.test)
-    per_seed_p = []
-    for model in models:
-        p, _ = predict_slices(model, bank.images[test_rows], bank.hearts[test_rows], cfg.input_mode, device)
-        per_seed_p.append(p)
-    slice_patient = bank.patient[test_rows].numpy()
-    keys, _ = patient_probabilities(per_seed_p[0], slice_patient)
-    test_ids = [bank.patient_ids[k] for k in keys]
-    y = bank.patient_labels[keys]
-    seed_probs = [patient_probabilities(p, slice_patient)[1] for p in per_seed_p]
+    if isinstance(bank, PatientBank):
+        # The patient model: one probability per patient, nothing to average over slices.
+        test_ids = list(splits.test)
+        y = bank.patient_labels[bank.indices_of(test_ids)]
+        predicted = [predict_patients(cast(PatientClassifier, m), bank, bank.indices_of(test_ids),
+                                      cfg.input_mode, device) for m in models]
+        seed_probs = [p for p, _, _ in predicted]
+        attention = attention_table(bank, test_ids, cfg.seeds, [a for _, _, a in predicted])
+        write_text(out / "attention.csv", attention.to_csv(index=False, float_format="%.6g"))
+    else:
+        test_rows = bank.rows_of(splits.test)
+        per_seed_p = []
+        for model in models:
+            p, _ = predict_slices(cast(DualPhaseClassifier, model), bank.images[test_rows],
+                                  bank.hearts[test_rows], cfg.input_mode, device)
+            per_seed_p.append(p)
+        slice_patient = bank.patient[test_rows].numpy()
+        keys, _ = patient_probabilities(per_seed_p[0], slice_patient)
+        test_ids = [bank.patient_ids[k] for k in keys]
+        y = bank.patient_labels[keys]
+        seed_probs = [patient_probabilities(p, slice_patient)[1] for p in per_seed_p]
     ens = np.mean(seed_probs, axis=0)
     test_metrics = classification_metrics(y, ens, classes, n_boot=cfg.n_boot, seed=0)
     per_seed = []
@@ -220,9 +261,17 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
 
     # ---- 4. model, features, curves, saliency
     pretraining = info.pretraining
-    save_classifier(out / MODEL_FILE, models, spec, classes, pretraining, cfg.seeds)
-    n_features = _write_finetuned_features(out / FINETUNED_FEATURES_FILE, models[0], bank, store, spec,
-                                           device)
+    if isinstance(bank, PatientBank):
+        patient_models = [cast(PatientClassifier, m) for m in models]
+        save_patient_classifier(out / MODEL_FILE, patient_models, spec, classes, pretraining, cfg.seeds)
+        feats = patient_features(patient_models[0], bank, store, spec, device)
+        write_text(out / FINETUNED_FEATURES_FILE, feats.to_csv(index=False, float_format="%.6g"))
+        n_features = feats.shape[1] - 1
+    else:
+        slice_models = [cast(DualPhaseClassifier, m) for m in models]
+        save_classifier(out / MODEL_FILE, slice_models, spec, classes, pretraining, cfg.seeds)
+        n_features = _write_finetuned_features(out / FINETUNED_FEATURES_FILE, slice_models[0], bank, store,
+                                               spec, device)
     curves = _curves(cv_results, final_results)
     write_text(out / "curves.csv", curves.to_csv(index=False))
     write_text(out / "cv.csv", table.to_csv(index=False))
@@ -245,14 +294,17 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         "weights": cfg.weights,
         "downstream_input": cfg.input_mode,
         "mask_source": cfg.mask_source,
-        "shared_encoder": cfg.shared_encoder,
+        "shared_encoder": cfg.shared_encoder or patient,
+        "model": cfg.model,
+        "pooling": cfg.pooling if patient else None,
         "linear_probe": cfg.linear_probe,
         "image_size": cfg.image_size,
         "classes": classes,
         "test": cast(ClassificationMetrics, test_metrics),
         "per_seed": per_seed,
         "seed_spread": _spread(per_seed),
-        "ensemble": f"mean of {len(cfg.seeds)} seed model(s)' patient probabilities",
+        "ensemble": f"mean of {len(cfg.seeds)} seed model(s)' patient probabilities"
+                    + (" (patient-level model)" if patient else ""),
         "cv": table.to_dict(orient="records"),
         "cv_folds": cv_results_summary(cv_results),
         "selected": chosen,
@@ -277,9 +329,9 @@ def cv_results_summary(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]
     return [{k: r[k] for k in keep} for r in results]
 
 
-def _final_model(run_dir: Path, make_model: Any, seed: int, bank: SliceBank, train_ids: Sequence[str],
-                 chosen: dict[str, Any], cfg: FinetuneConfig, n_classes: int,
-                 settings: TrainerSettings, fp: str) -> tuple[DualPhaseClassifier, dict[str, Any]]:
+def _final_model(run_dir: Path, make_model: Any, seed: int, bank: SliceBank | PatientBank,
+                 train_ids: Sequence[str], chosen: dict[str, Any], cfg: FinetuneConfig, n_classes: int,
+                 settings: TrainerSettings, fp: str, fit: Any = fit_run) -> tuple[Any, dict[str, Any]]:
     """Train (or reload) the final model of one seed on all ``train`` patients."""
     done, weights = run_dir / "result.json", run_dir / "weights.pt"
     model = make_model(seed)
@@ -292,7 +344,7 @@ def _final_model(run_dir: Path, make_model: Any, seed: int, bank: SliceBank, tra
         return model, res
     hyper = RunHyper(chosen["lr"], chosen["batch_size"], chosen["epochs"], cfg.augment)
     log.info("final model seed %d: %d train patients, %d epochs", seed, len(train_ids), hyper.max_epochs)
-    r = fit_run(run_dir, model, bank, list(train_ids), None, hyper, cfg.input_mode, n_classes, settings, seed)
+    r = fit(run_dir, model, bank, list(train_ids), None, hyper, cfg.input_mode, n_classes, settings, seed)
     model = model.cpu()
     res = {"seed": seed, "lr": hyper.lr, "batch_size": hyper.batch_size, "epochs": hyper.max_epochs,
            "epochs_run": r["epochs_run"], "seconds": r["seconds"], "history": r["history"],

@@ -30,6 +30,7 @@ from cardioclr.errors import CardioclrError
 from cardioclr.models.checkpoint import load_encoder_weights, read_encoder_file
 from cardioclr.models.encoders import build_encoder, encoder_names
 from cardioclr.models.heads import DualPhaseHead
+from cardioclr.models.patient import PatientClassifier
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,10 @@ def simclr_input_mode(meta: dict[str, Any]) -> str | None:
     return str(mode) if isinstance(mode, str) else None
 
 
-def initialise_encoders(model: DualPhaseClassifier, init: str,
+def initialise_encoders(model: DualPhaseClassifier | PatientClassifier, init: str,
                         weights: str | os.PathLike[str] | None) -> InitInfo:
-    """Load the chosen initial weights into every encoder of ``model`` (in place)."""
+    """Load the chosen initial weights into every encoder of ``model`` (in place; the
+    patient-level model has one encoder)."""
     check_init(init, weights)
     if init == "none":
         return InitInfo("none", "none", None, {})

@@ -25,6 +25,12 @@ import torch
 
 from cardioclr.atomic import atomic_path
 from cardioclr.classify.model import DualPhaseClassifier
+from cardioclr.classify.patient_predict import (
+    PATIENT_FORMAT,
+    PATIENT_FORMAT_VERSION,
+    PatientEnsemble,
+    patient_ensemble_from,
+)
 from cardioclr.classify.train import predict_slices
 from cardioclr.data.pairs import InputSpec, PatientInputs, load_patient_inputs
 from cardioclr.data.store import SliceStore
@@ -90,8 +96,9 @@ def save_classifier(path: str | os.PathLike[str], models: Sequence[DualPhaseClas
         torch.save(obj, tmp)
 
 
-def load_classifier(model_dir: str | os.PathLike[str]) -> Classifier:
-    """Read ``model_dir/model.pt`` (or a ``model.pt`` path) into a :class:`Classifier`.
+def load_classifier(model_dir: str | os.PathLike[str]) -> Classifier | PatientEnsemble:
+    """Read ``model_dir/model.pt`` (or a ``model.pt`` path) into a :class:`Classifier` (or a
+    :class:`~cardioclr.classify.patient_predict.PatientEnsemble` for ``finetune --model patient``).
 
     Raises :class:`CardioclrError` naming the file when it is missing or not a classifier.
     """
@@ -104,6 +111,10 @@ def load_classifier(model_dir: str | os.PathLike[str]) -> Classifier:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not our file"
         raise CardioclrError(f"{p}: unreadable classifier file ({type(err).__name__}: {err})") from err
+    if isinstance(obj, dict) and obj.get("format") == PATIENT_FORMAT:
+        if int(obj.get("format_version", 0)) > PATIENT_FORMAT_VERSION:
+            raise CardioclrError(f"{p}: written by a newer cardioclr (format {obj['format_version']})")
+        return patient_ensemble_from(obj)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CardioclrError(f"{p}: not a cardioclr classifier file")
     if int(obj.get("format_version", 0)) > FORMAT_VERSION:

@@ -19,6 +19,7 @@ import numpy as np
 from torch import Tensor
 
 from cardioclr.choices import MASK_SOURCES
+from cardioclr.clinical.regional import slice_levels
 from cardioclr.data.masks import load_labels
 from cardioclr.data.store import SliceStore
 from cardioclr.data.views import apply_input_mask, check_mode, heart_mask, patient_views, roi_box
@@ -63,7 +64,9 @@ class PatientInputs:
     ``hearts``: bool (n, 2, H, W) input masks (heart dilated by ``mask_margin_mm``);
     ``slice_index``: int (n,) positions in the store's slice stack (base = 0);
     ``pixel_mm``: in-plane pixel size of the network grid in mm;
-    ``saliency_hearts``: bool (n, 2, H, W) heart dilated by the saliency margin, when asked.
+    ``saliency_hearts``: bool (n, 2, H, W) heart dilated by the saliency margin, when asked;
+    ``positions``: float32 (n,) relative position of each slice, 0 = base .. 1 = apex
+    (:func:`slice_positions`), the patient-level model's position input.
     """
 
     patient_id: str
@@ -73,6 +76,7 @@ class PatientInputs:
     slice_index: np.ndarray
     pixel_mm: float
     saliency_hearts: np.ndarray | None = None
+    positions: np.ndarray | None = None
 
     @property
     def n_slices(self) -> int:
@@ -127,7 +131,29 @@ def load_patient_inputs(store: SliceStore, patient_id: str, spec: InputSpec,
         slice_index=keep.astype(np.int64),
         pixel_mm=px * side / spec.image_size,
         saliency_hearts=np.stack(sal, axis=1) if sal else None,
+        positions=slice_positions(ed_lab, keep),
     )
+
+
+def slice_positions(ed_labels: np.ndarray, slice_index: np.ndarray) -> np.ndarray:
+    """Relative position base -> apex of the kept slices ``slice_index`` of a (z, H, W) stack.
+
+    The store keeps the source file's slice order, which does not say which end is the base
+    (ACDC stores the base at slice 0 but its NIfTI affines carry no orientation; other sources
+    may run apex first). The anatomy decides instead, with the rule of
+    :func:`cardioclr.clinical.regional.slice_levels`: the base is the end whose LV
+    cross-section at ED (of the same mask source as the inputs) is larger. Positions are
+    linear in the slice index over the kept range: 0 = the most basal kept slice, 1 = the most
+    apical (0.5 for a single slice). Without any LV myocardium the store order is taken
+    (slice 0 = base). Returns float32 (n,).
+    """
+    z = np.asarray(slice_index, dtype=np.float64)
+    if z.size == 0:
+        return np.zeros(0, dtype=np.float32)
+    span = float(z.max() - z.min())
+    rel = (z - z.min()) / span if span > 0 else np.full_like(z, 0.5)
+    _, base_high = slice_levels(ed_labels)
+    return (1.0 - rel if base_high else rel).astype(np.float32)
 
 
 def network_inputs(images: Tensor, hearts: Tensor, input_mode: str) -> tuple[Tensor, Tensor]:

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from cardioclr.atomic import atomic_path, write_text
 from cardioclr.data.views import apply_input_mask
+from cardioclr.models.patient import PatientClassifier, position_encoding
 
 log = logging.getLogger(__name__)
 
@@ -150,20 +151,58 @@ class _PairNet(nn.Module):
         return logits
 
 
-def gradcam_pairs(model: nn.Module, inputs: Tensor, class_idx: int, image_size: int | None = None
-                  ) -> np.ndarray:
-    """Raw Grad-CAM maps of ``model`` (a DualPhaseClassifier) for masked slice pairs.
+class _PatientNet(nn.Module):
+    """All n slices of ONE patient, (n, 2C, H, W) [ED channels, ES channels] -> the patient's
+    logits, repeated n times and divided by n.
+
+    MONAI's Grad-CAM treats the n slices as a batch and back-propagates the *sum* of the class
+    scores over it, i.e. exactly the patient's score: each slice's map is then the Grad-CAM of
+    the patient-level decision on that slice (slices with little attention get weak maps).
+    The shared encoder is deep-copied per phase so that each phase has its own module to hook.
+    """
+
+    def __init__(self, model: PatientClassifier, positions: Tensor) -> None:
+        super().__init__()
+        self.encoder_ed = copy.deepcopy(model.encoder)
+        self.encoder_es = copy.deepcopy(model.encoder)
+        self.patient = copy.deepcopy(model)
+        self.register_buffer("positions", positions.float())
+        self.requires_grad_(True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(n, 2C, H, W) -> (n, K)."""
+        c = x.shape[1] // 2
+        n = x.shape[0]
+        p = position_encoding(cast(Tensor, self.positions), self.patient.n_frequencies)
+        h = self.patient.instance(torch.cat([self.encoder_ed(x[:, :c]), self.encoder_es(x[:, c:]),
+                                             p.to(x.dtype)], dim=1))
+        z, _ = self.patient.pool(h[None], torch.ones(1, n, dtype=torch.bool, device=x.device))
+        logits: Tensor = self.patient.fc(z)
+        return logits.expand(n, -1) / n
+
+
+def gradcam_pairs(model: nn.Module, inputs: Tensor, class_idx: int, image_size: int | None = None,
+                  positions: np.ndarray | None = None) -> np.ndarray:
+    """Raw Grad-CAM maps of ``model`` (a DualPhaseClassifier, or a
+    :class:`~cardioclr.models.patient.PatientClassifier` with the slices' ``positions``) for
+    masked slice pairs.
 
     ``inputs``: (n, 2, H, W) float network inputs (already masked per input mode); ``class_idx``:
     the class whose score is explained. Returns float32 (n, 2, H, W): [ED map, ES map], ReLU'd
     and bilinearly upsampled to H x W but *not* normalised (so shares and ED/ES magnitudes are
-    comparable).
+    comparable). For the patient model, every map explains the patient-level score.
     """
-    net = _PairNet(model).to(inputs.device)
+    net: nn.Module
+    if isinstance(model, PatientClassifier):
+        if positions is None:
+            raise ValueError("the patient-level model's saliency needs the slice positions")
+        net = _PatientNet(model, torch.from_numpy(np.asarray(positions))).to(inputs.device)
+    else:
+        net = _PairNet(model).to(inputs.device)
     size = image_size or int(inputs.shape[-1])
     d = int(cast(int, model.feature_dim))
-    layers = [f"encoder_ed.{target_layer(net.encoder_ed, d, size)}",
-              f"encoder_es.{target_layer(net.encoder_es, d, size)}"]
+    enc_ed, enc_es = net.get_submodule("encoder_ed"), net.get_submodule("encoder_es")
+    layers = [f"encoder_ed.{target_layer(enc_ed, d, size)}", f"encoder_es.{target_layer(enc_es, d, size)}"]
     # MONAI's annotation says str; it takes a list of layers too (one per phase here).
     cam = GradCAM(nn_module=net, target_layers=layers, postprocessing=lambda x: x)  # type: ignore[arg-type]
     # An input that requires grad makes the full backward hooks fire the documented way.
@@ -211,15 +250,17 @@ def mid_slice(n: int) -> int:
 
 def patient_saliency(model: nn.Module, images: np.ndarray, hearts: np.ndarray,
                      share_mask: np.ndarray, input_mode: str, class_idx: int,
-                     device: str | torch.device = "cpu") -> dict[str, Any]:
+                     device: str | torch.device = "cpu", positions: np.ndarray | None = None
+                     ) -> dict[str, Any]:
     """Grad-CAM and in-heart shares of one patient.
 
     ``images`` float32 (n, 2, H, W), ``hearts`` bool (n, 2, H, W) input masks, ``share_mask``
-    bool (n, 2, H, W) dilated heart for the share. Returns ``{maps (n,2,H,W), inputs (n,2,H,W),
+    bool (n, 2, H, W) dilated heart for the share, ``positions`` (n,) base -> apex (the
+    patient-level model's input; ignored by the slice model). Returns ``{maps (n,2,H,W), inputs (n,2,H,W),
     in_heart_share, in_heart_share_ed, in_heart_share_es, mask_area_share}``.
     """
     x = apply_input_mask(torch.from_numpy(images).float(), torch.from_numpy(hearts).float(), input_mode)
-    maps = gradcam_pairs(model, x.to(device), class_idx)
+    maps = gradcam_pairs(model, x.to(device), class_idx, positions=positions)
     return {
         "maps": maps,
         "inputs": x.numpy(),
@@ -277,7 +318,8 @@ def run_saliency(model: nn.Module, patients: Sequence[Any], pred_index: dict[str
         if p.saliency_hearts is None:
             raise ValueError(f"patient {p.patient_id}: loaded without saliency masks")
         cls = int(pred_index[p.patient_id])
-        r = patient_saliency(model, p.images, p.hearts, p.saliency_hearts, input_mode, cls, device)
+        r = patient_saliency(model, p.images, p.hearts, p.saliency_hearts, input_mode, cls, device,
+                             positions=p.positions)
         k = mid_slice(p.n_slices)
         label = classes[p.label_index] if 0 <= p.label_index < len(classes) else "?"
         share = r["in_heart_share"]
