@@ -184,3 +184,24 @@ def test_report_has_table_4_and_the_answers(faked_study: Path) -> None:
     masking = next(line for line in md.splitlines() if line.startswith("Does heart masking"))
     assert masking.count("Δ macro AUC") == 4
     assert "cross-validated" in md
+
+
+def test_beyond_cells_may_be_appended_not_changed(tmp_path: Path) -> None:
+    from test_study import FakeStages
+
+    out = tmp_path / "study"
+    first = beyond_config(BEYOND[:1])
+    assert run_study(first, out, kinds=FakeStages().kinds(), stream=io.StringIO(), build_report=False).ok
+    again = FakeStages()
+    stream = io.StringIO()
+    assert run_study(beyond_config(BEYOND[:2]), out, kinds=again.kinds(), stream=stream,
+                     build_report=False).ok
+    assert set(again.calls) == {"beyond/weak"}  # its pretraining is the paper grid's, done
+    assert "beyond_paper.weak" in stream.getvalue()
+    changed = [dict(BEYOND[0], input="full"), BEYOND[1]]
+    with pytest.raises(CardioclrError, match="beyond_paper: entries \\['strong'\\] changed"):
+        run_study(beyond_config(changed), out, kinds=FakeStages().kinds(), stream=io.StringIO(),
+                  build_report=False)
+    with pytest.raises(CardioclrError, match="changed or removed"):
+        run_study(beyond_config(BEYOND[1:2]), out, kinds=FakeStages().kinds(), stream=io.StringIO(),
+                  build_report=False)

@@ -539,13 +539,24 @@ def read_saved_config(path: str | os.PathLike[str]) -> StudyConfig:
 
 
 def config_differences(old: StudyConfig, new: StudyConfig) -> list[str]:
-    """Dotted keys whose values differ, ignoring :data:`RUNTIME_FIELDS` and keys that ``new``
-    adds to one of the :data:`ADDITIVE_FIELDS` (see :func:`config_additions`)."""
-    return differences(to_plain(old), to_plain(new), ignore=RUNTIME_FIELDS, additive=ADDITIVE_FIELDS)
+    """Dotted keys whose values differ, ignoring :data:`RUNTIME_FIELDS`, keys that ``new``
+    adds to one of the :data:`ADDITIVE_FIELDS` and entries appended to ``beyond_paper`` (see
+    :func:`config_additions`)."""
+    a, b = to_plain(old), to_plain(new)
+    diffs = differences(a, b, ignore=(*RUNTIME_FIELDS, "beyond_paper"), additive=ADDITIVE_FIELDS)
+    # Cells beyond the paper may be appended to a finished study (only the new ones run); an
+    # entry that is changed or removed would leave results of another configuration behind.
+    before, after = a.get("beyond_paper") or [], b.get("beyond_paper") or []
+    if after[:len(before)] != before:
+        changed = [x.get("name") for x in before if x not in after]
+        diffs.append(f"beyond_paper: entries {changed} changed or removed (entries may only be "
+                     "appended)")
+    return diffs
 
 
 def config_additions(old: StudyConfig, new: StudyConfig) -> list[str]:
-    """Dotted keys that ``new`` adds to the :data:`ADDITIVE_FIELDS` of ``old``.
+    """Dotted keys that ``new`` adds to the :data:`ADDITIVE_FIELDS` of ``old``, and
+    ``beyond_paper.<name>`` for each entry appended to ``old``'s ``beyond_paper``.
 
     These are the differences :func:`config_differences` lets through, e.g.
     ``imagenet_weights.vgg16`` when a weight file is given to a study first run without it.
@@ -556,4 +567,6 @@ def config_additions(old: StudyConfig, new: StudyConfig) -> list[str]:
         before, after = a.get(name) or {}, b.get(name) or {}
         added += [f"{name}.{k}" for k, v in after.items()
                   if v is not None and before.get(k) is None]
+    n_old = len(a.get("beyond_paper") or [])
+    added += [f"beyond_paper.{x.get('name')}" for x in (b.get("beyond_paper") or [])[n_old:]]
     return added
