@@ -21,12 +21,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("work", metavar="WORK", help="prepared work directory (cardioclr prepare)")
     p.add_argument("--encoder", required=True, help="encoder name (vgg16, densenet121, resnet18, "
-                   "resnet50, smallcnn)")
-    p.add_argument("--init", choices=INITS, default="none", help="encoder initialisation")
+                   "resnet50, smallcnn, segunet)")
+    p.add_argument("--init", choices=INITS, default="none", help="encoder initialisation; "
+                   "segmentation: the trained segmentation U-Net's encoder (needs --encoder segunet)")
     p.add_argument("--weights", default=None, help="imagenet: torchvision state-dict file; "
-                   "simclr: encoder.pt from `cardioclr pretrain`")
+                   "simclr: encoder.pt from `cardioclr pretrain`; segmentation: the segmentation "
+                   "model.pt (default WORK/segmentation/model/model.pt)")
     p.add_argument("--input", dest="input_mode", choices=INPUT_MODES, required=True,
-                   help="downstream input: full image, heart-masked (segmented) or heart crop (roi)")
+                   help="downstream input: full image, heart-masked (segmented), heart crop (roi), "
+                   "or anatomy: the heart crop plus the LV, MYO and RV masks of --masks as 3 extra "
+                   "input channels")
     p.add_argument("--masks", dest="mask_source", choices=MASK_SOURCES, default="predicted",
                    help="heart masks: predicted (segmentation stage, default) or expert (upper bound)")
     p.add_argument("--out", default=None, help="output directory (default WORK/finetune/"
@@ -56,6 +60,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--saliency-margin", dest="saliency_margin_mm", type=float, default=5.0,
                    help="heart dilation (mm) for the saliency in-heart share")
     p.add_argument("--no-saliency", dest="saliency", action="store_false", help="skip Grad-CAM")
+    p.add_argument("--aux-seg-weight", type=float, default=0.0,
+                   help="multi-task fine-tuning: weight of an auxiliary LV/MYO/RV segmentation loss "
+                   "(targets: the --masks masks of the training patients only) on a light decoder "
+                   "over the same encoder; 0 = off (default, the paper's single task)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for CIs")
     p.add_argument("--devices", type=int, default=1, help="devices (GPUs) per run; >1 uses DDP")
     p.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
@@ -91,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         saliency=args.saliency, n_boot=args.n_boot, devices=args.devices,
         accelerator=args.accelerator, num_nodes=args.num_nodes, precision=args.precision,
         progress_bar=sys.stderr.isatty(),
-        model=args.model, pooling=args.pooling,
+        model=args.model, pooling=args.pooling, aux_seg_weight=args.aux_seg_weight,
     )
     m = finetune(cfg)
     if m:

@@ -27,7 +27,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,6 +46,7 @@ from cardioclr.choices import CLASSIFIER_MODELS, MIL_POOLINGS
 from cardioclr.classify.cv import check_disjoint, cv_table, grid, run_cv, select
 from cardioclr.classify.data import SliceBank, patient_probabilities
 from cardioclr.classify.model import DualPhaseClassifier, check_init, initialise_encoders
+from cardioclr.classify.multitask import MultiTaskClassifier, as_classifier
 from cardioclr.classify.patient_data import PatientBank
 from cardioclr.classify.patient_predict import attention_table, patient_features, save_patient_classifier
 from cardioclr.classify.patient_train import fit_patient_run, predict_patients
@@ -53,6 +54,7 @@ from cardioclr.classify.predict import MODEL_FILE, save_classifier
 from cardioclr.classify.train import RunHyper, fit_run, predict_slices
 from cardioclr.data.pairs import InputSpec, load_patient_inputs
 from cardioclr.data.store import SliceStore
+from cardioclr.data.views import input_channels
 from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.metrics import classification_metrics, prob_columns, to_jsonable
 from cardioclr.evaluate.saliency import run_saliency
@@ -60,6 +62,7 @@ from cardioclr.models.encoders import encoder_names
 from cardioclr.models.patient import PatientClassifier
 from cardioclr.provenance import save_run_info, to_plain
 from cardioclr.run_identity import digest, run_identity
+from cardioclr.segment.encoder import default_segmentation_model
 from cardioclr.training import TrainerSettings, inference_device, is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,9 @@ class FinetuneConfig:
     # Issue 11 item 2: the patient-level model (classify.patient_*; default = the slice model).
     model: str = "slice"
     pooling: str = "gated"
+    #: Multi-task fine-tuning (issue 11 item 5): weight of the auxiliary LV/MYO/RV segmentation
+    #: loss on the same encoder (:mod:`cardioclr.classify.multitask`); 0 = off (the paper's).
+    aux_seg_weight: float = 0.0
 
     def out_dir(self) -> Path:
         """``out`` or ``WORK/finetune/<encoder>-<init>-<input>``."""
@@ -141,6 +147,8 @@ def fingerprint(cfg: FinetuneConfig) -> str:
         # The slice model's runs keep the fingerprint they had before the patient model existed.
         d.pop("model", None)
         d.pop("pooling", None)
+    if not cfg.aux_seg_weight:
+        d.pop("aux_seg_weight", None)  # absent before issue 11: single-task runs keep their hash
     if cfg.weights:
         # The weight file's size and mtime stand in for its content (hashing VGG weights is slow).
         st = Path(cfg.weights).stat()
@@ -152,9 +160,13 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     """Run (or resume, or skip when finished) one fine-tuning configuration; returns metrics."""
     if cfg.encoder not in encoder_names():
         raise CardioclrError(f"unknown encoder {cfg.encoder!r}; choose one of {', '.join(encoder_names())}")
+    if cfg.init == "segmentation" and not cfg.weights:
+        cfg = replace(cfg, weights=str(default_segmentation_model(cfg.work)))
     check_init(cfg.init, cfg.weights)
     if not cfg.seeds:
         raise CardioclrError("--seeds needs at least one seed")
+    if cfg.aux_seg_weight < 0:
+        raise CardioclrError(f"--aux-seg-weight must be >= 0, got {cfg.aux_seg_weight}")
     if not cfg.grid_lr or not cfg.grid_batch:
         raise CardioclrError("--grid-lr and --grid-batch need at least one value each")
     if cfg.model not in CLASSIFIER_MODELS or cfg.pooling not in MIL_POOLINGS:
@@ -164,6 +176,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         raise CardioclrError("--linear-probe is not available with --model patient (its attention "
                              "and instance layers must train with the encoder)")
     patient = cfg.model == "patient"
+    if patient and cfg.aux_seg_weight > 0:
+        raise CardioclrError("--aux-seg-weight (multi-task) is available with --model slice only")
     spec = cfg.spec()
     store = SliceStore(cfg.work)
     out = cfg.out_dir()
@@ -189,18 +203,28 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         m: DualPhaseClassifier | PatientClassifier
         if isinstance(bank, PatientBank):
             m = PatientClassifier(cfg.encoder, n_classes, bank.input_channels(cfg.input_mode), cfg.pooling)
+        elif cfg.aux_seg_weight > 0:
+            m = MultiTaskClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe,
+                                    in_channels=input_channels(cfg.input_mode),
+                                    aux_seg_weight=cfg.aux_seg_weight, image_size=cfg.image_size)
         else:
-            m = DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe)
+            m = DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe,
+                                    in_channels=input_channels(cfg.input_mode))
         initialise_encoders(m, cfg.init, cfg.weights)
         return m
 
     # Validates the weight file (and reads the SimCLR input mode) before any data is loaded.
-    info = initialise_encoders(DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder),
+    info = initialise_encoders(DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder,
+                                                   in_channels=input_channels(cfg.input_mode)),
                                cfg.init, cfg.weights)
     log.info("loading %d train + %d test patients (%s input, %s masks, %d px)", len(splits.train),
              len(splits.test), cfg.input_mode, cfg.mask_source, cfg.image_size)
-    bank: SliceBank | PatientBank = (PatientBank if patient else SliceBank).load(
-        store, list(splits.train) + list(splits.test), spec)
+    # Multi-task targets are loaded for every patient but only training rows ever reach the
+    # loss (classify.multitask): test masks are never targets.
+    ids = list(splits.train) + list(splits.test)
+    bank: SliceBank | PatientBank = (
+        PatientBank.load(store, ids, spec) if patient
+        else SliceBank.load(store, ids, spec, with_structures=cfg.aux_seg_weight > 0))
     fit = fit_patient_run if patient else fit_run
     settings = TrainerSettings(max_epochs=cfg.max_epochs, patience=cfg.patience,
                                accelerator=cfg.accelerator, devices=cfg.devices,
@@ -226,6 +250,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         final_results.append(res)
     if not is_rank_zero():
         return {}
+    # The auxiliary head only trains (multi-task runs are slice models; checked above).
+    models = [m if isinstance(m, PatientClassifier) else as_classifier(m) for m in models]
 
     # ---- 3. the one evaluation on test
     device = inference_device(cfg.accelerator)

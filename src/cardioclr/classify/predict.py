@@ -34,6 +34,7 @@ from cardioclr.classify.patient_predict import (
 from cardioclr.classify.train import predict_slices
 from cardioclr.data.pairs import InputSpec, PatientInputs, load_patient_inputs
 from cardioclr.data.store import SliceStore
+from cardioclr.data.views import input_channels
 from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.metrics import prob_columns
 
@@ -123,7 +124,7 @@ def load_classifier(model_dir: str | os.PathLike[str]) -> Classifier | PatientEn
     models = []
     for state in obj["state_dicts"]:
         m = DualPhaseClassifier(obj["encoder"], int(obj["n_classes"]), bool(obj["shared_encoder"]),
-                                bool(obj["linear_probe"]))
+                                bool(obj["linear_probe"]), in_channels=input_channels(spec.input_mode))
         m.load_state_dict(state)
         models.append(m.eval())
     return Classifier(models=models, spec=spec, classes=list(obj["classes"]), encoder=obj["encoder"],

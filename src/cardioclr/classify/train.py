@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from cardioclr.accel import DeviceBatches, channels_last, configure_backends
 from cardioclr.classify.data import FINETUNE_AUGMENT, SliceBank, patient_probabilities
 from cardioclr.classify.model import DualPhaseClassifier
+from cardioclr.classify.multitask import MultiTaskClassifier
 from cardioclr.data.augment import AugmentConfig, augment_batch
 from cardioclr.data.pairs import network_inputs
 from cardioclr.evaluate.metrics import macro_of, ovr_auc_boot
@@ -79,9 +80,13 @@ class ClassifierModule(L.LightningModule):
 
     def __init__(self, model: DualPhaseClassifier, lr: float, input_mode: str, n_classes: int,
                  slice_patient: Tensor, augment: AugmentConfig | None = None,
-                 weight_decay: float = WEIGHT_DECAY) -> None:
+                 weight_decay: float = WEIGHT_DECAY, structures: Tensor | None = None) -> None:
         super().__init__()
         self.model = model
+        # Multi-task targets (bank rows -> (6, H, W) LV/MYO/RV masks), only for a MultiTaskClassifier.
+        if isinstance(model, MultiTaskClassifier) and structures is None:
+            raise ValueError("a multi-task model needs the slice bank's structure masks")
+        self.structures = structures if isinstance(model, MultiTaskClassifier) else None
         self.lr = lr
         self.weight_decay = weight_decay
         self.input_mode = input_mode
@@ -103,18 +108,36 @@ class ClassifierModule(L.LightningModule):
         self._loss_sum, self._loss_n = 0.0, 0
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        images, hearts, labels, _ = batch
+        images, hearts, labels, rows = batch
+        targets = self._aux_targets(rows)
         if self.augment is not None:
             # Geometric augmentation first, masking after: a segmented input never shows
-            # tissue that the warp moved inside the heart outline.
-            images, warped = augment_batch(images, hearts, self.input_mode, self.augment)
-            hearts = warped if warped is not None else hearts
+            # tissue that the warp moved inside the heart outline. Multi-task targets are
+            # warped with them (extra mask channels), never intensity-changed.
+            n_masks = hearts.shape[1]
+            stacked = hearts if targets is None else torch.cat([hearts, targets], dim=1)
+            images, warped = augment_batch(images, stacked, self.input_mode, self.augment)
+            if warped is not None:
+                hearts, targets = warped[:, :n_masks], (None if targets is None else warped[:, n_masks:])
         loss = F.cross_entropy(self(images, hearts), labels)
+        if targets is not None:
+            assert isinstance(self.model, MultiTaskClassifier)  # _aux_targets
+            seg_loss = self.model.auxiliary_loss(targets)
+            self.log("train_seg_loss", seg_loss, on_step=False, on_epoch=True, batch_size=labels.shape[0])
+            loss = loss + self.model.aux_seg_weight * seg_loss
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=labels.shape[0])
         # A device tensor, read once per epoch: no host synchronisation per step.
         self._loss_sum = self._loss_sum + loss.detach().float() * labels.shape[0]
         self._loss_n += int(labels.shape[0])
         return loss
+
+    def _aux_targets(self, rows: Tensor) -> Tensor | None:
+        """(B, 6, H, W) float structure masks of bank ``rows`` (multi-task), else None."""
+        if self.structures is None:
+            return None
+        if self.structures.device != rows.device:  # once: the bank's masks go where the batches are
+            self.structures = self.structures.to(rows.device)
+        return self.structures[rows].float()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # The row is written here (last batch), before any end-of-epoch checkpoint is saved,
@@ -206,7 +229,8 @@ def fit_run(run_dir: str | Path, model: DualPhaseClassifier, bank: SliceBank, tr
     if val_ids:
         val_dl = DataLoader(bank.dataset(val_ids), batch_size=EVAL_BATCH, shuffle=False, num_workers=0)
     module = ClassifierModule(model, hyper.lr, input_mode, n_classes, bank.patient,
-                              FINETUNE_AUGMENT if hyper.augment else None)
+                              FINETUNE_AUGMENT if hyper.augment else None,
+                              structures=bank.structures if isinstance(model, MultiTaskClassifier) else None)
     def generators(*_: Any) -> dict[str, torch.Generator]:
         return {"shuffle": gen}  # the shuffling order continues where a resumed run stopped
 

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from cardioclr.atomic import write_text
-from cardioclr.choices import INITS, INPUT_MODES, MASK_SOURCES
+from cardioclr.choices import INITS, INPUT_MODES, MASK_SOURCES, PAPER_INITS
 from cardioclr.errors import CardioclrError
 from cardioclr.provenance import to_plain
 from cardioclr.run_identity import differences
@@ -95,7 +95,7 @@ class FinetuneSettings(StageSettings):
     another device count train with a different effective batch.
     """
 
-    inits: tuple[str, ...] = INITS
+    inits: tuple[str, ...] = PAPER_INITS
     inputs: tuple[str, ...] = ("full", "segmented")
     #: Fine-tuning cells run at once, each in its own process (one cell's small batches and
     #: per-epoch bookkeeping leave a large GPU mostly idle). 1: one after the other, in-process.

@@ -15,7 +15,8 @@ from cardioclr.artifacts import Estimate, number
 
 PRETRAINING_LABELS = {"none": "No pretraining", "imagenet": "ImageNet",
                       "simclr-full": "SimCLR (full)", "simclr-segmented": "SimCLR (segmented)"}
-INPUT_LABELS = {"full": "full images", "segmented": "segmented images", "roi": "heart ROI"}
+INPUT_LABELS = {"full": "full images", "segmented": "segmented images", "roi": "heart ROI",
+                "anatomy": "heart ROI + LV/MYO/RV masks"}
 
 
 def fmt(v: float | None, digits: int = 3) -> str:
