@@ -61,10 +61,21 @@ def test_grid_has_beyond_cells_and_shares_pretrainings() -> None:
     ({"name": "x", "init": "simclr"}, "pretrain_input"),
     ({"name": "x", "pretrain_options": {"lr": 1.0}}, "need init simclr"),
     ({"name": "x", "unknown_key": 1}, "unknown key"),
+    ({"name": "x", "encoder": "nonet"}, "encoder 'nonet': unknown"),
 ])
 def test_bad_beyond_entries_name_the_problem(entry: dict[str, Any], message: str) -> None:
     with pytest.raises(CardioclrError, match=message):
         beyond_config([entry])
+
+
+def test_beyond_cell_may_use_an_encoder_outside_the_grid() -> None:
+    cfg = beyond_config([{"name": "seg-init-simclr", "init": "simclr", "pretrain_input": "segmented",
+                          "encoder": "segunet", "pretrain_options": {"init": "segmentation"}}])
+    cells = {c.id: c for c in expand_grid(cfg)}
+    assert cells["beyond/seg-init-simclr"].params["encoder"] == "segunet"
+    pre = [c for c in cells.values() if c.kind == "pretrain" and c.params["encoder"] == "segunet"]
+    assert len(pre) == 1 and pre[0].id in cells["beyond/seg-init-simclr"].deps
+    assert not any(c.params.get("encoder") == "segunet" for c in cells.values() if c.kind == "finetune")
 
 
 def test_unknown_beyond_option_fails_before_any_cell_runs() -> None:

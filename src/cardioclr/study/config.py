@@ -473,6 +473,8 @@ BEYOND_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 def validate_beyond(cfg: StudyConfig) -> None:
     """Names unique and folder-safe, inputs known, a SimCLR init with its pretraining input."""
+    from cardioclr.models.encoders import ENCODERS
+
     seen: set[str] = set()
     for i, b in enumerate(cfg.beyond_paper):
         where = f"study.beyond_paper[{i}]"
@@ -482,9 +484,11 @@ def validate_beyond(cfg: StudyConfig) -> None:
         seen.add(b.name)
         if b.input not in INPUT_MODES:
             raise CardioclrError(f"{where}.input {b.input!r}: choose one of {', '.join(INPUT_MODES)}")
-        if b.encoder is not None and b.encoder not in cfg.encoders:
-            raise CardioclrError(f"{where}.encoder {b.encoder!r} is not one of the study's encoders "
-                                 f"({', '.join(cfg.encoders)})")
+        if b.encoder is not None and b.encoder not in ENCODERS:
+            # Any registered encoder: e.g. the segmentation network's (segunet) for a cell
+            # initialised from it, without adding it to the paper grid's encoders.
+            raise CardioclrError(f"{where}.encoder {b.encoder!r}: unknown; choose from "
+                                 f"{', '.join(ENCODERS)}")
         if b.init == "simclr":
             if b.pretrain_input not in INPUT_MODES:
                 raise CardioclrError(f"{where}: init simclr needs pretrain_input, one of "
