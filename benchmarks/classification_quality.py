@@ -35,7 +35,8 @@ Protocol (no test number chooses anything):
 Configurations are :class:`cardioclr.study.config.BeyondCell` entries (the form of a study's
 ``beyond_paper:`` list), so a configuration measured here can be pasted into a study YAML.
 Those whose options the installed code does not know are reported with an ``error`` (the rest
-still run). ``--configurations a,b`` runs a subset; ``--list`` prints them.
+still run). ``--configurations a,b`` runs a subset; ``--list`` prints them (the beyond-the-paper
+ones as a ``beyond_paper:`` YAML list for a study's ``--config``).
 
 Usage::
 
@@ -370,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="benchmark folder (kept for resuming)")
     p.add_argument("--configurations", default="all",
                    help="comma-separated names (see --list), or all")
-    p.add_argument("--list", action="store_true", help="print the configurations and exit")
+    p.add_argument("--list", action="store_true", help="print the configurations (the beyond-the-"
+                   "paper ones as a study's beyond_paper: YAML list) and exit")
     p.add_argument("--no-clinical", action="store_true", help="skip the clinical baseline")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--encoder", default="smallcnn")
@@ -392,8 +394,13 @@ def main(argv: list[str] | None = None) -> int:
 
     specs = {n: BeyondCell(name=n, **c) for n, c in CONFIGURATIONS.items()}
     if args.list:
-        for n, s in specs.items():
-            print(f"{n:18s} {'paper' if n in PAPER else 'beyond'}  {dataclasses.asdict(s)}")
+        # YAML: the beyond-the-paper entries can be pasted into a study's --config as they are.
+        import yaml
+
+        print("# the paper's cells: " + ", ".join(PAPER))
+        print(yaml.safe_dump({"beyond_paper": [
+            {k: v for k, v in dataclasses.asdict(s).items() if v not in (None, {})}
+            for n, s in specs.items() if n not in PAPER]}, sort_keys=False), end="")
         return 0
     names = list(specs) if args.configurations == "all" else [
         n.strip() for n in args.configurations.split(",") if n.strip()]

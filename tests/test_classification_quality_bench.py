@@ -69,3 +69,16 @@ def test_reference_and_best_are_chosen_by_cv_not_test(bench: ModuleType, tmp_pat
         ("simclr-full", "none"), ("simclr-segmented", "none")]
     assert out["answers"]["simclr"]["verdicts"][0] == "helps"
     assert out["answers"]["heart_masking"]["verdicts"] == ["helps"]
+
+
+def test_list_is_a_study_beyond_paper_block(bench: ModuleType, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from cardioclr.study.config import load_config
+
+    assert bench.main(["--list"]) == 0
+    path = tmp_path / "beyond.yaml"
+    path.write_text(capsys.readouterr().out)
+    cfg = load_config(None, path)
+    assert [b.name for b in cfg.beyond_paper] == [n for n in bench.CONFIGURATIONS if n not in bench.PAPER]
+    patient = next(b for b in cfg.beyond_paper if b.name == "patient")
+    assert patient.finetune_options["model"] == "patient"
