@@ -273,6 +273,13 @@ class ResultRow:
     n_test: int | None
     seconds: float | None
     reason: str
+    #: Cells beyond the paper's grid (kind ``beyond``): the paired comparison with the paper's
+    #: best cell ``reference`` (AUC: paired bootstrap / DeLong; accuracy: exact McNemar).
+    reference: str = ""
+    auc_diff_vs_reference: float | None = None
+    p_vs_reference: float | None = None
+    accuracy_diff_vs_reference: float | None = None
+    accuracy_p_vs_reference: float | None = None
 
 
 #: The columns of ``results.csv``, in order.
