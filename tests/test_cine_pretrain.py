@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cardioclr.data.prepare import PrepareConfig, prepare
 from cardioclr.data.store import SliceStore
@@ -94,3 +95,29 @@ def test_pretrain_run_reports_the_cine_slices(cine_work: Path, tmp_path: Path) -
     assert metrics["n_train_images"] == sum(int(store.manifest.at[r.patient_id, "cine_frames"])
                                             * store.load(r.patient_id).n_slices for r in train)
     assert metrics["config"]["use_cine"] is True
+
+
+def test_cine_positives_are_the_same_slice_in_other_frames_of_one_patient(cine_work: Path,
+                                                                         tmp_path: Path) -> None:
+    """--positives cine/anatomy on a stored 4D cine: partners are other frames of the same slice."""
+    from cardioclr.ssl.positives import FIRST_CINE, PositivePairs, PositiveSpec
+
+    store = SliceStore(cine_work)
+    cfg = PretrainConfig(work=str(cine_work), encoder="smallcnn", use_cine=True, val_fraction=0.3)
+    sources, train, _ = build_sample_lists(cfg, tmp_path / "pre")
+    arrays = load_arrays(sources, train, "full", SIZE, use_cine=True)
+    meta = arrays.meta
+    assert (meta.frame >= FIRST_CINE).any()
+    for name in ("cine", "anatomy"):
+        pairs = PositivePairs(arrays.images, None, meta, PositiveSpec(name, 0.25))
+        index = torch.arange(len(arrays))
+        rows = pairs.table.draw(index, torch.Generator().manual_seed(0)).numpy()
+        assert np.array_equal(meta.patient[rows], meta.patient)  # never another patient
+        assert {arrays.patients[int(c)].patient_id for c in meta.patient} & set(store.splits.test) == set()
+        moved = rows != index.numpy()
+        assert moved.mean() > 0.5  # many frames per slice: the partner is rarely the slice itself
+        if name == "cine":
+            assert np.array_equal(meta.z[rows], meta.z)  # the same slice position ...
+            assert (meta.frame[rows] != meta.frame)[moved].all()  # ... in another frame
+        else:
+            assert (np.abs(meta.position[rows] - meta.position) <= 0.25 + 1e-6).all()

@@ -35,6 +35,34 @@ def test_candidates_are_reproducible_for_a_seed(name):
     assert np.allclose(a.sum(1), 1.0)
 
 
+@pytest.mark.parametrize("n", [30, 7])  # 7 rows over 3 classes: a class with fewer than 5 rows
+def test_svm_probabilities_are_calibrated_without_the_deprecated_path(n, recwarn):
+    x, y = _toy(n=n)
+    model = clf_mod.build_classifier("svm", seed=1).fit(x, y)
+    p = model.predict_proba(x)
+    assert p.shape == (n, 3) and np.allclose(p.sum(1), 1.0) and (p > 0).all()
+    np.testing.assert_array_equal(p, clf_mod.build_classifier("svm", seed=1).fit(x, y).predict_proba(x))
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]  # SVC(probability=True)
+    assert (model.predict(x) == p.argmax(1)).mean() > 0.5
+    assert model.named_steps["clf"].C_ in (0.5, 1.0, 2.0, 4.0, 8.0)  # chosen by inner CV on these rows
+
+
+def test_svm_regularisation_is_chosen_by_inner_cv():
+    x, y = _toy(n=40)
+    x = x.fillna(0).to_numpy()
+    # Learnable labels: a tiny C underfits every inner fold, so the inner CV prefers the larger C.
+    assert clf_mod.CalibratedSVC(C=None, c_grid=(0.001, 10.0), random_state=0).fit(x, y).C_ == 10.0
+    assert clf_mod.CalibratedSVC(C=3.0).fit(x, y).C_ == 3.0
+
+
+def test_svm_calibration_with_a_single_row_class():
+    x, y = _toy(n=13)
+    y[y == 2] = 1
+    y[-1] = 2  # class 2 has one row: no cross-validated calibration possible
+    p = clf_mod.build_classifier("svm", seed=0).fit(x, y).predict_proba(x)
+    assert p.shape == (13, 3) and np.allclose(p.sum(1), 1.0)
+
+
 def test_seed_changes_the_forest():
     x, y = _toy(n=30)
     a = clf_mod.build_classifier("rf", seed=0).fit(x, y).predict_proba(x)

@@ -159,6 +159,7 @@ def test_expected_registry_and_dims() -> None:
         "resnet18": 512,
         "resnet50": 2048,
         "smallcnn": 256,
+        "segunet": 256,
     }
     assert {n for n, s in ENCODERS.items() if s.in_paper} == {"vgg16", "densenet121"}
 

@@ -96,6 +96,12 @@ def test_report_sections_present(fake_report: Path) -> None:
         assert needle in md, needle
 
 
+def test_feature_importances_shown_with_their_kind(fake_report: Path) -> None:
+    md = (fake_report / "report.md").read_text()
+    assert "Most important clinical features (clinical-rf: permutation importance on train" in md
+    assert md.index("lv_ef_pct") < md.index("rv_edv_ml")
+
+
 def test_hybrid_described_as_self_supervised_features(fake_report: Path) -> None:
     md = (fake_report / "report.md").read_text()
     section = md.split("Baselines: clinical features and hybrid")[1]

@@ -148,7 +148,9 @@ def write_fake_study(out: Path, n_test_per_class: int = 6, failed: tuple[str, ..
         _write(d / "predictions.csv", pred.to_csv(index=False))
         m = BaselineMetrics(model=f"{name}-rf", mask_source="predicted",
                             **classification_metrics(y, proba, CLASSES, n_boot=200, seed=0),
-                            feature_importances={"lv_ef_pct": 0.3, "rv_edv_ml": 0.2})
+                            feature_importances={"lv_ef_pct": 0.3, "rv_edv_ml": 0.2},
+                            feature_importance_kind="permutation importance on train (mean drop of "
+                                                    "the log-loss score)")
         if name == "hybrid":  # as the study writes it: the SimCLR pretraining's features
             m["deep_features"] = {"file": str(out / "work" / "pretrain" / "smallcnn-segmented" /
                                               "deep_features.csv"), "n_input": 512,

@@ -71,7 +71,7 @@ def test_patient_views_modes() -> None:
         patient_views(image, heart, "roi", 28)
     with pytest.raises(ValueError, match="full, segmented, roi"):
         check_mode("masked")
-    assert INPUT_MODES == ("full", "segmented", "roi")
+    assert INPUT_MODES == ("full", "segmented", "roi", "anatomy")
 
 
 def test_apply_input_mask_zeroes_outside_only_in_segmented_mode() -> None:

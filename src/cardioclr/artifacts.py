@@ -167,6 +167,10 @@ class FinetuneMetrics(TypedDict, total=False):
     per_seed: list[dict[str, Any]]
     seed_spread: dict[str, Any]
     ensemble: str
+    #: Models averaged into the test probabilities (one final model per seed).
+    ensemble_size: int
+    #: The training recipe's fields (:class:`cardioclr.classify.recipe.TrainingRecipe`).
+    recipe: dict[str, Any]
     cv: list[dict[str, Any]]
     cv_folds: list[dict[str, Any]]
     selected: dict[str, Any]
@@ -189,6 +193,10 @@ class BaselineMetrics(ClassificationMetrics, total=False):
     hyperparameters: dict[str, Any]
     cv: dict[str, Any]
     feature_importances: dict[str, float]
+    feature_importance_kind: str
+    features: dict[str, Any]
+    test_errors: list[dict[str, Any]]
+    feature_notes: dict[str, list[str]]
     n_train: int
     n_test: int
     deep_features: DeepFeaturesInfo | None
@@ -265,6 +273,13 @@ class ResultRow:
     n_test: int | None
     seconds: float | None
     reason: str
+    #: Cells beyond the paper's grid (kind ``beyond``): the paired comparison with the paper's
+    #: best cell ``reference`` (AUC: paired bootstrap / DeLong; accuracy: exact McNemar).
+    reference: str = ""
+    auc_diff_vs_reference: float | None = None
+    p_vs_reference: float | None = None
+    accuracy_diff_vs_reference: float | None = None
+    accuracy_p_vs_reference: float | None = None
 
 
 #: The columns of ``results.csv``, in order.

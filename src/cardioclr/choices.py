@@ -11,16 +11,24 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-#: Downstream / pretraining input modes (:mod:`cardioclr.data.views`).
-InputMode = Literal["full", "segmented", "roi"]
+#: Downstream / pretraining input modes (:mod:`cardioclr.data.views`); ``anatomy`` = the heart
+#: ROI plus the LV, MYO and RV masks as extra channels (issue 11, beyond the paper).
+InputMode = Literal["full", "segmented", "roi", "anatomy"]
 INPUT_MODES: tuple[InputMode, ...] = get_args(InputMode)
+#: ``cardioclr pretrain --positives``: which slice pairs are contrastive positives
+#: (:mod:`cardioclr.ssl.positives`); ``augment`` = the paper's two-view SimCLR.
+Positives = Literal["augment", "anatomy", "phase", "neighbour", "cine"]
+POSITIVES: tuple[Positives, ...] = get_args(Positives)
 #: Where heart masks come from (:mod:`cardioclr.data.masks`).
 MaskSource = Literal["predicted", "expert"]
 MASK_SOURCES: tuple[MaskSource, ...] = get_args(MaskSource)
 #: Encoder initialisations of the classifier (:mod:`cardioclr.classify.model`); in a study,
-#: ``simclr`` expands to one cell per pretraining input.
-Init = Literal["none", "imagenet", "simclr"]
+#: ``simclr`` expands to one cell per pretraining input; ``segmentation``: the trained
+#: segmentation network's encoder (``segunet`` encoder only; issue 11, beyond the paper).
+Init = Literal["none", "imagenet", "simclr", "segmentation"]
 INITS: tuple[Init, ...] = get_args(Init)
+#: The paper's initialisations: a study's default grid (Tables 1-3 keep the paper's layout).
+PAPER_INITS: tuple[Init, ...] = ("none", "imagenet", "simclr")
 #: Pretraining labels as written in fine-tune ``metrics.json`` (``pretraining`` key): the init,
 #: with the SimCLR encoder's pretraining input.
 Pretraining = Literal["none", "imagenet", "simclr-full", "simclr-segmented"]
@@ -39,7 +47,7 @@ CLASSIFIER_MODELS: tuple[ClassifierModel, ...] = get_args(ClassifierModel)
 MilPooling = Literal["gated", "attention", "mean"]
 MIL_POOLINGS: tuple[MilPooling, ...] = get_args(MilPooling)
 #: Encoder registry names, in the registry's order.
-EncoderName = Literal["vgg16", "densenet121", "resnet18", "resnet50", "smallcnn"]
+EncoderName = Literal["vgg16", "densenet121", "resnet18", "resnet50", "smallcnn", "segunet"]
 ENCODER_NAMES: tuple[EncoderName, ...] = get_args(EncoderName)
 #: Diagnosis classifiers of :mod:`cardioclr.clinical.classifier` (fixed hyperparameters).
 DiagnosisClassifier = Literal["rf", "gb", "logistic", "svm", "ensemble", "ensemble-calibrated"]
@@ -51,3 +59,10 @@ BASELINE_MODELS: tuple[str, ...] = ("auto", *DIAGNOSIS_CLASSIFIERS)
 #: ``auto``: the better of the two by CV on train).
 BaselineFeatureSet = Literal["regional", "indices"]
 BASELINE_FEATURE_SETS: tuple[BaselineFeatureSet, ...] = get_args(BaselineFeatureSet)
+#: ``cardioclr finetune --recipe``: named small-data training recipes
+#: (:data:`cardioclr.classify.recipe.RECIPES`; ``none`` = the paper's training).
+RecipeName = Literal["none", "small-data"]
+RECIPE_NAMES: tuple[RecipeName, ...] = get_args(RecipeName)
+#: ``cardioclr finetune --schedule``: learning-rate schedules (:mod:`cardioclr.classify.recipe`).
+Schedule = Literal["constant", "cosine"]
+SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)

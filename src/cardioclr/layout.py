@@ -15,6 +15,7 @@ A study folder (``cardioclr study --out OUT``)::
     OUT/data/        the synthetic cohort (only without --data)
     OUT/work/        the prepared work folder above
     OUT/finetune/<encoder>__<pretraining>__<input>/   OUT/baseline/{clinical,hybrid}/
+    OUT/beyond/<name>/   (cells beyond the paper's grid)
     OUT/logs/<cell>.log
 
 Both objects are plain paths (nothing is created); a layout over ``Path()`` gives the paths
@@ -176,6 +177,15 @@ class StudyLayout:
     def finetune_cell(self, encoder: str, pretraining: str, downstream_input: str) -> Path:
         """``OUT/finetune/<encoder>__<pretraining>__<input>``."""
         return self.finetune / f"{encoder}__{pretraining}__{downstream_input}"
+
+    @property
+    def beyond(self) -> Path:
+        """``OUT/beyond``: the fine-tuning cells beyond the paper's grid."""
+        return self.out / "beyond"
+
+    def beyond_cell(self, name: str) -> Path:
+        """``OUT/beyond/<name>`` (a ``beyond_paper:`` configuration of the study)."""
+        return self.beyond / name
 
     def baseline(self, name: str) -> Path:
         """``OUT/baseline/<name>`` (``clinical`` or ``hybrid``)."""

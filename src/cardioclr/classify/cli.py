@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any, cast
 
-from cardioclr.choices import CLASSIFIER_MODELS, INITS, INPUT_MODES, MASK_SOURCES, MIL_POOLINGS, PRECISIONS
+from cardioclr.choices import (
+    CLASSIFIER_MODELS,
+    INITS,
+    INPUT_MODES,
+    MASK_SOURCES,
+    MIL_POOLINGS,
+    PRECISIONS,
+    RECIPE_NAMES,
+    SCHEDULES,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,12 +31,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("work", metavar="WORK", help="prepared work directory (cardioclr prepare)")
     p.add_argument("--encoder", required=True, help="encoder name (vgg16, densenet121, resnet18, "
-                   "resnet50, smallcnn)")
-    p.add_argument("--init", choices=INITS, default="none", help="encoder initialisation")
+                   "resnet50, smallcnn, segunet)")
+    p.add_argument("--init", choices=INITS, default="none", help="encoder initialisation; "
+                   "segmentation: the trained segmentation U-Net's encoder (needs --encoder segunet)")
     p.add_argument("--weights", default=None, help="imagenet: torchvision state-dict file; "
-                   "simclr: encoder.pt from `cardioclr pretrain`")
+                   "simclr: encoder.pt from `cardioclr pretrain`; segmentation: the segmentation "
+                   "model.pt (default WORK/segmentation/model/model.pt)")
     p.add_argument("--input", dest="input_mode", choices=INPUT_MODES, required=True,
-                   help="downstream input: full image, heart-masked (segmented) or heart crop (roi)")
+                   help="downstream input: full image, heart-masked (segmented), heart crop (roi), "
+                   "or anatomy: the heart crop plus the LV, MYO and RV masks of --masks as 3 extra "
+                   "input channels")
     p.add_argument("--masks", dest="mask_source", choices=MASK_SOURCES, default="predicted",
                    help="heart masks: predicted (segmentation stage, default) or expert (upper bound)")
     p.add_argument("--out", default=None, help="output directory (default WORK/finetune/"
@@ -56,6 +70,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--saliency-margin", dest="saliency_margin_mm", type=float, default=5.0,
                    help="heart dilation (mm) for the saliency in-heart share")
     p.add_argument("--no-saliency", dest="saliency", action="store_false", help="skip Grad-CAM")
+    p.add_argument("--aux-seg-weight", type=float, default=0.0,
+                   help="multi-task fine-tuning: weight of an auxiliary LV/MYO/RV segmentation loss "
+                   "(targets: the --masks masks of the training patients only) on a light decoder "
+                   "over the same encoder; 0 = off (default, the paper's single task)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for CIs")
     p.add_argument("--devices", type=int, default=1, help="devices (GPUs) per run; >1 uses DDP")
     p.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
@@ -76,7 +94,44 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--instance-loss-weight", type=float, default=0.0,
                    help="--model patient: weight of an auxiliary loss that classifies every slice "
                    "with the patient's label (deep supervision of the shared encoder; 0 = off)")
+    _add_recipe_options(p)
     p.set_defaults(func=_run)
+
+
+def _add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """Small-data training details (:mod:`cardioclr.classify.recipe`); each option left out
+    takes the value of --recipe (``none``: the paper's training, every detail off)."""
+    g = p.add_argument_group("training recipe", "small-data training details; an option given "
+                             "here overrides the --recipe preset's value")
+    g.add_argument("--recipe", choices=RECIPE_NAMES, default="none",
+                   help="preset: none (the paper's training) or small-data (balanced sampling, "
+                   "label smoothing 0.1, mixup 0.2, cosine schedule with 2 warm-up epochs, EMA "
+                   "0.99, 5 TTA views; chosen by repeated CV on train, see benchmarks/README.md)")
+    g.add_argument("--balanced-sampling", dest="balanced_sampling", action="store_true",
+                   default=None, help="draw slice pairs class- and patient-balanced")
+    g.add_argument("--no-balanced-sampling", dest="balanced_sampling", action="store_false",
+                   help="uniform shuffling of slice pairs")
+    g.add_argument("--label-smoothing", type=float, default=None, help="label smoothing epsilon")
+    g.add_argument("--mixup", dest="mixup_alpha", type=float, default=None,
+                   help="mixup Beta alpha (0 = off); ED and ES of a pair mix with one partner")
+    g.add_argument("--cutmix", dest="cutmix_alpha", type=float, default=None,
+                   help="cutmix Beta alpha (0 = off); one box for ED and ES of a pair")
+    g.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help="learning-rate schedule; cosine decays to 0 at --max-epochs")
+    g.add_argument("--warmup-epochs", type=int, default=None, help="linear warm-up epochs")
+    g.add_argument("--ema", dest="ema_decay", type=float, default=None,
+                   help="EMA decay of the weights per step (0 = off); the EMA weights are "
+                   "validated, saved and tested")
+    g.add_argument("--tta", type=int, default=None, help="test-time views averaged at CV "
+                   "validation, test and predict (1 = off): identity + small rotations")
+
+
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe as a mapping (preset name + the options given), converted by FinetuneConfig."""
+    keys = ("balanced_sampling", "label_smoothing", "mixup_alpha", "cutmix_alpha", "schedule",
+            "warmup_epochs", "ema_decay", "tta")
+    given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    return {"name": args.recipe, **given}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -95,6 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         accelerator=args.accelerator, num_nodes=args.num_nodes, precision=args.precision,
         progress_bar=sys.stderr.isatty(),
         model=args.model, pooling=args.pooling, instance_loss_weight=args.instance_loss_weight,
+        aux_seg_weight=args.aux_seg_weight, recipe=cast(Any, _recipe(args)),
     )
     m = finetune(cfg)
     if m:

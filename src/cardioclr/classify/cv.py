@@ -27,6 +27,7 @@ import pandas as pd
 from cardioclr.atomic import read_json, write_json
 from cardioclr.classify.data import SliceBank
 from cardioclr.classify.patient_data import PatientBank
+from cardioclr.classify.recipe import TrainingRecipe
 from cardioclr.classify.train import RunHyper, fit_run
 from cardioclr.data.store import Splits
 from cardioclr.errors import CardioclrError
@@ -63,14 +64,15 @@ def check_disjoint(name: str, used: Sequence[str], test: Sequence[str]) -> None:
 def run_cv(out: Path, bank: SliceBank | PatientBank, splits: Splits, points: Sequence[GridPoint],
            make_model: Callable[[int], Any], input_mode: str, n_classes: int,
            settings: TrainerSettings, seed: int, max_folds: int | None = None,
-           fingerprint: str = "", fit: Callable[..., dict[str, Any]] | None = None
-           ) -> list[dict[str, Any]]:
+           fingerprint: str = "", fit: Callable[..., dict[str, Any]] | None = None,
+           recipe: TrainingRecipe | None = None) -> list[dict[str, Any]]:
     """Run (or reload) every grid point x fold; returns one result dict per run.
 
     ``make_model(seed)`` builds a freshly initialised classifier. ``fingerprint`` identifies the
     configuration; a stored fold result with another fingerprint raises instead of being reused.
     ``fit`` trains one run (default :func:`~cardioclr.classify.train.fit_run`, the slice model;
     :func:`~cardioclr.classify.patient_train.fit_patient_run` with a ``PatientBank``).
+    ``recipe``: the training details of every run (:mod:`.recipe`; validation uses its TTA).
     """
     train_one: Callable[..., dict[str, Any]] = fit or fit_run
     n_folds = len(splits.folds) if max_folds is None else min(max_folds, len(splits.folds))
@@ -95,7 +97,7 @@ def run_cv(out: Path, bank: SliceBank | PatientBank, splits: Splits, points: Seq
                      len(train_ids), len(val_ids))
             r = train_one(run_dir, make_model(seed), bank, train_ids, val_ids,
                         RunHyper(point.lr, point.batch_size, settings.max_epochs), input_mode,
-                        n_classes, settings, seed)
+                        n_classes, settings, seed, recipe)
             res = {"lr": point.lr, "batch_size": point.batch_size, "fold": k, "seed": seed,
                    "best_epoch": r["best_epoch"], "epochs_to_best": r["best_epoch"] + 1,
                    "val_loss": r["val_loss"], "val_auc": _finite_or_none(r["val_auc"]),

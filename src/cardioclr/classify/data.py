@@ -29,7 +29,9 @@ class SliceBank:
 
     ``images``: float32 tensor (N, 2, H, W); ``hearts``: bool tensor (N, 2, H, W);
     ``patient``: int64 (N,) index into ``patient_ids``; ``labels``: int64 (N,) class per slice
-    (the patient's label, -1 when unlabelled).
+    (the patient's label, -1 when unlabelled); ``structures``: bool tensor (N, 6, H, W) LV,
+    MYO, RV masks of ED and ES when every patient was loaded with them (multi-task targets),
+    else None.
     """
 
     def __init__(self, patients: Sequence[PatientInputs]) -> None:
@@ -45,12 +47,16 @@ class SliceBank:
         self.patient = torch.from_numpy(np.repeat(np.arange(len(patients)), counts))
         self.labels = torch.from_numpy(self.patient_labels[self.patient.numpy()])
         self.slice_index = torch.from_numpy(np.concatenate([p.slice_index for p in patients]))
+        self.structures = (torch.from_numpy(np.concatenate([p.structures for p in patients]))
+                           if all(p.structures is not None for p in patients) else None)
         self._pos = {pid: i for i, pid in enumerate(self.patient_ids)}
 
     @classmethod
-    def load(cls, store: SliceStore, patient_ids: Sequence[str], spec: InputSpec) -> SliceBank:
+    def load(cls, store: SliceStore, patient_ids: Sequence[str], spec: InputSpec,
+             with_structures: bool = False) -> SliceBank:
         """Load ``patient_ids`` from ``store`` per ``spec`` (see :func:`load_patient_inputs`)."""
-        return cls([load_patient_inputs(store, pid, spec) for pid in patient_ids])
+        return cls([load_patient_inputs(store, pid, spec, with_structures=with_structures)
+                    for pid in patient_ids])
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

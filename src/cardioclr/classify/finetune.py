@@ -27,7 +27,7 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,13 +46,16 @@ from cardioclr.choices import CLASSIFIER_MODELS, MIL_POOLINGS
 from cardioclr.classify.cv import check_disjoint, cv_table, grid, run_cv, select
 from cardioclr.classify.data import SliceBank, patient_probabilities
 from cardioclr.classify.model import DualPhaseClassifier, check_init, initialise_encoders
+from cardioclr.classify.multitask import MultiTaskClassifier, as_classifier
 from cardioclr.classify.patient_data import PatientBank
 from cardioclr.classify.patient_predict import attention_table, patient_features, save_patient_classifier
 from cardioclr.classify.patient_train import fit_patient_run, predict_patients
 from cardioclr.classify.predict import MODEL_FILE, save_classifier
+from cardioclr.classify.recipe import TrainingRecipe, as_recipe
 from cardioclr.classify.train import RunHyper, fit_run, predict_slices
 from cardioclr.data.pairs import InputSpec, load_patient_inputs
 from cardioclr.data.store import SliceStore
+from cardioclr.data.views import input_channels
 from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.metrics import classification_metrics, prob_columns, to_jsonable
 from cardioclr.evaluate.saliency import run_saliency
@@ -60,6 +63,7 @@ from cardioclr.models.encoders import encoder_names
 from cardioclr.models.patient import PatientClassifier
 from cardioclr.provenance import save_run_info, to_plain
 from cardioclr.run_identity import digest, run_identity
+from cardioclr.segment.encoder import default_segmentation_model
 from cardioclr.training import TrainerSettings, inference_device, is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -86,6 +90,9 @@ class FinetuneConfig:
     one forward pass, one encoder shared by ED and ES, relative slice position, ``pooling``
     over slices); with ``patient`` the ``grid_batch`` values count *patients* per step, and
     ``instance_loss_weight`` > 0 adds the auxiliary per-slice loss (deep supervision).
+    ``recipe``: small-data training details (:class:`~cardioclr.classify.recipe.TrainingRecipe`;
+    a preset name or a plain mapping is converted on construction); the default is the paper's
+    training and leaves the fingerprint of such runs as it was before recipes existed.
     """
 
     work: str
@@ -119,6 +126,15 @@ class FinetuneConfig:
     model: str = "slice"
     pooling: str = "gated"
     instance_loss_weight: float = 0.0
+    #: Multi-task fine-tuning (issue 11 item 5): weight of the auxiliary LV/MYO/RV segmentation
+    #: loss on the same encoder (:mod:`cardioclr.classify.multitask`); 0 = off (the paper's).
+    aux_seg_weight: float = 0.0
+    recipe: TrainingRecipe = TrainingRecipe()
+
+    def __post_init__(self) -> None:
+        # A preset name (`recipe: small-data` in a study YAML) or a mapping (config.yaml) becomes
+        # the recipe itself, so every reader sees concrete values.
+        object.__setattr__(self, "recipe", as_recipe(self.recipe))
 
     def out_dir(self) -> Path:
         """``out`` or ``WORK/finetune/<encoder>-<init>-<input>``."""
@@ -144,6 +160,10 @@ def fingerprint(cfg: FinetuneConfig) -> str:
         d.pop("model", None)
         d.pop("pooling", None)
         d.pop("instance_loss_weight", None)
+    if not cfg.aux_seg_weight:
+        d.pop("aux_seg_weight", None)  # absent before issue 11: single-task runs keep their hash
+    if cfg.recipe == TrainingRecipe():
+        d.pop("recipe")  # the paper's training: same identity as runs from before recipes existed
     if cfg.weights:
         # The weight file's size and mtime stand in for its content (hashing VGG weights is slow).
         st = Path(cfg.weights).stat()
@@ -155,9 +175,13 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     """Run (or resume, or skip when finished) one fine-tuning configuration; returns metrics."""
     if cfg.encoder not in encoder_names():
         raise CardioclrError(f"unknown encoder {cfg.encoder!r}; choose one of {', '.join(encoder_names())}")
+    if cfg.init == "segmentation" and not cfg.weights:
+        cfg = replace(cfg, weights=str(default_segmentation_model(cfg.work)))
     check_init(cfg.init, cfg.weights)
     if not cfg.seeds:
         raise CardioclrError("--seeds needs at least one seed")
+    if cfg.aux_seg_weight < 0:
+        raise CardioclrError(f"--aux-seg-weight must be >= 0, got {cfg.aux_seg_weight}")
     if not cfg.grid_lr or not cfg.grid_batch:
         raise CardioclrError("--grid-lr and --grid-batch need at least one value each")
     if cfg.model not in CLASSIFIER_MODELS or cfg.pooling not in MIL_POOLINGS:
@@ -169,6 +193,13 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     if cfg.instance_loss_weight < 0 or (cfg.instance_loss_weight > 0 and cfg.model != "patient"):
         raise CardioclrError("--instance-loss-weight must be >= 0 and needs --model patient")
     patient = cfg.model == "patient"
+    if patient and cfg.aux_seg_weight > 0:
+        raise CardioclrError("--aux-seg-weight (multi-task) is available with --model slice only")
+    if patient and cfg.recipe != TrainingRecipe():
+        raise CardioclrError("--recipe and its options are available with --model slice only")
+    if cfg.aux_seg_weight > 0 and cfg.recipe.mixes:
+        raise CardioclrError("--mixup/--cutmix cannot be combined with --aux-seg-weight (the mixed "
+                             "images would no longer match their segmentation targets)")
     spec = cfg.spec()
     store = SliceStore(cfg.work)
     out = cfg.out_dir()
@@ -195,18 +226,28 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         if isinstance(bank, PatientBank):
             m = PatientClassifier(cfg.encoder, n_classes, bank.input_channels(cfg.input_mode), cfg.pooling,
                                   instance_loss_weight=cfg.instance_loss_weight)
+        elif cfg.aux_seg_weight > 0:
+            m = MultiTaskClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe,
+                                    in_channels=input_channels(cfg.input_mode),
+                                    aux_seg_weight=cfg.aux_seg_weight, image_size=cfg.image_size)
         else:
-            m = DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe)
+            m = DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder, cfg.linear_probe,
+                                    in_channels=input_channels(cfg.input_mode))
         initialise_encoders(m, cfg.init, cfg.weights)
         return m
 
     # Validates the weight file (and reads the SimCLR input mode) before any data is loaded.
-    info = initialise_encoders(DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder),
+    info = initialise_encoders(DualPhaseClassifier(cfg.encoder, n_classes, cfg.shared_encoder,
+                                                   in_channels=input_channels(cfg.input_mode)),
                                cfg.init, cfg.weights)
     log.info("loading %d train + %d test patients (%s input, %s masks, %d px)", len(splits.train),
              len(splits.test), cfg.input_mode, cfg.mask_source, cfg.image_size)
-    bank: SliceBank | PatientBank = (PatientBank if patient else SliceBank).load(
-        store, list(splits.train) + list(splits.test), spec)
+    # Multi-task targets are loaded for every patient but only training rows ever reach the
+    # loss (classify.multitask): test masks are never targets.
+    ids = list(splits.train) + list(splits.test)
+    bank: SliceBank | PatientBank = (
+        PatientBank.load(store, ids, spec) if patient
+        else SliceBank.load(store, ids, spec, with_structures=cfg.aux_seg_weight > 0))
     fit = fit_patient_run if patient else fit_run
     settings = TrainerSettings(max_epochs=cfg.max_epochs, patience=cfg.patience,
                                accelerator=cfg.accelerator, devices=cfg.devices,
@@ -216,7 +257,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
     # ---- 1. cross-validation on train only
     points = grid(cfg.grid_lr, cfg.grid_batch)
     cv_results = run_cv(out, bank, splits, points, make_model, cfg.input_mode, n_classes, settings,
-                        seed=cfg.seeds[0], max_folds=cfg.max_folds, fingerprint=fp, fit=fit)
+                        seed=cfg.seeds[0], max_folds=cfg.max_folds, fingerprint=fp, fit=fit,
+                        recipe=cfg.recipe)
     table = cv_table(cv_results)
     chosen = select(table)
     log.info("selected lr %g, batch %d, %d epochs (CV val AUC %s)", chosen["lr"], chosen["batch_size"],
@@ -232,6 +274,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         final_results.append(res)
     if not is_rank_zero():
         return {}
+    # The auxiliary head only trains (multi-task runs are slice models; checked above).
+    models = [m if isinstance(m, PatientClassifier) else as_classifier(m) for m in models]
 
     # ---- 3. the one evaluation on test
     device = inference_device(cfg.accelerator)
@@ -249,7 +293,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         per_seed_p = []
         for model in models:
             p, _ = predict_slices(cast(DualPhaseClassifier, model), bank.images[test_rows],
-                                  bank.hearts[test_rows], cfg.input_mode, device)
+                                  bank.hearts[test_rows], cfg.input_mode, device,
+                                  tta=cfg.recipe.tta)
             per_seed_p.append(p)
         slice_patient = bank.patient[test_rows].numpy()
         keys, _ = patient_probabilities(per_seed_p[0], slice_patient)
@@ -275,7 +320,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         n_features = feats.shape[1] - 1
     else:
         slice_models = [cast(DualPhaseClassifier, m) for m in models]
-        save_classifier(out / MODEL_FILE, slice_models, spec, classes, pretraining, cfg.seeds)
+        save_classifier(out / MODEL_FILE, slice_models, spec, classes, pretraining, cfg.seeds,
+                        tta=cfg.recipe.tta)
         n_features = _write_finetuned_features(out / FINETUNED_FEATURES_FILE, slice_models[0], bank, store,
                                                spec, device)
     curves = _curves(cv_results, final_results)
@@ -310,7 +356,10 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         "per_seed": per_seed,
         "seed_spread": _spread(per_seed),
         "ensemble": f"mean of {len(cfg.seeds)} seed model(s)' patient probabilities"
-                    + (" (patient-level model)" if patient else ""),
+                    + (" (patient-level model)" if patient else "")
+                    + (f", each the mean of {cfg.recipe.tta} TTA views" if cfg.recipe.tta > 1 else ""),
+        "ensemble_size": len(cfg.seeds),
+        "recipe": cast("dict[str, Any]", to_plain(cfg.recipe)),
         "cv": table.to_dict(orient="records"),
         "cv_folds": cv_results_summary(cv_results),
         "selected": chosen,
@@ -348,9 +397,13 @@ def _final_model(run_dir: Path, make_model: Any, seed: int, bank: SliceBank | Pa
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         log.info("final model seed %d: done", seed)
         return model, res
-    hyper = RunHyper(chosen["lr"], chosen["batch_size"], chosen["epochs"], cfg.augment)
+    # The schedule's horizon is the CV runs' cap, so the final model's learning rates per epoch
+    # are those of the CV runs up to the chosen epoch.
+    hyper = RunHyper(chosen["lr"], chosen["batch_size"], chosen["epochs"], cfg.augment,
+                     schedule_epochs=cfg.max_epochs)
     log.info("final model seed %d: %d train patients, %d epochs", seed, len(train_ids), hyper.max_epochs)
-    r = fit(run_dir, model, bank, list(train_ids), None, hyper, cfg.input_mode, n_classes, settings, seed)
+    r = fit(run_dir, model, bank, list(train_ids), None, hyper, cfg.input_mode, n_classes, settings, seed,
+            cfg.recipe)
     model = model.cpu()
     res = {"seed": seed, "lr": hyper.lr, "batch_size": hyper.batch_size, "epochs": hyper.max_epochs,
            "epochs_run": r["epochs_run"], "seconds": r["seconds"], "history": r["history"],

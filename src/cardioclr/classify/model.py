@@ -11,7 +11,14 @@ Initialisation (:func:`initialise_encoders`):
 * ``imagenet`` a local torchvision state-dict file (``--weights``), required;
 * ``simclr``   an ``encoder.pt`` written by ``cardioclr pretrain`` (``--weights``), required;
   its encoder name must match and its pretraining input mode is recorded as
-  ``simclr-full`` / ``simclr-segmented`` / ``simclr-roi``.
+  ``simclr-full`` / ``simclr-segmented`` / ``simclr-roi`` (``segmentation-simclr-...`` when
+  that SimCLR run itself started from the segmentation encoder);
+* ``segmentation`` the trained segmentation network's down path (``--encoder segunet`` only;
+  ``--weights`` defaults to ``WORK/segmentation/model/model.pt``, see
+  :mod:`cardioclr.segment.encoder`), recorded as ``segmentation``.
+
+Encoders with more input channels than the weights (``anatomy`` inputs) get zero weights on
+the extra channels (:func:`cardioclr.models.encoders.widen_input_channels` says why).
 """
 
 from __future__ import annotations
@@ -28,9 +35,13 @@ from torch import Tensor, nn
 from cardioclr.choices import INITS
 from cardioclr.errors import CardioclrError
 from cardioclr.models.checkpoint import load_encoder_weights, read_encoder_file
-from cardioclr.models.encoders import build_encoder, encoder_names
+from cardioclr.models.encoders import build_encoder, encoder_names, load_widened
 from cardioclr.models.heads import DualPhaseHead
 from cardioclr.models.patient import PatientClassifier
+from cardioclr.segment.encoder import load_segmentation_encoder
+
+#: The registry encoder that equals the segmentation network's down path.
+SEGUNET = "segunet"
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +49,13 @@ log = logging.getLogger(__name__)
 class DualPhaseClassifier(nn.Module):
     """ED and ES slices -> class logits.
 
-    Inputs ``ed``, ``es``: (B, 1, H, W) float; :meth:`features` returns (B, 2D) = [ED feats,
-    ES feats]; :meth:`forward` returns (B, n_classes) logits.
+    Inputs ``ed``, ``es``: (B, C, H, W) float with C = ``in_channels`` (1, or 4 for ``anatomy``
+    inputs: :func:`cardioclr.data.views.input_channels`); :meth:`features` returns (B, 2D) =
+    [ED feats, ES feats]; :meth:`forward` returns (B, n_classes) logits.
     """
 
     def __init__(self, encoder_name: str, n_classes: int, shared_encoder: bool = False,
-                 freeze_encoders: bool = False, dropout: float = 0.0) -> None:
+                 freeze_encoders: bool = False, dropout: float = 0.0, in_channels: int = 1) -> None:
         super().__init__()
         if encoder_name not in encoder_names():
             raise CardioclrError(f"unknown encoder {encoder_name!r}; choose one of "
@@ -51,12 +63,13 @@ class DualPhaseClassifier(nn.Module):
         self.encoder_name = encoder_name
         self.shared_encoder = shared_encoder
         self.freeze_encoders = freeze_encoders
-        self.encoder_ed, self.feature_dim = build_encoder(encoder_name, in_channels=1)
+        self.in_channels = in_channels
+        self.encoder_ed, self.feature_dim = build_encoder(encoder_name, in_channels=in_channels)
         # With a shared encoder there is no second module at all, so parameter counts, the
         # state dict and the optimiser see each weight once.
         self.encoder_es: nn.Module | None = None
         if not shared_encoder:
-            self.encoder_es, _ = build_encoder(encoder_name, in_channels=1)
+            self.encoder_es, _ = build_encoder(encoder_name, in_channels=in_channels)
         self.head = DualPhaseHead(self.feature_dim, n_classes, dropout=dropout)
         if freeze_encoders:
             for enc in self.encoders():
@@ -79,7 +92,7 @@ class DualPhaseClassifier(nn.Module):
         return self
 
     def features(self, ed: Tensor, es: Tensor) -> Tensor:
-        """(B, 1, H, W) ED and ES -> (B, 2D) concatenated encoder features [ED, ES]."""
+        """(B, C, H, W) ED and ES -> (B, 2D) concatenated encoder features [ED, ES]."""
         if self.encoder_es is None:
             # One pass over both phases: the same weights, half the kernel launches.
             f = self.encoder_ed(torch.cat([ed, es], dim=0))
@@ -89,7 +102,7 @@ class DualPhaseClassifier(nn.Module):
         return torch.cat([f_ed, f_es], dim=1)
 
     def forward(self, ed: Tensor, es: Tensor) -> Tensor:
-        """(B, 1, H, W) ED and ES -> (B, n_classes) logits."""
+        """(B, C, H, W) ED and ES -> (B, n_classes) logits."""
         f = self.features(ed, es)
         d = self.feature_dim
         logits: Tensor = self.head(f[:, :d], f[:, d:])
@@ -121,8 +134,14 @@ def check_init(init: str, weights: str | os.PathLike[str] | None) -> None:
     if init == "simclr" and not weights:
         raise CardioclrError("--init simclr needs --weights encoder.pt (written by `cardioclr "
                              "pretrain`)")
+    if init == "segmentation" and not weights:
+        raise CardioclrError("--init segmentation needs the segmentation model.pt (default: "
+                             "WORK/segmentation/model/model.pt, written by `cardioclr segment train`)")
     if init == "none" and weights:
         raise CardioclrError("--weights was given with --init none; pass --init imagenet or simclr")
+    if init == "segmentation" and weights and not Path(weights).is_file():
+        raise CardioclrError(f"{weights}: no trained segmentation model; run `cardioclr segment "
+                             "train WORK --preset cpu` first (or pass --weights MODEL.pt)")
     if weights and not Path(weights).is_file():
         raise CardioclrError(f"{weights}: weight file not found")
 
@@ -155,23 +174,38 @@ def initialise_encoders(model: DualPhaseClassifier | PatientClassifier, init: st
     if init == "none":
         return InitInfo("none", "none", None, {})
     name = model.encoder_name
-    if init == "imagenet":
+    if init == "segmentation":
+        assert weights is not None  # check_init
+        if name != SEGUNET:
+            raise CardioclrError(f"--init segmentation needs --encoder {SEGUNET} (the segmentation "
+                                 f"U-Net's down path), not {name!r}")
+        seg_state, seg_info = load_segmentation_encoder(weights)
         for enc in model.encoders():
-            loaded, _ = build_encoder(name, in_channels=1, imagenet_weights=weights)
-            enc.load_state_dict(loaded.state_dict())
+            load_widened(enc, seg_state)
+        return InitInfo("segmentation", "segmentation", str(weights), seg_info)
+    if init == "imagenet":
+        # Built for the image channel, then widened: extra (mask) channels start at zero
+        # (see :func:`cardioclr.models.encoders.widen_input_channels` for why).
+        loaded, _ = build_encoder(name, in_channels=1, imagenet_weights=weights)
+        for enc in model.encoders():
+            load_widened(enc, loaded.state_dict())
         return InitInfo("imagenet", "imagenet", str(weights), {})
     assert weights is not None  # check_init: simclr needs a weight file
     state, meta = read_simclr_info(weights, name)
     for enc in model.encoders():
         try:
-            enc.load_state_dict(state, strict=True)
+            # A 1-channel SimCLR encoder fine-tuned on anatomy inputs: mask channels start at zero.
+            load_widened(enc, state)
         except RuntimeError as err:
             raise CardioclrError(f"{weights}: weights do not fit encoder {name!r}: "
                                  f"{str(err).splitlines()[0]}") from err
     mode = simclr_input_mode(meta)
+    label = f"simclr-{mode}" if mode else "simclr"
+    if meta.get("init") == "segmentation":
+        label = f"segmentation-{label}"
     if meta.get("image_size") is not None:
         # Encoders end in global pooling, so any size runs; a large mismatch changes the scale
         # of what the filters learned to see, which users should know about.
         log.info("SimCLR encoder pretrained at %s px (%s input)", meta.get("image_size"), mode)
-    return InitInfo("simclr", f"simclr-{mode}" if mode else "simclr", str(weights),
+    return InitInfo("simclr", label, str(weights),
                     {"simclr_input_mode": mode, "simclr_meta": meta})

@@ -35,9 +35,11 @@ from torch.utils.data import DataLoader
 
 from cardioclr.classify.data import FINETUNE_AUGMENT
 from cardioclr.classify.patient_data import PatientBank, PatientBatch, pad_patients
+from cardioclr.classify.recipe import TrainingRecipe
 from cardioclr.classify.train import WEIGHT_DECAY, RunHyper, patient_val_metrics
 from cardioclr.data.augment import AugmentConfig, augment_batch
 from cardioclr.data.pairs import network_inputs
+from cardioclr.errors import CardioclrError
 from cardioclr.models.patient import PatientClassifier
 from cardioclr.training import TrainerSettings, make_trainer, resume_checkpoint
 
@@ -158,10 +160,15 @@ class PatientModule(L.LightningModule):
 
 def fit_patient_run(run_dir: str | Path, model: PatientClassifier, bank: PatientBank, train_ids: list[str],
                     val_ids: list[str] | None, hyper: RunHyper, input_mode: str, n_classes: int,
-                    settings: TrainerSettings, seed: int) -> dict[str, Any]:
+                    settings: TrainerSettings, seed: int, recipe: TrainingRecipe | None = None
+                    ) -> dict[str, Any]:
     """Train ``model`` in place on ``train_ids`` (``hyper.batch_size`` patients per step);
     early-stop on ``val_ids`` when given. Same contract, resuming and return value as
-    :func:`cardioclr.classify.train.fit_run`."""
+    :func:`cardioclr.classify.train.fit_run`. ``recipe`` must be the paper's training (the
+    small-data details of :mod:`cardioclr.classify.recipe` are wired into the slice model only).
+    """
+    if recipe is not None and recipe != TrainingRecipe():
+        raise CardioclrError("--recipe / its options apply to --model slice only")
     L.seed_everything(seed, workers=True, verbose=False)
     run = Path(run_dir)
     gen = torch.Generator().manual_seed(seed)

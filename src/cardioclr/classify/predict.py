@@ -6,6 +6,7 @@
     encoder, shared_encoder, linear_probe, feature_dim, n_classes, classes [str]
     input: {input_mode, mask_source, image_size, mask_margin_mm, roi_margin_mm}
     pretraining, seeds [int], state_dicts [ {name: Tensor} per seed ]
+    tta (int, optional; 1 when absent): test-time augmentation views (:mod:`.recipe`)
 
 A patient's prediction is the mean over its slice pairs of the slice probabilities, averaged
 over the seeds' models (the same ensemble as ``predictions.csv``).
@@ -34,6 +35,7 @@ from cardioclr.classify.patient_predict import (
 from cardioclr.classify.train import predict_slices
 from cardioclr.data.pairs import InputSpec, PatientInputs, load_patient_inputs
 from cardioclr.data.store import SliceStore
+from cardioclr.data.views import input_channels
 from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.metrics import prob_columns
 
@@ -52,13 +54,14 @@ class Classifier:
     encoder: str
     pretraining: str
     seeds: list[int]
+    tta: int = 1
 
     def predict_inputs(self, inputs: PatientInputs, device: str | torch.device = "cpu") -> np.ndarray:
         """Patient probabilities (K,) float64: mean over slices, then over seeds."""
         imgs = torch.from_numpy(inputs.images)
         hearts = torch.from_numpy(inputs.hearts)
-        per_seed = [predict_slices(m, imgs, hearts, self.spec.input_mode, device)[0].mean(axis=0)
-                    for m in self.models]
+        per_seed = [predict_slices(m, imgs, hearts, self.spec.input_mode, device, tta=self.tta)[0]
+                    .mean(axis=0) for m in self.models]
         proba: np.ndarray = np.mean(per_seed, axis=0)
         return proba
 
@@ -81,7 +84,7 @@ class Classifier:
 
 def save_classifier(path: str | os.PathLike[str], models: Sequence[DualPhaseClassifier],
                     spec: InputSpec, classes: Sequence[str], pretraining: str,
-                    seeds: Sequence[int]) -> None:
+                    seeds: Sequence[int], tta: int = 1) -> None:
     """Write ``model.pt`` atomically (see the module docstring for the contents)."""
     m0 = models[0]
     obj: dict[str, Any] = {
@@ -89,7 +92,7 @@ def save_classifier(path: str | os.PathLike[str], models: Sequence[DualPhaseClas
         "encoder": m0.encoder_name, "shared_encoder": bool(m0.shared_encoder),
         "linear_probe": bool(m0.freeze_encoders), "feature_dim": int(m0.feature_dim),
         "n_classes": len(classes), "classes": list(classes), "input": asdict(spec),
-        "pretraining": pretraining, "seeds": [int(s) for s in seeds],
+        "pretraining": pretraining, "seeds": [int(s) for s in seeds], "tta": int(tta),
         "state_dicts": [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in models],
     }
     with atomic_path(path) as tmp:
@@ -123,8 +126,9 @@ def load_classifier(model_dir: str | os.PathLike[str]) -> Classifier | PatientEn
     models = []
     for state in obj["state_dicts"]:
         m = DualPhaseClassifier(obj["encoder"], int(obj["n_classes"]), bool(obj["shared_encoder"]),
-                                bool(obj["linear_probe"]))
+                                bool(obj["linear_probe"]), in_channels=input_channels(spec.input_mode))
         m.load_state_dict(state)
         models.append(m.eval())
     return Classifier(models=models, spec=spec, classes=list(obj["classes"]), encoder=obj["encoder"],
-                      pretraining=str(obj["pretraining"]), seeds=list(obj["seeds"]))
+                      pretraining=str(obj["pretraining"]), seeds=list(obj["seeds"]),
+                      tta=int(obj.get("tta", 1)))

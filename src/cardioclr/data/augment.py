@@ -280,23 +280,32 @@ def _augment(images: Tensor, hearts: Tensor | None, mode: str, cfg: AugmentConfi
                             align_corners=False)
         x = out[:, :c]
         warped = (out[:, c:] > 0.5).float() if hearts is not None else None
-        region = warped if mode == "segmented" else None
+        # Masks beyond the image's C channels (multi-task targets) ride along, warped only.
+        masks = warped[:, :c] if warped is not None and mode == "segmented" else warped
+        region = masks if mode == "segmented" else None
         x = _intensity(x, region, cfg, generator)
-        if warped is not None:
+        if masks is not None:
             # Last, so brightness/noise cannot make the background nonzero.
-            x = apply_input_mask(x, warped, mode)
+            x = apply_input_mask(x, masks, mode)
     return x, warped
 
 
 def two_views(images: Tensor, hearts: Tensor | None, mode: str, cfg: AugmentConfig,
               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """The two independently augmented views SimCLR contrasts: ((B, 1, H, W), (B, 1, H, W)).
+    """The two independently augmented views SimCLR contrasts: ((B, C, H, W), (B, C, H, W)).
 
     Both views come from one :func:`augment_batch` call on the batch repeated twice (2B
-    samples, each with its own parameters): one resampling kernel instead of two.
+    samples, each with its own parameters): one resampling kernel instead of two. C = 1,
+    except in ``anatomy`` mode where ``hearts`` holds the (B, 3, H, W) LV, MYO and RV masks:
+    they are warped with the image (same grid, thresholded) but get no intensity change, and
+    follow the image as channels 1-3 of each view.
     """
     b = images.shape[0]
-    views, _ = _augment(images, hearts, mode, cfg, generator, repeat=2)
+    views, warped = _augment(images, hearts, mode, cfg, generator, repeat=2)
+    if mode == "anatomy":
+        if warped is None:
+            raise ValueError("anatomy mode needs the structure masks")
+        views = torch.cat([views, warped], dim=1)
     return views[:b], views[b:]
 
 # ----------------------------------------------------------------- segmentation (label-safe)

@@ -4,6 +4,10 @@ feature export both feed their encoders.
 The unit is a *slice pair*: the ED and the ES frame at the same short-axis position of the same
 patient, stacked as two inputs ``(2, H, W)`` (index 0 = ED, 1 = ES).
 
+In ``anatomy`` mode the masks that go with a pair are the LV, MYO and RV masks of both phases,
+``(6, H, W)`` = [ED LV, ED MYO, ED RV, ES LV, ES MYO, ES RV]; :func:`network_inputs` turns a
+batch into the (B, 4, H, W) ED and ES inputs. Every consumer goes through it.
+
 Which slices: those where the heart mask (of the chosen mask source) is non-empty in ED or ES.
 Slices above the base or below the apex carry no heart and, in ``segmented`` mode, would be
 all-zero inputs. A patient whose mask is empty everywhere (a failed segmentation) keeps all of
@@ -16,13 +20,26 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from cardioclr.choices import MASK_SOURCES
 from cardioclr.clinical.regional import slice_levels
 from cardioclr.data.masks import load_labels
 from cardioclr.data.store import SliceStore
-from cardioclr.data.views import apply_input_mask, check_mode, heart_mask, patient_views, roi_box
+from cardioclr.data.views import (
+    ANATOMY_STRUCTURES,
+    apply_input_mask,
+    check_mode,
+    crop_resize,
+    crops_to_heart,
+    heart_mask,
+    input_channels,
+    patient_views,
+    resize_stack,
+    roi_box,
+    structure_masks,
+)
 from cardioclr.errors import CardioclrError
 
 log = logging.getLogger(__name__)
@@ -34,11 +51,11 @@ ED, ES = 0, 1
 class InputSpec:
     """What the network sees of a patient; saved in ``model.pt`` so inference sees the same.
 
-    ``input_mode``: full | segmented | roi (see :mod:`cardioclr.data.views`);
+    ``input_mode``: full | segmented | roi | anatomy (see :mod:`cardioclr.data.views`);
     ``mask_source``: predicted | expert; ``image_size``: network grid side in pixels;
     ``mask_margin_mm``: in-plane dilation of the heart mask used to mask ``segmented`` inputs
     (0 = the paper's exact LV + myocardium + RV mask); ``roi_margin_mm``: margin around the
-    heart box in ``roi`` mode.
+    heart box in ``roi`` and ``anatomy`` modes.
     """
 
     input_mode: str
@@ -61,12 +78,15 @@ class PatientInputs:
     """One patient's slice pairs on the network grid, before augmentation and masking.
 
     ``images``: float32 (n, 2, H, W) [ED, ES] intensities (store normalisation, ~0-1);
-    ``hearts``: bool (n, 2, H, W) input masks (heart dilated by ``mask_margin_mm``);
+    ``hearts``: bool (n, 2, H, W) input masks (heart dilated by ``mask_margin_mm``); in
+    ``anatomy`` mode bool (n, 6, H, W), the structure masks (see the module docstring);
     ``slice_index``: int (n,) positions in the store's slice stack (base = 0);
     ``pixel_mm``: in-plane pixel size of the network grid in mm;
     ``saliency_hearts``: bool (n, 2, H, W) heart dilated by the saliency margin, when asked;
     ``positions``: float32 (n,) relative position of each slice, 0 = base .. 1 = apex
     (:func:`slice_positions`), the patient-level model's position input.
+    ``structures``: bool (n, 6, H, W) LV, MYO, RV masks of ED then ES on the network grid, when
+    asked (targets of multi-task fine-tuning, :mod:`cardioclr.classify.multitask`).
     """
 
     patient_id: str
@@ -77,6 +97,7 @@ class PatientInputs:
     pixel_mm: float
     saliency_hearts: np.ndarray | None = None
     positions: np.ndarray | None = None
+    structures: np.ndarray | None = None
 
     @property
     def n_slices(self) -> int:
@@ -85,7 +106,8 @@ class PatientInputs:
 
 
 def load_patient_inputs(store: SliceStore, patient_id: str, spec: InputSpec,
-                        saliency_margin_mm: float | None = None) -> PatientInputs:
+                        saliency_margin_mm: float | None = None,
+                        with_structures: bool = False) -> PatientInputs:
     """Load one patient's slice pairs resized/cropped per ``spec`` (no masking applied yet).
 
     The heart masks are built on the store grid (where the pixel size is known) and then
@@ -111,7 +133,7 @@ def load_patient_inputs(store: SliceStore, patient_id: str, spec: InputSpec,
         keep = np.arange(ps.n_slices)
     box = None
     side = store.image_size
-    if spec.input_mode == "roi":
+    if crops_to_heart(spec.input_mode):
         box = roi_box(np.stack(raw), int(round(spec.roi_margin_mm / px)), store.image_size)
         side = box[2]
     images, masks, sal = [], [], []
@@ -123,15 +145,23 @@ def load_patient_inputs(store: SliceStore, patient_id: str, spec: InputSpec,
             smask = heart_mask((ed_lab, es_lab)[phase][keep], saliency_margin_mm, px)
             _, sm = patient_views(image[keep], smask, spec.input_mode, spec.image_size, box)
             sal.append(sm > 0.5)
+    hearts_out: np.ndarray = np.stack(masks, axis=1)
+    structures: np.ndarray | None = None
+    if spec.input_mode == "anatomy" or with_structures:
+        structures = np.concatenate([_structures_on_grid(lab[keep], box, spec.image_size)
+                                     for lab in (ed_lab, es_lab)], axis=1)
+        if spec.input_mode == "anatomy":
+            hearts_out = structures
     return PatientInputs(
         patient_id=patient_id,
         label_index=store.label_index(patient_id),
         images=np.stack(images, axis=1).astype(np.float32),
-        hearts=np.stack(masks, axis=1),
+        hearts=hearts_out,
         slice_index=keep.astype(np.int64),
         pixel_mm=px * side / spec.image_size,
         saliency_hearts=np.stack(sal, axis=1) if sal else None,
         positions=slice_positions(ed_lab, keep),
+        structures=structures if with_structures else None,
     )
 
 
@@ -156,11 +186,42 @@ def slice_positions(ed_labels: np.ndarray, slice_index: np.ndarray) -> np.ndarra
     return (1.0 - rel if base_high else rel).astype(np.float32)
 
 
-def network_inputs(images: Tensor, hearts: Tensor, input_mode: str) -> tuple[Tensor, Tensor]:
-    """(B, 2, H, W) pairs -> ED and ES inputs (B, 1, H, W) each, masked per ``input_mode``.
+def _structures_on_grid(labels: np.ndarray, box: tuple[int, int, int] | None, out_size: int
+                        ) -> np.ndarray:
+    """Labels (n, S, S) -> bool (n, 3, out, out) structure masks, cropped to ``box`` (roi,
+    anatomy) or resized (full, segmented) exactly like the image."""
+    masks = structure_masks(labels).astype(np.float32)
+    return np.stack([(crop_resize(masks[:, j], box, out_size, is_mask=True) if box is not None
+                      else resize_stack(masks[:, j], out_size, is_mask=True)) > 0.5
+                     for j in range(masks.shape[1])], axis=1)
 
-    Call after any geometric augmentation (``segmented`` must never show warped-in tissue).
+
+def heart_outline(hearts: np.ndarray, input_mode: str) -> np.ndarray:
+    """The pair's masks (..., M, H, W) -> the heart per phase, bool (..., 2, H, W) (for overlays)."""
+    if input_mode != "anatomy":
+        return hearts.astype(bool)
+    k = len(ANATOMY_STRUCTURES)
+    shape = (*hearts.shape[:-3], 2, k, *hearts.shape[-2:])
+    union: np.ndarray = np.any(hearts.reshape(shape).astype(bool), axis=-3)
+    return union
+
+
+def network_inputs(images: Tensor, hearts: Tensor, input_mode: str) -> tuple[Tensor, Tensor]:
+    """(B, 2, H, W) pairs and their masks -> ED and ES inputs (B, C, H, W) each.
+
+    ``C`` = :func:`~cardioclr.data.views.input_channels` of ``input_mode``: the image masked
+    per ``input_mode`` (C = 1), or in ``anatomy`` mode the image followed by its phase's LV,
+    MYO and RV masks (``hearts`` (B, 6, H, W), C = 4). Call after any geometric augmentation
+    (``segmented`` must never show warped-in tissue; the structure masks must move with the image).
     """
+    if input_mode == "anatomy":
+        k = input_channels(input_mode) - 1
+        if hearts.shape[1] != 2 * k:
+            raise ValueError(f"anatomy inputs need (B, {2 * k}, H, W) structure masks, got "
+                             f"{tuple(hearts.shape)}")
+        masks = hearts.to(images.dtype)
+        return (torch.cat([images[:, ED:ED + 1], masks[:, :k]], dim=1),
+                torch.cat([images[:, ES:ES + 1], masks[:, k:]], dim=1))
     x = apply_input_mask(images, hearts, input_mode)
     return x[:, ED:ED + 1], x[:, ES:ES + 1]
 

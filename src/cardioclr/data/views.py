@@ -3,11 +3,19 @@
 * ``full``      the whole field of view (no mask);
 * ``segmented`` the image multiplied by the heart mask, background zero (the paper's input);
 * ``roi``       the heart's bounding box plus a margin, cropped and resized (context kept).
+* ``anatomy``   the ``roi`` crop (finer pixels than the whole field of view) plus the LV cavity,
+                LV myocardium and RV cavity masks of the chosen mask source as three extra
+                input channels (:data:`ANATOMY_STRUCTURES`): the anatomic prior given to the
+                network explicitly rather than by deleting the background. Encoders then take
+                :func:`input_channels` = 4 channels.
 
 Masks come from the segmentation model (``predicted``, the honest default) or from expert
 labels (``expert``, an upper bound); see :mod:`cardioclr.data.masks`.
 In ``segmented`` mode, consumers apply the mask *after* geometric augmentation
 (:func:`apply_input_mask`) so that augmented views never show tissue outside the heart.
+In ``anatomy`` mode the structure masks travel with the image as "mask" channels through
+:mod:`cardioclr.data.augment`: spatial transforms move them with the image (resampled with the
+same grid, thresholded at 0.5), intensity transforms never touch them (they stay 0/1).
 """
 
 from __future__ import annotations
@@ -18,6 +26,13 @@ import torch.nn.functional as F
 from scipy.ndimage import binary_dilation
 
 from cardioclr.choices import INPUT_MODES
+from cardioclr.clinical.labels import STRUCTURES
+
+#: The structures of ``anatomy`` inputs, in channel order after the image: (name, label value).
+ANATOMY_STRUCTURES: tuple[tuple[str, int], ...] = tuple(
+    (name, STRUCTURES[name]) for name in ("LV", "MYO", "RV"))
+#: Input modes whose network input carries the structure masks as extra channels.
+_MASK_CHANNEL_MODES = ("anatomy",)
 
 
 def check_mode(mode: str) -> str:
@@ -25,6 +40,23 @@ def check_mode(mode: str) -> str:
     if mode not in INPUT_MODES:
         raise ValueError(f"unknown input mode {mode!r}; choose one of {', '.join(INPUT_MODES)}")
     return mode
+
+
+def input_channels(mode: str) -> int:
+    """Channels C of one phase's network input (B, C, H, W): 1 image channel, plus the
+    :data:`ANATOMY_STRUCTURES` masks in ``anatomy`` mode."""
+    check_mode(mode)
+    return 1 + (len(ANATOMY_STRUCTURES) if mode in _MASK_CHANNEL_MODES else 0)
+
+
+def crops_to_heart(mode: str) -> bool:
+    """Whether ``mode`` crops the heart's box (``roi`` and ``anatomy``)."""
+    return check_mode(mode) in ("roi", "anatomy")
+
+
+def structure_masks(labels: np.ndarray) -> np.ndarray:
+    """Label volume (z, H, W) values 0-3 -> bool (z, 3, H, W): LV, MYO, RV (:data:`ANATOMY_STRUCTURES`)."""
+    return np.stack([labels == value for _, value in ANATOMY_STRUCTURES], axis=1)
 
 
 def heart_mask(labels: np.ndarray, margin_mm: float = 0.0, spacing_mm: float = 1.0) -> np.ndarray:
@@ -89,15 +121,15 @@ def patient_views(image: np.ndarray, heart: np.ndarray, mode: str, out_size: int
                   box: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One frame of a patient as the network input grid, before any augmentation.
 
-    ``image``: float32 (z, S, S); ``heart``: bool (z, S, S). Returns ``(image, heart)`` both
-    float32 (z, out_size, out_size). In ``roi`` mode ``box`` (from :func:`roi_box`, shared by
+    ``image``: float32 (z, S, S); ``heart``: bool (z, S, S) (any mask: it gets the image's
+    geometry). Returns ``(image, heart)`` both float32 (z, out_size, out_size). In ``roi`` and
+    ``anatomy`` modes ``box`` (from :func:`roi_box`, shared by
     the patient's ED and ES frames) is required. The mask is *not* applied here in
     ``segmented`` mode: call :func:`apply_input_mask` after geometric augmentation.
     """
-    check_mode(mode)
-    if mode == "roi":
+    if crops_to_heart(mode):
         if box is None:
-            raise ValueError("roi mode needs the patient's heart box (roi_box)")
+            raise ValueError(f"{mode} mode needs the patient's heart box (roi_box)")
         return crop_resize(image, box, out_size), crop_resize(heart.astype(np.float32), box,
                                                                out_size, is_mask=True)
     return resize_stack(image, out_size), resize_stack(heart.astype(np.float32), out_size,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm, rankdata
+from scipy.stats import binomtest, norm, rankdata
 
 from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.metrics import (
@@ -159,3 +159,30 @@ def compare_predictions(pred_a: pd.DataFrame, pred_b: pd.DataFrame, classes: Seq
         notes.append("per-class DeLong p-values are not corrected for multiple comparisons")
     out["notes"] = notes
     return out
+
+
+def compare_accuracy(pred_a: pd.DataFrame, pred_b: pd.DataFrame, classes: Sequence[str],
+                     n_boot: int = 2000, seed: int = 0, ci_level: float = 0.95) -> dict[str, Any]:
+    """Paired comparison of the accuracies of models A and B on the same test patients.
+
+    Predicted class = argmax of the probabilities. ``accuracy_diff`` {value, ci_low, ci_high}
+    (A - B) with the percentile CI of the same paired stratified patient bootstrap as
+    :func:`compare_predictions`; ``mcnemar_p_value``: exact (binomial) McNemar test on the
+    discordant patients (``a_only``: right by A only, ``b_only``: right by B only); 1.0 when
+    there is none.
+    """
+    classes = list(classes)
+    y, pa, pb, ids = _align(pred_a, pred_b, classes)
+    ca = (pa.argmax(axis=1) == y).astype(np.float64)
+    cb = (pb.argmax(axis=1) == y).astype(np.float64)
+    w = stratified_bootstrap_counts(y, n_boot, seed)
+    diff_b = w @ (ca - cb) / len(y)
+    alpha = (1 - ci_level) / 2 * 100
+    lo, hi = np.percentile(diff_b, [alpha, 100 - alpha])
+    a_only, b_only = int(np.sum((ca == 1) & (cb == 0))), int(np.sum((ca == 0) & (cb == 1)))
+    p = 1.0 if a_only + b_only == 0 else float(binomtest(a_only, a_only + b_only, 0.5).pvalue)
+    return {"n": len(ids), "accuracy_a": float(ca.mean()), "accuracy_b": float(cb.mean()),
+            "accuracy_diff": {"value": float(ca.mean() - cb.mean()), "ci_low": float(lo),
+                              "ci_high": float(hi)},
+            "mcnemar_p_value": p, "discordant": {"a_only": a_only, "b_only": b_only},
+            "method": "exact McNemar on discordant patients; paired stratified bootstrap CI"}

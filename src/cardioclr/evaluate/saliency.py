@@ -49,7 +49,7 @@ from monai.visualize import GradCAM
 from torch import Tensor, nn
 
 from cardioclr.atomic import atomic_path, write_text
-from cardioclr.data.views import apply_input_mask
+from cardioclr.data.pairs import heart_outline, network_inputs
 from cardioclr.models.patient import PatientClassifier, position_encoding
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,10 @@ def in_heart_share(saliency: np.ndarray, mask: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- target layer
 
 
-def target_layer(encoder: nn.Module, feature_dim: int, image_size: int = 64) -> str:
+def target_layer(encoder: nn.Module, feature_dim: int, image_size: int = 64, in_channels: int = 1) -> str:
     """Name (within ``encoder``) of the module whose output Grad-CAM should use.
 
-    Traces one forward pass of a (1, 1, S, S) zero image (eval mode, no grad) and returns the
+    Traces one forward pass of a (1, C, S, S) zero image (eval mode, no grad) and returns the
     last-finishing module that outputs (1, feature_dim, h, w), is not a pooling layer (nor a
     container whose output *is* a pooling output) and is called exactly once. Falls back to
     the last ``nn.Conv2d`` when nothing qualifies.
@@ -111,7 +111,8 @@ def target_layer(encoder: nn.Module, feature_dim: int, image_size: int = 64) -> 
         encoder.eval()
         with torch.no_grad():
             param = next(encoder.parameters())
-            encoder(torch.zeros(1, 1, image_size, image_size, device=param.device, dtype=param.dtype))
+            encoder(torch.zeros(1, in_channels, image_size, image_size, device=param.device,
+                                dtype=param.dtype))
     finally:
         for h in hooks:
             h.remove()
@@ -146,8 +147,9 @@ class _PairNet(nn.Module):
         self.requires_grad_(True)  # frozen (linear-probe) encoders still need gradients here
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, 2, H, W) -> (B, K)."""
-        logits: Tensor = self.head(self.encoder_ed(x[:, 0:1]), self.encoder_es(x[:, 1:2]))
+        """(B, 2C, H, W) [ED input channels, ES input channels] -> (B, K)."""
+        c = x.shape[1] // 2
+        logits: Tensor = self.head(self.encoder_ed(x[:, :c]), self.encoder_es(x[:, c:]))
         return logits
 
 
@@ -187,7 +189,8 @@ def gradcam_pairs(model: nn.Module, inputs: Tensor, class_idx: int, image_size: 
     :class:`~cardioclr.models.patient.PatientClassifier` with the slices' ``positions``) for
     masked slice pairs.
 
-    ``inputs``: (n, 2, H, W) float network inputs (already masked per input mode); ``class_idx``:
+    ``inputs``: (n, 2C, H, W) float network inputs, ED's C channels then ES's (already masked
+    per input mode, :func:`~cardioclr.data.pairs.network_inputs`); ``class_idx``:
     the class whose score is explained. Returns float32 (n, 2, H, W): [ED map, ES map], ReLU'd
     and bilinearly upsampled to H x W but *not* normalised (so shares and ED/ES magnitudes are
     comparable). For the patient model, every map explains the patient-level score.
@@ -201,8 +204,10 @@ def gradcam_pairs(model: nn.Module, inputs: Tensor, class_idx: int, image_size: 
         net = _PairNet(model).to(inputs.device)
     size = image_size or int(inputs.shape[-1])
     d = int(cast(int, model.feature_dim))
+    c = int(inputs.shape[1]) // 2
     enc_ed, enc_es = net.get_submodule("encoder_ed"), net.get_submodule("encoder_es")
-    layers = [f"encoder_ed.{target_layer(enc_ed, d, size)}", f"encoder_es.{target_layer(enc_es, d, size)}"]
+    layers = [f"encoder_ed.{target_layer(enc_ed, d, size, c)}",
+              f"encoder_es.{target_layer(enc_es, d, size, c)}"]
     # MONAI's annotation says str; it takes a list of layers too (one per phase here).
     cam = GradCAM(nn_module=net, target_layers=layers, postprocessing=lambda x: x)  # type: ignore[arg-type]
     # An input that requires grad makes the full backward hooks fire the documented way.
@@ -254,16 +259,18 @@ def patient_saliency(model: nn.Module, images: np.ndarray, hearts: np.ndarray,
                      ) -> dict[str, Any]:
     """Grad-CAM and in-heart shares of one patient.
 
-    ``images`` float32 (n, 2, H, W), ``hearts`` bool (n, 2, H, W) input masks, ``share_mask``
-    bool (n, 2, H, W) dilated heart for the share, ``positions`` (n,) base -> apex (the
-    patient-level model's input; ignored by the slice model). Returns ``{maps (n,2,H,W), inputs (n,2,H,W),
-    in_heart_share, in_heart_share_ed, in_heart_share_es, mask_area_share}``.
+    ``images`` float32 (n, 2, H, W), ``hearts`` bool (n, 2, H, W) input masks ((n, 6, H, W)
+    structure masks in ``anatomy`` mode), ``share_mask`` bool (n, 2, H, W) dilated heart for the
+    share, ``positions`` (n,) base -> apex (the patient-level model's input; ignored by the slice
+    model). Returns ``{maps (n,2,H,W), inputs (n,2,H,W) (the image channel), in_heart_share,
+    in_heart_share_ed, in_heart_share_es, mask_area_share}``.
     """
-    x = apply_input_mask(torch.from_numpy(images).float(), torch.from_numpy(hearts).float(), input_mode)
-    maps = gradcam_pairs(model, x.to(device), class_idx, positions=positions)
+    ed, es = network_inputs(torch.from_numpy(images).float(), torch.from_numpy(hearts).float(),
+                            input_mode)
+    maps = gradcam_pairs(model, torch.cat([ed, es], dim=1).to(device), class_idx, positions=positions)
     return {
         "maps": maps,
-        "inputs": x.numpy(),
+        "inputs": torch.cat([ed[:, :1], es[:, :1]], dim=1).numpy(),
         "in_heart_share": in_heart_share(maps, share_mask),
         "in_heart_share_ed": in_heart_share(maps[:, 0], share_mask[:, 0]),
         "in_heart_share_es": in_heart_share(maps[:, 1], share_mask[:, 1]),
@@ -323,7 +330,8 @@ def run_saliency(model: nn.Module, patients: Sequence[Any], pred_index: dict[str
         k = mid_slice(p.n_slices)
         label = classes[p.label_index] if 0 <= p.label_index < len(classes) else "?"
         share = r["in_heart_share"]
-        save_overlay(out / f"{p.patient_id}.png", r["inputs"][k], r["maps"][k], p.hearts[k],
+        save_overlay(out / f"{p.patient_id}.png", r["inputs"][k], r["maps"][k],
+                     heart_outline(p.hearts[k], input_mode),
                      p.saliency_hearts[k],
                      f"{p.patient_id}  true {label}  pred {classes[cls]}  slice {int(p.slice_index[k])}"
                      f"  in-heart {share:.2f}")

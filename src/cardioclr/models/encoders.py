@@ -13,6 +13,8 @@ name            D       what
 ``resnet18``    512     MONAI ``ResNet`` configured to match torchvision's ``resnet18``
 ``resnet50``    2048    MONAI ``ResNet`` configured to match torchvision's ``resnet50``
 ``smallcnn``    256     small 5-block CNN for practical CPU runs (no ImageNet weights)
+``segunet``     256     the segmentation U-Net's down path (:mod:`cardioclr.models.segunet`),
+                        for ``--init segmentation`` (no ImageNet weights)
 ==============  ======  ====================================================================
 
 ImageNet weights come only from a local torchvision state-dict file (see
@@ -42,6 +44,7 @@ from cardioclr.models.imagenet import (
     identity_key,
     load_imagenet_weights,
 )
+from cardioclr.models.segunet import SegUNetEncoder
 
 __all__ = [
     "ENCODERS",
@@ -51,6 +54,8 @@ __all__ = [
     "VGG16Encoder",
     "build_encoder",
     "encoder_names",
+    "load_widened",
+    "widen_input_channels",
 ]
 
 
@@ -352,7 +357,44 @@ ENCODERS: dict[str, EncoderSpec] = {
         build=lambda c, _me: SmallCNN(c),
         description="small 5-block CNN for CPU runs; no ImageNet weights",
     ),
+    "segunet": EncoderSpec(
+        name="segunet",
+        feature_dim=256,
+        build=lambda c, _me: SegUNetEncoder(c),
+        description="down path of the segmentation U-Net (cpu preset) + GAP; for --init segmentation",
+    ),
 }
+
+
+def widen_input_channels(state: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` of a 1-channel encoder made to fit ``target``, the same encoder for C channels.
+
+    Every 4-D kernel that reads the input has shape (O, 1, kH, kW) in ``state`` and
+    (O, C, kH, kW) in ``target`` (the first convolution; MONAI residual units also have a
+    strided shortcut convolution on the input). Channel 0 keeps the trained kernel, the extra
+    channels (the ``anatomy`` structure masks) get zero weights. Why zero, not the mean of
+    the RGB kernels nor a copy: with zero weights the widened encoder computes, at the start
+    of fine-tuning, exactly what the pretrained one computed from the image, so the pretrained
+    features are not disturbed by 0/1 mask planes whose intensity statistics are unlike any
+    image the kernels were trained on; the mask weights still receive gradients (their
+    inputs are non-zero) and are learned from there. Other entries are returned unchanged;
+    shape mismatches left over are reported by ``load_state_dict``.
+    """
+    out = dict(state)
+    for key, value in state.items():
+        want = target.get(key)
+        if (want is not None and value.ndim == 4 and want.ndim == 4 and value.shape[1] == 1
+                and want.shape[1] > 1 and value.shape[0] == want.shape[0]
+                and value.shape[2:] == want.shape[2:]):
+            wide = torch.zeros_like(want, dtype=value.dtype)
+            wide[:, :1] = value
+            out[key] = wide
+    return out
+
+
+def load_widened(module: nn.Module, state: dict[str, Tensor]) -> None:
+    """``module.load_state_dict(state, strict=True)`` after :func:`widen_input_channels`."""
+    module.load_state_dict(widen_input_channels(state, module.state_dict()), strict=True)
 
 
 def encoder_names() -> list[str]:

@@ -1,11 +1,11 @@
-"""``cardioclr pretrain WORK --encoder NAME --input full|segmented|roi``: SimCLR pretraining."""
+"""``cardioclr pretrain WORK --encoder NAME --input full|segmented|roi|anatomy``: SimCLR pretraining."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from cardioclr.choices import ENCODER_NAMES, INPUT_MODES, MASK_SOURCES, PRECISIONS
+from cardioclr.choices import ENCODER_NAMES, INPUT_MODES, MASK_SOURCES, POSITIVES, PRECISIONS
 
 _EPILOG = """\
 what it learns from:
@@ -13,6 +13,15 @@ what it learns from:
   split and unlabelled patients, plus the --extra datasets; never WORK's test patients. 10%%
   of the train patients are held out: their contrastive loss selects the best epoch and stops
   training early. Labels are never read.
+
+positives (--positives; default augment = the paper's SimCLR, two views of one slice):
+  phase      + the same slice at the other phase (ED <-> ES)
+  neighbour  + slices of the same frame within --neighbour-bound of relative position
+             along the stack (0 = first slice, 1 = last; 0.25: about a quarter of the heart)
+  cine       + the same slice in every stored cine frame (when prepare found a 4D cine)
+  anatomy    all three together
+  Partners always come from the same patient; negatives are other patients only (other
+  slices of the same patient are neither). Output: WORK/pretrain/<encoder>-<input>-<positives>.
 
 one CPU, one GPU, several GPUs:
   --batch-size is the GLOBAL batch (images per step, each seen in two views): with N
@@ -53,7 +62,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--extra", nargs="+", default=[], metavar="DATA",
                    help="further unlabelled data: prepared work dirs or raw dataset folders "
                    "(prepared into OUT/extra/<name>); segmented/roi need their masks")
-    p.add_argument("--out", default=None, help="output folder (default WORK/pretrain/<encoder>-<input>)")
+    p.add_argument("--out", default=None, help="output folder (default WORK/pretrain/<encoder>-<input>, "
+                   "plus -<positives> unless augment)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="GLOBAL batch: images per step over all devices (paper: 64-256; default 64)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
@@ -71,6 +81,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "on CPU")
     p.add_argument("--imagenet-weights", default=None, metavar="FILE",
                    help="start from a local torchvision ImageNet state-dict file (never downloaded)")
+    p.add_argument("--init", choices=("none", "segmentation"), default="none",
+                   help="segmentation: start from the trained segmentation U-Net's encoder "
+                   "(\"segmentation followed by SimCLR\"; needs --encoder segunet; default OUT "
+                   "WORK/pretrain/segunet-<input>-from-segmentation)")
+    p.add_argument("--segmentation-model", default=None, metavar="MODEL.pt",
+                   help="--init segmentation: the segmentation model (default "
+                   "WORK/segmentation/model/model.pt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader workers (default 0: slices are in memory, indexing is cheap)")
@@ -80,6 +97,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="segmented mode: dilate the heart mask by this margin (0: the paper)")
     p.add_argument("--roi-margin-mm", type=float, default=10.0,
                    help="roi mode: margin around the heart box (10 mm)")
+    p.add_argument("--positives", choices=POSITIVES, default="augment",
+                   help="contrastive positives: augment (the paper's SimCLR; default) or "
+                   "anatomy-aware pairs of one patient (see below)")
+    p.add_argument("--neighbour-bound", type=float, default=0.25, metavar="R",
+                   help="neighbour/anatomy positives: largest relative base-to-apex distance "
+                   "(0-1) between two slices of a pair (0.25)")
     p.set_defaults(func=_run)
 
 
@@ -95,7 +118,9 @@ def _run(args: argparse.Namespace) -> int:
         accelerator=args.accelerator, num_nodes=args.num_nodes, precision=args.precision,
         imagenet_weights=args.imagenet_weights, seed=args.seed, workers=args.workers,
         use_cine=args.use_cine, mask_margin_mm=args.mask_margin_mm,
-        roi_margin_mm=args.roi_margin_mm)
+        roi_margin_mm=args.roi_margin_mm, init=args.init,
+        segmentation_model=args.segmentation_model, positives=args.positives,
+        neighbour_bound=args.neighbour_bound)
     metrics = pretrain(cfg)
     if metrics:  # empty on DDP ranks > 0
         summary = {k: metrics.get(k) for k in ("best_val_loss", "best_epoch", "epochs", "images_seen",

@@ -26,6 +26,10 @@ Masks
     union covers the heart through the cycle up to segmentation error). In ``segmented`` mode,
     slices whose heart mask is empty (above the base, below the apex) are dropped: they would
     be all-zero images, identical to each other, which carry no contrastive signal.
+    ``anatomy`` mode crops like ``roi`` and serves the LV, MYO and RV masks of each slice as
+    hearts uint8 (N, 3, S, S), which become input channels after augmentation
+    (:func:`cardioclr.data.augment.two_views`: warped with the image, never intensity-changed).
+    It uses the ED and ES frames only: cine frames have no structure masks of their own.
 """
 
 from __future__ import annotations
@@ -44,8 +48,17 @@ from torch.utils.data import Dataset, default_collate
 from cardioclr.data.masks import load_labels, predicted_mask_path
 from cardioclr.data.prepare import PrepareConfig, prepare
 from cardioclr.data.store import SliceStore
-from cardioclr.data.views import check_mode, heart_mask, patient_views, roi_box
+from cardioclr.data.views import (
+    check_mode,
+    crop_resize,
+    crops_to_heart,
+    heart_mask,
+    patient_views,
+    roi_box,
+    structure_masks,
+)
 from cardioclr.errors import CardioclrError
+from cardioclr.ssl.positives import ED_FRAME, ES_FRAME, FIRST_CINE, SliceMeta, frame_meta
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +100,16 @@ class SSLArrays:
     """Pre-loaded slices of one part (train or validation).
 
     ``images``: float16 (N, S, S) store intensities; ``hearts``: uint8 (N, S, S) 0/1 or None
-    (``full``/``roi`` modes); ``patients``: the patients loaded; ``per_source``: slice counts.
+    (``full``/``roi`` modes); ``patients``: the patients loaded; ``per_source``: slice counts;
+    ``meta``: where each slice comes from (patient code = index in ``patients``, frame,
+    stack position; :mod:`cardioclr.ssl.positives`).
     """
 
     images: np.ndarray
     hearts: np.ndarray | None
     patients: list[PatientRef]
     per_source: dict[str, int] = field(default_factory=dict)
+    meta: SliceMeta = field(default_factory=SliceMeta.empty)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -170,21 +186,37 @@ def load_patient(store: SliceStore, pid: str, mode: str, image_size: int, mask_s
 
     Returns ``(images, hearts)``: images float16 (n, S', S') with S' = ``image_size``, ordered
     ED slices, ES slices, then cine frames (those identical to ED/ES dropped); hearts uint8
-    (n, S', S') in ``segmented`` mode, else None. ``mask_margin_mm`` dilates the heart mask in
+    (n, S', S') in ``segmented`` mode, (n, 3, S', S') LV/MYO/RV masks in ``anatomy`` mode (ED
+    and ES slices only), else None. ``mask_margin_mm`` dilates the heart mask in
     segmented mode; ``roi_margin_mm`` is the margin around the heart box in roi mode.
     """
+    images, hearts, _ = load_patient_slices(store, pid, mode, image_size, mask_source, use_cine,
+                                            mask_margin_mm, roi_margin_mm)
+    return images, hearts
+
+
+def load_patient_slices(store: SliceStore, pid: str, mode: str, image_size: int, mask_source: str,
+                        use_cine: bool = True, mask_margin_mm: float = 0.0,
+                        roi_margin_mm: float = 10.0, patient_code: int = 0,
+                        ) -> tuple[np.ndarray, np.ndarray | None, SliceMeta]:
+    """:func:`load_patient` plus each slice's :class:`SliceMeta` (patient = ``patient_code``)."""
     check_mode(mode)
-    ps = store.load(pid, with_cine=use_cine)
+    ps = store.load(pid, with_cine=use_cine and mode != "anatomy")
     frames = [ps.ed_image, ps.es_image]
+    codes = [ED_FRAME, ES_FRAME]
     if ps.cine is not None:
         # Prepared ED/ES frames usually are cine frames too: skip exact duplicates so they are
         # not weighted twice (cine is stored as float16 of the same resampled array).
         ed16, es16 = ps.ed_image.astype(np.float16), ps.es_image.astype(np.float16)
-        frames += [f.astype(np.float32) for f in ps.cine
-                   if not (np.array_equal(f, ed16) or np.array_equal(f, es16))]
+        for t, f in enumerate(ps.cine):
+            if not (np.array_equal(f, ed16) or np.array_equal(f, es16)):
+                frames.append(f.astype(np.float32))
+                codes.append(FIRST_CINE + t)
+    meta = SliceMeta.concat([frame_meta(patient_code, c, len(f)) for c, f in zip(codes, frames,
+                                                                                 strict=True)])
     if mode == "full":
         imgs = [patient_views(f, np.zeros(f.shape, bool), mode, image_size)[0] for f in frames]
-        return np.concatenate(imgs).astype(np.float16), None
+        return np.concatenate(imgs).astype(np.float16), None, meta
 
     ed_lab, es_lab = _labels(store.work, pid, mask_source, store)
     margin = mask_margin_mm if mode == "segmented" else 0.0
@@ -196,7 +228,7 @@ def load_patient(store: SliceStore, pid: str, mode: str, image_size: int, mask_s
     union = ed_h | es_h  # the mask of cine frames (see module docstring)
     hearts_in = [ed_h, es_h] + [union] * (len(frames) - 2)
     box = None
-    if mode == "roi":
+    if crops_to_heart(mode):
         margin_px = int(round(roi_margin_mm / store.spacing_mm))
         box = roi_box(np.stack([ed_h, es_h]), margin_px, store.image_size)
     imgs, hearts = [], []
@@ -206,10 +238,16 @@ def load_patient(store: SliceStore, pid: str, mode: str, image_size: int, mask_s
         hearts.append(hrt)
     images = np.concatenate(imgs).astype(np.float16)
     if mode == "roi":
-        return images, None
+        return images, None, meta
+    if mode == "anatomy":
+        assert box is not None  # crops_to_heart above
+        masks = structure_masks(np.concatenate([ed_lab, es_lab]))
+        structures = np.stack([crop_resize(masks[:, j].astype(np.float32), box, image_size, is_mask=True)
+                               for j in range(masks.shape[1])], axis=1)
+        return images, (structures > 0.5).astype(np.uint8), meta
     heart_arr = np.concatenate(hearts).astype(np.uint8)
-    keep = heart_arr.reshape(len(heart_arr), -1).any(axis=1)
-    return images[keep], heart_arr[keep]
+    keep = np.asarray(heart_arr.reshape(len(heart_arr), -1).any(axis=1))
+    return images[keep], heart_arr[keep], meta.select(keep)
 
 
 def load_arrays(sources: Sequence[Source], refs: Sequence[PatientRef], mode: str, image_size: int,
@@ -221,26 +259,39 @@ def load_arrays(sources: Sequence[Source], refs: Sequence[PatientRef], mode: str
     stores = {s.name: SliceStore(s.work) for s in sources}
     images: list[np.ndarray] = []
     hearts: list[np.ndarray] = []
+    metas: list[SliceMeta] = []
     per_source: dict[str, int] = {}
-    for ref in refs:
+    for code, ref in enumerate(refs):
         src = by_name[ref.source]
-        img, hrt = load_patient(stores[ref.source], ref.patient_id, mode, image_size,
-                                src.mask_source, use_cine, mask_margin_mm, roi_margin_mm)
+        img, hrt, meta = load_patient_slices(stores[ref.source], ref.patient_id, mode, image_size,
+                                             src.mask_source, use_cine, mask_margin_mm,
+                                             roi_margin_mm, patient_code=code)
         images.append(img)
+        metas.append(meta)
         if hrt is not None:
             hearts.append(hrt)
         per_source[ref.source] = per_source.get(ref.source, 0) + len(img)
     empty = np.zeros((0, image_size, image_size), np.float16)
     out = SSLArrays(
         images=np.concatenate(images) if images else empty,
-        hearts=(np.concatenate(hearts) if hearts else empty.astype(np.uint8)) if mode == "segmented"
-        else None,
+        hearts=_stack_hearts(hearts, mode, image_size),
         patients=list(refs),
         per_source=per_source,
+        meta=SliceMeta.concat(metas),
     )
     log.info("loaded %d slices of %d patients (%s mode, %d px) in %.1f s", len(out), len(refs), mode,
              image_size, time.perf_counter() - start)
     return out
+
+
+def _stack_hearts(hearts: list[np.ndarray], mode: str, image_size: int) -> np.ndarray | None:
+    """The loaded masks as one array ((N, S, S) segmented, (N, 3, S, S) anatomy), or None."""
+    if mode not in ("segmented", "anatomy"):
+        return None
+    if hearts:
+        return np.concatenate(hearts)
+    shape = (0, image_size, image_size) if mode == "segmented" else (0, 3, image_size, image_size)
+    return np.zeros(shape, np.uint8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,13 +307,20 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
     passed through by :func:`collate_slices`. Both views of SimCLR are made from the same
     slice on the device (:func:`cardioclr.data.augment.two_views`), so each slice is
     transferred once.
+
+    ``with_index``: items also carry ``"index"`` (int64, the slice's row), from which
+    anatomy-aware pretraining draws each slice's positive partner
+    (:mod:`cardioclr.ssl.positives`).
     """
 
-    def __init__(self, images: np.ndarray, hearts: np.ndarray | None = None) -> None:
-        if hearts is not None and hearts.shape != images.shape:
+    def __init__(self, images: np.ndarray, hearts: np.ndarray | None = None,
+                 with_index: bool = False) -> None:
+        # (N, S, S) heart masks, or (N, 3, S, S) structure masks in anatomy mode.
+        if hearts is not None and (len(hearts) != len(images) or hearts.shape[-2:] != images.shape[-2:]):
             raise ValueError(f"hearts {hearts.shape} and images {images.shape} differ in shape")
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.hearts = None if hearts is None else torch.from_numpy(np.ascontiguousarray(hearts))
+        self.with_index = with_index
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -271,6 +329,8 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         item = {"image": self.images[i]}
         if self.hearts is not None:
             item["heart"] = self.hearts[i]
+        if self.with_index:
+            item["index"] = torch.tensor(i, dtype=torch.long)
         return item
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -279,6 +339,8 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         batch = {"image": self.images[idx]}
         if self.hearts is not None:
             batch["heart"] = self.hearts[idx]
+        if self.with_index:
+            batch["index"] = idx
         return batch
 
 

@@ -34,6 +34,7 @@ from cardioclr.artifacts import DEEP_FEATURES_FILE
 from cardioclr.atomic import write_text
 from cardioclr.data.pairs import InputSpec, load_patient_inputs, network_inputs
 from cardioclr.data.store import SliceStore
+from cardioclr.data.views import input_channels
 from cardioclr.errors import CardioclrError, DataError
 from cardioclr.models.checkpoint import load_encoder_weights, read_encoder_file
 from cardioclr.models.encoders import build_encoder
@@ -59,7 +60,7 @@ def load_pretrained_encoder(path: str | os.PathLike[str]) -> tuple[nn.Module, di
     """The encoder of ``encoder.pt`` in eval mode (CPU) and the file's dict (metadata)."""
     payload = read_encoder_file(path)
     name = str(payload["encoder"])
-    encoder, _ = build_encoder(name, in_channels=1)
+    encoder, _ = build_encoder(name, in_channels=input_channels(str(payload["input_mode"])))
     try:
         encoder.load_state_dict(load_encoder_weights(path, name), strict=True)
     except RuntimeError as err:

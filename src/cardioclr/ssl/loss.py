@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["all_gather_with_grad", "nt_xent"]
+__all__ = ["all_gather_with_grad", "gather_rows", "multi_positive_nt_xent", "nt_xent"]
 
 # Logit given to each anchor's similarity with itself so it drops out of the softmax. Finite
 # (not -inf) so that no inf - inf can arise; cosine logits are bounded by 1/temperature, so
@@ -158,3 +158,68 @@ def nt_xent(z0: Tensor, z1: Tensor, temperature: float = 0.1, gather: bool = Tru
         # View-1 anchors: self at n + offset + i, positive (view 0) at offset + i.
         loss = loss + _block_ce(h1 * inv_t, candidates, self_start=n + offset, pos_start=offset)
     return loss / (2 * b)
+
+
+def gather_rows(x: Tensor) -> Tensor:
+    """(B, ...) of every process -> (W*B, ...) in rank order, without gradients (labels, metadata).
+
+    Identity without an initialised process group (or with one process).
+    """
+    world, _ = _distributed_world()
+    if world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def multi_positive_nt_xent(z: Tensor, positive: Tensor, excluded: Tensor | None = None,
+                           temperature: float = 0.1, gather: bool = True) -> Tensor:
+    """NT-Xent with any number of positives per anchor (SupCon's "L_out", Khosla et al. 2020).
+
+    Args:
+        z: (M, D) projections of this process's M views (e.g. two views of B images, M = 2B).
+        positive: (M, W*M) bool, ``positive[i, j]``: view j of the gathered batch (rank-major
+            order: rank 0's M views, then rank 1's, ...; W = 1 without ``torch.distributed``)
+            is a positive of local view i. The anchor's own column (``rank * M + i``) is
+            ignored; every anchor needs at least one other positive.
+        excluded: (M, W*M) bool or None: columns left out of anchor i's denominator (neither
+            positive nor negative, e.g. other slices of the same patient); a column marked
+            both positive and excluded counts as positive.
+        temperature: t > 0 dividing the cosine similarities.
+        gather: under ``torch.distributed`` use every process's views as candidates (build
+            ``positive``/``excluded`` against :func:`gather_rows` of the views' metadata).
+
+    Returns:
+        Scalar (float32, float64 for float64 inputs): the mean over the M local anchors of
+        ``-1/|P(i)| * sum_{p in P(i)} log( exp(s_ip/t) / sum_{a in A(i)} exp(s_ia/t) )`` with
+        P(i) the positives and A(i) every column but the anchor itself and its excluded ones.
+        With two views per image and ``positive`` = "the other view" this is exactly
+        :func:`nt_xent` (tested); the DDP gradient convention is the same as there.
+    """
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"z must be (M, D) with M >= 2; got {tuple(z.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    world, rank = _distributed_world() if gather else (1, 0)
+    m = z.shape[0]
+    if positive.shape != (m, world * m) or (excluded is not None and excluded.shape != positive.shape):
+        raise ValueError(f"positive/excluded must be ({m}, {world * m}) for {world} process(es); got "
+                         f"{tuple(positive.shape)}"
+                         f"{'' if excluded is None else ', ' + str(tuple(excluded.shape))}")
+    dtype = torch.promote_types(z.dtype, torch.float32)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        h = F.normalize(z.to(dtype), dim=1)
+        candidates = all_gather_with_grad(h) if world > 1 else h
+        logits = (h / temperature) @ candidates.T  # (M, W*M)
+        own = torch.zeros_like(positive)
+        own[torch.arange(m, device=z.device), rank * m + torch.arange(m, device=z.device)] = True
+        pos = positive & ~own
+        dropped = own if excluded is None else own | (excluded & ~pos)
+        n_pos = pos.sum(dim=1)
+        if bool((n_pos == 0).any()):
+            raise ValueError("every anchor needs at least one positive besides itself")
+        logits = logits.masked_fill(dropped, _SELF_LOGIT)
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        per_anchor = -(log_prob * pos).sum(dim=1) / n_pos
+    return per_anchor.mean()

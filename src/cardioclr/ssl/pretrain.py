@@ -21,6 +21,11 @@ views), as in the SimCLR/Nakashima papers, so a run means the same thing on 1 CP
 each of the W processes gets ``batch_size / W`` images and NT-Xent gathers the projections
 of all processes, so every image still has 2 * batch_size - 2 negatives.
 
+Positives: ``positives="augment"`` is the paper's SimCLR (two views of one slice). The other
+values (:mod:`cardioclr.ssl.positives`) add positives from the same patient: the same slice at
+ED and ES, neighbouring slices, cine frames; negatives are then other patients only. Their
+runs go to ``WORK/pretrain/<encoder>-<input>-<positives>/`` by default.
+
 Throughput convention (here and in ``benchmarks/pretrain_throughput.py``): *images/s* counts
 each image once per step although the encoder sees it twice (two views); views/s = 2 x that.
 """
@@ -31,7 +36,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,14 +50,15 @@ from torch.utils.data import DataLoader
 from cardioclr.accel import DeviceBatches, configure_backends
 from cardioclr.artifacts import PretrainMetrics
 from cardioclr.atomic import read_json, write_json
-from cardioclr.choices import INPUT_MODES, MASK_SOURCES
+from cardioclr.choices import INPUT_MODES, MASK_SOURCES, POSITIVES
 from cardioclr.data.augment import AugmentConfig
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
 from cardioclr.models.checkpoint import save_encoder
-from cardioclr.models.encoders import ENCODERS, encoder_names
+from cardioclr.models.encoders import ENCODERS, encoder_names, load_widened
 from cardioclr.provenance import save_run_info, to_plain
 from cardioclr.run_identity import differences, run_identity
+from cardioclr.segment.encoder import default_segmentation_model, load_segmentation_encoder
 from cardioclr.ssl.data import (
     MAIN,
     PatientRef,
@@ -66,6 +72,7 @@ from cardioclr.ssl.data import (
     split_validation,
 )
 from cardioclr.ssl.features import DEEP_FEATURES_FILE, write_simclr_features
+from cardioclr.ssl.positives import PositivePairs, PositiveSpec
 from cardioclr.ssl.simclr import MONITOR, SimCLRModule
 from cardioclr.training import (
     TrainerSettings,
@@ -86,7 +93,9 @@ class PretrainConfig:
     patients is held out for early stopping. ``limit_train_batches`` caps batches per epoch
     (int: count, float: fraction), for smoke tests. ``precision``: a Lightning precision
     (``auto``: bf16-mixed on a bf16-capable GPU, 32-true on CPU; see
-    :func:`cardioclr.training.resolve_precision`).
+    :func:`cardioclr.training.resolve_precision`). ``positives``: ``augment`` (the paper's
+    SimCLR) or an anatomy-aware set (:mod:`cardioclr.ssl.positives`), ``neighbour_bound`` the
+    relative base-to-apex distance of neighbour positives.
     """
 
     work: str
@@ -107,6 +116,11 @@ class PretrainConfig:
     num_nodes: int = 1
     precision: str = "auto"
     imagenet_weights: str | None = None
+    #: ``segmentation``: start from the trained segmentation network's encoder ("segmentation
+    #: followed by SimCLR", issue 11 item 4; ``--encoder segunet`` only). ``segmentation_model``:
+    #: its ``model.pt`` (None: ``WORK/segmentation/model/model.pt``).
+    init: str = "none"
+    segmentation_model: str | None = None
     seed: int = 0
     workers: int = 0
     val_fraction: float = 0.1
@@ -116,6 +130,8 @@ class PretrainConfig:
     limit_train_batches: int | float = 1.0
     progress_bar: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    positives: str = "augment"
+    neighbour_bound: float = 0.25
 
 
 # Fields that do not change what is learnt: a run may be resumed/skipped with other values
@@ -126,15 +142,19 @@ _HARDWARE = ("work", "out", "devices", "accelerator", "num_nodes", "precision", 
 _EXTENDABLE = ("max_epochs", "patience")
 
 
-def default_out(work: str | os.PathLike[str], encoder: str, input_mode: str) -> Path:
-    """``WORK/pretrain/<encoder>-<input>``."""
-    return Path(work) / "pretrain" / f"{encoder}-{input_mode}"
+def default_out(work: str | os.PathLike[str], encoder: str, input_mode: str,
+                positives: str = "augment") -> Path:
+    """``WORK/pretrain/<encoder>-<input>`` (``-<positives>`` appended unless ``augment``)."""
+    suffix = "" if positives == "augment" else f"-{positives}"
+    return Path(work) / "pretrain" / f"{encoder}-{input_mode}{suffix}"
 
 
 def run_key(cfg: PretrainConfig | dict[str, Any]) -> dict[str, Any]:
     """The fields that define what a run learns (hardware fields dropped; plain types).
 
-    The mask source is irrelevant (and dropped) in ``full`` mode, which reads no mask.
+    The mask source is irrelevant (and dropped) in ``full`` mode, which reads no mask. The
+    positives are dropped when they are the paper's (``augment``), and the neighbour bound when
+    no neighbour positives are used, so runs made before these options existed keep their key.
     """
     key = run_identity(to_plain(cfg) if isinstance(cfg, PretrainConfig) else cfg, _HARDWARE)
     key["extra"] = [str(Path(e).resolve()) for e in key.get("extra") or []]
@@ -142,6 +162,17 @@ def run_key(cfg: PretrainConfig | dict[str, Any]) -> dict[str, Any]:
         key["imagenet_weights"] = str(Path(key["imagenet_weights"]).resolve())
     if key.get("input_mode") == "full":
         key.pop("masks", None)
+    if key.get("init", "none") == "none":
+        # Absent before issue 11: runs without the option keep their identity.
+        key.pop("init", None)
+        key.pop("segmentation_model", None)
+    elif key.get("segmentation_model"):
+        key["segmentation_model"] = str(Path(key["segmentation_model"]).resolve())
+    positives = key.get("positives", "augment")
+    if positives == "augment":
+        key.pop("positives", None)
+    if positives not in ("neighbour", "anatomy"):
+        key.pop("neighbour_bound", None)
     return key
 
 
@@ -211,6 +242,16 @@ def _validate(cfg: PretrainConfig) -> None:
         raise CardioclrError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
     if not cfg.temperature > 0:
         raise CardioclrError(f"--temperature must be > 0, got {cfg.temperature}")
+    if cfg.init not in ("none", "segmentation"):
+        raise CardioclrError(f"unknown pretraining --init {cfg.init!r}; choose none or segmentation")
+    if cfg.init == "segmentation" and cfg.encoder != "segunet":
+        raise CardioclrError("--init segmentation needs --encoder segunet (the segmentation U-Net's "
+                             f"down path), not {cfg.encoder!r}")
+    if cfg.init == "segmentation" and cfg.imagenet_weights:
+        raise CardioclrError("--init segmentation and --imagenet-weights exclude each other")
+    if cfg.positives not in POSITIVES:
+        raise CardioclrError(f"unknown positives {cfg.positives!r}; choose one of: {', '.join(POSITIVES)}")
+    PositiveSpec(cfg.positives, cfg.neighbour_bound)  # checks the bound
 
 
 def build_sample_lists(cfg: PretrainConfig, out: Path, rank_zero: bool = True
@@ -240,22 +281,27 @@ def build_sample_lists(cfg: PretrainConfig, out: Path, rank_zero: bool = True
 
 
 def _loaders(train: SSLArrays, val: SSLArrays, batch: int, val_batch: int, workers: int,
-             pin: bool, shuffle: torch.Generator
+             pin: bool, shuffle: torch.Generator, with_index: bool = False,
              ) -> tuple[DataLoader[dict[str, torch.Tensor]], DataLoader[dict[str, torch.Tensor]]]:
-    """In-memory loaders; Lightning swaps in a DistributedSampler under DDP."""
+    """In-memory loaders; Lightning swaps in a DistributedSampler under DDP.
+
+    ``with_index``: batches carry each slice's row (anatomy-aware positives draw partners).
+    """
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": pin, "collate_fn": collate_slices,
                               "persistent_workers": workers > 0}
-    train_loader = DataLoader(SliceDataset(train.images, train.hearts), batch_size=batch, shuffle=True,
+    train_loader = DataLoader(SliceDataset(train.images, train.hearts, with_index), batch_size=batch,
+                              shuffle=True,
                               drop_last=True,  # equal batches on every rank for the gather
                               generator=shuffle, **common)
     # Fixed val batches of equal size: NT-Xent's value depends on the number of negatives.
-    val_loader = DataLoader(SliceDataset(val.images, val.hearts), batch_size=val_batch, shuffle=False,
-                            drop_last=True, **common)
+    val_loader = DataLoader(SliceDataset(val.images, val.hearts, with_index), batch_size=val_batch,
+                            shuffle=False, drop_last=True, **common)
     return train_loader, val_loader
 
 
 def _device_loaders(train: SSLArrays, val: SSLArrays, batch: int, val_batch: int,
-                    shuffle: torch.Generator) -> tuple[DeviceBatches, DeviceBatches]:
+                    shuffle: torch.Generator, with_index: bool = False,
+                    ) -> tuple[DeviceBatches, DeviceBatches]:
     """GPU-resident train/validation batches (one process): same batches as :func:`_loaders`
     (equal sizes, a new order per epoch from ``shuffle``), no DataLoader on the hot path."""
     device = inference_device("gpu")
@@ -265,6 +311,8 @@ def _device_loaders(train: SSLArrays, val: SSLArrays, batch: int, val_batch: int
         t = {"image": torch.from_numpy(a.images).to(device)}
         if a.hearts is not None:
             t["heart"] = torch.from_numpy(a.hearts).to(device)
+        if with_index:
+            t["index"] = torch.arange(len(a), device=device)
         return t
 
     return (DeviceBatches(tensors(train), batch, shuffle=True, drop_last=True, generator=shuffle),
@@ -274,7 +322,16 @@ def _device_loaders(train: SSLArrays, val: SSLArrays, batch: int, val_batch: int
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Run (or resume, or skip) one pretraining; returns the metrics dict (empty on ranks > 0)."""
     _validate(cfg)
-    out = Path(cfg.out) if cfg.out else default_out(cfg.work, cfg.encoder, cfg.input_mode)
+    if cfg.init == "segmentation" and not cfg.segmentation_model:
+        cfg = replace(cfg, segmentation_model=str(default_segmentation_model(cfg.work)))
+    out = Path(cfg.out) if cfg.out else default_out(cfg.work, cfg.encoder, cfg.input_mode,
+                                                    cfg.positives)
+    if cfg.init == "segmentation" and not cfg.out:
+        out = out.with_name(out.name + "-from-segmentation")
+    seg_state: dict[str, torch.Tensor] | None = None
+    if cfg.init == "segmentation":
+        assert cfg.segmentation_model is not None  # resolved above
+        seg_state, _ = load_segmentation_encoder(cfg.segmentation_model)  # fails before any data loads
     done = finished_metrics(out, cfg)
     if done is not None:
         log.info("%s: finished run with the same configuration; skipping", out)
@@ -323,7 +380,18 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     module = SimCLRModule(encoder=cfg.encoder, input_mode=cfg.input_mode, image_size=cfg.image_size,
                           lr=cfg.lr, temperature=cfg.temperature, cosine=cfg.cosine,
                           augment=cfg.augment.to_dict(), imagenet_weights=cfg.imagenet_weights,
-                          seed=cfg.seed)
+                          seed=cfg.seed, positives=cfg.positives,
+                          neighbour_bound=cfg.neighbour_bound)
+    if seg_state is not None:
+        # Before fit: a resumed run then overwrites it with its checkpoint, as it should.
+        load_widened(module.encoder, seg_state)
+    spec = module.positive_spec
+    if spec.anatomical:
+        train_pairs = PositivePairs(train.images, train.hearts, train.meta, spec)
+        val_pairs = PositivePairs(val.images, val.hearts, val.meta, spec)
+        module.attach_pairs(train_pairs, val_pairs)
+        log.info("%s positives: %.1f per train slice on average (itself included)", spec.name,
+                 float(train_pairs.table.counts().double().mean()))
     if world > 1 and _uses_gpu(cfg.accelerator):
         # Global batch norm (SimCLR): per-GPU statistics would let positives be identified by
         # their shared local statistics. SyncBatchNorm has no CPU/gloo implementation.
@@ -332,10 +400,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     val_loader: Any
     if world == 1 and cfg.workers == 0 and _uses_gpu(cfg.accelerator):
         # The whole dataset on the GPU, batches drawn there (cardioclr.accel.DeviceBatches).
-        train_loader, val_loader = _device_loaders(train, val, per_device, val_batch, shuffle)
+        train_loader, val_loader = _device_loaders(train, val, per_device, val_batch, shuffle,
+                                                   spec.anatomical)
     else:
         train_loader, val_loader = _loaders(train, val, per_device, val_batch, cfg.workers,
-                                            _uses_gpu(cfg.accelerator), shuffle)
+                                            _uses_gpu(cfg.accelerator), shuffle, spec.anatomical)
     log.info("pretraining %s on %s images: %d train slices (%d patients), %d held-out slices "
              "(%d patients); global batch %d = %d x %d processes -> %s", cfg.encoder,
              cfg.input_mode, len(train), len(train_refs), len(val), len(val_refs), global_batch,
@@ -389,7 +458,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     save_encoder(out / "encoder.pt", state, cfg.encoder, module.feature_dim, cfg.input_mode,
                  cfg.image_size, mask_source=None if cfg.input_mode == "full" else cfg.masks,
                  mask_margin_mm=cfg.mask_margin_mm, roi_margin_mm=cfg.roi_margin_mm,
-                 best_epoch=metrics["best_epoch"], best_val_loss=metrics["best_val_loss"])
+                 best_epoch=metrics["best_epoch"], best_val_loss=metrics["best_val_loss"],
+                 **({"init": cfg.init, "segmentation_model": cfg.segmentation_model}
+                    if cfg.init != "none" else {}))
     metrics["deep_features"] = _write_features(out, cfg)
     write_json(out / "metrics.json", metrics)  # last: marks the run finished
     log.info("best held-out loss %.4f at epoch %d; encoder -> %s", metrics["best_val_loss"] or math.nan,

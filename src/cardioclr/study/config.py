@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import yaml
 
 from cardioclr.atomic import write_text
-from cardioclr.choices import INITS, INPUT_MODES, MASK_SOURCES
+from cardioclr.choices import INITS, INPUT_MODES, MASK_SOURCES, PAPER_INITS
 from cardioclr.errors import CardioclrError
 from cardioclr.provenance import to_plain
 from cardioclr.run_identity import differences
@@ -94,7 +95,7 @@ class FinetuneSettings(StageSettings):
     another device count train with a different effective batch.
     """
 
-    inits: tuple[str, ...] = INITS
+    inits: tuple[str, ...] = PAPER_INITS
     inputs: tuple[str, ...] = ("full", "segmented")
     #: Fine-tuning cells run at once, each in its own process (one cell's small batches and
     #: per-epoch bookkeeping leave a large GPU mostly idle). 1: one after the other, in-process.
@@ -128,6 +129,31 @@ class ReportSettings:
 
 
 @dataclass(frozen=True)
+class BeyondCell:
+    """One configuration "beyond the paper" (``beyond_paper:`` list of the study YAML).
+
+    A fine-tuning cell outside Tables 1-3 (``OUT/beyond/<name>``), compared in the report's
+    fourth table with the paper's best cell on the same test patients. ``input``: downstream
+    input mode; ``init``: encoder initialisation (``none``, ``simclr``, or any init the finetune
+    stage knows); ``pretrain_input``: the SimCLR pretraining's input when ``init`` is
+    ``simclr``; ``pretrain_options``: overrides of the study's ``pretrain.options`` for that
+    pretraining (empty: the paper grid's pretraining of that input is reused, when the grid has
+    it); ``finetune_options``: overrides of the study's ``finetune.options`` (new finetune
+    options of issue 11, e.g. another model or training recipe); ``encoder``: default the
+    study's first encoder. ``benchmarks/classification_quality.py`` names its configurations
+    in this same form.
+    """
+
+    name: str
+    input: str = "segmented"
+    init: str = "none"
+    pretrain_input: str | None = None
+    pretrain_options: dict[str, Any] = field(default_factory=dict)
+    finetune_options: dict[str, Any] = field(default_factory=dict)
+    encoder: str | None = None
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """Everything a study needs; saved as ``OUT/study.yaml`` and compared on every re-run.
 
@@ -158,6 +184,8 @@ class StudyConfig:
     finetune: FinetuneSettings = FinetuneSettings()
     baseline: BaselineSettings = BaselineSettings()
     report: ReportSettings = ReportSettings()
+    #: Extra fine-tuning cells beyond the paper's grid (issue 11), run after the baselines.
+    beyond_paper: tuple[BeyondCell, ...] = ()
 
 
 # Dotted keys that may change between runs of the same study without changing which cells it
@@ -255,6 +283,9 @@ _REAL_CPU: dict[str, Any] = {
                              "n_boot": 1000}},
     "baseline": {"options": {}},
     "report": {"saliency_patients": 3, "n_boot": 2000},
+    # Beyond the paper (issue 11; report Table 4): the heart-ROI input without pretraining,
+    # ~5 minutes on 2 cores. More configurations: benchmarks/classification_quality.py --list.
+    "beyond_paper": [{"name": "roi", "input": "roi", "init": "none"}],
 }
 
 # The paper's grid within one short GPU slot (one H100/H200, <= 8 min of study wall time; see
@@ -348,9 +379,15 @@ def _build(cls: type, data: Any, where: str) -> Any:
         default = fields[name].default
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif name == "beyond_paper":
+            if not isinstance(value, (list, tuple)):
+                raise CardioclrError(f"{where}.{name}: expected a list of configurations")
+            kwargs[name] = tuple(_build(BeyondCell, v, f"{where}.{name}[{i}]")
+                                 for i, v in enumerate(value))
         elif isinstance(value, list):
             kwargs[name] = tuple(value)  # frozen: tuples, and YAML lists compare equal after to_plain
-        elif name in ("options", "predict_options", "imagenet_weights"):
+        elif name in ("options", "predict_options", "imagenet_weights", "pretrain_options",
+                      "finetune_options"):
             if value is None:
                 value = {}
             if not isinstance(value, dict):
@@ -427,6 +464,38 @@ def validate(cfg: StudyConfig) -> None:
         raise CardioclrError("study.finetune.concurrent must be >= 1")
     if cfg.threads is not None and cfg.threads < 1:
         raise CardioclrError("study.threads must be >= 1 (or null for torch's default)")
+    validate_beyond(cfg)
+
+
+#: A beyond-the-paper cell's name: its folder ``OUT/beyond/<name>`` and its row in results.csv.
+BEYOND_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def validate_beyond(cfg: StudyConfig) -> None:
+    """Names unique and folder-safe, inputs known, a SimCLR init with its pretraining input."""
+    from cardioclr.models.encoders import ENCODERS
+
+    seen: set[str] = set()
+    for i, b in enumerate(cfg.beyond_paper):
+        where = f"study.beyond_paper[{i}]"
+        if not BEYOND_NAME.match(b.name) or b.name in seen:
+            raise CardioclrError(f"{where}.name {b.name!r} must be unique, lower case letters, "
+                                 "digits, '.', '_' or '-'")
+        seen.add(b.name)
+        if b.input not in INPUT_MODES:
+            raise CardioclrError(f"{where}.input {b.input!r}: choose one of {', '.join(INPUT_MODES)}")
+        if b.encoder is not None and b.encoder not in ENCODERS:
+            # Any registered encoder: e.g. the segmentation network's (segunet) for a cell
+            # initialised from it, without adding it to the paper grid's encoders.
+            raise CardioclrError(f"{where}.encoder {b.encoder!r}: unknown; choose from "
+                                 f"{', '.join(ENCODERS)}")
+        if b.init == "simclr":
+            if b.pretrain_input not in INPUT_MODES:
+                raise CardioclrError(f"{where}: init simclr needs pretrain_input, one of "
+                                     f"{', '.join(INPUT_MODES)}")
+        elif b.pretrain_input is not None or b.pretrain_options:
+            raise CardioclrError(f"{where}: pretrain_input / pretrain_options need init simclr "
+                                 f"(init is {b.init!r})")
 
 
 def resolve_imagenet_weights(values: list[str] | None, encoders: tuple[str, ...]) -> dict[str, str]:
@@ -474,13 +543,24 @@ def read_saved_config(path: str | os.PathLike[str]) -> StudyConfig:
 
 
 def config_differences(old: StudyConfig, new: StudyConfig) -> list[str]:
-    """Dotted keys whose values differ, ignoring :data:`RUNTIME_FIELDS` and keys that ``new``
-    adds to one of the :data:`ADDITIVE_FIELDS` (see :func:`config_additions`)."""
-    return differences(to_plain(old), to_plain(new), ignore=RUNTIME_FIELDS, additive=ADDITIVE_FIELDS)
+    """Dotted keys whose values differ, ignoring :data:`RUNTIME_FIELDS`, keys that ``new``
+    adds to one of the :data:`ADDITIVE_FIELDS` and entries appended to ``beyond_paper`` (see
+    :func:`config_additions`)."""
+    a, b = to_plain(old), to_plain(new)
+    diffs = differences(a, b, ignore=(*RUNTIME_FIELDS, "beyond_paper"), additive=ADDITIVE_FIELDS)
+    # Cells beyond the paper may be appended to a finished study (only the new ones run); an
+    # entry that is changed or removed would leave results of another configuration behind.
+    before, after = a.get("beyond_paper") or [], b.get("beyond_paper") or []
+    if after[:len(before)] != before:
+        changed = [x.get("name") for x in before if x not in after]
+        diffs.append(f"beyond_paper: entries {changed} changed or removed (entries may only be "
+                     "appended)")
+    return diffs
 
 
 def config_additions(old: StudyConfig, new: StudyConfig) -> list[str]:
-    """Dotted keys that ``new`` adds to the :data:`ADDITIVE_FIELDS` of ``old``.
+    """Dotted keys that ``new`` adds to the :data:`ADDITIVE_FIELDS` of ``old``, and
+    ``beyond_paper.<name>`` for each entry appended to ``old``'s ``beyond_paper``.
 
     These are the differences :func:`config_differences` lets through, e.g.
     ``imagenet_weights.vgg16`` when a weight file is given to a study first run without it.
@@ -491,4 +571,6 @@ def config_additions(old: StudyConfig, new: StudyConfig) -> list[str]:
         before, after = a.get(name) or {}, b.get(name) or {}
         added += [f"{name}.{k}" for k, v in after.items()
                   if v is not None and before.get(k) is None]
+    n_old = len(a.get("beyond_paper") or [])
+    added += [f"beyond_paper.{x.get('name')}" for x in (b.get("beyond_paper") or [])[n_old:]]
     return added

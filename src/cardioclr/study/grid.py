@@ -11,6 +11,9 @@ checkpoint and ``metrics.json`` there). Layout::
     OUT/baseline/clinical/, OUT/baseline/hybrid/      clinical-feature RF and the hybrid
                                                 (indices + the deep_features.csv of one
                                                 SimCLR pretraining cell above)
+    OUT/work/pretrain/<encoder>-<input>-<digest>/  SimCLR with a beyond cell's own options
+    OUT/beyond/<name>/                          a fine-tuning cell beyond the paper
+                                                (``beyond_paper:``; report's Table 4)
 
 Cells that cannot run (ImageNet without a weight file, an encoder with no ImageNet weights)
 are still listed, with ``not_run_reason``, so the report can say why a table cell is empty.
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cardioclr.layout import StudyLayout, rel
+from cardioclr.run_identity import digest
 from cardioclr.study.config import StudyConfig
 
 #: The study folder's layout, relative to OUT (cell paths are stored relative).
@@ -133,7 +137,50 @@ def expand_grid(cfg: StudyConfig) -> list[Cell]:
                               {"deep_features": known[src].path if src in known else None,
                                "source_cell": src, "encoder": enc, "input": inp},
                               (*masks_dep, src), reason))
+    cells += beyond_cells(cfg, cells, masks_dep)
     return cells
+
+
+def beyond_pretrain_name(encoder: str, pretrain_input: str, options: dict[str, Any]) -> str:
+    """``<encoder>-<input>-<digest of the options>``: one pretraining per distinct option set,
+    shared by every beyond cell that asks for it."""
+    return f"{pretrain_cell_name(encoder, pretrain_input)}-{digest(dict(options))[:8]}"
+
+
+def beyond_cells(cfg: StudyConfig, grid: list[Cell], masks_dep: tuple[str, ...]) -> list[Cell]:
+    """The cells of ``cfg.beyond_paper``: their own SimCLR pretrainings first (deduplicated;
+    a cell without ``pretrain_options`` reuses the paper grid's pretraining of its input when
+    there is one), then one ``beyond`` fine-tuning cell each, in the order listed."""
+    known = {c.id for c in grid}
+    pretrain: list[Cell] = []
+    finetune: list[Cell] = []
+    for b in cfg.beyond_paper:
+        enc = b.encoder or cfg.encoders[0]
+        deps: tuple[str, ...] = ("prepare", *masks_dep)
+        params: dict[str, Any] = {"encoder": enc, "init": b.init, "input": b.input,
+                                  "pretraining": b.init, "options": dict(b.finetune_options),
+                                  "name": b.name}
+        if b.init == "simclr" and b.pretrain_input is not None:
+            inp = b.pretrain_input
+            paper = f"pretrain/{pretrain_cell_name(enc, inp)}"
+            if not b.pretrain_options and paper in known:
+                pre_id, folder = paper, rel(LAYOUT.pretrain_cell(enc, inp))
+            else:
+                name = (pretrain_cell_name(enc, inp) if not b.pretrain_options
+                        else beyond_pretrain_name(enc, inp, b.pretrain_options))
+                pre_id, folder = f"pretrain/{name}", f"{rel(LAYOUT.pretrain)}/{name}"
+                if pre_id not in known:
+                    known.add(pre_id)
+                    pretrain.append(Cell(pre_id, "pretrain", folder,
+                                         {"encoder": enc, "input": inp,
+                                          "options": dict(b.pretrain_options)},
+                                         ("prepare", *(masks_dep if inp != "full" else ()))))
+            deps = (*deps, pre_id)
+            params["weights"] = f"{folder}/encoder.pt"
+            params["pretraining"] = f"simclr-{inp}"
+        finetune.append(Cell(f"beyond/{b.name}", "beyond", rel(LAYOUT.beyond_cell(b.name)),
+                             params, deps))
+    return pretrain + finetune
 
 
 def runnable(cells: list[Cell]) -> list[Cell]:

@@ -102,11 +102,13 @@ def segment_predict_config(cfg: StudyConfig, work: Path) -> Any:
                          cfg.segment.predict_options, "segment.predict_options")
 
 
-def pretrain_config(cfg: StudyConfig, work: Path, out: Path, encoder: str, input_mode: str) -> Any:
+def pretrain_config(cfg: StudyConfig, work: Path, out: Path, encoder: str, input_mode: str,
+                    options: dict[str, Any] | None = None) -> Any:
     """:class:`cardioclr.ssl.pretrain.PretrainConfig` of one (encoder, input) cell.
 
     The network input size defaults to the store grid (no resampling) unless
-    ``pretrain.options.image_size`` says otherwise.
+    ``pretrain.options.image_size`` says otherwise. ``options``: a beyond-the-paper cell's
+    ``pretrain_options``, applied over ``pretrain.options``.
     """
     from cardioclr.ssl.pretrain import PretrainConfig
 
@@ -114,6 +116,7 @@ def pretrain_config(cfg: StudyConfig, work: Path, out: Path, encoder: str, input
                           masks=cfg.mask_source, out=str(out), image_size=cfg.prepare.image_size,
                           seed=cfg.seed)
     pc = apply_options(base, cfg.pretrain.options, "pretrain.options")
+    pc = apply_options(pc, options or {}, "beyond_paper.pretrain_options")
     return dataclasses.replace(pc, devices=cfg.devices, accelerator=cfg.accelerator,
                                progress_bar=False, work=str(work), out=str(out), encoder=encoder,
                                input_mode=input_mode)
@@ -128,6 +131,8 @@ def finetune_config(cfg: StudyConfig, work: Path, out: Path, params: dict[str, A
                           weights=weights, input_mode=params["input"], mask_source=cfg.mask_source,
                           out=str(out), image_size=cfg.prepare.image_size)
     fc = apply_options(base, cfg.finetune.options, "finetune.options")
+    # A beyond-the-paper cell's own finetune options, over the study's.
+    fc = apply_options(fc, params.get("options") or {}, "beyond_paper.finetune_options")
     return dataclasses.replace(fc, devices=cfg.devices, accelerator=cfg.accelerator,
                                progress_bar=False, work=str(work), out=str(out),
                                encoder=params["encoder"], init=params["init"], weights=weights,
@@ -173,6 +178,16 @@ def check_pretrain(cfg: StudyConfig) -> None:
 def check_finetune(cfg: StudyConfig) -> None:
     """Unknown ``finetune.options`` fail."""
     finetune_config(cfg, _WORK, _OUT, {"encoder": cfg.encoders[0], "init": "none", "input": "full"}, None)
+
+
+def check_beyond(cfg: StudyConfig) -> None:
+    """Unknown ``beyond_paper`` finetune / pretrain options fail."""
+    for b in cfg.beyond_paper:
+        enc = b.encoder or cfg.encoders[0]
+        finetune_config(cfg, _WORK, _OUT, {"encoder": enc, "init": b.init, "input": b.input,
+                                           "options": b.finetune_options}, None)
+        if b.pretrain_input is not None:
+            pretrain_config(cfg, _WORK, _OUT, enc, b.pretrain_input, b.pretrain_options)
 
 
 def check_baseline(cfg: StudyConfig) -> None:
@@ -273,12 +288,14 @@ def run_pretrain(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
     from cardioclr.ssl.pretrain import pretrain
 
     p = cell.params
-    m = pretrain(pretrain_config(ctx.cfg, ctx.work, ctx.cell_dir(cell), p["encoder"], p["input"]))
+    m = pretrain(pretrain_config(ctx.cfg, ctx.work, ctx.cell_dir(cell), p["encoder"], p["input"],
+                                 p.get("options")))
     return {k: m.get(k) for k in ("best_val_loss", "best_epoch", "epochs", "train_seconds")}
 
 
 def run_finetune(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
-    """One fine-tuning cell: CV, final model(s), test evaluation, saliency."""
+    """One fine-tuning cell (of the paper's grid, or beyond it): CV, final model(s), test
+    evaluation, saliency."""
     from cardioclr.classify.finetune import finetune
 
     p = cell.params

@@ -20,6 +20,12 @@ Tables 1-3 follow the paper's layout: macro one-vs-rest ROC AUC on the test spli
 the p-value of its paired comparison with no pretraining (same encoder, same downstream input;
 :func:`cardioclr.evaluate.compare.compare_predictions`: DeLong for two classes, paired
 
+Table 4 (only when the study lists ``beyond_paper:`` cells, ``OUT/beyond/<name>/``) compares
+each of them with the paper's best cell, chosen by cross-validated AUC on train, on the same
+test patients (:func:`cardioclr.evaluate.compare.compare_predictions` for the macro AUC,
+:func:`cardioclr.evaluate.compare.compare_accuracy`: exact McNemar for accuracy); a paragraph
+then answers whether SimCLR and heart masking help, with every paired comparison behind it.
+
 The package follows the data flow (one module, one layer):
 
 * :mod:`.collect` reads the study folder into :class:`StudyData` (numbers parsed once, through

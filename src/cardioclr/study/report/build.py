@@ -13,8 +13,9 @@ from cardioclr.layout import StudyLayout
 from cardioclr.study.html import Block, Heading, Para, figure_files, render_html, render_markdown
 from cardioclr.study.report.collect import StudyData, collect
 from cardioclr.study.report.format import short_reason
-from cardioclr.study.report.results import add_comparisons, results_frame
+from cardioclr.study.report.results import add_beyond_comparisons, add_comparisons, results_frame
 from cardioclr.study.report.sections.baselines import baseline_section
+from cardioclr.study.report.sections.beyond import questions_section, table_4
 from cardioclr.study.report.sections.dataset import dataset_section
 from cardioclr.study.report.sections.figures import figure_1, roc_section
 from cardioclr.study.report.sections.pretraining import pretraining_section
@@ -54,7 +55,7 @@ def build_blocks(data: StudyData) -> list[Block]:
                            css="warn"))
     for w in data.warnings:
         blocks.append(Para(f"Warning: {w}", css="warn"))
-    failed = [c for c in [*data.cells, *data.baselines] if c.status == "failed"]
+    failed = [c for c in [*data.cells, *data.baselines, *data.beyond] if c.status == "failed"]
     if failed:
         blocks.append(Para(f"{len(failed)} cell(s) failed: " + "; ".join(
             f"{c.cell} ({short_reason(c.reason)})" for c in failed), css="warn"))
@@ -62,6 +63,9 @@ def build_blocks(data: StudyData) -> list[Block]:
     blocks += [Heading(2, "Tables 1–3: diagnostic performance", "tables")]
     blocks += tables_1_2(data)
     blocks += table_3(data)
+    blocks += table_4(data)
+    blocks += [Heading(2, "Does SimCLR help? Does heart masking help?", "questions")]
+    blocks += questions_section(data)
     blocks.append(all_cells_table(data))
     blocks += [Heading(2, "Figure 1: convergence", "figure1")]
     blocks += figure_1(data)
@@ -93,6 +97,7 @@ def build_report(out: str | os.PathLike[str]) -> dict[str, Path]:
     data = collect(out)
     n_boot = data.cfg.report.n_boot if data.cfg else 2000
     add_comparisons(data, n_boot=n_boot)
+    add_beyond_comparisons(data, n_boot=n_boot)
     results = results_frame(data)
     layout = StudyLayout(out)
     paths = {"results": layout.results_csv, "markdown": layout.report_md, "html": layout.report_html}

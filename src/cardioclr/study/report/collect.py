@@ -102,12 +102,35 @@ class CellResult:
         return number(self.saliency.get("in_heart_share_mean")) if self.saliency else None
 
     @property
+    def cv_auc(self) -> float | None:
+        """Mean validation macro AUC over the CV folds of the chosen grid point (train only)."""
+        sel = self.metrics.get("selected") if self.metrics is not None else None
+        return number(sel.get("cv_val_auc_mean")) if isinstance(sel, dict) else None
+
+    @property
     def label(self) -> str:
         """Human-readable name: ``smallcnn, SimCLR (full) -> segmented images``."""
         if self.kind != "finetune":
             return self.cell
         return (f"{self.encoder}, {PRETRAINING_LABELS.get(self.pretraining, self.pretraining)} → "
                 f"{INPUT_LABELS.get(self.downstream_input, self.downstream_input)}")
+
+
+@dataclass
+class PairedComparison:
+    """Cell ``a`` against cell ``b`` on the same test patients (differences are a - b).
+
+    ``auc_p``: paired test of the macro AUC (``auc_test``: DeLong for two classes, paired
+    bootstrap otherwise); ``accuracy_p``: exact McNemar test; CIs: paired stratified bootstrap.
+    """
+
+    a: CellResult
+    b: CellResult
+    auc_diff: Estimate
+    auc_p: float | None
+    auc_test: str
+    accuracy_diff: Estimate
+    accuracy_p: float | None
 
 
 @dataclass
@@ -125,6 +148,15 @@ class StudyData:
     pretrain: list[tuple[str, PretrainMetrics]]
     environment: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    #: Cells beyond the paper's grid (``OUT/beyond/<name>``), in the order of ``beyond_paper``.
+    beyond: list[CellResult] = field(default_factory=list)
+    #: Filled by :func:`cardioclr.study.report.results.add_beyond_comparisons`: the paper cell
+    #: the beyond cells are compared with (and how it was chosen), the comparisons, and the
+    #: paper's questions (does SimCLR help, does heart masking help) as paired comparisons.
+    reference: CellResult | None = None
+    reference_rule: str = ""
+    beyond_vs_reference: list[PairedComparison] = field(default_factory=list)
+    questions: list[tuple[str, PairedComparison]] = field(default_factory=list)
 
     @property
     def layout(self) -> StudyLayout:
@@ -269,6 +301,7 @@ def collect(out: str | os.PathLike[str]) -> StudyData:
                                         rec.get("reason") or rec.get("error") or "",
                                         number(rec.get("seconds"))))
 
+    beyond = collect_beyond(layout, cfg, state_cells, warnings)
     dataset = read_json_or_none(layout.dataset_json, warnings) or {}
     classes = list(dataset.get("classes") or [])
     if not classes:
@@ -286,7 +319,39 @@ def collect(out: str | os.PathLike[str]) -> StudyData:
             pretrain.append((d.name, cast(PretrainMetrics, praw)))
     env = read_json_or_none(layout.environment, warnings) or {}
     return StudyData(out, cfg, state, cell_list, baselines, classes, dataset, seg, pretrain, env,
-                     warnings)
+                     warnings, beyond)
+
+
+def collect_beyond(layout: StudyLayout, cfg: StudyConfig | None,
+                   state_cells: dict[str, dict[str, Any]], warnings: list[str]) -> list[CellResult]:
+    """The beyond-the-paper cells: finished ones from their ``metrics.json``, the others from
+    the state; in the order of the config's ``beyond_paper`` (then by name)."""
+    found: dict[str, CellResult] = {}
+    root = layout.beyond
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        raw = read_json_or_none(d / "metrics.json", warnings) if d.is_dir() else None
+        if raw is None:
+            continue
+        m = cast(FinetuneMetrics, raw)
+        rec = state_cells.get(f"beyond/{d.name}", {})
+        seconds = number(rec.get("seconds")) or number(m.get("train_seconds"))
+        found[d.name] = CellResult(f"beyond/{d.name}", "beyond", d, str(m.get("encoder") or ""),
+                                   str(m.get("pretraining") or ""),
+                                   str(m.get("downstream_input") or ""), "done", "", seconds, m)
+    for cid, rec in state_cells.items():
+        name = cid.removeprefix("beyond/")
+        if rec.get("kind") != "beyond" or name in found:
+            continue
+        status = rec.get("status") or "pending"
+        reason = rec.get("reason") or rec.get("error") or ""
+        if status == "done":
+            status, reason = "failed", "metrics.json missing"
+        found[name] = CellResult(cid, "beyond", layout.out / rec.get("path", cid), "", "", "",
+                                 status, reason, number(rec.get("seconds")))
+    order = [b.name for b in cfg.beyond_paper] if cfg is not None else []
+    return sorted(found.values(), key=lambda c: (
+        order.index(c.cell.removeprefix("beyond/")) if c.cell.removeprefix("beyond/") in order
+        else len(order), c.cell))
 
 
 # ------------------------------------------------------------------------------ per-cell files

@@ -15,7 +15,8 @@ from cardioclr.artifacts import Estimate, number
 
 PRETRAINING_LABELS = {"none": "No pretraining", "imagenet": "ImageNet",
                       "simclr-full": "SimCLR (full)", "simclr-segmented": "SimCLR (segmented)"}
-INPUT_LABELS = {"full": "full images", "segmented": "segmented images", "roi": "heart ROI"}
+INPUT_LABELS = {"full": "full images", "segmented": "segmented images", "roi": "heart ROI",
+                "anatomy": "heart ROI + LV/MYO/RV masks"}
 
 
 def fmt(v: float | None, digits: int = 3) -> str:
@@ -64,3 +65,11 @@ def cell_str(v: Any) -> str:
         return f"{f:.3g}"
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
+
+
+def signed_estimate(e: Estimate) -> str:
+    """A difference and its 95% CI with signs: ``+0.031 (-0.020 to +0.080)``; ``n/a`` without."""
+    if e.value is None:
+        return "n/a"
+    ci = f" ({e.ci_low:+.3f} to {e.ci_high:+.3f})" if e.has_ci else ""
+    return f"{e.value:+.3f}{ci}"

@@ -1,5 +1,7 @@
 """What the report computes from the collected numbers: paired comparisons with no
-pretraining, collapsed classifiers, the best value of a row, and the ``results.csv`` rows."""
+pretraining, the beyond-the-paper cells against the paper's best cell, the paper's questions
+(does SimCLR help, does heart masking help), collapsed classifiers, the best value of a row,
+and the ``results.csv`` rows."""
 
 from __future__ import annotations
 
@@ -8,10 +10,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cardioclr.artifacts import RESULT_COLUMNS, ResultRow, number
-from cardioclr.evaluate.compare import compare_predictions
+from cardioclr.artifacts import RESULT_COLUMNS, Estimate, ResultRow, number
+from cardioclr.evaluate.compare import compare_accuracy, compare_predictions
 from cardioclr.evaluate.metrics import prob_columns
-from cardioclr.study.report.collect import CellResult, StudyData, read_predictions
+from cardioclr.study.report.collect import (
+    CellResult,
+    PairedComparison,
+    StudyData,
+    read_predictions,
+)
 
 
 def single_class(cell: CellResult, classes: list[str]) -> str | None:
@@ -55,6 +62,91 @@ def add_comparisons(data: StudyData, n_boot: int = 2000) -> None:
         cell.comparison_test = str(cmp.get("test", ""))
 
 
+def paired_comparison(a: CellResult, b: CellResult, data: StudyData,
+                      n_boot: int = 2000) -> PairedComparison | None:
+    """Cell ``a`` vs cell ``b`` on the same test patients (None, with a warning, when their
+    predictions are missing or cannot be paired)."""
+    if not (a.done and b.done and data.classes):
+        return None
+    pa, pb = read_predictions(a), read_predictions(b)
+    if pa is None or pb is None:
+        return None
+    try:
+        auc = compare_predictions(pa, pb, data.classes, n_boot=n_boot, seed=0)
+        acc = compare_accuracy(pa, pb, data.classes, n_boot=n_boot, seed=0)
+    except Exception as err:  # noqa: BLE001 - a comparison problem must not sink the report
+        data.warnings.append(f"paired comparison {a.cell} vs {b.cell}: {err}")
+        return None
+    return PairedComparison(a, b, Estimate.read(auc.get("macro_auc_diff")), number(auc.get("p_value")),
+                            str(auc.get("test", "")), Estimate.read(acc.get("accuracy_diff")),
+                            number(acc.get("mcnemar_p_value")))
+
+
+def paper_reference(data: StudyData) -> tuple[CellResult | None, str]:
+    """The paper's best cell, chosen WITHOUT the test split: the finished grid cell with the
+    highest cross-validated AUC on train (the ``selected`` grid point's mean validation AUC).
+    Only when no cell has CV numbers (an old study) is the test AUC used, and the rule says so."""
+    done = [c for c in data.cells if c.done]
+    with_cv = [c for c in done if c.cv_auc is not None]
+    if with_cv:
+        best = max(with_cv, key=lambda c: c.cv_auc or 0.0)
+        return best, (f"the paper-grid cell with the highest cross-validated macro AUC on the "
+                      f"train split ({best.cv_auc:.3f}), chosen without looking at the test split")
+    with_auc = [c for c in done if c.auc is not None]
+    if with_auc:
+        best = max(with_auc, key=lambda c: c.auc or 0.0)
+        return best, ("the paper-grid cell with the highest TEST macro AUC (no cell has "
+                      "cross-validation numbers; a choice on the test split favours the reference)")
+    return None, ""
+
+
+def add_beyond_comparisons(data: StudyData, n_boot: int = 2000) -> None:
+    """Fill ``data.reference``, ``data.beyond_vs_reference`` and ``data.questions``.
+
+    Questions (the paper's, fixed in advance; every available pair is reported, significant
+    or not): SimCLR: each SimCLR cell against no pretraining with the same encoder and
+    downstream input. Heart masking: segmented against full downstream input with the same
+    encoder and pretraining, and the anatomic prior in both stages (SimCLR on segmented ->
+    segmented) against none in either (SimCLR on full -> full).
+    """
+    data.reference, data.reference_rule = paper_reference(data)
+    if data.reference is not None:
+        for cell in data.beyond:
+            cmp = paired_comparison(cell, data.reference, data, n_boot)
+            if cmp is not None:
+                data.beyond_vs_reference.append(cmp)
+    questions: list[tuple[str, PairedComparison]] = []
+    for enc in data.encoders():
+        for inp in ("full", "segmented"):
+            none = data.find(enc, "none", inp)
+            for pre in ("simclr-full", "simclr-segmented"):
+                simclr = data.find(enc, pre, inp)
+                cmp = paired_comparison(simclr, none, data, n_boot) if simclr and none else None
+                if cmp is not None:
+                    questions.append(("simclr", cmp))
+        for pre in ("none", "simclr-full", "simclr-segmented"):
+            seg, full = data.find(enc, pre, "segmented"), data.find(enc, pre, "full")
+            cmp = paired_comparison(seg, full, data, n_boot) if seg and full else None
+            if cmp is not None:
+                questions.append(("masking", cmp))
+        both, neither = data.find(enc, "simclr-segmented", "segmented"), data.find(enc, "simclr-full", "full")
+        cmp = paired_comparison(both, neither, data, n_boot) if both and neither else None
+        if cmp is not None:
+            questions.append(("masking", cmp))
+    data.questions = questions
+
+
+def verdict(cmp: PairedComparison) -> str:
+    """``helps`` / ``hurts`` when the 95% CI of the AUC difference excludes 0, else
+    ``no significant difference`` (the paired bootstrap p < 0.05 exactly then)."""
+    d = cmp.auc_diff
+    if d.ci_low is not None and d.ci_low > 0:
+        return "helps"
+    if d.ci_high is not None and d.ci_high < 0:
+        return "hurts"
+    return "no significant difference"
+
+
 def best_flags(values: Sequence[float | None], digits: int = 3) -> list[bool]:
     """Which values are the best (highest) as shown with ``digits`` decimals (ties all best)."""
     shown = [round(v, digits) if v is not None else None for v in values]
@@ -75,10 +167,12 @@ def best_by_group(values: Sequence[float | None], groups: Sequence[str],
 
 
 def result_rows(data: StudyData) -> list[ResultRow]:
-    """One :class:`ResultRow` per cell (fine-tuning grid, then baselines)."""
+    """One :class:`ResultRow` per cell (fine-tuning grid, baselines, then beyond the paper)."""
     rows = []
     default_masks = data.cfg.mask_source if data.cfg else ""
-    for c in [*data.cells, *data.baselines]:
+    vs_ref = {cmp.a.cell: cmp for cmp in data.beyond_vs_reference}
+    for c in [*data.cells, *data.baselines, *data.beyond]:
+        ref = vs_ref.get(c.cell)
         auc, acc, bacc = c.auc_estimate, c.accuracy, c.balanced_accuracy
         mask_source = c.mask_source if c.metrics is not None and "mask_source" in c.metrics else default_masks
         rows.append(ResultRow(
@@ -90,7 +184,11 @@ def result_rows(data: StudyData) -> list[ResultRow]:
             balanced_accuracy_ci_high=bacc.ci_high,
             p_vs_none=c.p_vs_none, auc_diff_vs_none=c.diff_vs_none,
             saliency_in_heart_share=c.in_heart, n_test=c.n_test, seconds=c.seconds,
-            reason=c.reason))
+            reason=c.reason, reference=ref.b.cell if ref else "",
+            auc_diff_vs_reference=ref.auc_diff.value if ref else None,
+            p_vs_reference=ref.auc_p if ref else None,
+            accuracy_diff_vs_reference=ref.accuracy_diff.value if ref else None,
+            accuracy_p_vs_reference=ref.accuracy_p if ref else None))
     return rows
 
 

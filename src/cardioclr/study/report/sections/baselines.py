@@ -53,11 +53,14 @@ def baseline_section(data: StudyData) -> list[Block]:
         ["Model", "Macro AUC (95% CI)", "Accuracy (95% CI)", "Balanced accuracy", "Masks", "Notes"],
         rows, ["The 'best fine-tuned' row is chosen by test AUC for display only; it is not a "
                "selected model."])]
-    imp = next((b.metrics.get("feature_importances") for b in data.baselines
-                if b.metrics and b.metrics.get("feature_importances")), None)
-    if isinstance(imp, dict) and imp:
+    first = next((b.metrics for b in data.baselines
+                  if b.metrics and b.metrics.get("feature_importances")), None)
+    imp = first.get("feature_importances") if first else None
+    if isinstance(imp, dict) and imp and first:
         top_imp = list(imp.items())[:10]
-        blocks.append(Table("Most important clinical features (first baseline)",
+        kind = first.get("feature_importance_kind")
+        blocks.append(Table(f"Most important clinical features ({first.get('model', 'first baseline')}"
+                            f"{': ' + str(kind) if kind else ''})",
                             ["Feature", "Importance"],
                             [[TCell(k), TCell(fmt(number(v)))] for k, v in top_imp]))
     blocks += diagnosis_blocks(data.classes, [dict(b.metrics) for b in data.baselines if b.metrics])

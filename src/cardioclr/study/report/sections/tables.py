@@ -120,7 +120,7 @@ def table_3(data: StudyData) -> list[Block]:
 def all_cells_table(data: StudyData) -> Table:
     """Every cell: AUC, accuracy, balanced accuracy, in-heart saliency, time, status."""
     rows = []
-    for c in [*data.cells, *data.baselines]:
+    for c in [*data.cells, *data.baselines, *data.beyond]:
         one = single_class(c, data.classes)
         single = f"predicts {one} for every test patient" if one else ""
         rows.append([TCell(c.label), TCell(estimate_text(c.auc_estimate) if c.done else "—"),
