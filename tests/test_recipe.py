@@ -304,3 +304,13 @@ def test_tiny_finetune_with_the_small_data_recipe(tiny_work: Path, tmp_path: Pat
     written = pd.read_csv(tmp_path / "run" / "predictions.csv")
     cols = prob_columns(m["classes"])
     np.testing.assert_allclose(df[cols].to_numpy(), written[cols].to_numpy(), atol=1e-5)
+
+
+def test_study_options_select_a_recipe_by_name_or_fields() -> None:
+    from cardioclr.study.stages import apply_options
+
+    base = FinetuneConfig(work="W", encoder="smallcnn")
+    named = apply_options(base, {"recipe": "small-data"}, "finetune.options").recipe
+    assert named == rc.RECIPES["small-data"]
+    patched = apply_options(base, {"recipe": {"label_smoothing": 0.2}}, "finetune.options").recipe
+    assert patched.label_smoothing == 0.2 and patched.name == rc.CUSTOM and not patched.balanced_sampling

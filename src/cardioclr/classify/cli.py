@@ -106,7 +106,7 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recipe", choices=RECIPE_NAMES, default="none",
                    help="preset: none (the paper's training) or small-data (balanced sampling, "
                    "label smoothing 0.1, mixup 0.2, cosine schedule with 2 warm-up epochs, EMA "
-                   "0.99, 5 TTA views; chosen by repeated CV on train, see benchmarks/README.md)")
+                   "0.99, 5 TTA views; its CV check on train: benchmarks/README.md, recipe_cv.py)")
     g.add_argument("--balanced-sampling", dest="balanced_sampling", action="store_true",
                    default=None, help="draw slice pairs class- and patient-balanced")
     g.add_argument("--no-balanced-sampling", dest="balanced_sampling", action="store_false",
