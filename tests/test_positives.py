@@ -311,3 +311,24 @@ def test_two_process_multi_positive_loss_equals_single_process(tmp_path: Path) -
     assert abs(ranks[0]["loss"].item() - ranks[1]["loss"].item()) > 1e-6  # gathering did something
     grad = torch.cat([r["grad"] for r in ranks]) / _WORLD  # DDP averages over the W ranks
     torch.testing.assert_close(grad, full_z.grad, atol=1e-9, rtol=0)
+
+
+def test_cli_passes_positives_to_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from cardioclr.ssl import cli
+    from cardioclr.ssl import pretrain as pretrain_module
+
+    seen: list[PretrainConfig] = []
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda cfg: seen.append(cfg) or {})
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    base = ["pretrain", "W", "--encoder", "smallcnn", "--input", "full"]
+    args = parser.parse_args([*base, "--positives", "neighbour", "--neighbour-bound", "0.3"])
+    assert args.func(args) == 0
+    assert seen[-1].positives == "neighbour" and seen[-1].neighbour_bound == 0.3
+    args = parser.parse_args(base)
+    args.func(args)
+    assert seen[-1].positives == "augment"  # the paper's SimCLR by default
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--positives", "slices"])
