@@ -15,6 +15,8 @@ from cardioclr.data.pack import (
     IMAGE_LOW,
     IMAGE_STEP,
     PackReader,
+    _npz_arrays,
+    _npz_bytes,
     decode_image,
     encode_image,
     install,
@@ -33,6 +35,28 @@ def test_image_encoding_round_trip_within_half_a_step():
     y = decode_image(encode_image(x))
     assert y.dtype == np.float32 and y.shape == x.shape
     assert np.abs(y - x).max() <= IMAGE_STEP / 2 + 1e-6
+
+
+def test_packs_with_x_differences_still_decode():
+    # Packs written before the "up" filter hold differences along x ("sub-x").
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 256, size=(2, 8, 8), dtype=np.uint8)
+    sub_x = np.diff(codes, axis=-1, prepend=np.zeros((2, 8, 1), np.uint8))
+    expected = codes.astype(np.float32) * np.float32(IMAGE_STEP) + np.float32(IMAGE_LOW)
+    np.testing.assert_array_equal(decode_image(sub_x, "sub-x"), expected)
+    assert not np.array_equal(decode_image(sub_x, "up"), expected)
+
+
+def test_in_memory_npz_parsing_matches_np_load():
+    arrays = {"ed_image": np.arange(24, dtype=np.uint8).reshape(2, 3, 4),
+              "ed_mask": np.asfortranarray(np.arange(12, dtype=np.uint8).reshape(3, 4)),
+              "has_mask": np.array(True), "source_affine": np.eye(4), "empty": np.zeros((0, 3))}
+    parsed = _npz_arrays(_npz_bytes(arrays))
+    assert set(parsed) == set(arrays)
+    for k, a in arrays.items():
+        assert parsed[k].dtype == a.dtype and parsed[k].shape == a.shape
+        np.testing.assert_array_equal(parsed[k], a)
+    parsed["ed_mask"][0, 0] = 9  # everything but the images (decoded into new arrays) is writable
 
 
 @pytest.fixture(scope="module")
