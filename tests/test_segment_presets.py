@@ -12,7 +12,7 @@ import torch
 from cardioclr.data.augment import SegmentationAugmentConfig as AugmentConfig
 from cardioclr.data.augment import augment_segmentation_batch as augment_batch
 from cardioclr.data.prepare import PrepareConfig, prepare
-from cardioclr.segment.model import build_network
+from cardioclr.segment.model import build_network, label_map
 from cardioclr.segment.predict import PredictConfig, predict
 from cardioclr.segment.train import PRESETS, STRONG_AUGMENT, preset_config, train
 from conftest import write_tiny_acdc
@@ -69,3 +69,11 @@ def test_preset_crops_fit_their_networks(name):
 
     cfg = preset_config("w", name)
     assert cfg.crop % size_divisor(cfg.network) == 0
+
+
+def test_label_map_is_argmax_with_first_class_on_ties():
+    scores = torch.randint(0, 3, (4, 4, 9, 7)).float()  # many ties between classes
+    scores[0] = 0.0  # all classes tied: class 0
+    expected = scores.argmax(dim=1)
+    assert torch.equal(label_map(scores), expected)
+    assert label_map(scores).dtype == torch.long and bool((label_map(scores)[0] == 0).all())
