@@ -15,12 +15,16 @@ The LAST output line is one JSON object::
      "failed": n, "stages": {kind: seconds summed over its cells}, "report_seconds": s,
      "best_auc": best macro AUC of the fine-tuning grid (test split), "best_cell": its name,
      "clinical_auc": clinical baseline AUC, "cpu_count": n, "load_before": 1-min load average,
-     "load_after": ..., "target_seconds": 600}
+     "load_after": ..., "load_max": highest 1-min load average seen during the run,
+     "cpu_seconds": CPU time (user + system) of this process and its children, "target_seconds": 300}
 
 ``--data DIR`` runs the study on a real dataset instead (default preset then: ``real-cpu``;
 target < 3600 s for the 100 ACDC patients on 2 cores); a missing DIR prints ``{"skipped": ...}``.
-The demo target is < 600 s on the 2-core development machine. The machine is shared: the load
-averages are reported because other processes' CPU use stretches the time.
+The demo target is <= 300 s (the README's "5 minutes") on the 2-core development machine. The
+machine is shared: the load averages are reported because other processes' CPU use stretches
+the time, and ``cpu_seconds`` says how much CPU the study itself used (the demo runs one torch
+thread, so on an idle machine its wall time is close to its CPU time; at a load of 8 on 2 cores
+the wall time was 3-7 times longer for the same code).
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,8 +47,14 @@ from cardioclr.study.runner import run_study
 from cardioclr.study.stages import stage_seconds
 from cardioclr.study.state import read_state
 
-TARGET_SECONDS = 600
+TARGET_SECONDS = 300
 REAL_TARGET_SECONDS = 3600
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,9 +86,20 @@ def main(argv: list[str] | None = None) -> int:
         overrides["data"] = str(args.data.resolve())
     cfg = load_config(preset, args.config, overrides)
     load_before = os.getloadavg()[0]
+    cpu_before = _cpu_seconds()
+    loads = [load_before]
+    done = threading.Event()
+
+    def sample_load() -> None:  # every 10 s: the 1-min average lags, a peak between is missed
+        while not done.wait(10.0):
+            loads.append(os.getloadavg()[0])
+
+    threading.Thread(target=sample_load, daemon=True).start()
     start = time.perf_counter()
     result = run_study(cfg, out)
     seconds = time.perf_counter() - start
+    done.set()
+    cpu = _cpu_seconds() - cpu_before
     state = read_state(out)
     stages = stage_seconds(state.get("cells", {}))
     df = pd.read_csv(out / "results.csv") if (out / "results.csv").is_file() else pd.DataFrame()
@@ -97,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
+        "load_max": round(max(loads), 2),
+        "cpu_seconds": round(cpu, 1),
         "preset": preset,
         "data": str(args.data) if args.data is not None else None,
         "target_seconds": TARGET_SECONDS if args.data is None else REAL_TARGET_SECONDS,

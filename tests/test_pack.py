@@ -15,6 +15,8 @@ from cardioclr.data.pack import (
     IMAGE_LOW,
     IMAGE_STEP,
     PackReader,
+    _npz_arrays,
+    _npz_bytes,
     decode_image,
     encode_image,
     install,
@@ -33,6 +35,28 @@ def test_image_encoding_round_trip_within_half_a_step():
     y = decode_image(encode_image(x))
     assert y.dtype == np.float32 and y.shape == x.shape
     assert np.abs(y - x).max() <= IMAGE_STEP / 2 + 1e-6
+
+
+def test_packs_with_x_differences_still_decode():
+    # Packs written before the "up" filter hold differences along x ("sub-x").
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 256, size=(2, 8, 8), dtype=np.uint8)
+    sub_x = np.diff(codes, axis=-1, prepend=np.zeros((2, 8, 1), np.uint8))
+    expected = codes.astype(np.float32) * np.float32(IMAGE_STEP) + np.float32(IMAGE_LOW)
+    np.testing.assert_array_equal(decode_image(sub_x, "sub-x"), expected)
+    assert not np.array_equal(decode_image(sub_x, "up"), expected)
+
+
+def test_in_memory_npz_parsing_matches_np_load():
+    arrays = {"ed_image": np.arange(24, dtype=np.uint8).reshape(2, 3, 4),
+              "ed_mask": np.asfortranarray(np.arange(12, dtype=np.uint8).reshape(3, 4)),
+              "has_mask": np.array(True), "source_affine": np.eye(4), "empty": np.zeros((0, 3))}
+    parsed = _npz_arrays(_npz_bytes(arrays))
+    assert set(parsed) == set(arrays)
+    for k, a in arrays.items():
+        assert parsed[k].dtype == a.dtype and parsed[k].shape == a.shape
+        np.testing.assert_array_equal(parsed[k], a)
+    parsed["ed_mask"][0, 0] = 9  # everything but the images (decoded into new arrays) is writable
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +113,39 @@ def test_damaged_member_is_named(packed: Path, tmp_path: Path):
     pid = damaged.removeprefix("store/").removesuffix(".npz")
     with pytest.raises(DataError, match="checksum"):
         SliceStore(work).load(pid)
+
+
+def test_a_pack_written_with_x_differences_reads_the_same(packed: Path, tmp_path: Path):
+    # Packs from before the "up" filter: every image member re-encoded along x, pack.json says so.
+    import hashlib
+    import io
+    import json
+
+    old = tmp_path / "old.pack"
+    with zipfile.ZipFile(packed) as src, zipfile.ZipFile(old, "w", zipfile.ZIP_DEFLATED) as dst:
+        meta = json.loads(src.read("pack.json"))
+        for item in src.infolist():
+            if item.filename == "pack.json":
+                continue
+            data = src.read(item.filename)
+            if item.filename.startswith("store/"):
+                with np.load(io.BytesIO(data)) as z:
+                    arrays = {k: z[k] for k in z.files}
+                for k in ("ed_image", "es_image"):
+                    codes = np.cumsum(arrays[k], axis=-2, dtype=np.uint8)
+                    arrays[k] = np.diff(codes, axis=-1, prepend=np.zeros(codes.shape[:-1] + (1,), np.uint8))
+                data = _npz_bytes(arrays)
+                meta["sha256"][item.filename] = hashlib.sha256(data).hexdigest()
+            dst.writestr(item.filename, data)
+        meta["image_encoding"] = {**meta["image_encoding"], "filter": "sub-x"}
+        dst.writestr("pack.json", json.dumps(meta))
+    new_work, old_work = tmp_path / "new", tmp_path / "old"
+    install(packed, new_work)
+    install(old, old_work)
+    a, b = SliceStore(new_work), SliceStore(old_work)
+    for pid in a.patient_ids[:3]:
+        np.testing.assert_array_equal(a.load(pid).ed_image, b.load(pid).ed_image)
+        np.testing.assert_array_equal(a.load(pid).es_mask, b.load(pid).es_mask)
 
 
 def test_cli_pack_verify(packed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):

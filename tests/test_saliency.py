@@ -83,3 +83,22 @@ def test_gradcam_leaves_no_model_copy_alive() -> None:
         gradcam_pairs(model, torch.rand(2, 2, 32, 32), class_idx=0)
     gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, _PairNet)]
+
+
+def test_overlays_only_for_the_first_patients_in_id_order_shares_for_all(tmp_path) -> None:
+    from cardioclr.data.pairs import PatientInputs
+    from cardioclr.evaluate.saliency import run_saliency
+
+    torch.manual_seed(0)
+    model = DualPhaseClassifier("smallcnn", 3).eval()
+    rng = np.random.default_rng(0)
+    hearts = np.zeros((2, 2, 32, 32), bool)
+    hearts[:, :, 8:24, 8:24] = True
+    patients = [PatientInputs(pid, 0, rng.random((2, 2, 32, 32), np.float32), hearts,
+                              np.arange(2), 2.0, hearts) for pid in ("p3", "p1", "p2")]
+    pred = {p.patient_id: 1 for p in patients}
+    summary = run_saliency(model, patients, pred, ["A", "B", "C"], "full", tmp_path, figures=2)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["p1.png", "p2.png"]
+    assert summary["n"] + summary["n_empty_maps"] == 3  # every patient scored
+    run_saliency(model, patients, pred, ["A", "B", "C"], "full", tmp_path / "all")
+    assert len(list((tmp_path / "all").glob("*.png"))) == 3

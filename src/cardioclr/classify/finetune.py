@@ -116,6 +116,8 @@ class FinetuneConfig:
     roi_margin_mm: float = 10.0
     saliency_margin_mm: float = 5.0
     saliency: bool = True
+    #: Saliency overlay PNGs for the first N test patients in ID order (None: all of them).
+    saliency_figures: int | None = None
     n_boot: int = 2000
     devices: int = 1
     accelerator: str = "auto"
@@ -149,7 +151,7 @@ class FinetuneConfig:
 
 
 NOT_IN_FINGERPRINT = ("out", "devices", "accelerator", "num_nodes", "precision", "progress_bar",
-                      "work")
+                      "work", "saliency_figures")
 
 
 def fingerprint(cfg: FinetuneConfig) -> str:
@@ -332,7 +334,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneMetrics:
         pred = {pid: int(np.argmax(ens[i])) for i, pid in enumerate(test_ids)}
         sal_patients = [load_patient_inputs(store, pid, spec, cfg.saliency_margin_mm) for pid in test_ids]
         sal = run_saliency(models[0], sal_patients, pred, classes, cfg.input_mode, out / "saliency",
-                           cfg.saliency_margin_mm, cfg.mask_source, device)
+                           cfg.saliency_margin_mm, cfg.mask_source, device, cfg.saliency_figures)
 
     cv_touched = sorted({p for r in cv_results for p in r["train_patients"] + r["val_patients"]})
     final_touched = sorted(splits.train)

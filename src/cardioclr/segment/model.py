@@ -69,6 +69,17 @@ def build_network(cfg: NetworkConfig) -> nn.Module:
     raise ValueError(f"unknown architecture {cfg.arch!r}; choose unet or dynunet")
 
 
+def label_map(scores: torch.Tensor) -> torch.Tensor:
+    """Class of each pixel: logits or probabilities (B, C, H, W) -> long (B, H, W).
+
+    ``max(dim=1).indices`` rather than ``argmax(dim=1)``: the same labels (the first class on
+    ties, checked in the tests), but torch's CPU ``argmax`` over a non-last dimension is ~10x
+    slower (measured 37 vs 3.8 ms for 32 x 4 x 64 x 64, one thread): it was a fifth of the
+    demo's segmentation prediction and most of its validation passes.
+    """
+    return scores.max(dim=1).indices
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW with a linear warm-up then polynomial decay (nnU-Net's 0.9 power) to zero.
@@ -143,7 +154,7 @@ class SegModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         """Accumulate pooled Dice counts on whole (padded) slices."""
         image, labels, _ = batch
-        pred = self(image).argmax(dim=1)
+        pred = label_map(self(image))
         for j, value in enumerate(STRUCTURES.values()):
             p, r = pred == value, labels == value
             self._val_counts[0, j] += (p & r).sum()

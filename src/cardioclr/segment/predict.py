@@ -52,7 +52,7 @@ from cardioclr.segment.crossfit import (
     models_for,
     read_assignment,
 )
-from cardioclr.segment.model import build_network, network_config_from_dict, size_divisor
+from cardioclr.segment.model import build_network, label_map, network_config_from_dict, size_divisor
 from cardioclr.segment.postprocess import postprocess, postprocess_with_stats
 from cardioclr.segment.qc import QC_COLUMNS, QUALITY_COLUMNS, QUALITY_FILE, qc_figure, qc_flags, quality_flags
 from cardioclr.segment.train import MODEL_FORMAT, limit_cpu_threads, model_dir
@@ -194,8 +194,8 @@ def infer_slices(model: LoadedModel | Sequence[LoadedModel], images: np.ndarray,
                 p = torch.flip(p, dims) if dims else p
                 prob += p
                 if agreement is not None:
-                    members.append(p[:, :, :h, :w].argmax(dim=1))
-        consensus = prob[:, :, :h, :w].argmax(dim=1)
+                    members.append(label_map(p[:, :, :h, :w]))
+        consensus = label_map(prob[:, :, :h, :w])
         if agreement is not None:
             agreement.add(members, consensus)
         out[i:i + x.shape[0]] = consensus.to(torch.uint8).cpu().numpy()
