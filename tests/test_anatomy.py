@@ -236,3 +236,23 @@ def test_simclr_on_anatomy_inputs_from_the_segmentation_encoder(tiny_work: Path,
     assert "init" not in run_key(plain) and "segmentation_model" not in run_key(plain)
     with pytest.raises(CardioclrError, match="needs --encoder segunet"):
         pretrain(PretrainConfig(work=str(tiny_work), encoder="smallcnn", init="segmentation"))
+
+
+def test_saved_anatomy_classifier_predicts_new_patients(tiny_work: Path, tmp_path: Path) -> None:
+    from cardioclr.classify.predict import load_classifier, save_classifier
+
+    store = SliceStore(tiny_work)
+    spec = InputSpec("anatomy", "expert", 32)
+    torch.manual_seed(0)
+    model = DualPhaseClassifier("smallcnn", len(store.classes), in_channels=4).eval()
+    save_classifier(tmp_path / "model.pt", [model], spec, store.classes, "none", [0])
+    clf = load_classifier(tmp_path)
+    assert clf.spec == spec and clf.models[0].in_channels == 4
+    inputs = load_patient_inputs(store, store.splits.test[0], spec)
+    p = clf.predict_inputs(inputs)
+    assert p.shape == (len(store.classes),) and abs(p.sum() - 1) < 1e-6
+    ed, es = network_inputs(torch.from_numpy(inputs.images), torch.from_numpy(inputs.hearts).float(),
+                            "anatomy")
+    with torch.no_grad():
+        direct = torch.softmax(model(ed, es), 1).mean(0).double().numpy()
+    np.testing.assert_allclose(p, direct, atol=1e-5)

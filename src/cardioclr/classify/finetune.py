@@ -139,10 +139,11 @@ class FinetuneConfig:
         object.__setattr__(self, "recipe", as_recipe(self.recipe))
 
     def out_dir(self) -> Path:
-        """``out`` or ``WORK/finetune/<encoder>-<init>-<input>``."""
+        """``out`` or ``WORK/finetune/<encoder>-<init>-<input>`` (+ ``-aux<W>`` when multi-task)."""
         if self.out:
             return Path(self.out)
-        return Path(self.work) / "finetune" / f"{self.encoder}-{self.init}-{self.input_mode}"
+        aux = f"-aux{self.aux_seg_weight:g}" if self.aux_seg_weight else ""
+        return Path(self.work) / "finetune" / f"{self.encoder}-{self.init}-{self.input_mode}{aux}"
 
     def spec(self) -> InputSpec:
         """The input recipe shared by training, evaluation and inference."""
