@@ -98,6 +98,20 @@ def test_repeated_cv_never_fits_on_the_patient_it_predicts():
     assert r.confusion.sum() == 3 * len(y)
 
 
+def test_grouped_permutation_importance_scores_each_group_once():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 20)
+    x = pd.DataFrame({"signal": y + rng.normal(0, 0.3, 60), "noise_a": rng.normal(size=60),
+                      "noise_b": rng.normal(size=60)})
+    model = clf_mod.build_classifier("logistic", 0).fit(x, y)
+    grouped = clf_mod.permutation_importances(model, x, y, groups={"signal": ["signal"],
+                                                                   "noise": ["noise_a", "noise_b"]})
+    assert list(grouped) == ["signal", "noise"]  # one entry per group, largest first
+    assert grouped["signal"] > 0.5 > abs(grouped["noise"])
+    single = clf_mod.permutation_importances(model, x, y)
+    assert set(single) == set(x.columns) and next(iter(single)) == "signal"
+
+
 def test_choose_model_sees_only_what_it_is_given():
     x, y = _toy()
     best, results = clf_mod.choose_model(x, y, 3, ("logistic", "svm"), n_splits=3, n_repeats=2)
@@ -122,9 +136,9 @@ def test_regional_baseline_reads_test_last_and_scales_on_train_only(tiny_work: P
         events.append(("choose", set(x.index)))
         return real_choose(x, *a, **kw)
 
-    def perm_spy(model, x, y, seed=0, n_repeats=5):
+    def perm_spy(model, x, y, seed=0, n_repeats=5, groups=None):
         captured["model"], captured["x"] = model, x
-        return real_perm(model, x, y, seed, n_repeats=2)
+        return real_perm(model, x, y, seed, n_repeats=2, groups=groups)
 
     monkeypatch.setattr(features_mod, "patient_features", pf_spy)
     monkeypatch.setattr(clf_mod, "choose_model", choose_spy)

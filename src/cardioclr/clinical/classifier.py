@@ -253,16 +253,38 @@ def choose_model(x: pd.DataFrame, y: np.ndarray, k: int, candidates: Sequence[st
 
 
 def permutation_importances(model: Pipeline, x: pd.DataFrame, y: np.ndarray, seed: int = 0,
-                            n_repeats: int = 5) -> dict[str, float]:
-    """Mean drop of the log-loss score when one column of ``x`` is shuffled (sklearn's
-    permutation importance), largest first. Computed on the training patients: it says what the
-    fitted model relies on, not what generalises."""
-    from sklearn.inspection import permutation_importance
+                            n_repeats: int = 5, groups: dict[str, list[str]] | None = None
+                            ) -> dict[str, float]:
+    """Mean drop of the log-loss score when one column (or one group of columns) of ``x`` is
+    shuffled across patients, largest first. Computed on the training patients: it says what the
+    fitted model relies on, not what generalises.
 
-    r = permutation_importance(model, x, y, scoring="neg_log_loss", n_repeats=n_repeats,
-                               random_state=seed)
-    order = np.argsort(-r.importances_mean)
-    return {str(x.columns[i]): float(r.importances_mean[i]) for i in order}
+    ``groups``: importance name -> columns shuffled together (by the same permutation); default
+    every column alone, which is sklearn's ``permutation_importance``. The hybrid baseline passes
+    its hundreds of SimCLR features as ONE group: they mean nothing one at a time, and scoring
+    them singly took 71 of the demo hybrid's 77 s.
+    """
+    if groups is None:
+        from sklearn.inspection import permutation_importance
+
+        r = permutation_importance(model, x, y, scoring="neg_log_loss", n_repeats=n_repeats,
+                                   random_state=seed)
+        order = np.argsort(-r.importances_mean)
+        return {str(x.columns[i]): float(r.importances_mean[i]) for i in order}
+    from sklearn.metrics import log_loss
+
+    labels = model.classes_
+    base = log_loss(y, model.predict_proba(x), labels=labels)
+    rng = np.random.default_rng(seed)
+    drops: dict[str, float] = {}
+    for name, cols in groups.items():
+        trial = []
+        for _ in range(n_repeats):
+            shuffled = x.copy()
+            shuffled[cols] = x[cols].to_numpy()[rng.permutation(len(x))]
+            trial.append(log_loss(y, model.predict_proba(shuffled), labels=labels) - base)
+        drops[name] = float(np.mean(trial))
+    return dict(sorted(drops.items(), key=lambda kv: -kv[1]))
 
 
 def error_drivers(model: Pipeline, x_train: pd.DataFrame, y_train: np.ndarray, x_wrong: pd.DataFrame,

@@ -403,7 +403,9 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
         importances = _importances(model, index_cols, int(n_comp))
         importance_kind = "impurity (random forest) or mean |coefficient| (logistic)"
     else:
-        importances = clf_mod.permutation_importances(model, x_train, y_train, cfg.seed)
+        groups = ({**{c: [c] for c in index_cols}, f"SimCLR features (all {len(deep_cols)})": list(deep_cols)}
+                  if deep_cols else None)
+        importances = clf_mod.permutation_importances(model, x_train, y_train, cfg.seed, groups=groups)
         importance_kind = "permutation importance on train (mean drop of the log-loss score)"
     wrong = np.nonzero(proba.argmax(1) != y_test)[0]
     drivers = clf_mod.error_drivers(model, x_train, y_train, x_test.iloc[wrong], y_test[wrong],
