@@ -211,6 +211,8 @@ _DEMO: dict[str, Any] = {
     "preset": "demo",
     "encoders": ["smallcnn"],
     "accelerator": "cpu",
+    # One thread: measured on the idle 2-core development machine (2026-12-01), the whole demo
+    # took 507 s with 1 thread and 569 s with 2 (fine-tuning cells 23-46 s vs 39-70 s).
     "threads": 1,
     # A fixed 128 px matrix (~2.3-3.1 mm pixels) instead of ACDC-like ~220 px: 2.5x faster to
     # generate and prepare, and the store is 2.5 mm anyway.
