@@ -20,8 +20,6 @@ cross-validation and final-model code (:mod:`cardioclr.classify.cv`,
 from __future__ import annotations
 
 import math
-import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -36,12 +34,12 @@ from torch.utils.data import DataLoader
 from cardioclr.classify.data import FINETUNE_AUGMENT
 from cardioclr.classify.patient_data import PatientBank, PatientBatch, pad_patients
 from cardioclr.classify.recipe import TrainingRecipe
-from cardioclr.classify.train import WEIGHT_DECAY, RunHyper, patient_val_metrics
+from cardioclr.classify.train import WEIGHT_DECAY, RunHyper, fit_and_summarise, patient_val_metrics
 from cardioclr.data.augment import AugmentConfig, augment_batch
 from cardioclr.data.pairs import network_inputs
 from cardioclr.errors import CardioclrError
 from cardioclr.models.patient import PatientClassifier
-from cardioclr.training import TrainerSettings, make_trainer, resume_checkpoint
+from cardioclr.training import TrainerSettings, make_trainer
 
 EVAL_PATIENTS = 8  # patients per inference batch (~10 slices x 2 phases each)
 
@@ -190,24 +188,7 @@ def fit_patient_run(run_dir: str | Path, model: PatientClassifier, bank: Patient
     else:
         s = replace(settings, max_epochs=hyper.max_epochs)
         trainer = make_trainer(run, s, monitor="val_loss", mode="min", generators=generators)
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*number of training batches.*")
-        warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
-        trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
-                    ckpt_path=resume_checkpoint(run))
-    seconds = time.perf_counter() - start
-    if trainer.interrupted:
-        raise KeyboardInterrupt
-    history = sorted(module.history, key=lambda r: r["epoch"])
-    out: dict[str, Any] = {"history": history, "epochs_run": len(history), "seconds": seconds}
-    if val_dl is not None and history:
-        losses = [r["val_loss"] if math.isfinite(r["val_loss"]) else math.inf for r in history]
-        best = int(np.argmin(losses))
-        out.update(best_epoch=int(history[best]["epoch"]), val_loss=float(history[best]["val_loss"]),
-                   val_auc=float(history[best]["val_auc"]))
-    return out
+    return fit_and_summarise(trainer, module, train_dl, val_dl, run)
 
 
 @torch.no_grad()

@@ -294,6 +294,15 @@ def fit_run(run_dir: str | Path, model: DualPhaseClassifier, bank: SliceBank, tr
         s = replace(settings, max_epochs=hyper.max_epochs)
         trainer = make_trainer(run, s, monitor="val_loss", mode="min", generators=generators,
                                extra_callbacks=extra)
+    return fit_and_summarise(trainer, module, train_dl, val_dl, run)
+
+
+def fit_and_summarise(trainer: L.Trainer, module: Any, train_dl: Any, val_dl: Any, run: Path
+                      ) -> dict[str, Any]:
+    """``trainer.fit`` (resuming from ``run``'s last checkpoint) and the run summary shared by the
+    slice and patient models: ``{history, epochs_run, seconds}`` plus ``best_epoch``,
+    ``val_loss``, ``val_auc`` of the lowest validation loss when validated. ``module.history``
+    holds one dict per epoch with ``epoch``, ``val_loss``, ``val_auc``."""
     start = time.perf_counter()
     with warnings.catch_warnings():
         # In-memory tensors: DataLoader workers would only add process overhead.
