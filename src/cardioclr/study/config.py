@@ -236,7 +236,10 @@ _DEMO: dict[str, Any] = {
         # with the localisation pass instead of 2); the per-patient quality estimate it gives
         # (TTA disagreement) is then not computed in the demo.
         "predict_options": {"qc_png": False, "tta": False}},
-    "pretrain": {"options": {"batch_size": 64, "lr": 1e-3, "max_epochs": 6, "patience": 3,
+    # 4 SimCLR epochs and 8 fine-tuning epochs (were 6 and 10): the whole demo measured 301 s on
+    # the idle 2-core machine (2026-12-01, benchmarks/study_speed.py; SimCLR 42 s and fine-tuning
+    # 22 s per cell), on the 300 s limit of `make demo` with no margin for a busier machine.
+    "pretrain": {"options": {"batch_size": 64, "lr": 1e-3, "max_epochs": 4, "patience": 3,
                              "use_cine": False}},
     # Patience 5, not less: at lr 1e-3 with ~9 steps per epoch the patient-level validation loss
     # spikes in epochs 1-4 (batch-norm statistics lag the weights) before it falls; a shorter
@@ -244,7 +247,7 @@ _DEMO: dict[str, Any] = {
     # Saliency overlays drawn only for the 3 patients the report shows (matplotlib took 28 of a
     # cell's 42 s of saliency for all 24 test patients); the shares still cover every patient.
     "finetune": {"options": {"grid_lr": [1e-3], "grid_batch": [32], "max_folds": 1,
-                             "seeds": [0], "max_epochs": 10, "patience": 5, "n_boot": 500,
+                             "seeds": [0], "max_epochs": 8, "patience": 5, "n_boot": 500,
                              "saliency_figures": 3}},
     # The two fast candidates and 2 CV repeats (the default 5x5 CV of five candidates x two
     # feature sets costs minutes per baseline on 2 cores); the regional features are kept.
