@@ -101,6 +101,15 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
                   "finetune_options": {"aux_seg_weight": 0.5}},
     "recipe": {"input": "segmented", "init": "none",                                  # item 6
                "finetune_options": {"recipe": "small-data"}},
+    # -- combinations with the anatomy input (the best single item so far)
+    "anatomy-recipe": {"input": "anatomy", "init": "none", "finetune_options": {"recipe": "small-data"}},
+    # The patient model sees ~7 optimiser steps per epoch at 8 patients per step (56 CV-train
+    # patients): it underfitted at 15 epochs. 4 patients per step, 40 epochs, and a per-slice
+    # auxiliary loss give it ~20x the updates the 15-epoch run had.
+    "anatomy-patient": {"input": "anatomy", "init": "none",
+                        "finetune_options": {"model": "patient", "pooling": "gated", "grid_batch": [4],
+                                             "max_epochs": 40, "patience": 8,
+                                             "instance_loss_weight": 0.5}},
 }
 
 
