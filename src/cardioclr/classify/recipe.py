@@ -319,7 +319,7 @@ def ema_decay_at(decay: float, n_averaged: int) -> float:
     ``min(decay, (1 + n) / (10 + n))``: the warm-up of TensorFlow's ExponentialMovingAverage and
     timm's ModelEma. Why: a fixed 0.99 on a small cohort (16 steps per epoch on 56 ACDC
     patients) keeps 85% of the random initial weights after the first epoch and 53% after the
-    fourth; validated and early-stopped on those weights, the CV picked epoch 0-1 and the
+    fourth; validated and early-stopped on those near-initial weights, the CV (val AUC 0.42) and the
     final model stayed at chance (ACDC macro AUC 0.50; benchmarks/README.md, classification_quality).
     With the warm-up the average follows the weights early and settles to ``decay`` later.
     """
