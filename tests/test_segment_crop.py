@@ -86,6 +86,33 @@ def test_found_heart_is_segmented_in_a_window_on_the_store_grid():
     assert np.array_equal(lab, expected)
 
 
+class _Bright(torch.nn.Module):
+    """Logits that call every pixel brighter than 0.5 LV cavity, the rest background."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 4, *x.shape[2:])
+        out[:, 0] = 0.5
+        out[:, 3] = x[:, 0]
+        return out
+
+
+def test_the_window_is_found_on_the_end_diastolic_slices_only():
+    # ED shows the "heart" at the top left, ES (wrongly) at the bottom right: the window must be
+    # the ED heart's (ED+ES together would give a window grown over both).
+    s = 96
+    ed = np.zeros((2, s, s), np.float32)
+    es = np.zeros((2, s, s), np.float32)
+    ed[:, 10:26, 12:28] = 1.0
+    es[:, 70:86, 70:86] = 1.0
+    geo = Geometry(np.eye(4), (2, s, s), (8.0, 1.5, 1.5), (s, s), (0, 0))
+    ps = PatientSlices("p1", ed, es, None, None, None, (8.0, 1.5, 1.5), geo)
+    model = LoadedModel(_Bright(), 16, s, 1.5, Path("model.pt"), {}, window=32)
+    res = segment_patient(model, ps, torch.device("cpu"), tta=False)
+    assert res.box == heart_box(np.where(ed > 0.5, 3, 0).astype(np.uint8), 32, 16)
+    assert res.box is not None and res.box.size == 32
+    assert res.labels["ED"][:, 10:26, 12:28].min() == 3
+
+
 def test_disagreement_is_zero_for_agreeing_members_and_flags_above_threshold():
     model = LoadedModel(_Constant(3), 16, 48, 1.5, Path("model.pt"), {})
     agree = Agreement()

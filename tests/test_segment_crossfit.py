@@ -143,3 +143,24 @@ def test_segment_train_cli_folds_option_reaches_the_config(monkeypatch):
     assert seen["cfg"].folds == 3 and seen["cfg"].fold is None
     assert main(["segment", "train", "W"]) == 0
     assert seen["cfg"].folds == 1
+
+
+def test_segment_train_cli_minutes_sets_the_time_budget_per_model(monkeypatch, capsys):
+    from cardioclr.cli import main
+    from cardioclr.segment import train as train_mod
+
+    seen = {}
+
+    def fake_train(cfg, overwrite=False):
+        seen["cfg"] = cfg
+        return {}
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    assert main(["segment", "train", "W", "--folds", "5", "--minutes", "10"]) == 0
+    assert seen["cfg"].optim.time_budget_s == 600 and seen["cfg"].folds == 5
+    preset_budget = train_mod.PRESETS["cpu"]["optim"].time_budget_s
+    assert main(["segment", "train", "W"]) == 0
+    assert seen["cfg"].optim.time_budget_s == preset_budget
+    seen.clear()
+    assert main(["segment", "train", "W", "--minutes", "0"]) == 1
+    assert "cfg" not in seen and "--minutes must be positive" in capsys.readouterr().err

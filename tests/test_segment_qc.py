@@ -102,3 +102,23 @@ def test_qc_figure_text_does_not_overlap_images(shift_x):
             assert not between, f"{name!r} lies between the rows"
     finally:
         plt.close(fig)
+
+
+def test_disagreement_threshold_separates_poor_from_good_masks():
+    from cardioclr.segment.qc import calibrate_disagreement_threshold
+
+    # Poor masks (Dice < 0.85) disagree more, except one good patient at 0.06.
+    dis = [0.01, 0.02, 0.03, 0.06, 0.04, 0.08, 0.09, float("nan")]
+    dice = [0.92, 0.91, 0.90, 0.89, 0.88, 0.80, 0.70, 0.95]
+    got = calibrate_disagreement_threshold(dis, dice, poor_below=0.85)
+    assert got is not None
+    assert got["threshold"] == pytest.approx(0.07)  # between 0.06 (good) and 0.08 (poor)
+    assert got["sensitivity"] == 1.0 and got["specificity"] == 1.0 and got["youden_j"] == 1.0
+    assert got["n"] == 7 and got["n_poor"] == 2
+    # Poor, good, poor, good by rising disagreement: cutting at 0.015 (sensitivity 1, specificity
+    # 0.5) and at 0.035 (0.5, 1) tie at J = 0.5; the higher threshold (fewer flags) wins.
+    tied = calibrate_disagreement_threshold([0.01, 0.02, 0.03, 0.04], [0.9, 0.8, 0.9, 0.8], 0.85)
+    assert tied is not None and tied["threshold"] == pytest.approx(0.035)
+    assert tied["youden_j"] == pytest.approx(0.5)
+    assert calibrate_disagreement_threshold([0.01, 0.2], [0.9, 0.95], 0.85) is None  # none poor
+    assert calibrate_disagreement_threshold([0.01, 0.2], [0.5, 0.6], 0.85) is None  # all poor

@@ -37,12 +37,11 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return largest
 
 
-def postprocess_with_stats(labels: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-    """Clean a predicted (z, S, S) label volume; see the module docstring.
+def largest_components(labels: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """Step 1 only: the largest 3D component of each structure of (z, S, S) labels.
 
-    Returns the cleaned uint8 labels and, per structure name (``LV``, ``MYO``, ``RV``), the
-    fraction of its predicted voxels that sat in smaller components and were removed (0-1;
-    0 when the structure is absent). A large fraction means a fragmented, suspicious mask.
+    Returns uint8 labels and, per structure name, the fraction of its voxels removed (0-1).
+    Enough to find where the heart is (filling holes never moves a bounding box).
     """
     if labels.ndim != 3:
         raise ValueError(f"expected (z, y, x) labels, got shape {labels.shape}")
@@ -55,6 +54,17 @@ def postprocess_with_stats(labels: np.ndarray) -> tuple[np.ndarray, dict[str, fl
         keep = largest_component(m) if n else m
         removed[name] = float((n - int(keep.sum())) / n) if n else 0.0
         out[keep] = value
+    return out, removed
+
+
+def postprocess_with_stats(labels: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """Clean a predicted (z, S, S) label volume; see the module docstring.
+
+    Returns the cleaned uint8 labels and, per structure name (``LV``, ``MYO``, ``RV``), the
+    fraction of its predicted voxels that sat in smaller components and were removed (0-1;
+    0 when the structure is absent). A large fraction means a fragmented, suspicious mask.
+    """
+    out, removed = largest_components(labels)
     for sl in out:  # each slice is a view: filling it fills out
         for value in (RV_CAVITY, LV_CAVITY):  # not MYO: what a ring encloses is cavity
             m = sl == value

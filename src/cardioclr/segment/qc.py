@@ -137,6 +137,40 @@ def quality_flags(disagreement: float, localised: bool) -> list[dict[str, str]]:
     return rows
 
 
+def calibrate_disagreement_threshold(disagreement: Sequence[float], mean_dice: Sequence[float],
+                                     poor_below: float) -> dict[str, Any] | None:
+    """The disagreement threshold that best separates poor masks from good ones (Youden's J).
+
+    ``disagreement``, ``mean_dice``: one value per patient whose masks came from a model that
+    never saw it (out-of-fold patients of a cross-fitted segmentation; never the test split),
+    non-finite values ignored. A patient is *poor* when its mean Dice (RV, MYO, LV at ED and ES)
+    is below ``poor_below``. Candidates are the midpoints between consecutive distinct values;
+    the one maximising sensitivity + specificity - 1 for "flagged = poor" wins, ties going to
+    the higher threshold (fewer flags). Returns ``{"threshold", "youden_j", "sensitivity",
+    "specificity", "n", "n_poor"}``, or None when there are no poor or no good patients (nothing
+    to separate).
+    """
+    d = np.asarray(disagreement, dtype=float)
+    q = np.asarray(mean_dice, dtype=float)
+    keep = np.isfinite(d) & np.isfinite(q)
+    d, poor = d[keep], q[keep] < poor_below
+    if poor.all() or not poor.any():
+        return None
+    values = np.unique(d)
+    if values.size < 2:
+        return None
+    best: dict[str, Any] | None = None
+    for t in (values[:-1] + values[1:]) / 2:
+        flagged = d > t
+        sens = float((flagged & poor).sum() / poor.sum())
+        spec = float((~flagged & ~poor).sum() / (~poor).sum())
+        j = sens + spec - 1
+        if best is None or j >= best["youden_j"]:
+            best = {"threshold": float(t), "youden_j": j, "sensitivity": sens, "specificity": spec}
+    assert best is not None
+    return {**best, "n": int(d.size), "n_poor": int(poor.sum())}
+
+
 def _view_slices(labels: np.ndarray) -> list[tuple[str, int]]:
     """(name, z) of a basal, a mid and an apical slice of the heart in ``labels`` (z, S, S).
 
