@@ -9,12 +9,14 @@ training set prepared at the paper's grid, as ``scripts/device_run.sh --dry-run`
 ``--pack`` the pack of it (default ``<repo>/.data/acdc224.pack``; written when missing). Every
 patient is loaded ``--repeats`` times from the store and from the pack
 (:meth:`cardioclr.data.store.SliceStore.load`, ED/ES images + masks, no cine); the largest
-image difference and any mask difference are checked.
+image difference and any mask difference are checked. The pack is also unpacked once
+(``cardioclr prepare PACK --unpack``, timed) and read from there, the third reader.
 
 The LAST output line is one JSON object: ``packed_bytes``, ``packed_mib``, ``patients``,
 ``pack_seconds`` (None when the pack existed), ``store_ms_per_patient``,
 ``pack_ms_per_patient``, ``read_ratio`` (pack / store time; the two are timed alternately,
-patient by patient, so a changing machine load affects both alike), ``max_image_error``,
+patient by patient, so a changing machine load affects both alike), ``unpack_seconds``,
+``unpacked_ms_per_patient``, ``unpacked_read_ratio`` (unpacked / store), ``max_image_error``,
 ``masks_identical``, ``load_avg_1min``; ``{"skipped": ...}`` without a work directory.
 """
 
@@ -57,16 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         install(packed, Path(tmp) / "work")
         from_pack = SliceStore(Path(tmp) / "work")
+        t = time.perf_counter()
+        install(packed, Path(tmp) / "unpacked", unpack=True)
+        unpack_seconds = round(time.perf_counter() - t, 2)
+        unpacked = SliceStore(Path(tmp) / "unpacked")
         ids = store.patient_ids
         # Interleaved, patient by patient: on a shared machine the load drifts over a run,
         # and timing the store and the pack in two blocks measured the drift as often as the
         # reader (ratios 1.8-2.1 for the same code minutes apart).
-        spent = {"store": 0.0, "pack": 0.0}
-        for st in (store, from_pack):
+        readers = {"store": store, "pack": from_pack, "unpacked": unpacked}
+        spent = dict.fromkeys(readers, 0.0)
+        for st in readers.values():
             st.load(ids[0])  # page cache, imports
         for _ in range(args.repeats):
             for pid in ids:
-                for name, st in (("store", store), ("pack", from_pack)):
+                for name, st in readers.items():
                     t = time.perf_counter()
                     st.load(pid)
                     spent[name] += time.perf_counter() - t
@@ -86,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         "store_ms_per_patient": round(timings["store"], 2),
         "pack_ms_per_patient": round(timings["pack"], 2),
         "read_ratio": round(timings["pack"] / timings["store"], 2),
+        "unpack_seconds": unpack_seconds,
+        "unpacked_ms_per_patient": round(timings["unpacked"], 2),
+        "unpacked_read_ratio": round(timings["unpacked"] / timings["store"], 2),
         "max_image_error": round(err, 5), "masks_identical": masks_same,
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }))

@@ -86,6 +86,26 @@ def test_pack_round_trip_through_prepare(tiny_work: Path, packed: Path, tmp_path
         np.testing.assert_array_equal(ed, x.ed_mask)
 
 
+def test_unpacked_pack_is_read_from_the_store_with_the_same_arrays(packed: Path,
+                                                                   tmp_path: Path):
+    in_place, unpacked = tmp_path / "in_place", tmp_path / "unpacked"
+    install(packed, in_place)
+    assert cli_main(["prepare", str(packed), "--out", str(unpacked), "--unpack"]) == 0
+    info = SliceStore(unpacked).info
+    assert "pack" not in info and info["unpacked_from"] == str(packed.resolve())
+    a, b = SliceStore(in_place), SliceStore(unpacked)
+    assert b.patient_ids == a.patient_ids and b.splits == a.splits
+    assert sorted(p.name for p in (unpacked / "store").iterdir()) == sorted(
+        f"{pid}.npz" for pid in a.patient_ids)  # no temporary left behind
+    for pid in a.patient_ids:
+        assert b.path(pid) == unpacked / "store" / f"{pid}.npz"
+        x, y = a.load(pid), b.load(pid)
+        np.testing.assert_array_equal(x.ed_image, y.ed_image)  # the decoded arrays, exactly
+        np.testing.assert_array_equal(x.es_image, y.es_image)
+        np.testing.assert_array_equal(x.ed_mask, y.ed_mask)
+        assert x.geometry.offset_yx == y.geometry.offset_yx and x.spacing_zyx == y.spacing_zyx
+
+
 def test_pack_refuses_another_grid_and_other_splits(packed: Path, tmp_path: Path):
     with pytest.raises(CardioclrError, match="image size"):
         install(packed, tmp_path / "w1", image_size=224)

@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="labels not required (extra data for self-supervised pretraining)")
     p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing store")
+    p.add_argument("--unpack", action="store_true",
+                   help="with a pack as DATA: decode its patients into WORK/store once (~20x "
+                   "the pack's size on disk), so that every later stage reads them ~2x faster "
+                   "than from the pack")
     p.add_argument("--classes", nargs="+", default=None, metavar="NAME",
                    help="the diagnoses a label may name; other labels are refused per patient "
                    "(default: the five ACDC groups for an ACDC folder, any label for a CSV)")
@@ -52,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     from cardioclr.data.pack import install, is_pack
 
     if is_pack(args.data):
-        s = install(args.data, args.out, args.size, args.spacing)
+        s = install(args.data, args.out, args.size, args.spacing, unpack=args.unpack)
         print(f"installed pack {args.data} ({s['patients']} patients, {s['image_size']} px at "
               f"{s['spacing_mm']} mm): train {s['train']}, test {s['test']} -> {args.out}")
         return 0

@@ -83,6 +83,9 @@ class PrepareConfig:
     unlabelled: bool = False
     workers: int = 2
     overwrite: bool = False
+    #: A pack as ``data``: decode its patients into ``out/store`` once instead of reading the
+    #: pack in every stage (see :mod:`cardioclr.data.pack`).
+    unpack: bool = False
     #: Diagnoses a label may name (None: the ACDC groups for ACDC folders, any for manifests).
     classes: tuple[str, ...] | None = None
 
@@ -109,7 +112,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     from cardioclr.data.pack import install, is_pack
 
     if is_pack(cfg.data):  # a packed store: read in place, splits travel with it
-        return install(cfg.data, work, cfg.image_size, cfg.spacing_mm)
+        return install(cfg.data, work, cfg.image_size, cfg.spacing_mm, unpack=cfg.unpack)
     cases, skipped = discover_cases(cfg.data, require_label=not cfg.unlabelled,
                                     classes=cfg.classes)
     for s in skipped:

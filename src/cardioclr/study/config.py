@@ -58,6 +58,8 @@ class PrepareSettings:
     n_folds: int = 5
     seed: int = 0
     workers: int = 2
+    #: With a pack as the data: decode it into the work folder's store once (read faster after).
+    unpack: bool = False
 
 
 @dataclass(frozen=True)
@@ -310,7 +312,9 @@ _PAPER_FAST: dict[str, Any] = {
     "encoders": ["vgg16", "densenet121"],
     "accelerator": "auto",
     "mask_source": "expert",
-    "prepare": {"image_size": 224, "spacing_mm": 1.5, "n_folds": 5, "workers": 8},
+    # unpack: the packed data is decoded once; the ~20 stage processes then read the store.
+    "prepare": {"image_size": 224, "spacing_mm": 1.5, "n_folds": 5, "workers": 8,
+                "unpack": True},
     "segment": {"preset": "gpu", "options": {"optim": {"time_budget_s": 60}},
                 "predict_options": {"qc_png": False}},
     "pretrain": {"options": {"batch_size": 256, "lr": 1e-4, "temperature": 0.1, "max_epochs": 25,

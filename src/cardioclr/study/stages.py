@@ -80,7 +80,8 @@ def prepare_config(cfg: StudyConfig, data: Path, work: Path) -> Any:
     p = cfg.prepare
     return PrepareConfig(data=str(data), out=str(work), spacing_mm=p.spacing_mm,
                          image_size=p.image_size, split=p.split, test_fraction=p.test_fraction,
-                         n_folds=p.n_folds, seed=p.seed, workers=p.workers)
+                         n_folds=p.n_folds, seed=p.seed, workers=p.workers,
+                         unpack=p.unpack)
 
 
 def segment_train_config(cfg: StudyConfig, work: Path) -> Any:
