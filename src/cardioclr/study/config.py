@@ -281,7 +281,9 @@ _PAPER: dict[str, Any] = {
 # --data DIR` there. Segmentation at the quality its benchmark measures (the segment stage's
 # ``cpu`` preset on its own 192 px / 1.5 mm store grid: 28-minute budget, residual U-Net,
 # localise-then-segment; benchmarks/segmentation_quality.py), then the demo's small
-# classification grid at 64 px (smallcnn), which fits in the rest of an hour on 2 cores.
+# classification grid at 64 px (smallcnn), meant to fit in the rest of an hour on 2 cores.
+# Measured (benchmarks/study_speed.py --data, benchmarks/README.md): on a slow 2-core VM the
+# segmentation took 33 min, SimCLR 7 min and each fine-tuning cell 6 min, ~85 min in all.
 # One segmentation model, not cross-fitted: K fold models would cost K x 28 minutes on a CPU
 # (set segment.options.folds: 5 to have them; the report then says masks are out-of-fold).
 _REAL_CPU: dict[str, Any] = {
