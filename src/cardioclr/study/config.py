@@ -283,7 +283,7 @@ _PAPER: dict[str, Any] = {
 # localise-then-segment; benchmarks/segmentation_quality.py), then the demo's small
 # classification grid at 64 px (smallcnn), meant to fit in the rest of an hour on 2 cores.
 # Measured (benchmarks/study_speed.py --data, benchmarks/README.md): on a slow 2-core VM the
-# segmentation took 33 min, SimCLR 7 min and each fine-tuning cell 6 min, ~85 min in all.
+# segmentation took 33 min, SimCLR 7 min and each fine-tuning cell 3-6 min, ~78 min in all.
 # One segmentation model, not cross-fitted: K fold models would cost K x 28 minutes on a CPU
 # (set segment.options.folds: 5 to have them; the report then says masks are out-of-fold).
 _REAL_CPU: dict[str, Any] = {
