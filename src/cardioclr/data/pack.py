@@ -8,7 +8,7 @@ are written into ``WORK`` and ``WORK/dataset.json`` names the pack, from which
 :class:`cardioclr.data.store.SliceStore` reads every patient directly (nothing is unpacked).
 With ``--unpack`` (``unpack=True``; the ``paper-fast`` study does it) every patient is decoded
 once into ``WORK/store/PID.npz`` instead, so that every later stage reads at the store's speed:
-a read from the pack costs ~1.8x a store read (zlib decompression, ~65% of it), which every
+a read from the pack costs 1.8-2.4x a store read (zlib decompression, ~65% of it), which every
 stage of a study pays again; unpacking pays it once, for ~20x the pack's size on disk
 (float32 images). The arrays are the same either way (the decoded ones).
 The splits travel with the data: written once by ``prepare``, never redrawn.
@@ -263,7 +263,8 @@ class PackReader:
 def install(pack_path: str | os.PathLike[str], work: str | os.PathLike[str],
             image_size: int | None = None, spacing_mm: float | None = None,
             unpack: bool = False) -> dict[str, Any]:
-    """Make ``work`` a prepared work directory that reads its patients from the pack.
+    """Make ``work`` a prepared work directory of the pack's patients (read from the pack, or
+    from ``work/store`` with ``unpack``).
 
     Writes ``manifest.csv``, ``skipped.csv``, ``splits.json`` (kept when ``work`` already has
     one: splits are written once) and, last, ``dataset.json`` naming the pack (absolute path).
@@ -308,8 +309,8 @@ def _unpack_patients(reader: PackReader, work: Path) -> None:
     """Decode every patient of ``reader`` into ``work/store/PID.npz`` (the store's format).
 
     One patient in memory at a time. Serial: on 16 cores a pool would finish sooner, but 100
-    ACDC patients at 224 px take ~5 s on one core of the 2-core development machine
-    (benchmarks/pack_speed.py), against minutes of training after it.
+    ACDC patients at 224 px took 12.7 s on the 2-core development machine, niced beside a
+    training (benchmarks/pack_speed.py), against minutes of training after it.
     """
     with atomic_dir(work / "store") as store_tmp:  # clears debris of a killed earlier unpack
         for pid in reader.patients:

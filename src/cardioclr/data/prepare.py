@@ -111,7 +111,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
                              "to rebuild the store (splits.json is kept)")
     from cardioclr.data.pack import install, is_pack
 
-    if is_pack(cfg.data):  # a packed store: read in place, splits travel with it
+    if is_pack(cfg.data):  # a packed store: read in place or unpacked; splits travel with it
         return install(cfg.data, work, cfg.image_size, cfg.spacing_mm, unpack=cfg.unpack)
     cases, skipped = discover_cases(cfg.data, require_label=not cfg.unlabelled,
                                     classes=cfg.classes)
