@@ -72,3 +72,14 @@ def test_pretraining_and_fine_tuning_train_from_device_batches(tiny_work, tmp_pa
     fm = finetune(fc)
     assert "tuple" in used[2:]
     assert fm["test"]["macro_auc"]["value"] is not None
+
+
+def test_compile_in_place_keeps_eager_without_a_cpp_compiler(monkeypatch):
+    """No C++ compiler: Inductor could not build CPU kernels, so the module must stay eager."""
+    import cardioclr.accel as accel
+
+    monkeypatch.setattr(accel.shutil, "which", lambda name: None)
+    conv = nn.Conv2d(1, 2, 3)
+    assert accel.compile_in_place(conv, "cpu") is False
+    assert conv._compiled_call_impl is None  # nn.Module.compile sets it
+    assert conv(torch.zeros(1, 1, 5, 5)).shape == (1, 2, 3, 3)

@@ -55,7 +55,8 @@ def crossfitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     work = tmp_path_factory.mktemp("cf_work")
     prepare(PrepareConfig(data=str(root), out=str(work), spacing_mm=3.5, image_size=48, workers=1,
                           test_fraction=0.34, n_folds=2))
-    cfg = preset_config(work, "cpu", max_epochs=1, progress_bar=False, batch_size=8, folds=2)
+    cfg = preset_config(work, "cpu", max_epochs=1, progress_bar=False, batch_size=8, folds=2,
+                        compile_network=False)
     cfg = dataclasses.replace(cfg, network=NetworkConfig(channels=(4, 8, 16), num_res_units=0),
                               crop=32, val_fraction=0.2)
     info = train(cfg)

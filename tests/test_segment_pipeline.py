@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cardioclr import accel
 from cardioclr.atomic import save_npz
 from cardioclr.choices import MASK_SOURCES
 from cardioclr.data.masks import load_labels, predicted_mask_path
@@ -27,7 +28,7 @@ from cardioclr.errors import CardioclrError, DataError
 from cardioclr.segment import train as train_mod
 from cardioclr.segment.datamodule import select_patients
 from cardioclr.segment.evaluate import evaluate
-from cardioclr.segment.model import NetworkConfig
+from cardioclr.segment.model import NetworkConfig, build_network
 from cardioclr.segment.predict import (
     LoadedModel,
     PredictConfig,
@@ -47,7 +48,9 @@ NO_EXPERT = "patient012"    # test patient without expert mask
 
 
 def _tiny_config(work: Path, **kw: object) -> train_mod.SegTrainConfig:
-    cfg = preset_config(work, "cpu", **{"max_epochs": 1, "progress_bar": False, "batch_size": 8, **kw})
+    # Uncompiled: compiling costs more than these one-epoch trainings (one test compiles).
+    cfg = preset_config(work, "cpu", **{"max_epochs": 1, "progress_bar": False, "batch_size": 8,
+                                        "compile_network": False, **kw})
     return dataclasses.replace(cfg, network=NetworkConfig(channels=(4, 8, 16), num_res_units=0),
                                crop=32, val_fraction=0.2)
 
@@ -446,3 +449,26 @@ def test_segment_predict_cli_forces_cpu(monkeypatch, capsys):
     if not torch.cuda.is_available():
         with pytest.raises(CardioclrError, match="no CUDA GPU"):
             predict_mod.resolve_device("cuda")
+
+
+def test_compiled_training_exports_the_eager_networks_weights(work, tmp_path, monkeypatch):
+    """The cpu preset compiles its network: the exported weights must keep the eager names
+    (``torch.compile(module)`` would prefix them with ``_orig_mod.``) and load strictly."""
+    import cardioclr.segment.model as model_mod
+
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("segmentation"))
+    compiled = []
+
+    def spy(module, device):
+        compiled.append(accel.compile_in_place(module, device))
+        return compiled[-1]
+
+    monkeypatch.setattr(model_mod, "compile_in_place", spy)
+    cfg = _tiny_config(copy, compile_network=True)
+    train(cfg)
+    assert compiled == [True]
+    blob = torch.load(copy / "segmentation" / "model" / "model.pt", weights_only=True)
+    eager = build_network(cfg.network)
+    assert set(blob["state_dict"]) == set(eager.state_dict())
+    eager.load_state_dict(blob["state_dict"])  # strict

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from cardioclr.accel import compile_in_place
 from cardioclr.clinical.labels import N_LABELS, STRUCTURES
 from cardioclr.data.augment import SegmentationAugmentConfig, augment_segmentation_batch
 
@@ -98,18 +99,21 @@ class OptimConfig:
 class SegModule(L.LightningModule):
     """Dice + cross-entropy training of a 2D network on augmented heart-centred crops.
 
+    ``compile_network``: compile the network when fitting starts (:func:`compile_in_place`).
+
     Batches: ``(image float (B,1,S,S), labels long (B,S,S), centre_yx float (B,2))``. Validation
     logs ``val_dice`` (mean of the LV, MYO, RV Dice pooled over all validation slices).
     """
 
     def __init__(self, network: dict[str, Any], optim: dict[str, Any], augment: dict[str, Any],
-                 crop: int) -> None:
+                 crop: int, compile_network: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net_cfg = NetworkConfig(**{**network, "channels": tuple(network["channels"])})
         self.optim_cfg = OptimConfig(**optim)
         self.aug_cfg = SegmentationAugmentConfig(**augment)
         self.crop = crop
+        self.compile_network = compile_network
         self.network = build_network(self.net_cfg)
         from monai.losses import DiceCELoss
 
@@ -124,9 +128,11 @@ class SegModule(L.LightningModule):
         return self.network(x)
 
     def on_fit_start(self) -> None:
-        """channels_last on a GPU: convolutions run in the tensor cores' native layout."""
+        """channels_last on a GPU (the tensor cores' native layout); compile when asked."""
         if self.device.type == "cuda":
             self.network.to(memory_format=torch.channels_last)
+        if self.compile_network:
+            compile_in_place(self.network, self.device)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         """Augment on the device, then Dice+CE loss (weighted over deep-supervision outputs)."""
