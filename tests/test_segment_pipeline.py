@@ -427,6 +427,10 @@ def test_segment_train_cli_passes_accelerator_to_the_trainer(monkeypatch):
     monkeypatch.setattr(train_mod, "train", fake_train)
     assert main(["segment", "train", "W", "--accelerator", "cpu", "--preset", "gpu"]) == 0
     assert seen["cfg"].trainer.accelerator == "cpu"
+    assert main(["segment", "train", "W"]) == 0
+    assert seen["cfg"].compile_network  # the cpu preset compiles
+    assert main(["segment", "train", "W", "--no-compile"]) == 0
+    assert not seen["cfg"].compile_network
 
 
 def test_segment_predict_cli_forces_cpu(monkeypatch, capsys):

@@ -69,6 +69,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.add_argument("--patience", type=int, default=None, help="early-stopping patience (epochs)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--no-progress", action="store_true", help="no progress bar (log files)")
+    t.add_argument("--no-compile", action="store_true",
+                   help="run the network eagerly (the cpu preset compiles it with TorchInductor: "
+                   "~25%% shorter training steps for ~1 min of compilation; it falls back to eager "
+                   "by itself without a C++ compiler)")
     t.add_argument("--overwrite", action="store_true", help="discard the existing model and retrain")
     t.set_defaults(func=_train)
 
@@ -113,7 +117,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = preset_config(args.work, args.preset, max_epochs=args.max_epochs, devices=args.devices,
                         accelerator=args.accelerator, batch_size=args.batch_size,
                         patience=args.patience, seed=args.seed, folds=args.folds,
-                        progress_bar=False if args.no_progress else None)
+                        progress_bar=False if args.no_progress else None,
+                        compile_network=False if args.no_compile else None)
     if args.minutes is not None:
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, time_budget_s=args.minutes * 60))
     info = train(cfg, overwrite=args.overwrite)
