@@ -40,8 +40,9 @@ QC_COLUMNS = ("patient_id", "phase", "flag", "detail")
 #: train patients only, never on test (benchmarks/qc_calibration.py, benchmarks/README.md): the
 #: 70 ACDC train patients' out-of-fold masks of a 5-fold cross-fit (CPU preset, 10 min per fold
 #: model), Youden's J for "mean Dice < 0.85" (12 of 70) chose 0.0515 (sensitivity 0.92,
-#: specificity 0.88; Spearman r with Dice -0.71), rounded to 0.05. The value set before any
-#: measurement, 0.10, flagged no test patient of the CPU preset.
+#: specificity 0.88; Spearman r with Dice -0.71), rounded to 0.05; a second cross-fit (compiled
+#: fold models, 2026-12-02) chose 0.0529 (J 0.68). The value set before any measurement, 0.10,
+#: flagged no test patient of the CPU preset.
 DISAGREEMENT_FLAG = 0.05
 #: ``WORK/segmentation/quality.csv``: one row per segmented patient (window: "y0,x0,size" or "").
 QUALITY_FILE = "quality.csv"
