@@ -28,7 +28,7 @@ the predicted keys are null with the reason.
 Usage::
 
     python benchmarks/diagnosis_quality.py [--data DIR] [--work DIR] [--seg-work DIR]
-        [--accept-single-model] [--candidates rf,logistic,svm,gb,ensemble]
+        [--accept-single-model] [--candidates rf,logistic,svm,gb,ensemble,ensemble-no-gb]
         [--repeats 5] [--splits 5] [--seed 0]
 
 Last line: one JSON object (keys in benchmarks/README.md).
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also measure --seg-work masks that are not cross-fitted (e.g. one model "
                          "trained on train: test masks honest, train masks in-sample); labelled so "
                          "in 'predicted_masks'")
-    ap.add_argument("--candidates", default="rf,logistic,svm,gb,ensemble")
+    ap.add_argument("--candidates", default="rf,logistic,svm,gb,ensemble,ensemble-no-gb")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--splits", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)

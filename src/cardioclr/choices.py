@@ -50,7 +50,8 @@ MIL_POOLINGS: tuple[MilPooling, ...] = get_args(MilPooling)
 EncoderName = Literal["vgg16", "densenet121", "resnet18", "resnet50", "smallcnn", "segunet"]
 ENCODER_NAMES: tuple[EncoderName, ...] = get_args(EncoderName)
 #: Diagnosis classifiers of :mod:`cardioclr.clinical.classifier` (fixed hyperparameters).
-DiagnosisClassifier = Literal["rf", "gb", "logistic", "svm", "ensemble", "ensemble-calibrated"]
+DiagnosisClassifier = Literal["rf", "gb", "logistic", "svm", "ensemble", "ensemble-no-gb",
+                              "ensemble-calibrated"]
 DIAGNOSIS_CLASSIFIERS: tuple[DiagnosisClassifier, ...] = get_args(DiagnosisClassifier)
 #: ``cardioclr baseline --model``: ``auto`` = chosen by CV among candidates; ``rf``/``logistic``
 #: given alone = the paper-style grid search (:mod:`cardioclr.evaluate.baseline`).

@@ -4,7 +4,7 @@ on ``test``.
 Two methods (``model``):
 
 * ``auto`` (default) and the fixed candidates of :mod:`cardioclr.clinical.classifier` (``svm``,
-  ``gb``, ``ensemble``, ``ensemble-calibrated``): indices + regional features
+  ``gb``, ``ensemble``, ``ensemble-no-gb``, ``ensemble-calibrated``): indices + regional features
   (``features="regional"``: AHA segments, thickening, heterogeneity; :mod:`cardioclr.clinical.regional`),
   the candidate chosen by ``cv_repeats`` x ``cv_splits`` repeated stratified CV on ``train``
   (mean accuracy, ties by macro AUC), then refitted on all of ``train``; permutation
@@ -109,7 +109,7 @@ class BaselineConfig:
     deep_features: str | None = None
     model: str = "auto"
     features: str = "auto"
-    candidates: tuple[str, ...] = ("rf", "logistic", "svm", "gb", "ensemble")
+    candidates: tuple[str, ...] = ("rf", "logistic", "svm", "gb", "ensemble", "ensemble-no-gb")
     cv_splits: int = 5
     cv_repeats: int = 5
     seed: int = 0

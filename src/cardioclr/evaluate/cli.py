@@ -25,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Clinical indices (volumes, EF, mass, wall thickness, ratios, BSA-indexed) and "
         "regional features (AHA segments, thickening, heterogeneity) from the masks -> classifier "
         "chosen by repeated stratified CV on train (--model auto: RF, gradient boosting, logistic, "
-        "SVM, soft-voting ensemble of RF, logistic and SVM; or --model rf: the paper-style random "
-        "forest grid-searched on the train folds) -> one evaluation on the test split with "
-        "stratified-bootstrap 95%% CIs.")
+        "SVM, soft-voting ensembles with and without gradient boosting; or --model rf: the "
+        "paper-style random forest grid-searched on the train folds) -> one evaluation on the test "
+        "split with stratified-bootstrap 95%% CIs.")
     p.add_argument("work", help="prepared work directory")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--masks", choices=MASK_SOURCES, default="predicted",
