@@ -28,7 +28,7 @@ the predicted keys are null with the reason.
 Usage::
 
     python benchmarks/diagnosis_quality.py [--data DIR] [--work DIR] [--seg-work DIR]
-        [--accept-single-model] [--candidates rf,logistic,svm,gb,ensemble,ensemble-no-gb]
+        [--accept-single-model] [--candidates rf,logistic,...]
         [--repeats 5] [--splits 5] [--seed 0]
 
 Last line: one JSON object (keys in benchmarks/README.md).
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also measure --seg-work masks that are not cross-fitted (e.g. one model "
                          "trained on train: test masks honest, train masks in-sample); labelled so "
                          "in 'predicted_masks'")
-    ap.add_argument("--candidates", default="rf,logistic,svm,gb,ensemble,ensemble-no-gb")
+    ap.add_argument("--candidates", default=None,
+                    help="comma-separated classifiers (default: those of `cardioclr baseline`)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--splits", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -147,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
-    candidates = tuple(c.strip() for c in args.candidates.split(",") if c.strip())
+    from cardioclr.evaluate.baseline import BaselineConfig
+
+    candidates = (tuple(c.strip() for c in args.candidates.split(",") if c.strip()) if args.candidates
+                  else BaselineConfig.candidates)
 
     work = Path(args.work) if args.work else None
     if work is None or not (work / "dataset.json").is_file():

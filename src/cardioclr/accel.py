@@ -55,10 +55,10 @@ def compile_in_place(module: nn.Module, device: torch.device | str) -> bool:
     ``nn.Module.compile`` (not ``torch.compile(module)``): the parameter names, hence checkpoints
     and exported weights, stay those of the eager module. On CPU, Inductor generates C++ and
     needs a compiler: without one (``c++``, ``g++`` or ``clang++`` on the PATH) the module stays
-    eager. Any
-    later compilation failure also falls back to eager (``suppress_errors``), so a run never
-    fails because of this speed-up. Compiling costs ~1 min per input shape and train/eval mode
-    (cached under ``/tmp/torchinductor_$USER`` for later runs).
+    eager. Any later compilation failure also falls back to eager (``suppress_errors``, a
+    process-wide Dynamo setting), so a run never fails because of this speed-up. Compiling costs
+    ~1 min per input shape and train/eval mode (cached under ``/tmp/torchinductor_$USER`` for
+    later runs).
     """
     if torch.device(device).type == "cpu" and not any(
             shutil.which(c) for c in ("c++", "g++", "clang++")):

@@ -168,7 +168,7 @@ def build_classifier(name: str, seed: int = 0, n_jobs: int = 1) -> Pipeline:
         return Pipeline([("impute", _impute()), ("scale", StandardScaler()),
                          ("clf", CalibratedSVC(C=None, random_state=seed))])
     if name in ("ensemble", "ensemble-no-gb", "ensemble-calibrated"):
-        names = ENSEMBLE_MEMBERS.get(name, ENSEMBLE_MEMBERS["ensemble"])
+        names = ENSEMBLE_MEMBERS["ensemble" if name == "ensemble-calibrated" else name]
         vote = VotingClassifier([(m, build_classifier(m, seed, n_jobs)) for m in names], voting="soft")
         if name != "ensemble-calibrated":
             return Pipeline([("clf", vote)])
