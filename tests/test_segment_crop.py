@@ -128,3 +128,69 @@ def test_disagreement_is_zero_for_agreeing_members_and_flags_above_threshold():
     assert quality_flags(DISAGREEMENT_FLAG + 0.01, True)[0]["flag"] == "low_confidence"
     assert quality_flags(DISAGREEMENT_FLAG / 2, True) == []
     assert quality_flags(math.nan, True) == []
+
+
+class _PaddingBlob(torch.nn.Module):
+    """LV cavity where pixels are 1, RV where they are 0.7, and RV also wherever the input is
+    exactly 0 (the zero padding of a window that reaches past the slice border)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 4, *x.shape[2:])
+        out[:, 0] = 0.5
+        out[:, 3] = (x[:, 0] == 1).float()
+        out[:, 1] = ((x[:, 0] == 0) | (x[:, 0] == 0.7)).float()
+        return out
+
+
+def test_what_the_network_predicts_on_the_padding_never_reaches_the_mask():
+    # The heart sits in the top-left corner, so its window reaches past the slice border; the
+    # network "sees" a large RV on the zero padding. Post-processing on the window must not let
+    # that blob in (it is outside the image) nor let it win over the real, smaller RV.
+    s = 64
+    img = np.full((2, s, s), 0.1, np.float32)
+    img[:, 2:14, 2:14] = 1.0
+    img[:, 2:8, 16:20] = 0.7
+    geo = Geometry(np.eye(4), (2, s, s), (8.0, 1.5, 1.5), (s, s), (0, 0))
+    ps = PatientSlices("p1", img, img.copy(), None, None, None, (8.0, 1.5, 1.5), geo)
+    model = LoadedModel(_PaddingBlob(), 16, s, 1.5, Path("model.pt"), {}, window=32)
+    res = segment_patient(model, ps, torch.device("cpu"), tta=False)
+    assert res.box is not None and (res.box.y0 < 0 or res.box.x0 < 0)
+    for phase in ("ED", "ES"):
+        lab = res.labels[phase]
+        assert lab.shape == (2, s, s)
+        assert (lab[:, 2:8, 16:20] == 1).all() and (lab == 1).sum() == 2 * 6 * 4  # the real RV only
+        assert (lab[:, 2:14, 2:14] == 3).all() and (lab == 3).sum() == 2 * 12 * 12
+        assert res.removed[phase]["RV"] == 0.0  # the padding's blob was never counted
+
+
+class _RecordsAutocast(torch.nn.Module):
+    """Background everywhere; records whether each call ran under CPU bf16 autocast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(torch.is_autocast_enabled("cpu")
+                          and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        out = torch.zeros(x.shape[0], 4, *x.shape[2:])
+        out[:, 0] = 1.0
+        return out
+
+
+def test_inference_precision_follows_the_cpu_and_the_option(monkeypatch: pytest.MonkeyPatch):
+    from cardioclr.segment import predict as predict_mod
+
+    cpu = torch.device("cpu")
+    net = _RecordsAutocast()
+    model = LoadedModel(net, 16, 32, 1.5, Path("model.pt"), {})
+    images = np.zeros((2, 32, 32), np.float32)
+    for native, precision, expected in ((True, "auto", True), (False, "auto", False),
+                                        (True, "32-true", False)):
+        monkeypatch.setattr(predict_mod, "cpu_has_native_bf16", lambda n=native: n)
+        assert predict_mod.use_bf16(cpu, precision) is expected
+        net.calls.clear()
+        infer_slices(model, images, cpu, tta=False, bf16=predict_mod.use_bf16(cpu, precision))
+        assert net.calls == [expected]
+    with pytest.raises(Exception, match="unknown inference precision"):
+        predict_mod.use_bf16(cpu, "16-mixed")

@@ -37,6 +37,10 @@ PRETRAININGS: tuple[Pretraining, ...] = get_args(Pretraining)
 #: :func:`cardioclr.training.resolve_precision`).
 Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+#: ``segment predict --precision``: ``auto`` is bf16 autocast on a GPU and on a CPU with bf16
+#: instructions (:func:`cardioclr.segment.predict.inference_dtype`), ``32-true`` float32 always.
+InferencePrecision = Literal["auto", "32-true"]
+INFERENCE_PRECISIONS: tuple[InferencePrecision, ...] = get_args(InferencePrecision)
 #: ``finetune --model``: the paper's slice-pair classifier (patient = mean of slice
 #: probabilities) or the patient-level model (all slices, attention pooling;
 #: :mod:`cardioclr.models.patient`).
