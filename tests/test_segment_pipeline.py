@@ -49,8 +49,10 @@ NO_EXPERT = "patient012"    # test patient without expert mask
 
 def _tiny_config(work: Path, **kw: object) -> train_mod.SegTrainConfig:
     # Uncompiled: compiling costs more than these one-epoch trainings (one test compiles).
+    # float32 whatever the CPU (the preset's auto precision is bf16 on CPUs with bf16
+    # instructions), so the suite runs the same code everywhere; one test trains in bf16.
     cfg = preset_config(work, "cpu", **{"max_epochs": 1, "progress_bar": False, "batch_size": 8,
-                                        "compile_network": False, **kw})
+                                        "compile_network": False, "precision": "32-true", **kw})
     return dataclasses.replace(cfg, network=NetworkConfig(channels=(4, 8, 16), num_res_units=0),
                                crop=32, val_fraction=0.2)
 
@@ -431,6 +433,9 @@ def test_segment_train_cli_passes_accelerator_to_the_trainer(monkeypatch):
     assert seen["cfg"].compile_network  # the cpu preset compiles
     assert main(["segment", "train", "W", "--no-compile"]) == 0
     assert not seen["cfg"].compile_network
+    assert seen["cfg"].trainer.precision == "auto" and seen["cfg"].trainer.cpu_bf16
+    assert main(["segment", "train", "W", "--precision", "32-true"]) == 0
+    assert seen["cfg"].trainer.precision == "32-true"
 
 
 def test_segment_predict_cli_forces_cpu(monkeypatch, capsys):
@@ -441,12 +446,15 @@ def test_segment_predict_cli_forces_cpu(monkeypatch, capsys):
 
     def fake_predict(cfg, patient_ids=None):
         seen["device"] = cfg.device
+        seen["precision"] = cfg.precision
         return {"segmented": 1, "patients": 1, "seconds": 0, "flags": 0, "flagged_patients": 0,
                 "failed": {}}
 
     monkeypatch.setattr(predict_mod, "predict", fake_predict)
     assert main(["segment", "predict", "W", "--accelerator", "cpu", "--no-evaluate"]) == 0
-    assert seen["device"] == "cpu"
+    assert seen["device"] == "cpu" and seen["precision"] == "auto"
+    assert main(["segment", "predict", "W", "--precision", "32-true", "--no-evaluate"]) == 0
+    assert seen["precision"] == "32-true"
     with pytest.raises(SystemExit):
         main(["segment", "predict", "W", "--accelerator", "cpu", "--device", "cuda"])
     assert "contradicts" in capsys.readouterr().err
@@ -476,3 +484,18 @@ def test_compiled_training_exports_the_eager_networks_weights(work, tmp_path, mo
     eager = build_network(cfg.network)
     assert set(blob["state_dict"]) == set(eager.state_dict())
     eager.load_state_dict(blob["state_dict"])  # strict
+
+
+def test_bf16_training_exports_float32_weights_that_predict(work, tmp_path):
+    """The cpu preset trains under bf16 autocast on CPUs with bf16 instructions: forced here
+    (emulated elsewhere, slower but the same arithmetic), the run must finish, log its precision
+    and export float32 weights that segment every patient."""
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("segmentation"))
+    info = train(_tiny_config(copy, precision="bf16-mixed"))
+    assert info["precision"] == "bf16-mixed"
+    blob = torch.load(copy / "segmentation" / "model" / "model.pt", weights_only=True)
+    assert {v.dtype for v in blob["state_dict"].values() if v.is_floating_point()} == {torch.float32}
+    summary = predict(PredictConfig(work=str(copy), qc_png=False))
+    assert summary["segmented"] == summary["patients"] > 0
+    assert summary["precision"] in ("bf16-autocast", "float32")

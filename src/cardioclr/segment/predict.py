@@ -87,9 +87,9 @@ def use_bf16(device: torch.device, precision: str = "auto") -> bool:
     instructions (:func:`cardioclr.training.cpu_has_native_bf16`: ~2x faster there; emulated
     bf16 elsewhere would be slower than float32); never with ``32-true``.
 
-    On the 70 ACDC train patients the bf16 and float32 labels of the cpu preset's model agree
-    to a Dice of DICE_BF16_VS_FP32 (benchmarks/README.md), far below its error against the
-    experts.
+    Measured with the cpu preset's model on the 70 ACDC train patients (benchmarks/README.md):
+    bf16 and float32 labels agree to a mean Dice of 0.999 (lowest phase 0.971), their Dice
+    against the experts is 0.9160 either way, and bf16 took 26.5 instead of 42.0 s.
     """
     if precision not in ("auto", "32-true"):
         raise CardioclrError(f"unknown inference precision {precision!r}; use auto or 32-true")

@@ -373,6 +373,7 @@ def train(cfg: SegTrainConfig, overwrite: bool = False) -> dict[str, Any]:
         "stopped_by": ("time budget" if clock.stopped_by_budget else
                        "early stopping" if trainer.current_epoch < cfg.trainer.max_epochs else "max epochs"),
         "best_val_dice": export["best_val_dice"],
+        "precision": str(trainer.precision),  # as resolved: auto -> bf16-mixed or 32-true here
         "train_patients": selection.train,
         "val_patients": selection.val,
         "excluded_patients": selection.excluded,
