@@ -84,7 +84,7 @@ class PredictConfig:
 
 def use_bf16(device: torch.device, precision: str = "auto") -> bool:
     """Whether inference runs under bf16 autocast: ``auto`` on a GPU and on a CPU with bf16
-    instructions (:func:`cardioclr.training.cpu_has_native_bf16`: ~2x faster there; emulated
+    instructions (:func:`cardioclr.training.cpu_has_native_bf16`: ~1.6x faster there; emulated
     bf16 elsewhere would be slower than float32); never with ``32-true``.
 
     Measured with the cpu preset's model on the 70 ACDC train patients (benchmarks/README.md):
