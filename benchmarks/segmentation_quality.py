@@ -54,6 +54,9 @@ def _train_predict_evaluate(work: Path, args: argparse.Namespace,
     if args.train_minutes is not None:
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim,
                                                                  time_budget_s=args.train_minutes * 60))
+    if args.context_slices is not None:
+        cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network,
+                                                                   context_slices=args.context_slices))
     info = train(cfg, overwrite=args.overwrite)
     print("predicting", flush=True)
     t1 = time.perf_counter()
@@ -74,6 +77,7 @@ def _train_predict_evaluate(work: Path, args: argparse.Namespace,
         "epochs": info["epochs"],
         "stopped_by": info["stopped_by"],
         "best_val_dice": info["best_val_dice"],
+        "context_slices": cfg.network.context_slices,
         "train_precision": info.get("precision"),  # as resolved (older done.json files lack it)
         "predict_seconds": round(predict_s, 1),
         "predict_precision": summary.get("precision"),
@@ -143,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="cpu", choices=("cpu", "gpu"))
     ap.add_argument("--work", default=None, help="work directory (default /tmp/cardioclr_bench_seg_PRESET)")
     ap.add_argument("--max-epochs", type=int, default=None)
+    ap.add_argument("--context-slices", type=int, default=None, metavar="K",
+                    help="2.5D input: K neighbouring slices on each side (default: the preset's)")
     ap.add_argument("--train-minutes", type=float, default=None,
                     help="wall-clock training budget (default: the preset's)")
     ap.add_argument("--qc-png", action="store_true", help="also draw a QC picture per patient "

@@ -417,7 +417,7 @@ def test_segment_cli_accelerator_option():
         predict_device("cpu", "cuda")
 
 
-def test_segment_train_cli_passes_accelerator_to_the_trainer(monkeypatch):
+def test_segment_train_cli_passes_accelerator_to_the_trainer(monkeypatch, capsys):
     from cardioclr.cli import main
 
     seen = {}
@@ -436,6 +436,10 @@ def test_segment_train_cli_passes_accelerator_to_the_trainer(monkeypatch):
     assert seen["cfg"].trainer.precision == "auto" and seen["cfg"].trainer.cpu_bf16
     assert main(["segment", "train", "W", "--precision", "32-true"]) == 0
     assert seen["cfg"].trainer.precision == "32-true"
+    assert main(["segment", "train", "W", "--context-slices", "2"]) == 0
+    assert seen["cfg"].network.context_slices == 2
+    assert main(["segment", "train", "W", "--context-slices", "-1"]) != 0
+    assert "--context-slices must be 0 or more" in capsys.readouterr().err
 
 
 def test_segment_predict_cli_forces_cpu(monkeypatch, capsys):
@@ -499,3 +503,78 @@ def test_bf16_training_exports_float32_weights_that_predict(work, tmp_path):
     summary = predict(PredictConfig(work=str(copy), qc_png=False))
     assert summary["segmented"] == summary["patients"] > 0
     assert summary["precision"] in ("bf16-autocast", "float32")
+
+
+def test_context_slice_training_feeds_each_slice_with_its_neighbours(work, tmp_path, monkeypatch):
+    """2.5D (``context_slices`` 1): the exported network takes 3 channels, and prediction feeds
+    each slice between its own neighbours (edge slices repeated), ED never next to ES."""
+    from cardioclr.segment import predict as predict_mod
+
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("segmentation"))
+    cfg = _tiny_config(copy)
+    cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, context_slices=1))
+    train(cfg)
+    blob = torch.load(copy / "segmentation" / "model" / "model.pt", weights_only=True)
+    assert blob["network"]["context_slices"] == 1
+    seen: list[np.ndarray] = []
+    original = predict_mod.infer_slices
+
+    def spy(model, images, *args, **kwargs):
+        seen.append(np.asarray(images))
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(predict_mod, "infer_slices", spy)
+    summary = predict(PredictConfig(work=str(copy), qc_png=False), patient_ids=["patient001"])
+    assert summary["segmented"] == 1
+    ps = SliceStore(copy).load("patient001")
+    z = ps.n_slices
+    whole = seen[0]  # the localising pass: whole ED slices
+    assert whole.shape == (z, 3, *ps.ed_image.shape[1:])
+    np.testing.assert_array_equal(whole[:, 1], ps.ed_image)
+    np.testing.assert_array_equal(whole[1:, 0], ps.ed_image[:-1])   # the slice before
+    np.testing.assert_array_equal(whole[:-1, 2], ps.ed_image[1:])   # the slice after
+    np.testing.assert_array_equal(whole[0, 0], ps.ed_image[0])      # repeated at the edges
+    np.testing.assert_array_equal(whole[-1, 2], ps.ed_image[-1])
+    window = seen[1]  # ED then ES in the heart window: the first ES slice repeats itself
+    assert window.shape[:2] == (2 * z, 3)
+    np.testing.assert_array_equal(window[z, 0], window[z, 1])
+    assert not np.array_equal(window[z, 0], window[z - 1, 1])
+
+
+def test_an_ensemble_of_models_with_different_context_is_refused():
+    from cardioclr.segment.predict import volume_slices
+
+    def model(k: int) -> LoadedModel:
+        return LoadedModel(torch.nn.Identity(), 4, 48, 3.5, Path("w/folds/fold_0/model/model.pt"), {},
+                           None, k)
+
+    v = np.zeros((3, 8, 8), np.float32)
+    assert volume_slices([model(1), model(1)], v, v).shape == (6, 3, 8, 8)
+    assert volume_slices([model(0)], v).shape == (3, 1, 8, 8)
+    with pytest.raises(CardioclrError, match="different context slices"):
+        volume_slices([model(0), model(1)], v)
+
+
+def test_a_context_slice_segmentation_model_gives_a_one_slice_encoder(tmp_path):
+    """``--init segmentation`` from a 2.5D model: the one-channel encoder computes on a slice
+    what the 2.5D down path computes on that slice repeated as its own neighbours."""
+    from cardioclr.models.segunet import SEGUNET_NETWORK, SegUNetEncoder, unet_down_path
+    from cardioclr.segment.encoder import load_segmentation_encoder
+    from cardioclr.segment.model import network_config_dict, network_config_from_dict
+    from cardioclr.segment.train import MODEL_FORMAT
+
+    cfg = dataclasses.replace(network_config_from_dict(dict(SEGUNET_NETWORK)), context_slices=1)
+    torch.manual_seed(0)
+    net = build_network(cfg).eval()
+    torch.save({"format": MODEL_FORMAT, "state_dict": net.state_dict(), "network": network_config_dict(cfg),
+                "image_size": 64, "spacing_mm": 1.5, "window": None}, tmp_path / "model.pt")
+    state, _ = load_segmentation_encoder(tmp_path / "model.pt")
+    encoder = SegUNetEncoder()
+    encoder.load_state_dict(state)
+    encoder.eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        want = torch.nn.Sequential(*unet_down_path(net))(x.repeat(1, 3, 1, 1))
+        got = encoder.down(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

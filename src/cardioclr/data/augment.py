@@ -352,9 +352,10 @@ def augment_segmentation_batch(image: Tensor, labels: Tensor, centre_yx: Tensor,
                                cfg: SegmentationAugmentConfig) -> tuple[Tensor, Tensor]:
     """Random crop + affine + intensity augmentation of a batch.
 
-    ``image``: float (B, 1, S, S); ``labels``: integer (B, S, S); ``centre_yx``: float (B, 2),
-    the heart centre of each slice in pixels (the slice centre when it has no heart). Returns
-    (float (B, 1, crop, crop), long (B, crop, crop)).
+    ``image``: float (B, C, S, S) (a slice, or a slice and its neighbours: every channel gets the
+    same geometry and intensity change); ``labels``: integer (B, S, S); ``centre_yx``: float
+    (B, 2), the heart centre of each slice in pixels (the slice centre when it has no heart).
+    Returns (float (B, C, crop, crop), long (B, crop, crop)).
     """
     b, _, h, w = image.shape
     dev = image.device

@@ -72,7 +72,7 @@ def lv_volume_curve(cine: np.ndarray, spacing_zyx: tuple[float, float, float],
 
     from cardioclr.data.prepare import HIGH_PERCENTILE, LOW_PERCENTILE, _crop_pad, _resample
     from cardioclr.segment.postprocess import postprocess
-    from cardioclr.segment.predict import infer_slices, load_model
+    from cardioclr.segment.predict import infer_slices, load_model, volume_slices
 
     dev = torch.device(device)
     model = load_model(model_path, dev)
@@ -88,6 +88,6 @@ def lv_volume_curve(cine: np.ndarray, spacing_zyx: tuple[float, float, float],
     for i in range(t):
         frame = _resample(cine[i], (ry, rx), order=1)
         frame = _crop_pad(np.clip((frame - low) / scale, -0.5, 1.5), offset, size)
-        labels = postprocess(infer_slices(model, frame.astype(np.float32), dev))
+        labels = postprocess(infer_slices(model, volume_slices([model], frame), dev))
         volumes[i] = float((labels == 3).sum()) * voxel_ml
     return volumes

@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="wall-clock training budget per model in minutes (the learning-rate "
                    "schedule ends at it; default: the preset's, 28 for cpu and 9 for gpu); with "
                    "--folds K, K models take about K x M minutes")
+    t.add_argument("--context-slices", type=int, default=None, metavar="K",
+                   help="give the network each slice with its K neighbours on each side as input "
+                   "channels (2.5D; 0: the slice alone; default: the preset's)")
     t.add_argument("--max-epochs", type=int, default=None)
     t.add_argument("--accelerator", choices=ACCELERATORS, default=None,
                    help="auto: the GPU when there is one (default); cpu: force the CPU, e.g. on a "
@@ -127,6 +130,11 @@ def _train(args: argparse.Namespace) -> int:
                         progress_bar=False if args.no_progress else None,
                         compile_network=False if args.no_compile else None,
                         precision=args.precision)
+    if args.context_slices is not None:
+        if args.context_slices < 0:
+            raise CardioclrError(f"--context-slices must be 0 or more, got {args.context_slices}")
+        cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network,
+                                                                   context_slices=args.context_slices))
     if args.minutes is not None:
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, time_budget_s=args.minutes * 60))
     info = train(cfg, overwrite=args.overwrite)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
 from cardioclr.segment.crop import Box, crop, heart_box
+from cardioclr.segment.model import slice_context
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ def select_patients(store: SliceStore, val_fraction: float, seed: int,
 
 
 class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
-    """Slices in memory: image float16 (N, S, S), labels uint8 (N, S, S), heart centre (N, 2) px."""
+    """Slices in memory: image float16 (N, C, S, S) (the slice and its context channels),
+    labels uint8 (N, S, S), heart centre (N, 2) px."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
         self.images = torch.from_numpy(images.astype(np.float16))
@@ -101,7 +103,7 @@ class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         return int(self.images.shape[0])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.images[i][None].float(), self.labels[i].long(), self.centres[i]
+        return self.images[i].float(), self.labels[i].long(), self.centres[i]
 
 
 def heart_centres(labels: np.ndarray) -> np.ndarray:
@@ -128,9 +130,11 @@ def pad_to_multiple(a: np.ndarray, divisor: int) -> tuple[np.ndarray, tuple[int,
     return np.pad(a, pad), (h, w)
 
 
-def load_slices(store: SliceStore, patient_ids: list[str], window: int | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Every ED and ES slice of the patients: images float32 (N, S, S), labels uint8 (N, S, S).
+def load_slices(store: SliceStore, patient_ids: list[str], window: int | None = None,
+                context_slices: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Every ED and ES slice of the patients: images float32 (N, 1 + 2k, S, S) (each slice with
+    its k = ``context_slices`` neighbours of the same volume, :func:`slice_context`), labels
+    uint8 (N, S, S).
 
     ``window``: instead, the ``window`` x ``window`` crop around each patient's heart (expert
     labels of ED and ES together), as ``segment predict`` segments a window around the heart it
@@ -153,7 +157,8 @@ def load_slices(store: SliceStore, patient_ids: list[str], window: int | None = 
             else:
                 box = Box((ps.ed_image.shape[1] - window) // 2, (ps.ed_image.shape[2] - window) // 2, window)
         for img, m in pairs:
-            images.append(img if box is None else crop(img, box))
+            stacked = slice_context(img, context_slices)
+            images.append(stacked if box is None else crop(stacked, box))
             labels.append(m if box is None else crop(m, box))
     return np.concatenate(images), np.concatenate(labels)
 
@@ -162,8 +167,9 @@ class SegDataModule(L.LightningDataModule):
     """Fit/validation loaders over the selected train-split patients."""
 
     def __init__(self, work: str | os.PathLike[str], selection: PatientSelection, batch_size: int,
-                 divisor: int, val_window: int | None = None) -> None:
+                 divisor: int, val_window: int | None = None, context_slices: int = 0) -> None:
         super().__init__()
+        self.context_slices = context_slices
         self.val_window = val_window
         self.work = work
         self.selection = selection
@@ -177,9 +183,9 @@ class SegDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         store = SliceStore(self.work)
-        img, lab = load_slices(store, self.selection.train)
+        img, lab = load_slices(store, self.selection.train, context_slices=self.context_slices)
         self.train_set = SliceDataset(img, lab)
-        vimg, vlab = load_slices(store, self.selection.val, self.val_window)
+        vimg, vlab = load_slices(store, self.selection.val, self.val_window, self.context_slices)
         # Validation runs on heart windows (``val_window``, as predict) or whole slices, padded
         # so every downsampling level divides evenly.
         self.val_set = SliceDataset(pad_to_multiple(vimg, self.divisor)[0],

@@ -5,6 +5,9 @@ Reads ``WORK/segmentation/model/model.pt`` (written by ``cardioclr segment train
 the state dict of its down path under the names of the ``segunet`` registry encoder
 (:class:`cardioclr.models.segunet.SegUNetEncoder`). Only a network of the ``segunet``
 architecture (the ``cpu`` preset's U-Net) fits; any other gives one clear error naming the file.
+A network that takes context slices (2.5D, ``NetworkConfig.context_slices``) gives a one-slice
+encoder: its input convolutions are summed over the context channels, which is exactly what it
+computes for a volume that does not change from slice to slice.
 
 Leakage note for the study: the segmentation model is trained on the ``train`` patients'
 expert masks only (never a diagnosis label, never a test patient), so initialising the
@@ -23,6 +26,7 @@ from torch import Tensor
 from cardioclr.errors import CardioclrError
 from cardioclr.layout import WorkLayout
 from cardioclr.models.segunet import SEGUNET_NETWORK, unet_down_path
+from cardioclr.segment.model import input_channels, network_config_from_dict
 from cardioclr.segment.predict import load_model
 
 
@@ -43,6 +47,7 @@ def load_segmentation_encoder(path: str | os.PathLike[str]) -> tuple[dict[str, T
     network = dict(loaded.info.get("network") or {})
     want = dict(SEGUNET_NETWORK)
     got = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in network.items()}
+    channels_in = input_channels(network_config_from_dict(network))
     if {k: got.get(k) for k in want} != want:
         diff = ", ".join(f"{k} {got.get(k)!r} (segunet: {v!r})" for k, v in want.items() if got.get(k) != v)
         raise CardioclrError(
@@ -52,6 +57,8 @@ def load_segmentation_encoder(path: str | os.PathLike[str]) -> tuple[dict[str, T
     state: dict[str, Tensor] = {}
     for i, level in enumerate(unet_down_path(loaded.network)):  # type: ignore[arg-type]
         for key, value in level.state_dict().items():
+            if i == 0 and channels_in > 1 and value.ndim == 4 and value.shape[1] == channels_in:
+                value = value.sum(dim=1, keepdim=True)  # context channels -> one slice (see above)
             state[f"down.{i}.{key}"] = value.detach().clone()
     info = {"segmentation_model": str(loaded.path), "segmentation_network": "unet 16-256 x2 res, instance",
             "segmentation_val_dice": loaded.info.get("best_val_dice"),

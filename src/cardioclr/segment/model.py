@@ -1,6 +1,8 @@
 """The 2D segmentation network (MONAI) and its Lightning module.
 
-Input: one short-axis slice, float (B, 1, H, W) with H, W multiples of :func:`size_divisor`.
+Input: one short-axis slice, float (B, 1, H, W) with H, W multiples of :func:`size_divisor`; with
+``NetworkConfig.context_slices`` = k > 0 the slice and its k neighbours on each side of the same
+volume as channels (B, 1 + 2k, H, W; :func:`slice_context`).
 Output: logits (B, 4, H, W) for background, RV cavity, LV myocardium, LV cavity.
 Fully convolutional: trained on heart-centred crops, applied to whole store slices.
 """
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,7 +31,11 @@ class NetworkConfig:
     (MONAI ``DynUNet``, the nnU-Net layout). ``channels``: features per resolution level.
     ``norm``: ``batch`` or ``instance`` (affine, as nnU-Net). ``deep_supervision``: number of
     lower-resolution auxiliary outputs trained alongside the main one (``dynunet`` only; they
-    exist only in training mode, so exported weights predict exactly as without them)."""
+    exist only in training mode, so exported weights predict exactly as without them).
+    ``context_slices``: neighbouring slices on each side given as extra input channels (2.5D;
+    0 = the slice alone). Short-axis slices are 5-10 mm apart: the neighbours tell a basal slice
+    (atria above it) from a mid one and an apical one from the slice below the apex, where a
+    lone slice is ambiguous."""
 
     arch: str = "unet"
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
@@ -36,6 +43,26 @@ class NetworkConfig:
     norm: str = "batch"
     dropout: float = 0.0
     deep_supervision: int = 0
+    context_slices: int = 0
+
+
+def input_channels(cfg: NetworkConfig) -> int:
+    """Input channels of the network: the slice and ``context_slices`` neighbours on each side."""
+    return 1 + 2 * cfg.context_slices
+
+
+def slice_context(volume: np.ndarray, context_slices: int) -> np.ndarray:
+    """Each slice of a volume with its neighbours: (z, H, W) -> (z, 1 + 2k, H, W), k = ``context_slices``.
+
+    Channel k is the slice itself, channel k - d the slice d closer to the first slice, k + d
+    the one d further. Past the first or last slice the edge slice is repeated (as in nnU-Net's
+    2.5D variants): the network sees "no more heart that way" as "the same as here".
+    """
+    if context_slices == 0:
+        return volume[:, None]
+    z = volume.shape[0]
+    idx = np.clip(np.arange(z)[:, None] + np.arange(-context_slices, context_slices + 1)[None], 0, z - 1)
+    return volume[idx]
 
 
 def size_divisor(cfg: NetworkConfig) -> int:
@@ -44,7 +71,7 @@ def size_divisor(cfg: NetworkConfig) -> int:
 
 
 def build_network(cfg: NetworkConfig) -> nn.Module:
-    """A fresh MONAI 2D network with 1 input channel and 4 output classes."""
+    """A fresh MONAI 2D network with :func:`input_channels` inputs and 4 output classes."""
     n = len(cfg.channels)
     if n < 2:
         raise ValueError(f"need at least 2 resolution levels, got channels={cfg.channels}")
@@ -56,13 +83,15 @@ def build_network(cfg: NetworkConfig) -> nn.Module:
     if cfg.arch == "unet":
         from monai.networks.nets import UNet
 
-        return UNet(spatial_dims=2, in_channels=1, out_channels=N_LABELS, channels=tuple(cfg.channels),
+        return UNet(spatial_dims=2, in_channels=input_channels(cfg), out_channels=N_LABELS,
+                    channels=tuple(cfg.channels),
                     strides=(2,) * (n - 1), num_res_units=cfg.num_res_units, norm=norm,
                     dropout=cfg.dropout)
     if cfg.arch == "dynunet":
         from monai.networks.nets import DynUNet
 
-        return DynUNet(spatial_dims=2, in_channels=1, out_channels=N_LABELS, kernel_size=[3] * n,
+        return DynUNet(spatial_dims=2, in_channels=input_channels(cfg), out_channels=N_LABELS,
+                       kernel_size=[3] * n,
                        strides=[1] + [2] * (n - 1), upsample_kernel_size=[2] * (n - 1),
                        filters=list(cfg.channels), norm_name=norm, res_block=True,
                        dropout=cfg.dropout or None, deep_supervision=cfg.deep_supervision > 0,
@@ -101,7 +130,8 @@ class SegModule(L.LightningModule):
 
     ``compile_network``: compile the network when fitting starts (:func:`compile_in_place`).
 
-    Batches: ``(image float (B,1,S,S), labels long (B,S,S), centre_yx float (B,2))``. Validation
+    Batches: ``(image float (B,C,S,S), labels long (B,S,S), centre_yx float (B,2))``, C =
+    :func:`input_channels`. Validation
     logs ``val_dice`` (mean of the LV, MYO, RV Dice pooled over all validation slices).
     """
 
@@ -124,7 +154,7 @@ class SegModule(L.LightningModule):
         self._total_steps: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, 4, H, W) of images (B, 1, H, W)."""
+        """Logits (B, 4, H, W) of images (B, C, H, W), C = :func:`input_channels`."""
         return self.network(x)
 
     def on_fit_start(self) -> None:
@@ -213,5 +243,6 @@ def network_config_dict(cfg: NetworkConfig) -> dict[str, Any]:
 
 
 def network_config_from_dict(d: dict[str, Any]) -> NetworkConfig:
-    """Inverse of :func:`network_config_dict`."""
+    """Inverse of :func:`network_config_dict` (keys added since, e.g. ``context_slices`` of
+    models saved before it existed, take their defaults)."""
     return NetworkConfig(**{**d, "channels": tuple(int(c) for c in d["channels"])})

@@ -52,7 +52,13 @@ from cardioclr.segment.crossfit import (
     models_for,
     read_assignment,
 )
-from cardioclr.segment.model import build_network, label_map, network_config_from_dict, size_divisor
+from cardioclr.segment.model import (
+    build_network,
+    label_map,
+    network_config_from_dict,
+    size_divisor,
+    slice_context,
+)
 from cardioclr.segment.postprocess import largest_components, postprocess_with_stats
 from cardioclr.segment.qc import QC_COLUMNS, QUALITY_COLUMNS, QUALITY_FILE, qc_figure, qc_flags, quality_flags
 from cardioclr.segment.train import MODEL_FORMAT, limit_cpu_threads, model_dir
@@ -103,7 +109,8 @@ class LoadedModel:
     """A network ready for inference and the store grid it was trained on.
 
     ``window``: least side (store pixels) of the heart-centred window of the localise-then-segment
-    pass; None for model files without one (whole slices are segmented).
+    pass; None for model files without one (whole slices are segmented). ``context_slices``:
+    neighbours on each side the network takes with a slice (:func:`slice_context`).
     """
 
     network: torch.nn.Module
@@ -113,6 +120,7 @@ class LoadedModel:
     path: Path
     info: dict[str, Any]
     window: int | None = None
+    context_slices: int = 0
 
 
 def load_model(model_path: str | os.PathLike[str], device: torch.device) -> LoadedModel:
@@ -136,7 +144,7 @@ def load_model(model_path: str | os.PathLike[str], device: torch.device) -> Load
     window = blob.get("window")
     return LoadedModel(net, size_divisor(cfg), int(blob["image_size"]), float(blob["spacing_mm"]), p,
                        {k: v for k, v in blob.items() if k != "state_dict"},
-                       int(window) if window is not None else None)
+                       int(window) if window is not None else None, cfg.context_slices)
 
 
 def check_compatible(model: LoadedModel, store: SliceStore) -> None:
@@ -190,7 +198,10 @@ class Agreement:
 def infer_slices(model: LoadedModel | Sequence[LoadedModel], images: np.ndarray, device: torch.device,
                  tta: bool = True, batch_size: int = 32, agreement: Agreement | None = None,
                  bf16: bool | None = None) -> np.ndarray:
-    """Arg-max labels uint8 (N, H, W) of slices float (N, H, W) (no post-processing).
+    """Arg-max labels uint8 (N, H, W) of slices float (N, C, H, W) (no post-processing).
+
+    C: the models' :func:`~cardioclr.segment.model.input_channels` (volumes become such slices
+    with :func:`volume_slices`); (N, H, W) is taken as C = 1.
 
     With ``tta`` the softmax is averaged over the 4 combinations of vertical/horizontal mirroring;
     with several models (a cross-fitted ensemble) over every model too. ``agreement`` collects
@@ -200,14 +211,16 @@ def infer_slices(model: LoadedModel | Sequence[LoadedModel], images: np.ndarray,
     """
     models = [model] if isinstance(model, LoadedModel) else list(model)
     divisor = max(m.divisor for m in models)
-    n, h, w = images.shape
+    if images.ndim == 3:
+        images = images[:, None]
+    n, _, h, w = images.shape
     ph, pw = (-h) % divisor, (-w) % divisor
     out = np.zeros((n, h, w), np.uint8)
     flips = [(), (2,), (3,), (2, 3)] if tta else [()]
     use_amp = use_bf16(device) if bf16 is None else bf16
     for i in range(0, n, batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32))
-        x = torch.nn.functional.pad(x[:, None], (0, pw, 0, ph)).to(device)
+        x = torch.nn.functional.pad(x, (0, pw, 0, ph)).to(device)
         prob = torch.zeros(x.shape[0], N_LABELS, x.shape[2], x.shape[3], device=device)
         members: list[torch.Tensor] = []
         for m in models:
@@ -225,6 +238,20 @@ def infer_slices(model: LoadedModel | Sequence[LoadedModel], images: np.ndarray,
             agreement.add(members, consensus)
         out[i:i + x.shape[0]] = consensus.to(torch.uint8).cpu().numpy()
     return out
+
+
+def volume_slices(models: Sequence[LoadedModel], *volumes: np.ndarray) -> np.ndarray:
+    """The network inputs of whole volumes float (z, H, W), in order: (sum z, C, H, W).
+
+    Context slices come from the same volume only (an ED slice never sees an ES neighbour).
+    Every model of an ensemble must take the same context.
+    """
+    contexts = {m.context_slices for m in models}
+    if len(contexts) > 1:
+        raise CardioclrError(f"{models[0].path.parent.parent}: the ensemble's models take different "
+                             f"context slices ({sorted(contexts)}); train them with the same settings")
+    k = contexts.pop()
+    return np.concatenate([slice_context(v.astype(np.float32, copy=False), k) for v in volumes])
 
 
 @dataclass(frozen=True)
@@ -248,12 +275,13 @@ def locate_heart(model: LoadedModel, ed_slices: np.ndarray, device: torch.device
                  batch_size: int = 32, bf16: bool | None = None) -> Box | None:
     """The window to segment in: whole-slice labels of one model, no TTA, largest components.
 
-    ``ed_slices``: the end-diastolic slices, float (z, S, S). ED only: the heart is at its
+    ``ed_slices``: the end-diastolic volume, float (z, S, S). ED only: the heart is at its
     largest at end-diastole on the same slices, so ES adds nothing to the window; this first
     pass on whole slices was half of the prediction time with both phases (0.39 of 0.78 s per
     ACDC patient on 2 cores; benchmarks/README.md). None when no heart is found.
     """
-    raw = infer_slices(model, ed_slices, device, tta=False, batch_size=batch_size, bf16=bf16)
+    raw = infer_slices(model, volume_slices([model], ed_slices), device, tta=False,
+                       batch_size=batch_size, bf16=bf16)
     assert model.window is not None
     return heart_box(largest_components(raw)[0], model.window, model.divisor)
 
@@ -269,12 +297,12 @@ def segment_patient(model: LoadedModel | Sequence[LoadedModel], ps: PatientSlice
     """
     models = [model] if isinstance(model, LoadedModel) else list(model)
     z = ps.n_slices
-    stack = np.concatenate([ps.ed_image, ps.es_image]).astype(np.float32)
-    size_hw = (int(stack.shape[1]), int(stack.shape[2]))
+    stack = volume_slices(models, ps.ed_image, ps.es_image)  # (2z, C, S, S)
+    size_hw = (int(stack.shape[2]), int(stack.shape[3]))
     box: Box | None = None
     localised = True
     if models[0].window is not None:
-        box = locate_heart(models[0], stack[:z], device, batch_size, bf16)
+        box = locate_heart(models[0], ps.ed_image.astype(np.float32), device, batch_size, bf16)
         if box is None:
             localised = False  # nothing found: segment whole slices rather than guess a window
     agreement = Agreement()
@@ -291,7 +319,7 @@ def segment_patient(model: LoadedModel | Sequence[LoadedModel], ps: PatientSlice
             labels[phase] = uncrop(labels[phase], box, size_hw)
     if ps.cine is not None:
         t = ps.cine.shape[0]
-        frames = ps.cine.reshape(t * z, *ps.cine.shape[2:]).astype(np.float32)
+        frames = volume_slices(models, *ps.cine)  # each frame's volume: (t z, C, S, S)
         if box is not None:
             flat = in_window(infer_slices(models, crop(frames, box), device, tta, batch_size, bf16=bf16),
                              box, size_hw)

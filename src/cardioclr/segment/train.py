@@ -334,7 +334,8 @@ def train(cfg: SegTrainConfig, overwrite: bool = False) -> dict[str, Any]:
     window = cfg.window or cfg.crop
     if window % div:
         raise CardioclrError(f"window {window} must be a multiple of {div}")
-    dm = SegDataModule(cfg.work, selection, cfg.batch_size, div, val_window=window)
+    dm = SegDataModule(cfg.work, selection, cfg.batch_size, div, val_window=window,
+                       context_slices=cfg.network.context_slices)
     module = SegModule(network=network_config_dict(cfg.network), optim=asdict(cfg.optim),
                        augment=asdict(cfg.augment), crop=cfg.crop, compile_network=cfg.compile_network)
     clock = TrainClock(cfg.optim.time_budget_s)
