@@ -25,3 +25,10 @@ def test_notes_say_masks_are_out_of_fold_when_cross_fitted_and_unused_with_exper
     assert "never saw it" in text and "may be slightly optimistic" not in text
     assert "70 training patients" in text
     assert "expert masks" in text
+
+
+def test_notes_name_the_2_5d_input_only_when_the_network_has_one():
+    assert "2.5D" not in " ".join(segmentation_notes(METRICS))
+    two_five = {**METRICS, "config": {"preset": "cpu", "network": {"arch": "unet", "context_slices": 1}}}
+    assert "unet network on 2.5D input (each slice with 1 neighbour on each side)" in " ".join(
+        segmentation_notes(two_five))

@@ -25,10 +25,13 @@ def segmentation_notes(metrics: Mapping[str, Any], mask_source: str = "predicted
     cfg = metrics.get("config") or {}
     net = cfg.get("network") or {}
     n_train = metrics.get("n_train")
+    k = int(net.get("context_slices") or 0)
+    arch = f"{net.get('arch', '?')} network" + (
+        f" on 2.5D input (each slice with {k} neighbour{'s' if k > 1 else ''} on each side)" if k else "")
     notes.append(
         f"Quality: mean Dice {_f(metrics.get('mean_dice'))} and mean HD95 "
         f"{_f(metrics.get('mean_hd95'), 1)} mm on {metrics.get('n_test', '?')} held-out test patients"
-        + (f" ({cfg.get('preset')} preset, {net.get('arch', '?')} network, trained on {n_train} "
+        + (f" ({cfg.get('preset')} preset, {arch}, trained on {n_train} "
            f"patients in {_f(metrics.get('train_seconds'), 0)} s)" if cfg else "")
         + "; localise-then-segment with test-time mirroring and per-structure largest-component "
         "post-processing.")
