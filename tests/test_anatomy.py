@@ -146,7 +146,9 @@ def test_anatomy_pretraining_slices_carry_three_masks(tiny_work: Path) -> None:
 
 
 def test_segunet_equals_the_cpu_preset_segmentation_network() -> None:
-    assert network_config_dict(PRESETS["cpu"]["network"]) == SEGUNET_NETWORK
+    preset = network_config_dict(PRESETS["cpu"]["network"])
+    # the input (context_slices) may differ: the encoder sums a 2.5D model's input convolutions
+    assert {key: preset[key] for key in SEGUNET_NETWORK} == SEGUNET_NETWORK
     ours = build_segmentation_unet().state_dict()
     theirs = build_network(PRESETS["cpu"]["network"]).state_dict()
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
