@@ -109,6 +109,9 @@ STRONG_AUGMENT = SegmentationAugmentConfig(rotate_deg=180.0, scale_min=0.75, sca
 #: sized for a 9-minute budget on one H100/H200 (not measured in this repository yet).
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
+        # 2D input (context_slices 0): a 2.5D input with 1 neighbour on each side was worse on the
+        # 70 train patients' out-of-fold masks, 5 folds at equal epochs: mean Dice -0.012 (95% CI
+        # -0.016..-0.009, 57 of 70 patients worse, every structure worse; benchmarks/README.md)
         "network": NetworkConfig(arch="unet", channels=(16, 32, 64, 128, 256), num_res_units=2,
                                  norm="instance"),
         "optim": OptimConfig(lr=2e-3, weight_decay=1e-4, time_budget_s=28 * 60),
