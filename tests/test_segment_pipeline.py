@@ -193,6 +193,10 @@ def test_predict_writes_masks_for_every_patient(predicted):
     assert store.load(ONE_SLICE).n_slices == 1
     flags = pd.read_csv(work / "segmentation" / "qc_flags.csv")
     assert list(flags.columns) == ["patient_id", "phase", "flag", "detail"]
+    quality = pd.read_csv(work / "segmentation" / "quality.csv", dtype={"patient_id": str})
+    assert set(quality["patient_id"]) == set(store.patient_ids)
+    assert quality["basal_es_rv_slices"].between(0, 2).all()
+    assert summary["basal_es_rv"] is True
 
 
 def test_predict_draws_qc_pictures_with_tta(trained, tmp_path):
@@ -451,14 +455,16 @@ def test_segment_predict_cli_forces_cpu(monkeypatch, capsys):
     def fake_predict(cfg, patient_ids=None):
         seen["device"] = cfg.device
         seen["precision"] = cfg.precision
+        seen["basal_es_rv"] = cfg.basal_es_rv
         return {"segmented": 1, "patients": 1, "seconds": 0, "flags": 0, "flagged_patients": 0,
                 "failed": {}}
 
     monkeypatch.setattr(predict_mod, "predict", fake_predict)
     assert main(["segment", "predict", "W", "--accelerator", "cpu", "--no-evaluate"]) == 0
-    assert seen["device"] == "cpu" and seen["precision"] == "auto"
-    assert main(["segment", "predict", "W", "--precision", "32-true", "--no-evaluate"]) == 0
-    assert seen["precision"] == "32-true"
+    assert seen["device"] == "cpu" and seen["precision"] == "auto" and seen["basal_es_rv"] is True
+    assert main(["segment", "predict", "W", "--precision", "32-true", "--no-evaluate",
+                 "--keep-basal-es-rv"]) == 0
+    assert seen["precision"] == "32-true" and seen["basal_es_rv"] is False
     with pytest.raises(SystemExit):
         main(["segment", "predict", "W", "--accelerator", "cpu", "--device", "cuda"])
     assert "contradicts" in capsys.readouterr().err
@@ -578,3 +584,30 @@ def test_a_context_slice_segmentation_model_gives_a_one_slice_encoder(tmp_path):
         want = torch.nn.Sequential(*unet_down_path(net))(x.repeat(1, 3, 1, 1))
         got = encoder.down(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_predict_applies_the_basal_es_rv_rule_unless_told_not_to(trained, tmp_path, monkeypatch):
+    from cardioclr.segment import predict as predict_mod
+
+    work, _, _ = trained
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy)
+    calls: list[str] = []
+
+    def trim_all_rv(ed, es):  # stands in for the rule: drops every ES RV voxel, says 2 slices
+        calls.append("trim")
+        out = es.copy()
+        out[out == 1] = 0
+        return out, 2
+
+    monkeypatch.setattr(predict_mod, "trim_basal_es_rv", trim_all_rv)
+    quality_csv = copy / "segmentation" / "quality.csv"
+    predict(PredictConfig(work=str(copy), tta=False, qc_png=False), patient_ids=["patient001"])
+    _, es = load_labels(copy, "patient001", "predicted")
+    row = pd.read_csv(quality_csv, dtype={"patient_id": str}).set_index("patient_id").loc["patient001"]
+    assert calls and not (es == 1).any() and row["basal_es_rv_slices"] == 2
+    calls.clear()
+    predict(PredictConfig(work=str(copy), tta=False, qc_png=False, basal_es_rv=False),
+            patient_ids=["patient001"])
+    row = pd.read_csv(quality_csv, dtype={"patient_id": str}).set_index("patient_id").loc["patient001"]
+    assert not calls and row["basal_es_rv_slices"] == 0

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from cardioclr.segment.postprocess import largest_component, postprocess, postprocess_with_stats
+from cardioclr.segment.postprocess import (
+    largest_component,
+    postprocess,
+    postprocess_with_stats,
+    trim_basal_es_rv,
+)
 
 
 def _ring(shape: tuple[int, int], centre: tuple[int, int], r_in: float, r_out: float) -> np.ndarray:
@@ -67,3 +73,55 @@ def test_one_slice_and_empty_volumes():
     assert removed["LV"] == 1 / 10
     empty, r = postprocess_with_stats(np.zeros((4, 8, 8), np.uint8))
     assert not empty.any() and set(r.values()) == {0.0}
+
+
+def _basal_heart(z: int = 6, es_rv_basal: int = 4,
+                 es_myo_basal: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """ED/ES labels of a stack whose base is slice 0: the LV (ring + cavity) shrinks to the apex;
+    the RV is a square beside it. On ES slice 0 the RV half-width is ``es_rv_basal`` (ED: 6) and
+    the ring ``es_myo_basal`` thick (the next slices: 3)."""
+    ed = np.zeros((z, 48, 48), np.uint8)
+    es = np.zeros_like(ed)
+    for k in range(z):
+        r = 12 - k
+        es_half, es_thick = (es_rv_basal, es_myo_basal) if k == 0 else (5, 3.0)
+        for lab, half, thick in ((ed, 6, 3.0), (es, es_half, es_thick)):
+            lab[k][_ring((48, 48), (24, 28), r - thick, r)] = 2
+            lab[k][_ring((48, 48), (24, 28), -1, r - thick)] = 3
+            square = lab[k, 24 - half:24 + half, 4:4 + 2 * half]  # a view: the RV where empty
+            square[square == 0] = 1
+    return ed, es
+
+
+def test_basal_es_rv_is_dropped_where_the_ventricle_left_the_slice():
+    ed, es = _basal_heart(es_rv_basal=3, es_myo_basal=1.0)  # ES RV 36 vs ED 144 px, thin ring
+    out, n = trim_basal_es_rv(ed, es)
+    assert n == 1
+    assert not (out[0] == 1).any() and (out[1:] == es[1:]).all()
+    assert (out[0][es[0] != 1] == es[0][es[0] != 1]).all()  # only the RV changed
+    # a stack stored apex first: the same slice, now the last one, is found and dropped
+    flipped, m = trim_basal_es_rv(ed[::-1].copy(), es[::-1].copy())
+    assert m == 1 and (flipped[::-1] == out).all()
+
+
+def test_basal_es_rv_stays_when_either_ratio_says_ventricle():
+    ed, es = _basal_heart(es_rv_basal=6, es_myo_basal=1.0)  # RV as large as at ED
+    assert trim_basal_es_rv(ed, es)[1] == 0
+    ed, es = _basal_heart(es_rv_basal=3, es_myo_basal=3.0)  # full basal ring
+    out, n = trim_basal_es_rv(ed, es)
+    assert n == 0 and (out == es).all()
+
+
+def test_basal_es_rv_leaves_short_stacks_and_stops_after_max_slices():
+    ed, es = _basal_heart(z=2, es_rv_basal=3, es_myo_basal=1.0)
+    assert trim_basal_es_rv(ed, es)[1] == 0  # two ES RV slices: too few to judge a base
+    ed, es = _basal_heart(es_rv_basal=3, es_myo_basal=1.0)
+    es[1][es[1] == 1] = 0
+    es[1, 22:26, 4:8] = 1  # slice 1 also looks basal: small RV, thin ring
+    es[1][es[1] == 2] = 3
+    es[1][_ring((48, 48), (24, 28), 10, 11)] = 2
+    es[0, :, 28:][es[0, :, 28:] == 2] = 0  # slice 0: half a thin ring, less than slice 1's
+    assert trim_basal_es_rv(ed, es)[1] == 2
+    assert trim_basal_es_rv(ed, es, max_slices=1)[1] == 1
+    with pytest.raises(ValueError, match="one shape"):
+        trim_basal_es_rv(ed, es[:3])

@@ -32,3 +32,10 @@ def test_notes_name_the_2_5d_input_only_when_the_network_has_one():
     two_five = {**METRICS, "config": {"preset": "cpu", "network": {"arch": "unet", "context_slices": 1}}}
     assert "unet network on 2.5D input (each slice with 1 neighbour on each side)" in " ".join(
         segmentation_notes(two_five))
+
+
+def test_notes_say_when_the_basal_es_rv_rule_changed_masks():
+    assert "basal slices" not in " ".join(segmentation_notes(METRICS))
+    assert "basal slices" not in " ".join(segmentation_notes({**METRICS, "basal_es_rv": False}))
+    text = " ".join(segmentation_notes({**METRICS, "basal_es_rv": True, "basal_es_rv_patients": 41}))
+    assert "removed from basal slices" in text and "in 41 patients" in text

@@ -123,10 +123,21 @@ def test_predict_new_patients(tiny_study: tuple[Path, float], tmp_path: Path) ->
     assert list(failed["patient_id"]) == ["patient999"] and "frame" in failed["reason"][0]
     for pid in df["patient_id"]:
         assert (pred_out / "saliency" / f"{pid}.png").is_file()
+    study_run = out / "work" / "segmentation" / "predict_summary.json"
+    new_run = pred_out / "work" / "segmentation" / "predict_summary.json"
+    basal = json.loads(new_run.read_text())["basal_es_rv"]
+    assert basal is json.loads(study_run.read_text())["basal_es_rv"] is True
     # A second run into the same DIR with another patient: its outputs describe that patient
-    # only (no overlay of the first run's patients left beside the new predictions.csv).
-    assert main(["predict", str(model), str(folders[1]), "--out", str(pred_out),
-                 "--device", "cpu"]) == 0
+    # only (no overlay of the first run's patients left beside the new predictions.csv). The
+    # study's masks now say they were predicted without the basal ES RV rule: so are the new ones.
+    original = study_run.read_text()
+    study_run.write_text(json.dumps({**json.loads(original), "basal_es_rv": False}))
+    try:
+        assert main(["predict", str(model), str(folders[1]), "--out", str(pred_out),
+                     "--device", "cpu"]) == 0
+    finally:
+        study_run.write_text(original)
+    assert json.loads(new_run.read_text())["basal_es_rv"] is False
     df = pd.read_csv(pred_out / "predictions.csv")
     assert list(df["patient_id"]) == [folders[1].name]
     assert sorted(p.stem for p in (pred_out / "saliency").glob("*.png")) == [folders[1].name]

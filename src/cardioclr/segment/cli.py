@@ -96,6 +96,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="also store heart masks (union of the structures) dilated by this margin")
     pr.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation")
     pr.add_argument("--no-png", action="store_true", help="no QC pictures")
+    pr.add_argument("--keep-basal-es-rv", action="store_true",
+                    help="keep the RV on every basal end-systolic slice (default: drop it where the "
+                    "ventricle has left the slice, as ACDC's experts do; see segment/postprocess.py)")
     pr.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
                     help="auto (default): bf16 autocast on a GPU and on a CPU with bf16 instructions "
                     "(AVX512-BF16/AMX), else float32; 32-true: always float32")
@@ -157,7 +160,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     s = predict(PredictConfig(work=args.work, model=args.model, margin_mm=args.margin_mm,
                               tta=not args.no_tta, device=device, qc_png=not args.no_png,
-                              precision=args.precision))
+                              precision=args.precision, basal_es_rv=not args.keep_basal_es_rv))
     print(f"segmented {s['segmented']}/{s['patients']} patients in {s['seconds']} s; "
           f"{s['flags']} QC flags on {s['flagged_patients']} patients (qc_flags.csv)")
     if s["failed"]:

@@ -230,6 +230,9 @@ def evaluate(work: str | os.PathLike[str]) -> dict[str, Any]:
     if sources_csv.is_file():
         src = pd.read_csv(sources_csv, dtype=str, keep_default_na=False)
         metrics["mask_sources"] = {str(k): int(v) for k, v in src["source"].value_counts().items()}
+    run = read_json(seg / "predict_summary.json") if (seg / "predict_summary.json").is_file() else {}
+    metrics["basal_es_rv"] = run.get("basal_es_rv")  # None: predicted before the rule existed
+    metrics["basal_es_rv_patients"] = run.get("basal_es_rv_patients")
     model_info = WorkLayout(work).segmentation_model / "done.json"
     if crossfit_ready(work):
         model_info = folds_dir(work) / "done.json"

@@ -59,7 +59,7 @@ from cardioclr.segment.model import (
     size_divisor,
     slice_context,
 )
-from cardioclr.segment.postprocess import largest_components, postprocess_with_stats
+from cardioclr.segment.postprocess import largest_components, postprocess_with_stats, trim_basal_es_rv
 from cardioclr.segment.qc import QC_COLUMNS, QUALITY_COLUMNS, QUALITY_FILE, qc_figure, qc_flags, quality_flags
 from cardioclr.segment.train import MODEL_FORMAT, limit_cpu_threads, model_dir
 from cardioclr.training import cpu_has_native_bf16
@@ -75,7 +75,9 @@ class PredictConfig:
     """Settings of ``segment predict``. ``model``: a model directory (default: the work dir's).
 
     ``precision``: ``auto`` = bf16 autocast where it is fast (:func:`use_bf16`), ``32-true`` =
-    float32 always.
+    float32 always. ``basal_es_rv``: apply the ACDC basal end-systolic RV rule
+    (:func:`cardioclr.segment.postprocess.trim_basal_es_rv`); turn it off for a cohort whose
+    annotation convention keeps the RV on every basal slice at end-systole.
     """
 
     work: str
@@ -86,6 +88,7 @@ class PredictConfig:
     device: str = "auto"
     qc_png: bool = True
     precision: str = "auto"
+    basal_es_rv: bool = True
 
 
 def use_bf16(device: torch.device, precision: str = "auto") -> bool:
@@ -261,7 +264,8 @@ class PatientResult:
     ``labels``: ``{"ED", "ES"[, "cine"]}`` uint8 (z, S, S) / (t, z, S, S); ``removed``: per
     phase the fraction of each structure dropped by post-processing; ``box``: the window the
     labels were predicted in (None: whole slices); ``localised``: False when the first pass
-    found no heart (whole-slice fallback); ``disagreement``: see :class:`Agreement`.
+    found no heart (whole-slice fallback); ``disagreement``: see :class:`Agreement`;
+    ``basal_es_rv_slices``: ES slices whose RV the basal rule removed (0 when it is off).
     """
 
     labels: dict[str, np.ndarray]
@@ -269,6 +273,7 @@ class PatientResult:
     box: Box | None
     localised: bool
     disagreement: float
+    basal_es_rv_slices: int = 0
 
 
 def locate_heart(model: LoadedModel, ed_slices: np.ndarray, device: torch.device,
@@ -287,13 +292,15 @@ def locate_heart(model: LoadedModel, ed_slices: np.ndarray, device: torch.device
 
 
 def segment_patient(model: LoadedModel | Sequence[LoadedModel], ps: PatientSlices, device: torch.device,
-                    tta: bool = True, batch_size: int = 32, bf16: bool | None = None) -> PatientResult:
+                    tta: bool = True, batch_size: int = 32, bf16: bool | None = None,
+                    basal_es_rv: bool = True) -> PatientResult:
     """Localise the heart, segment the window around it, post-process; see :class:`PatientResult`.
 
     With a model file that records no window, whole slices are segmented. With several
     models (a cross-fitted ensemble) the first one localises and all of them segment.
     ``bf16``: see :func:`infer_slices`. Post-processing runs on the window (everything outside
     it is background, so the result is the same as on the whole slice, in less time).
+    ``basal_es_rv``: then apply :func:`cardioclr.segment.postprocess.trim_basal_es_rv` to ES.
     """
     models = [model] if isinstance(model, LoadedModel) else list(model)
     z = ps.n_slices
@@ -315,8 +322,11 @@ def segment_patient(model: LoadedModel | Sequence[LoadedModel], ps: PatientSlice
     removed: dict[str, dict[str, float]] = {}
     for phase, part in (("ED", raw[:z]), ("ES", raw[z:])):
         labels[phase], removed[phase] = postprocess_with_stats(part)
-        if box is not None:
-            labels[phase] = uncrop(labels[phase], box, size_hw)
+    trimmed = 0
+    if basal_es_rv:
+        labels["ES"], trimmed = trim_basal_es_rv(labels["ED"], labels["ES"])
+    if box is not None:
+        labels = {phase: uncrop(lab, box, size_hw) for phase, lab in labels.items()}
     if ps.cine is not None:
         t = ps.cine.shape[0]
         frames = volume_slices(models, *ps.cine)  # each frame's volume: (t z, C, S, S)
@@ -327,7 +337,7 @@ def segment_patient(model: LoadedModel | Sequence[LoadedModel], ps: PatientSlice
             flat = infer_slices(models, frames, device, tta, batch_size, bf16=bf16)
         cine = np.stack([postprocess_with_stats(f)[0] for f in flat.reshape(t, z, *flat.shape[1:])])
         labels["cine"] = uncrop(cine, box, size_hw) if box is not None else cine
-    return PatientResult(labels, removed, box, localised, agreement.disagreement())
+    return PatientResult(labels, removed, box, localised, agreement.disagreement(), trimmed)
 
 
 def in_window(labels: np.ndarray, box: Box, shape_hw: tuple[int, int]) -> np.ndarray:
@@ -483,7 +493,7 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
                 source = "out_of_fold" if len(ks) == 1 else "ensemble"
                 names = ";".join(f"fold_{k}" for k in ks)
             ps = store.load(pid, with_cine=True)
-            res = segment_patient(use, ps, device, cfg.tta, cfg.batch_size, bf16)
+            res = segment_patient(use, ps, device, cfg.tta, cfg.batch_size, bf16, cfg.basal_es_rv)
             labels = res.labels
             phases = {k: labels[k] for k in ("ED", "ES")}
             rows = qc_flags(phases, res.removed, ps.spacing_zyx)
@@ -508,6 +518,7 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
             box = res.box
             quality.append({"patient_id": pid, "disagreement": res.disagreement,
                             "localised": res.localised,
+                            "basal_es_rv_slices": res.basal_es_rv_slices,
                             "window": f"{box.y0},{box.x0},{box.size}" if box is not None else ""})
             sources.append({"patient_id": pid, "source": source, "models": names})
         except Exception as err:  # one bad patient must not stop the cohort
@@ -538,6 +549,8 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
         "model": str(models[0].path) if folds is None else str(folds_dir(cfg.work)),
         "models": len(models),
         "precision": "bf16-autocast" if bf16 else "float32",
+        "basal_es_rv": cfg.basal_es_rv,
+        "basal_es_rv_patients": sum(1 for q in quality if q["basal_es_rv_slices"]),
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_json(seg / "predict_summary.json", summary)

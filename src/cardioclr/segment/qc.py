@@ -44,9 +44,10 @@ QC_COLUMNS = ("patient_id", "phase", "flag", "detail")
 #: fold models, 2026-12-02) chose 0.0529 (J 0.68). The value set before any measurement, 0.10,
 #: flagged no test patient of the CPU preset.
 DISAGREEMENT_FLAG = 0.05
-#: ``WORK/segmentation/quality.csv``: one row per segmented patient (window: "y0,x0,size" or "").
+#: ``WORK/segmentation/quality.csv``: one row per segmented patient (window: "y0,x0,size" or "";
+#: basal_es_rv_slices: ES slices whose RV the basal rule removed).
 QUALITY_FILE = "quality.csv"
-QUALITY_COLUMNS = ("patient_id", "disagreement", "localised", "window")
+QUALITY_COLUMNS = ("patient_id", "disagreement", "localised", "window", "basal_es_rv_slices")
 #: Contour colours (structure name -> matplotlib colour).
 COLOURS = {"LV": "tab:red", "MYO": "tab:green", "RV": "tab:blue"}
 

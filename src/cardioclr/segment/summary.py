@@ -34,7 +34,11 @@ def segmentation_notes(metrics: Mapping[str, Any], mask_source: str = "predicted
         + (f" ({cfg.get('preset')} preset, {arch}, trained on {n_train} "
            f"patients in {_f(metrics.get('train_seconds'), 0)} s)" if cfg else "")
         + "; localise-then-segment with test-time mirroring and per-structure largest-component "
-        "post-processing.")
+        "post-processing"
+        + (f"; the end-systolic RV was removed from basal slices the ventricle had left (as ACDC's "
+           f"experts draw it) in {metrics.get('basal_es_rv_patients', '?')} patients"
+           if metrics.get("basal_es_rv") else "")
+        + ".")
     sources = metrics.get("mask_sources") or {}
     if sources.get("out_of_fold"):
         notes.append(f"Cross-fitted masks: each of the {sources['out_of_fold']} training patients was "

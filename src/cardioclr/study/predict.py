@@ -216,7 +216,12 @@ def predict_patients(model_dir: str | os.PathLike[str], inputs: list[PatientInpu
     (tmp_work / PREDICT_MARKER).write_text("store of new patients written by cardioclr predict\n")
     ready = _prepare_store(cases, tmp_work, info, clf.classes, failed)
     if ready:
-        summary = segment(PredictConfig(work=str(tmp_work), model=str(seg_model), device=device))
+        # New patients' masks are post-processed as the study's were (its classifier learnt from
+        # them); a study predicted before the basal ES RV rule existed records no setting: off.
+        study_run = WorkLayout(work).segmentation / "predict_summary.json"
+        basal = bool(read_json(study_run).get("basal_es_rv", False)) if study_run.is_file() else True
+        summary = segment(PredictConfig(work=str(tmp_work), model=str(seg_model), device=device,
+                                        basal_es_rv=basal))
         for pid, reason in (summary.get("failed") or {}).items():
             failed[pid] = f"segmentation failed: {reason}"
         ready = [p for p in ready if p not in failed]

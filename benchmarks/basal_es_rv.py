@@ -1,0 +1,177 @@
+"""Choose and check the basal end-systolic RV rule on out-of-fold train masks only.
+
+:func:`cardioclr.segment.postprocess.trim_basal_es_rv` drops the RV from leading basal ES
+slices where the ventricle has left the slice (ES RV area < ``area_ratio`` x ED RV area on that
+slice, and myocardium area < ``myo_ratio`` x the next slice's). This script scores the rule on
+the train patients whose masks are ``out_of_fold`` in a cross-fit (``segment train W --folds
+K``; ``segment predict W --keep-basal-es-rv``, so the masks are the network's without the rule):
+
+* every (area_ratio, myo_ratio) of a grid: mean ES RV Dice, patients better / worse, worst loss;
+* the constants in ``postprocess.py``: ES RV Dice, mean Dice of the six structures, RV
+  end-systolic volume error and RV ejection fraction bias against the expert masks, before and
+  after, with a paired bootstrap 95% CI of the per-patient ES RV Dice change;
+* nested cross-validation of the choice itself (pick the grid's best mean on 4/5 of the
+  patients, score it on the other 1/5; 5 folds x ``--repeats``), an estimate of what choosing
+  by this grid gains on patients the choice did not see.
+
+No test patient is read.
+
+Usage::
+
+    python benchmarks/basal_es_rv.py --work W [--repeats 3] [--bootstrap 10000]
+
+Last line: one JSON object (keys in benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+AREA_RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+MYO_RATIOS = (0.6, 0.7, 0.8, 0.9, 1.0)
+RV = 1
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean arrays (1.0 when both are empty)."""
+    s = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / s if s else 1.0
+
+
+def load_out_of_fold(work: Path) -> dict[str, dict[str, Any]]:
+    """Per out-of-fold patient: predicted and expert ED/ES labels (z, S, S) and voxel volume (mL)."""
+    import pandas as pd
+
+    from cardioclr.data.masks import load_labels
+    from cardioclr.data.store import SliceStore
+    from cardioclr.segment.crossfit import MASK_SOURCES_FILE
+
+    table = pd.read_csv(work / "segmentation" / MASK_SOURCES_FILE, dtype=str)
+    sources = table.set_index("patient_id")["source"]
+    store = SliceStore(work)
+    out = {}
+    for pid in sources.index[sources == "out_of_fold"]:
+        ed_p, es_p = load_labels(work, pid, "predicted")
+        ed_e, es_e = load_labels(work, pid, "expert")
+        out[pid] = {"ed_p": ed_p, "es_p": es_p, "ed_e": ed_e, "es_e": es_e,
+                    "voxel_ml": float(np.prod(store.load(pid).spacing_zyx)) / 1000.0}
+    return out
+
+
+def patient_scores(p: dict[str, Any], es: np.ndarray) -> dict[str, float]:
+    """ES RV Dice, mean Dice of the six structures, RV ESV error (mL) and RV EF (%) of one patient
+    whose ES labels are ``es`` (the ED labels are the predicted ones)."""
+    dices = [dice(pred == v, ref == v) for pred, ref in ((p["ed_p"], p["ed_e"]), (es, p["es_e"]))
+             for v in (1, 2, 3)]
+    v = p["voxel_ml"]
+    edv, esv = float((p["ed_p"] == RV).sum()) * v, float((es == RV).sum()) * v
+    return {"es_rv_dice": dice(es == RV, p["es_e"] == RV), "mean_dice": float(np.mean(dices)),
+            "rv_esv_error_ml": esv - float((p["es_e"] == RV).sum()) * v,
+            "rv_ef_pct": 100.0 * (edv - esv) / edv if edv else float("nan")}
+
+
+def bootstrap_ci(diff: np.ndarray, n_boot: int, seed: int) -> list[float]:
+    """95% percentile bootstrap CI of the mean of per-patient differences."""
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: D103
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", required=True, help="cross-fitted work directory, predicted with "
+                    "--keep-basal-es-rv")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of the nested 5-fold CV")
+    ap.add_argument("--bootstrap", type=int, default=10000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    start = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    work = Path(args.work)
+    seg = work / "segmentation"
+    if not (seg / "mask_sources.csv").is_file():
+        print(json.dumps({"skipped": f"no cross-fitted masks in {work}"}))
+        return 0
+    summary = json.loads((seg / "predict_summary.json").read_text())
+    if summary.get("basal_es_rv", False):
+        print(f"{seg / 'predict_summary.json'}: the masks were predicted with the rule; run "
+              f"`cardioclr segment predict {work} --keep-basal-es-rv` first", file=sys.stderr)
+        return 2
+
+    from sklearn.model_selection import KFold
+
+    from cardioclr.segment.postprocess import (
+        BASAL_ES_RV_AREA_RATIO,
+        BASAL_ES_RV_MYO_RATIO,
+        trim_basal_es_rv,
+    )
+
+    patients = load_out_of_fold(work)
+    pids = sorted(patients)
+    before = [patient_scores(patients[p], patients[p]["es_p"]) for p in pids]
+    base = np.array([s["es_rv_dice"] for s in before])
+    grid = list(itertools.product(AREA_RATIOS, MYO_RATIOS))
+    if (BASAL_ES_RV_AREA_RATIO, BASAL_ES_RV_MYO_RATIO) not in grid:
+        grid.append((BASAL_ES_RV_AREA_RATIO, BASAL_ES_RV_MYO_RATIO))
+    es_rv = {g: np.array([dice(trim_basal_es_rv(patients[p]["ed_p"], patients[p]["es_p"], *g)[0] == RV,
+                               patients[p]["es_e"] == RV) for p in pids]) for g in grid}
+    table = [{"area_ratio": a, "myo_ratio": m, "es_rv_dice": round(float(es_rv[(a, m)].mean()), 4),
+              "better": int((es_rv[(a, m)] > base).sum()), "worse": int((es_rv[(a, m)] < base).sum()),
+              "worst_change": round(float((es_rv[(a, m)] - base).min()), 4)} for a, m in grid]
+    # the constants, in full
+    chosen = (BASAL_ES_RV_AREA_RATIO, BASAL_ES_RV_MYO_RATIO)
+    trimmed = [trim_basal_es_rv(patients[p]["ed_p"], patients[p]["es_p"]) for p in pids]
+    after = [patient_scores(patients[p], es) for p, (es, _) in zip(pids, trimmed, strict=True)]
+    expert = [patient_scores({**patients[p], "ed_p": patients[p]["ed_e"]}, patients[p]["es_e"]) for p in pids]
+
+    def agg(rows: list[dict[str, float]]) -> dict[str, float]:
+        err = np.array([r["rv_esv_error_ml"] for r in rows])
+        ef = np.array([r["rv_ef_pct"] for r in rows]) - np.array([r["rv_ef_pct"] for r in expert])
+        return {"es_rv_dice": round(float(np.mean([r["es_rv_dice"] for r in rows])), 4),
+                "mean_dice": round(float(np.mean([r["mean_dice"] for r in rows])), 4),
+                "rv_esv_bias_ml": round(float(err.mean()), 2),
+                "rv_esv_mean_abs_error_ml": round(float(np.abs(err).mean()), 2),
+                "rv_ef_bias_pct": round(float(np.nanmean(ef)), 2)}
+
+    diff = np.array([a["es_rv_dice"] - b["es_rv_dice"] for a, b in zip(after, before, strict=True)])
+    # nested CV of choosing the grid's best mean ES RV Dice
+    nested = []
+    for rep in range(args.repeats):
+        scored = np.zeros(len(pids))
+        for tr, te in KFold(5, shuffle=True, random_state=args.seed + rep).split(pids):
+            best = max(grid, key=lambda g: (es_rv[g][tr].mean(), -g[0], -g[1]))
+            scored[te] = es_rv[best][te]
+        nested.append(float(scored.mean() - base.mean()))
+    result = {
+        "n_out_of_fold": len(pids),
+        "constants": {"area_ratio": chosen[0], "myo_ratio": chosen[1]},
+        "before": agg(before),
+        "after": agg(after),
+        "patients_trimmed": int(sum(1 for _, n in trimmed if n)),
+        "slices_trimmed": int(sum(n for _, n in trimmed)),
+        "es_rv_dice_change": {"mean": round(float(diff.mean()), 4),
+                              "ci95": [round(x, 4) for x in bootstrap_ci(diff, args.bootstrap, args.seed)],
+                              "better": int((diff > 0).sum()), "worse": int((diff < 0).sum()),
+                              "worst": round(float(diff.min()), 4)},
+        "nested_cv_es_rv_dice_gain": {"mean": round(float(np.mean(nested)), 4),
+                                      "per_repeat": [round(x, 4) for x in nested]},
+        "grid": table,
+        "work": str(work),
+        "seconds": round(time.perf_counter() - start, 1), "cpu_count": os.cpu_count(),
+        "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
