@@ -233,9 +233,11 @@ _DEMO: dict[str, Any] = {
         # An epoch cap, not a wall-clock budget: a re-run (or a resumed run) gives the same
         # model whatever the machine's load. 12 epochs, not 18 (79 steps each): in two runs of
         # the 18-epoch schedule (2026-12-01) the validation Dice was 0.81-0.83 from epoch 5-8 on
-        # and ended at 0.85-0.86, and the poly schedule anneals over whatever the cap is.
+        # and ended at 0.85-0.86, and the poly schedule anneals over whatever the cap is. 10, not
+        # 12, since 2026-12-03: the whole demo took 304-320 s on the 2-core VM that day (286 s the
+        # day before), over the 300 s limit; this and 3 SimCLR epochs below buy ~25 s.
         "optim": {"lr": 3e-3, "time_budget_s": None},
-        "trainer": {"max_epochs": 12, "patience": 6}, "crop": 64, "batch_size": 16},
+        "trainer": {"max_epochs": 10, "patience": 6}, "crop": 64, "batch_size": 16},
         # No test-time mirroring: it runs the network 4 times instead of once per slice (5 passes
         # with the localisation pass instead of 2); the per-patient quality estimate it gives
         # (TTA disagreement) is then not computed in the demo.
@@ -243,7 +245,8 @@ _DEMO: dict[str, Any] = {
     # 4 SimCLR epochs and 8 fine-tuning epochs (were 6 and 10): the whole demo measured 301 s on
     # the idle 2-core machine (2026-12-01, benchmarks/study_speed.py; SimCLR 42 s and fine-tuning
     # 22 s per cell), on the 300 s limit of `make demo` with no margin for a busier machine.
-    "pretrain": {"options": {"batch_size": 64, "lr": 1e-3, "max_epochs": 4, "patience": 3,
+    # 3 since 2026-12-03 (see the segmentation epochs above).
+    "pretrain": {"options": {"batch_size": 64, "lr": 1e-3, "max_epochs": 3, "patience": 3,
                              "use_cine": False}},
     # Patience 5, not less: at lr 1e-3 with ~9 steps per epoch the patient-level validation loss
     # spikes in epochs 1-4 (batch-norm statistics lag the weights) before it falls; a shorter
