@@ -41,12 +41,6 @@ MYO_RATIOS = (0.6, 0.7, 0.8, 0.9, 1.0)
 RV = 1
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean arrays (1.0 when both are empty)."""
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / s if s else 1.0
-
-
 def load_out_of_fold(work: Path) -> dict[str, dict[str, Any]]:
     """Per out-of-fold patient: predicted and expert ED/ES labels (z, S, S) and voxel volume (mL)."""
     import pandas as pd
@@ -70,13 +64,16 @@ def load_out_of_fold(work: Path) -> dict[str, dict[str, Any]]:
 def patient_scores(p: dict[str, Any], es: np.ndarray) -> dict[str, float]:
     """ES RV Dice, mean Dice of the six structures, RV ESV error (mL) and RV EF (%) of one patient
     whose ES labels are ``es`` (the ED labels are the predicted ones)."""
+    from cardioclr.clinical.indices import ejection_fraction_pct
+    from cardioclr.segment.evaluate import dice
+
     dices = [dice(pred == v, ref == v) for pred, ref in ((p["ed_p"], p["ed_e"]), (es, p["es_e"]))
              for v in (1, 2, 3)]
     v = p["voxel_ml"]
     edv, esv = float((p["ed_p"] == RV).sum()) * v, float((es == RV).sum()) * v
     return {"es_rv_dice": dice(es == RV, p["es_e"] == RV), "mean_dice": float(np.mean(dices)),
             "rv_esv_error_ml": esv - float((p["es_e"] == RV).sum()) * v,
-            "rv_ef_pct": 100.0 * (edv - esv) / edv if edv else float("nan")}
+            "rv_ef_pct": ejection_fraction_pct(edv, esv)}
 
 
 def bootstrap_ci(diff: np.ndarray, n_boot: int, seed: int) -> list[float]:
@@ -109,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
 
     from sklearn.model_selection import KFold
 
+    from cardioclr.segment.evaluate import dice
     from cardioclr.segment.postprocess import (
         BASAL_ES_RV_AREA_RATIO,
         BASAL_ES_RV_MYO_RATIO,
