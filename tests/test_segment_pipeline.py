@@ -444,6 +444,10 @@ def test_segment_train_cli_passes_accelerator_to_the_trainer(monkeypatch, capsys
     assert seen["cfg"].network.context_slices == 2
     assert main(["segment", "train", "W", "--context-slices", "-1"]) != 0
     assert "--context-slices must be 0 or more" in capsys.readouterr().err
+    assert main(["segment", "train", "W", "--phase-channel", "on"]) == 0
+    assert seen["cfg"].network.phase_channel
+    assert main(["segment", "train", "W", "--phase-channel", "off"]) == 0
+    assert not seen["cfg"].network.phase_channel
 
 
 def test_segment_predict_cli_forces_cpu(monkeypatch, capsys):
@@ -558,7 +562,7 @@ def test_an_ensemble_of_models_with_different_context_is_refused():
     v = np.zeros((3, 8, 8), np.float32)
     assert volume_slices([model(1), model(1)], v, v).shape == (6, 3, 8, 8)
     assert volume_slices([model(0)], v).shape == (3, 1, 8, 8)
-    with pytest.raises(CardioclrError, match="different context slices"):
+    with pytest.raises(CardioclrError, match="different inputs"):
         volume_slices([model(0), model(1)], v)
 
 
@@ -611,3 +615,101 @@ def test_predict_applies_the_basal_es_rv_rule_unless_told_not_to(trained, tmp_pa
             patient_ids=["patient001"])
     row = pd.read_csv(quality_csv, dtype={"patient_id": str}).set_index("patient_id").loc["patient001"]
     assert not calls and row["basal_es_rv_slices"] == 0
+
+
+def test_phase_channel_training_and_prediction_tell_the_network_ed_from_es(work, tmp_path, monkeypatch):
+    """``phase_channel``: training appends the phase (0 ED, 1 ES) after augmentation, the
+    exported network takes 2 channels, and prediction gives ED slices 0 and ES slices 1."""
+    from cardioclr.segment import model as model_mod
+    from cardioclr.segment import predict as predict_mod
+
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("segmentation"))
+    cfg = _tiny_config(copy)
+    cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, phase_channel=True))
+    trained_phases: list[torch.Tensor] = []
+    original_with_phase = model_mod.with_phase
+
+    def recording(x, phase):
+        out = original_with_phase(x, phase)
+        trained_phases.append(out[:, -1])  # the appended planes (B, H, W)
+        return out
+
+    monkeypatch.setattr(model_mod, "with_phase", recording)
+    train(cfg)
+    planes = torch.cat([p.flatten(1) for p in trained_phases])
+    assert (planes == planes[:, :1]).all()  # constant over each slice: never augmented
+    assert set(planes[:, 0].tolist()) == {0.0, 1.0}  # ED and ES slices both seen
+    blob = torch.load(copy / "segmentation" / "model" / "model.pt", weights_only=True)
+    assert blob["network"]["phase_channel"] is True
+    first_conv = next(v for v in blob["state_dict"].values() if v.ndim == 4)
+    assert first_conv.shape[1] == 2
+    seen: list[np.ndarray] = []
+    original = predict_mod.infer_slices
+
+    def spy(model, images, *args, **kwargs):
+        seen.append(np.asarray(images))
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(predict_mod, "infer_slices", spy)
+    summary = predict(PredictConfig(work=str(copy), qc_png=False), patient_ids=["patient001"])
+    assert summary["segmented"] == 1
+    ps = SliceStore(copy).load("patient001")
+    z = ps.n_slices
+    whole, window = seen[0], seen[1]  # the localising pass (ED), then ED and ES in the window
+    assert whole.shape == (z, 2, *ps.ed_image.shape[1:]) and (whole[:, 1] == 0).all()
+    np.testing.assert_array_equal(whole[:, 0], ps.ed_image)
+    assert (window[:z, 1] == 0).all() and (window[z:, 1] == 1).all()
+
+
+def test_volume_slices_appends_the_phase_a_phase_model_needs():
+    from cardioclr.segment.predict import volume_slices
+
+    def model(phase: bool) -> LoadedModel:
+        return LoadedModel(torch.nn.Identity(), 4, 48, 3.5, Path("w/model/model.pt"), {}, None, 0, phase)
+
+    v = np.ones((3, 8, 8), np.float32)
+    out = volume_slices([model(True)], v, v, phases=[0.0, 1.0])
+    assert out.shape == (6, 2, 8, 8)
+    assert (out[:3, 1] == 0).all() and (out[3:, 1] == 1).all() and (out[:, 0] == 1).all()
+    assert volume_slices([model(False)], v, phases=[1.0]).shape == (3, 1, 8, 8)  # ignored
+    with pytest.raises(ValueError, match="phase value per volume"):
+        volume_slices([model(True)], v, v)
+    with pytest.raises(CardioclrError, match="different inputs"):
+        volume_slices([model(True), model(False)], v, phases=[0.0])
+
+
+def test_cine_phase_values_rise_through_systole_and_fall_through_diastole():
+    from cardioclr.segment.model import UNKNOWN_PHASE, cine_phase_values
+
+    np.testing.assert_allclose(cine_phase_values(10, 0, 4),
+                               [0, 0.25, 0.5, 0.75, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6], atol=1e-6)
+    wrapped = cine_phase_values(6, 4, 1)  # ED late in the recording: systole wraps round
+    assert wrapped[4] == 0 and wrapped[1] == 1
+    np.testing.assert_allclose(wrapped[[5, 0]], [1 / 3, 2 / 3], atol=1e-6)
+    for ed, es in ((None, 3), (0, None), (2, 2), (0, 9)):
+        assert (cine_phase_values(6, ed, es) == UNKNOWN_PHASE).all()
+
+
+def test_a_phase_channel_segmentation_model_gives_an_end_diastolic_encoder(tmp_path):
+    """``--init segmentation`` from a phase-aware model: the one-channel encoder computes what
+    the network's down path computes on that slice with phase value 0 (ED)."""
+    from cardioclr.models.segunet import SEGUNET_NETWORK, SegUNetEncoder, unet_down_path
+    from cardioclr.segment.encoder import load_segmentation_encoder
+    from cardioclr.segment.model import network_config_dict, network_config_from_dict
+    from cardioclr.segment.train import MODEL_FORMAT
+
+    cfg = dataclasses.replace(network_config_from_dict(dict(SEGUNET_NETWORK)), phase_channel=True)
+    torch.manual_seed(0)
+    net = build_network(cfg).eval()
+    torch.save({"format": MODEL_FORMAT, "state_dict": net.state_dict(), "network": network_config_dict(cfg),
+                "image_size": 64, "spacing_mm": 1.5, "window": None}, tmp_path / "model.pt")
+    state, _ = load_segmentation_encoder(tmp_path / "model.pt")
+    encoder = SegUNetEncoder()
+    encoder.load_state_dict(state)
+    encoder.eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        want = torch.nn.Sequential(*unet_down_path(net))(torch.cat([x, torch.zeros_like(x)], dim=1))
+        got = encoder.down(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

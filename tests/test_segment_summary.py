@@ -32,6 +32,9 @@ def test_notes_name_the_2_5d_input_only_when_the_network_has_one():
     two_five = {**METRICS, "config": {"preset": "cpu", "network": {"arch": "unet", "context_slices": 1}}}
     assert "unet network on 2.5D input (each slice with 1 neighbour on each side)" in " ".join(
         segmentation_notes(two_five))
+    assert "cardiac phase" not in " ".join(segmentation_notes(two_five))
+    phase = {**METRICS, "config": {"preset": "cpu", "network": {"arch": "unet", "phase_channel": True}}}
+    assert "unet network told the cardiac phase (ED/ES input channel)" in " ".join(segmentation_notes(phase))
 
 
 def test_notes_say_when_the_basal_es_rv_rule_changed_masks():

@@ -71,6 +71,7 @@ def lv_volume_curve(cine: np.ndarray, spacing_zyx: tuple[float, float, float],
     import torch
 
     from cardioclr.data.prepare import HIGH_PERCENTILE, LOW_PERCENTILE, _crop_pad, _resample
+    from cardioclr.segment.model import UNKNOWN_PHASE
     from cardioclr.segment.postprocess import postprocess
     from cardioclr.segment.predict import infer_slices, load_model, volume_slices
 
@@ -88,6 +89,8 @@ def lv_volume_curve(cine: np.ndarray, spacing_zyx: tuple[float, float, float],
     for i in range(t):
         frame = _resample(cine[i], (ry, rx), order=1)
         frame = _crop_pad(np.clip((frame - low) / scale, -0.5, 1.5), offset, size)
-        labels = postprocess(infer_slices(model, volume_slices([model], frame), dev))
+        # Which frame is ED or ES is what this finds: a phase-aware model is told "unknown".
+        labels = postprocess(infer_slices(model, volume_slices([model], frame, phases=[UNKNOWN_PHASE]),
+                                          dev))
         volumes[i] = float((labels == 3).sum()) * voxel_ml
     return volumes

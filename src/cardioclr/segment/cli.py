@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.add_argument("--context-slices", type=int, default=None, metavar="K",
                    help="give the network each slice with its K neighbours on each side as input "
                    "channels (2.5D; 0: the slice alone; default: the preset's)")
+    t.add_argument("--phase-channel", choices=("on", "off"), default=None,
+                   help="give the network the cardiac phase (ED 0 / ES 1) as an input channel, so "
+                   "it can learn how end-systolic slices are drawn (default: the preset's)")
     t.add_argument("--max-epochs", type=int, default=None)
     t.add_argument("--accelerator", choices=ACCELERATORS, default=None,
                    help="auto: the GPU when there is one (default); cpu: force the CPU, e.g. on a "
@@ -138,6 +141,9 @@ def _train(args: argparse.Namespace) -> int:
             raise CardioclrError(f"--context-slices must be 0 or more, got {args.context_slices}")
         cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network,
                                                                    context_slices=args.context_slices))
+    if args.phase_channel is not None:
+        cfg = dataclasses.replace(cfg, network=dataclasses.replace(
+            cfg.network, phase_channel=args.phase_channel == "on"))
     if args.minutes is not None:
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, time_budget_s=args.minutes * 60))
     info = train(cfg, overwrite=args.overwrite)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
 from cardioclr.segment.crop import Box, crop, heart_box
-from cardioclr.segment.model import slice_context
+from cardioclr.segment.model import PHASE_VALUE, slice_context
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +90,22 @@ def select_patients(store: SliceStore, val_fraction: float, seed: int,
     return PatientSelection(train=fit, val=val, excluded=excluded)
 
 
-class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+class SliceDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]):
     """Slices in memory: image float16 (N, C, S, S) (the slice and its context channels),
-    labels uint8 (N, S, S), heart centre (N, 2) px."""
+    labels uint8 (N, S, S), heart centre (N, 2) px, phase value (N,) (0 ED, 1 ES:
+    :data:`~cardioclr.segment.model.PHASE_VALUE`)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, phases: np.ndarray) -> None:
         self.images = torch.from_numpy(images.astype(np.float16))
         self.labels = torch.from_numpy(labels.astype(np.uint8))
         self.centres = torch.from_numpy(heart_centres(labels))
+        self.phases = torch.from_numpy(np.asarray(phases, np.float32))
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.images[i].float(), self.labels[i].long(), self.centres[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.images[i].float(), self.labels[i].long(), self.centres[i], self.phases[i]
 
 
 def heart_centres(labels: np.ndarray) -> np.ndarray:
@@ -131,22 +133,22 @@ def pad_to_multiple(a: np.ndarray, divisor: int) -> tuple[np.ndarray, tuple[int,
 
 
 def load_slices(store: SliceStore, patient_ids: list[str], window: int | None = None,
-                context_slices: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                context_slices: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every ED and ES slice of the patients: images float32 (N, 1 + 2k, S, S) (each slice with
     its k = ``context_slices`` neighbours of the same volume, :func:`slice_context`), labels
-    uint8 (N, S, S).
+    uint8 (N, S, S), phase values float32 (N,) (:data:`~cardioclr.segment.model.PHASE_VALUE`).
 
     ``window``: instead, the ``window`` x ``window`` crop around each patient's heart (expert
     labels of ED and ES together), as ``segment predict`` segments a window around the heart it
     found: (N, window, window).
     """
-    images, labels = [], []
+    images, labels, phases = [], [], []
     for pid in patient_ids:
         ps = store.load(pid)
         ed_mask, es_mask = ps.ed_mask, ps.es_mask
         if ed_mask is None or es_mask is None:
             raise CardioclrError(f"{store.path(pid)}: patient {pid} has no expert mask")
-        pairs = ((ps.ed_image, ed_mask), (ps.es_image, es_mask))
+        pairs = (("ED", ps.ed_image, ed_mask), ("ES", ps.es_image, es_mask))
         box = None
         if window is not None:
             both = np.concatenate([ed_mask, es_mask])
@@ -156,11 +158,12 @@ def load_slices(store: SliceStore, patient_ids: list[str], window: int | None = 
                 box = Box(found.y0 + c - window // 2, found.x0 + c - window // 2, window)
             else:
                 box = Box((ps.ed_image.shape[1] - window) // 2, (ps.ed_image.shape[2] - window) // 2, window)
-        for img, m in pairs:
+        for phase, img, m in pairs:
             stacked = slice_context(img, context_slices)
             images.append(stacked if box is None else crop(stacked, box))
             labels.append(m if box is None else crop(m, box))
-    return np.concatenate(images), np.concatenate(labels)
+            phases.append(np.full(img.shape[0], PHASE_VALUE[phase], np.float32))
+    return np.concatenate(images), np.concatenate(labels), np.concatenate(phases)
 
 
 class SegDataModule(L.LightningDataModule):
@@ -183,18 +186,18 @@ class SegDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         store = SliceStore(self.work)
-        img, lab = load_slices(store, self.selection.train, context_slices=self.context_slices)
-        self.train_set = SliceDataset(img, lab)
-        vimg, vlab = load_slices(store, self.selection.val, self.val_window, self.context_slices)
+        img, lab, phase = load_slices(store, self.selection.train, context_slices=self.context_slices)
+        self.train_set = SliceDataset(img, lab, phase)
+        vimg, vlab, vphase = load_slices(store, self.selection.val, self.val_window, self.context_slices)
         # Validation runs on heart windows (``val_window``, as predict) or whole slices, padded
         # so every downsampling level divides evenly.
         self.val_set = SliceDataset(pad_to_multiple(vimg, self.divisor)[0],
-                                    pad_to_multiple(vlab, self.divisor)[0])
+                                    pad_to_multiple(vlab, self.divisor)[0], vphase)
         log.info("segmentation data: %d training slices (%d patients), %d validation slices "
                  "(%d patients)", len(self.train_set), len(self.selection.train), len(self.val_set),
                  len(self.selection.val))
 
-    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def train_dataloader(self) -> DataLoader[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Shuffled slices; data is in memory and augmentation is batched on the device."""
         assert self.train_set is not None
         # Drop a last ragged batch only when there are several batches (tiny cohorts keep all).
@@ -202,7 +205,7 @@ class SegDataModule(L.LightningDataModule):
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=drop,
                           num_workers=0)
 
-    def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Whole validation slices in order."""
         assert self.val_set is not None
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=0)

@@ -7,7 +7,9 @@ the state dict of its down path under the names of the ``segunet`` registry enco
 architecture (the ``cpu`` preset's U-Net) fits; any other gives one clear error naming the file.
 A network that takes context slices (2.5D, ``NetworkConfig.context_slices``) gives a one-slice
 encoder: its input convolutions are summed over the context channels, which is exactly what it
-computes for a volume that does not change from slice to slice.
+computes for a volume that does not change from slice to slice. A network that takes the cardiac
+phase (``NetworkConfig.phase_channel``) loses that channel's weights: the encoder computes what
+the network computes for an end-diastolic slice (phase value 0), whatever frame it is given.
 
 Leakage note for the study: the segmentation model is trained on the ``train`` patients'
 expert masks only (never a diagnosis label, never a test patient), so initialising the
@@ -47,7 +49,9 @@ def load_segmentation_encoder(path: str | os.PathLike[str]) -> tuple[dict[str, T
     network = dict(loaded.info.get("network") or {})
     want = dict(SEGUNET_NETWORK)
     got = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in network.items()}
-    channels_in = input_channels(network_config_from_dict(network))
+    net_cfg = network_config_from_dict(network)
+    channels_in = input_channels(net_cfg)
+    image_channels = channels_in - int(net_cfg.phase_channel)
     if {k: got.get(k) for k in want} != want:
         diff = ", ".join(f"{k} {got.get(k)!r} (segunet: {v!r})" for k, v in want.items() if got.get(k) != v)
         raise CardioclrError(
@@ -58,7 +62,8 @@ def load_segmentation_encoder(path: str | os.PathLike[str]) -> tuple[dict[str, T
     for i, level in enumerate(unet_down_path(loaded.network)):  # type: ignore[arg-type]
         for key, value in level.state_dict().items():
             if i == 0 and channels_in > 1 and value.ndim == 4 and value.shape[1] == channels_in:
-                value = value.sum(dim=1, keepdim=True)  # context channels -> one slice (see above)
+                # phase channel dropped, context channels -> one slice (module docstring)
+                value = value[:, :image_channels].sum(dim=1, keepdim=True)
             state[f"down.{i}.{key}"] = value.detach().clone()
     info = {"segmentation_model": str(loaded.path), "segmentation_network": "unet 16-256 x2 res, instance",
             "segmentation_val_dice": loaded.info.get("best_val_dice"),

@@ -2,7 +2,9 @@
 
 Input: one short-axis slice, float (B, 1, H, W) with H, W multiples of :func:`size_divisor`; with
 ``NetworkConfig.context_slices`` = k > 0 the slice and its k neighbours on each side of the same
-volume as channels (B, 1 + 2k, H, W; :func:`slice_context`).
+volume as channels (B, 1 + 2k, H, W; :func:`slice_context`); with ``NetworkConfig.phase_channel``
+one more channel, constant over the slice, says the cardiac phase (0 end-diastole, 1 end-systole;
+:func:`with_phase`).
 Output: logits (B, 4, H, W) for background, RV cavity, LV myocardium, LV cavity.
 Fully convolutional: trained on heart-centred crops, applied to whole store slices.
 """
@@ -35,7 +37,11 @@ class NetworkConfig:
     ``context_slices``: neighbouring slices on each side given as extra input channels (2.5D;
     0 = the slice alone). Short-axis slices are 5-10 mm apart: the neighbours tell a basal slice
     (atria above it) from a mid one and an apical one from the slice below the apex, where a
-    lone slice is ambiguous."""
+    lone slice is ambiguous.
+    ``phase_channel``: one more input channel, constant over the slice, giving the cardiac phase
+    (0 = end-diastole, 1 = end-systole; cine frames in between, :func:`cine_phase_values`). ED and
+    ES slices are trained together, and ACDC's experts draw end-systolic basal slices differently
+    (no RV where the base has descended past the valve), which a slice alone cannot tell."""
 
     arch: str = "unet"
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
@@ -44,11 +50,48 @@ class NetworkConfig:
     dropout: float = 0.0
     deep_supervision: int = 0
     context_slices: int = 0
+    phase_channel: bool = False
+
+
+#: Value of the phase channel (:attr:`NetworkConfig.phase_channel`) for each annotated phase.
+PHASE_VALUE = {"ED": 0.0, "ES": 1.0}
+#: Phase-channel value of a frame whose place in the cycle is unknown (halfway between ED and ES).
+UNKNOWN_PHASE = 0.5
 
 
 def input_channels(cfg: NetworkConfig) -> int:
-    """Input channels of the network: the slice and ``context_slices`` neighbours on each side."""
-    return 1 + 2 * cfg.context_slices
+    """Input channels of the network: the slice, ``context_slices`` neighbours on each side, and
+    the phase channel when ``phase_channel``."""
+    return 1 + 2 * cfg.context_slices + int(cfg.phase_channel)
+
+
+def with_phase(x: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """Append the phase channel: images (B, C, H, W) and phase values (B,) -> (B, C + 1, H, W).
+
+    Appended after augmentation (never augmented itself: intensity and spatial transforms would
+    turn the constant into noise and zero borders)."""
+    plane = phase.to(x.dtype).view(-1, 1, 1, 1).expand(x.shape[0], 1, x.shape[2], x.shape[3])
+    return torch.cat([x, plane], dim=1)
+
+
+def cine_phase_values(n_frames: int, ed_index: int | None, es_index: int | None) -> np.ndarray:
+    """Phase-channel value of each cine frame, float32 (t,): 0 at ED rising linearly to 1 at ES,
+    then back to 0 at the next ED (the cycle wraps).
+
+    The network is trained on ED (0) and ES (1) only; frames between get the fraction of the way
+    through systole or diastole. Unknown ED or ES frame (None, out of range, or the same):
+    :data:`UNKNOWN_PHASE` for every frame.
+    """
+    t = n_frames
+    if ed_index is None or es_index is None or not (0 <= ed_index < t and 0 <= es_index < t) \
+            or ed_index == es_index:
+        return np.full(t, UNKNOWN_PHASE, np.float32)
+    systole = (es_index - ed_index) % t  # frames from ED to ES
+    out = np.empty(t, np.float32)
+    for f in range(t):
+        d = (f - ed_index) % t
+        out[f] = d / systole if d <= systole else 1.0 - (d - systole) / (t - systole)
+    return out
 
 
 def slice_context(volume: np.ndarray, context_slices: int) -> np.ndarray:
@@ -130,8 +173,9 @@ class SegModule(L.LightningModule):
 
     ``compile_network``: compile the network when fitting starts (:func:`compile_in_place`).
 
-    Batches: ``(image float (B,C,S,S), labels long (B,S,S), centre_yx float (B,2))``, C =
-    :func:`input_channels`. Validation
+    Batches: ``(image float (B,C,S,S), labels long (B,S,S), centre_yx float (B,2), phase float
+    (B,))``, C = :func:`input_channels` without the phase channel, which :func:`with_phase` adds
+    (after augmentation) when the network takes it. Validation
     logs ``val_dice`` (mean of the LV, MYO, RV Dice pooled over all validation slices).
     """
 
@@ -166,9 +210,11 @@ class SegModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         """Augment on the device, then Dice+CE loss (weighted over deep-supervision outputs)."""
-        image, labels, centre = batch
+        image, labels, centre, phase = batch
         with torch.no_grad():
             x, y = augment_segmentation_batch(image, labels, centre, self.crop, self.aug_cfg)
+            if self.net_cfg.phase_channel:
+                x = with_phase(x, phase)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         out = self(x)
@@ -189,7 +235,9 @@ class SegModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         """Accumulate pooled Dice counts on whole (padded) slices."""
-        image, labels, _ = batch
+        image, labels, _, phase = batch
+        if self.net_cfg.phase_channel:
+            image = with_phase(image, phase)
         pred = label_map(self(image))
         for j, value in enumerate(STRUCTURES.values()):
             p, r = pred == value, labels == value

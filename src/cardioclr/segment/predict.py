@@ -53,7 +53,10 @@ from cardioclr.segment.crossfit import (
     read_assignment,
 )
 from cardioclr.segment.model import (
+    PHASE_VALUE,
+    UNKNOWN_PHASE,
     build_network,
+    cine_phase_values,
     label_map,
     network_config_from_dict,
     size_divisor,
@@ -113,7 +116,8 @@ class LoadedModel:
 
     ``window``: least side (store pixels) of the heart-centred window of the localise-then-segment
     pass; None for model files without one (whole slices are segmented). ``context_slices``:
-    neighbours on each side the network takes with a slice (:func:`slice_context`).
+    neighbours on each side the network takes with a slice (:func:`slice_context`);
+    ``phase_channel``: whether it also takes the cardiac phase as a channel (:func:`with_phase`).
     """
 
     network: torch.nn.Module
@@ -124,6 +128,7 @@ class LoadedModel:
     info: dict[str, Any]
     window: int | None = None
     context_slices: int = 0
+    phase_channel: bool = False
 
 
 def load_model(model_path: str | os.PathLike[str], device: torch.device) -> LoadedModel:
@@ -147,7 +152,8 @@ def load_model(model_path: str | os.PathLike[str], device: torch.device) -> Load
     window = blob.get("window")
     return LoadedModel(net, size_divisor(cfg), int(blob["image_size"]), float(blob["spacing_mm"]), p,
                        {k: v for k, v in blob.items() if k != "state_dict"},
-                       int(window) if window is not None else None, cfg.context_slices)
+                       int(window) if window is not None else None, cfg.context_slices,
+                       cfg.phase_channel)
 
 
 def check_compatible(model: LoadedModel, store: SliceStore) -> None:
@@ -243,18 +249,28 @@ def infer_slices(model: LoadedModel | Sequence[LoadedModel], images: np.ndarray,
     return out
 
 
-def volume_slices(models: Sequence[LoadedModel], *volumes: np.ndarray) -> np.ndarray:
+def volume_slices(models: Sequence[LoadedModel], *volumes: np.ndarray,
+                  phases: Sequence[float] | None = None) -> np.ndarray:
     """The network inputs of whole volumes float (z, H, W), in order: (sum z, C, H, W).
 
     Context slices come from the same volume only (an ED slice never sees an ES neighbour).
-    Every model of an ensemble must take the same context.
+    ``phases``: the phase value of each volume (:data:`~cardioclr.segment.model.PHASE_VALUE`,
+    :func:`~cardioclr.segment.model.cine_phase_values`), appended as the last channel when the
+    models take it (required then). Every model of an ensemble must take the same input.
     """
-    contexts = {m.context_slices for m in models}
-    if len(contexts) > 1:
+    inputs = {(m.context_slices, m.phase_channel) for m in models}
+    if len(inputs) > 1:
         raise CardioclrError(f"{models[0].path.parent.parent}: the ensemble's models take different "
-                             f"context slices ({sorted(contexts)}); train them with the same settings")
-    k = contexts.pop()
-    return np.concatenate([slice_context(v.astype(np.float32, copy=False), k) for v in volumes])
+                             f"inputs ((context slices, phase channel): {sorted(inputs)}); train them "
+                             "with the same settings")
+    k, phase_channel = inputs.pop()
+    parts = [slice_context(v.astype(np.float32, copy=False), k) for v in volumes]
+    if phase_channel:
+        if phases is None or len(phases) != len(volumes):
+            raise ValueError("the models take a phase channel: give one phase value per volume")
+        parts = [np.concatenate([p, np.full((p.shape[0], 1, *p.shape[2:]), v, np.float32)], axis=1)
+                 for p, v in zip(parts, phases, strict=True)]
+    return np.concatenate(parts)
 
 
 @dataclass(frozen=True)
@@ -285,15 +301,15 @@ def locate_heart(model: LoadedModel, ed_slices: np.ndarray, device: torch.device
     pass on whole slices was half of the prediction time with both phases (0.39 of 0.78 s per
     ACDC patient on 2 cores; benchmarks/README.md). None when no heart is found.
     """
-    raw = infer_slices(model, volume_slices([model], ed_slices), device, tta=False,
-                       batch_size=batch_size, bf16=bf16)
+    raw = infer_slices(model, volume_slices([model], ed_slices, phases=[PHASE_VALUE["ED"]]), device,
+                       tta=False, batch_size=batch_size, bf16=bf16)
     assert model.window is not None
     return heart_box(largest_components(raw)[0], model.window, model.divisor)
 
 
 def segment_patient(model: LoadedModel | Sequence[LoadedModel], ps: PatientSlices, device: torch.device,
                     tta: bool = True, batch_size: int = 32, bf16: bool | None = None,
-                    basal_es_rv: bool = True) -> PatientResult:
+                    basal_es_rv: bool = True, cine_phases: np.ndarray | None = None) -> PatientResult:
     """Localise the heart, segment the window around it, post-process; see :class:`PatientResult`.
 
     With a model file that records no window, whole slices are segmented. With several
@@ -301,10 +317,13 @@ def segment_patient(model: LoadedModel | Sequence[LoadedModel], ps: PatientSlice
     ``bf16``: see :func:`infer_slices`. Post-processing runs on the window (everything outside
     it is background, so the result is the same as on the whole slice, in less time).
     ``basal_es_rv``: then apply :func:`cardioclr.segment.postprocess.trim_basal_es_rv` to ES.
+    ``cine_phases``: phase-channel value of each cine frame (t,) for models that take the phase
+    (:func:`~cardioclr.segment.model.cine_phase_values`); None = unknown (:data:`UNKNOWN_PHASE`).
     """
     models = [model] if isinstance(model, LoadedModel) else list(model)
     z = ps.n_slices
-    stack = volume_slices(models, ps.ed_image, ps.es_image)  # (2z, C, S, S)
+    stack = volume_slices(models, ps.ed_image, ps.es_image,
+                          phases=[PHASE_VALUE["ED"], PHASE_VALUE["ES"]])  # (2z, C, S, S)
     size_hw = (int(stack.shape[2]), int(stack.shape[3]))
     box: Box | None = None
     localised = True
@@ -329,7 +348,8 @@ def segment_patient(model: LoadedModel | Sequence[LoadedModel], ps: PatientSlice
         labels = {phase: uncrop(lab, box, size_hw) for phase, lab in labels.items()}
     if ps.cine is not None:
         t = ps.cine.shape[0]
-        frames = volume_slices(models, *ps.cine)  # each frame's volume: (t z, C, S, S)
+        frame_phases = cine_phases if cine_phases is not None else np.full(t, UNKNOWN_PHASE, np.float32)
+        frames = volume_slices(models, *ps.cine, phases=list(frame_phases))  # (t z, C, S, S)
         if box is not None:
             flat = in_window(infer_slices(models, crop(frames, box), device, tta, batch_size, bf16=bf16),
                              box, size_hw)
@@ -338,6 +358,19 @@ def segment_patient(model: LoadedModel | Sequence[LoadedModel], ps: PatientSlice
         cine = np.stack([postprocess_with_stats(f)[0] for f in flat.reshape(t, z, *flat.shape[1:])])
         labels["cine"] = uncrop(cine, box, size_hw) if box is not None else cine
     return PatientResult(labels, removed, box, localised, agreement.disagreement(), trimmed)
+
+
+def store_cine_phases(store: SliceStore, pid: str, ps: PatientSlices) -> np.ndarray | None:
+    """Phase-channel values of the patient's cine frames from the manifest's 1-based ED/ES frame
+    numbers (:func:`~cardioclr.segment.model.cine_phase_values`); None without a cine."""
+    if ps.cine is None:
+        return None
+
+    def index(col: str) -> int | None:
+        v = store.manifest.at[pid, col] if col in store.manifest.columns else None
+        return None if v is None or pd.isna(v) else int(v) - 1
+
+    return cine_phase_values(int(ps.cine.shape[0]), index("ed_frame"), index("es_frame"))
 
 
 def in_window(labels: np.ndarray, box: Box, shape_hw: tuple[int, int]) -> np.ndarray:
@@ -493,7 +526,8 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
                 source = "out_of_fold" if len(ks) == 1 else "ensemble"
                 names = ";".join(f"fold_{k}" for k in ks)
             ps = store.load(pid, with_cine=True)
-            res = segment_patient(use, ps, device, cfg.tta, cfg.batch_size, bf16, cfg.basal_es_rv)
+            res = segment_patient(use, ps, device, cfg.tta, cfg.batch_size, bf16, cfg.basal_es_rv,
+                                  cine_phases=store_cine_phases(store, pid, ps))
             labels = res.labels
             phases = {k: labels[k] for k in ("ED", "ES")}
             rows = qc_flags(phases, res.removed, ps.spacing_zyx)

@@ -27,7 +27,8 @@ def segmentation_notes(metrics: Mapping[str, Any], mask_source: str = "predicted
     n_train = metrics.get("n_train")
     k = int(net.get("context_slices") or 0)
     arch = f"{net.get('arch', '?')} network" + (
-        f" on 2.5D input (each slice with {k} neighbour{'s' if k > 1 else ''} on each side)" if k else "")
+        f" on 2.5D input (each slice with {k} neighbour{'s' if k > 1 else ''} on each side)" if k else "") + (
+        " told the cardiac phase (ED/ES input channel)" if net.get("phase_channel") else "")
     notes.append(
         f"Quality: mean Dice {_f(metrics.get('mean_dice'))} and mean HD95 "
         f"{_f(metrics.get('mean_hd95'), 1)} mm on {metrics.get('n_test', '?')} held-out test patients"
