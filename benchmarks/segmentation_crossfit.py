@@ -68,6 +68,7 @@ def fold_training(work: Path) -> list[dict[str, Any]]:
         out.append({"fold": done.parent.parent.name, "epochs": info.get("epochs"),
                     "train_seconds": info.get("train_seconds"), "best_val_dice": info.get("best_val_dice"),
                     "context_slices": (info.get("config") or {}).get("network", {}).get("context_slices", 0),
+                    "phase_channel": bool((info.get("config") or {}).get("network", {}).get("phase_channel")),
                     "precision": info.get("precision")})
     return out
 

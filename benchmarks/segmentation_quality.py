@@ -57,6 +57,9 @@ def _train_predict_evaluate(work: Path, args: argparse.Namespace,
     if args.context_slices is not None:
         cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network,
                                                                    context_slices=args.context_slices))
+    if args.phase_channel is not None:
+        cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network,
+                                                                   phase_channel=args.phase_channel == "on"))
     info = train(cfg, overwrite=args.overwrite)
     print("predicting", flush=True)
     t1 = time.perf_counter()
@@ -78,6 +81,7 @@ def _train_predict_evaluate(work: Path, args: argparse.Namespace,
         "stopped_by": info["stopped_by"],
         "best_val_dice": info["best_val_dice"],
         "context_slices": cfg.network.context_slices,
+        "phase_channel": cfg.network.phase_channel,
         "train_precision": info.get("precision"),  # as resolved (older done.json files lack it)
         "predict_seconds": round(predict_s, 1),
         "predict_precision": summary.get("precision"),
@@ -149,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-epochs", type=int, default=None)
     ap.add_argument("--context-slices", type=int, default=None, metavar="K",
                     help="2.5D input: K neighbouring slices on each side (default: the preset's)")
+    ap.add_argument("--phase-channel", choices=("on", "off"), default=None,
+                    help="cardiac phase as an input channel (default: the preset's)")
     ap.add_argument("--train-minutes", type=float, default=None,
                     help="wall-clock training budget (default: the preset's)")
     ap.add_argument("--qc-png", action="store_true", help="also draw a QC picture per patient "
