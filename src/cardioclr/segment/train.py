@@ -112,12 +112,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 2D input (context_slices 0): a 2.5D input with 1 neighbour on each side was worse on the
         # 70 train patients' out-of-fold masks, 5 folds at equal epochs: mean Dice -0.012 (95% CI
         # -0.016..-0.009, 57 of 70 patients worse, every structure worse; benchmarks/README.md)
-        # The cardiac phase as an input channel: on the 70 train patients' out-of-fold masks
-        # (5 folds, equal epochs) ES RV Dice +0.016 and mean Dice +0.003 (95% CI 0.000..0.006)
-        # without the basal ES RV rule, +0.012 / +0.002 (CI -0.000..0.005) with it; RV ESV bias
-        # +8.7 -> +1.0 mL before the rule (benchmarks/README.md).
+        # No phase channel (``phase_channel`` stays an option): on the 70 train patients'
+        # out-of-fold masks (5 folds, equal epochs) it raised ES RV Dice by 0.012 and mean Dice by
+        # 0.002 (95% CI -0.000..0.005) with the basal ES RV rule and cut the RV ESV bias, but the
+        # diagnosis from those masks was worse in 5x5 CV on the same 70 patients (best candidate
+        # 0.923 vs 0.960; benchmarks/README.md).
         "network": NetworkConfig(arch="unet", channels=(16, 32, 64, 128, 256), num_res_units=2,
-                                 norm="instance", phase_channel=True),
+                                 norm="instance"),
         "optim": OptimConfig(lr=2e-3, weight_decay=1e-4, time_budget_s=28 * 60),
         "augment": STRONG_AUGMENT,
         "trainer": TrainerSettings(max_epochs=300, patience=40, cpu_bf16=True),
@@ -126,10 +127,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "compile_network": True,
     },
     "gpu": {
-        # The phase channel as in the cpu preset (a property of how the masks are drawn, not of
-        # the hardware; not measured on a GPU).
         "network": NetworkConfig(arch="dynunet", channels=(32, 64, 128, 256, 512, 512),
-                                 norm="instance", deep_supervision=2, phase_channel=True),
+                                 norm="instance", deep_supervision=2),
         "optim": OptimConfig(lr=2e-3, weight_decay=3e-5, time_budget_s=9 * 60),
         "augment": STRONG_AUGMENT,
         "trainer": TrainerSettings(max_epochs=1000, patience=100),
