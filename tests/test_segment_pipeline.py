@@ -620,26 +620,28 @@ def test_predict_applies_the_basal_es_rv_rule_unless_told_not_to(trained, tmp_pa
 def test_phase_channel_training_and_prediction_tell_the_network_ed_from_es(work, tmp_path, monkeypatch):
     """``phase_channel``: training appends the phase (0 ED, 1 ES) after augmentation, the
     exported network takes 2 channels, and prediction gives ED slices 0 and ES slices 1."""
-    from cardioclr.segment import model as model_mod
     from cardioclr.segment import predict as predict_mod
+    from cardioclr.segment.model import SegModule
 
     copy = tmp_path / "work"
     shutil.copytree(work, copy, ignore=shutil.ignore_patterns("segmentation"))
     cfg = _tiny_config(copy)
     cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, phase_channel=True))
-    trained_phases: list[torch.Tensor] = []
-    original_with_phase = model_mod.with_phase
+    planes: list[torch.Tensor] = []  # the last input channel of every training/validation forward
+    original_forward = SegModule.forward
 
-    def recording(x, phase):
-        out = original_with_phase(x, phase)
-        trained_phases.append(out[:, -1])  # the appended planes (B, H, W)
-        return out
+    def recording(self, x):
+        planes.append(x[:, -1].detach().clone())
+        return original_forward(self, x)
 
-    monkeypatch.setattr(model_mod, "with_phase", recording)
+    monkeypatch.setattr(SegModule, "forward", recording)
     train(cfg)
-    planes = torch.cat([p.flatten(1) for p in trained_phases])
-    assert (planes == planes[:, :1]).all()  # constant over each slice: never augmented
-    assert set(planes[:, 0].tolist()) == {0.0, 1.0}  # ED and ES slices both seen
+    values: set[float] = set()
+    for p in planes:
+        flat = p.flatten(1)
+        assert (flat == flat[:, :1]).all()  # constant over each slice: never augmented
+        values |= set(flat[:, 0].tolist())
+    assert values == {0.0, 1.0}  # ED and ES slices both seen
     blob = torch.load(copy / "segmentation" / "model" / "model.pt", weights_only=True)
     assert blob["network"]["phase_channel"] is True
     first_conv = next(v for v in blob["state_dict"].values() if v.ndim == 4)
