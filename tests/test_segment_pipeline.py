@@ -515,18 +515,10 @@ def test_bf16_training_exports_float32_weights_that_predict(work, tmp_path):
     assert summary["precision"] in ("bf16-autocast", "float32")
 
 
-def test_context_slice_training_feeds_each_slice_with_its_neighbours(work, tmp_path, monkeypatch):
-    """2.5D (``context_slices`` 1): the exported network takes 3 channels, and prediction feeds
-    each slice between its own neighbours (edge slices repeated), ED never next to ES."""
+def _network_inputs_of_predicting(work: Path, pid: str, monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """Predict one patient of ``work``; the image arrays given to ``infer_slices``, in call order."""
     from cardioclr.segment import predict as predict_mod
 
-    copy = tmp_path / "work"
-    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("segmentation"))
-    cfg = _tiny_config(copy)
-    cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, context_slices=1))
-    train(cfg)
-    blob = torch.load(copy / "segmentation" / "model" / "model.pt", weights_only=True)
-    assert blob["network"]["context_slices"] == 1
     seen: list[np.ndarray] = []
     original = predict_mod.infer_slices
 
@@ -535,8 +527,23 @@ def test_context_slice_training_feeds_each_slice_with_its_neighbours(work, tmp_p
         return original(model, images, *args, **kwargs)
 
     monkeypatch.setattr(predict_mod, "infer_slices", spy)
-    summary = predict(PredictConfig(work=str(copy), qc_png=False), patient_ids=["patient001"])
+    summary = predict(PredictConfig(work=str(work), qc_png=False), patient_ids=[pid])
     assert summary["segmented"] == 1
+    return seen
+
+
+def test_context_slice_training_feeds_each_slice_with_its_neighbours(work, tmp_path, monkeypatch):
+    """2.5D (``context_slices`` 1): the exported network takes 3 channels, and prediction feeds
+    each slice between its own neighbours (edge slices repeated), ED never next to ES."""
+
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("segmentation"))
+    cfg = _tiny_config(copy)
+    cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, context_slices=1))
+    train(cfg)
+    blob = torch.load(copy / "segmentation" / "model" / "model.pt", weights_only=True)
+    assert blob["network"]["context_slices"] == 1
+    seen = _network_inputs_of_predicting(copy, "patient001", monkeypatch)
     ps = SliceStore(copy).load("patient001")
     z = ps.n_slices
     whole = seen[0]  # the localising pass: whole ED slices
@@ -620,7 +627,6 @@ def test_predict_applies_the_basal_es_rv_rule_unless_told_not_to(trained, tmp_pa
 def test_phase_channel_training_and_prediction_tell_the_network_ed_from_es(work, tmp_path, monkeypatch):
     """``phase_channel``: training appends the phase (0 ED, 1 ES) after augmentation, the
     exported network takes 2 channels, and prediction gives ED slices 0 and ES slices 1."""
-    from cardioclr.segment import predict as predict_mod
     from cardioclr.segment.model import SegModule
 
     copy = tmp_path / "work"
@@ -646,16 +652,7 @@ def test_phase_channel_training_and_prediction_tell_the_network_ed_from_es(work,
     assert blob["network"]["phase_channel"] is True
     first_conv = next(v for v in blob["state_dict"].values() if v.ndim == 4)
     assert first_conv.shape[1] == 2
-    seen: list[np.ndarray] = []
-    original = predict_mod.infer_slices
-
-    def spy(model, images, *args, **kwargs):
-        seen.append(np.asarray(images))
-        return original(model, images, *args, **kwargs)
-
-    monkeypatch.setattr(predict_mod, "infer_slices", spy)
-    summary = predict(PredictConfig(work=str(copy), qc_png=False), patient_ids=["patient001"])
-    assert summary["segmented"] == 1
+    seen = _network_inputs_of_predicting(copy, "patient001", monkeypatch)
     ps = SliceStore(copy).load("patient001")
     z = ps.n_slices
     whole, window = seen[0], seen[1]  # the localising pass (ED), then ED and ES in the window

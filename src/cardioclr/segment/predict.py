@@ -365,12 +365,9 @@ def store_cine_phases(store: SliceStore, pid: str, ps: PatientSlices) -> np.ndar
     numbers (:func:`~cardioclr.segment.model.cine_phase_values`); None without a cine."""
     if ps.cine is None:
         return None
-
-    def index(col: str) -> int | None:
-        v = store.manifest.at[pid, col] if col in store.manifest.columns else None
-        return None if v is None or pd.isna(v) else int(v) - 1
-
-    return cine_phase_values(int(ps.cine.shape[0]), index("ed_frame"), index("es_frame"))
+    ed, es = (manifest_frame(store, pid, phase) for phase in ("ED", "ES"))
+    return cine_phase_values(int(ps.cine.shape[0]), None if ed is None else ed - 1,
+                             None if es is None else es - 1)
 
 
 def in_window(labels: np.ndarray, box: Box, shape_hw: tuple[int, int]) -> np.ndarray:
@@ -384,13 +381,17 @@ def in_window(labels: np.ndarray, box: Box, shape_hw: tuple[int, int]) -> np.nda
     return np.where(inside, labels, 0).astype(labels.dtype, copy=False)
 
 
-def frame_tag(store: SliceStore, pid: str, phase: str) -> str:
-    """``frameEE`` from the manifest's ED/ES frame number, or ``ED``/``ES`` when unknown."""
+def manifest_frame(store: SliceStore, pid: str, phase: str) -> int | None:
+    """The manifest's 1-based frame number of ``phase`` (``ED``/``ES``); None when unknown."""
     col = f"{phase.lower()}_frame"
     v = store.manifest.at[pid, col] if col in store.manifest.columns else None
-    if v is None or pd.isna(v):
-        return phase
-    return f"frame{int(v):02d}"
+    return None if v is None or pd.isna(v) else int(v)
+
+
+def frame_tag(store: SliceStore, pid: str, phase: str) -> str:
+    """``frameEE`` from the manifest's ED/ES frame number, or ``ED``/``ES`` when unknown."""
+    frame = manifest_frame(store, pid, phase)
+    return phase if frame is None else f"frame{frame:02d}"
 
 
 def write_source_nifti(folder: Path, store: SliceStore, ps: PatientSlices,
