@@ -149,3 +149,55 @@ def test_study_killed_at_every_stage_resumes_to_the_same_results(tmp_path: Path)
     debris = [str(p.relative_to(out)) for p in out.rglob("*")
               if p.name.endswith((".partial", ".tmp", ".old")) or ".tmp." in p.name]
     assert debris == []
+
+
+def _cell_processes(out: Path) -> list[int]:
+    """PIDs of live (not zombie) ``python -m cardioclr.study.cell OUT ...`` processes."""
+    pids = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            argv = (proc_dir / "cmdline").read_bytes().split(b"\0")
+            state = (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"cardioclr.study.cell" in argv and str(out).encode() in argv and state != "Z":
+            pids.append(int(proc_dir.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_fine_tuning_processes_end_when_the_study_alone_is_killed(tmp_path: Path) -> None:
+    # Two fine-tuning cells run at once as their own processes (the demo preset's
+    # finetune.concurrent), long enough to outlive the test were they left running.
+    tiny = {**TINY, "finetune": {"inits": ["none"], "inputs": ["full", "segmented"], "concurrent": 2,
+                                 "options": {"max_epochs": 1000, "patience": 1000, "grid_batch": [16]}},
+            "baseline": {**TINY["baseline"], "hybrid": False}}
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny))
+    out = (tmp_path / "study").resolve()
+    with open(tmp_path / "study.log", "a") as fh:
+        proc = subprocess.Popen(_command(out, cfg), env=_env(), stdout=fh, stderr=fh,
+                                start_new_session=True)
+    cells: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while len(cells) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            cells = _cell_processes(out)
+            time.sleep(0.2)
+        assert len(cells) == 2, (tmp_path / "study.log").read_text()[-3000:]
+        time.sleep(2.0)  # into their training loops
+        os.kill(proc.pid, signal.SIGKILL)  # the study only, not its process group
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _cell_processes(out) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _cell_processes(out) == []
+    finally:
+        for pid in _cell_processes(out):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

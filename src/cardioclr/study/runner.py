@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -178,6 +179,26 @@ def _log_name(cell: Cell) -> str:
     return cell.id.replace("/", "__") + ".log"
 
 
+def _end_with_the_study(study_pid: int) -> None:
+    """``preexec_fn`` of a cell's process: on Linux, SIGTERM it when the study process dies.
+
+    Without it a study killed on its own (``kill -9 PID``, the out-of-memory killer) would leave
+    its cell processes training on as orphans, and the re-run of the same command would train
+    the same cells beside them, both writing one cell directory. SIGTERM, not SIGKILL: Lightning
+    stops a fit on it, and the cell, without its completion marker, is resumed by the re-run.
+    A Ctrl-C or a ``kill`` of the whole process group reaches the cells directly.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>; not wrapped by the standard library
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != study_pid:  # the study died between fork and prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _run_in_own_process(ctx: StudyContext, cell: Cell, log_path: Path) -> dict[str, Any]:
     """Run a training cell as ``python -m cardioclr.study.cell`` (see that module for why).
 
@@ -190,7 +211,8 @@ def _run_in_own_process(ctx: StudyContext, cell: Cell, log_path: Path) -> dict[s
     command = [sys.executable, "-m", "cardioclr.study.cell", str(ctx.out), cell.id]
     log.info("running in its own process (devices=%d): %s", ctx.cfg.devices, " ".join(command))
     with open(log_path, "a", encoding="utf-8") as fh:
-        code = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+        code = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, check=False,
+                              preexec_fn=partial(_end_with_the_study, os.getpid())).returncode
     if code != 0:
         raise CardioclrError(f"the cell's process ({' '.join(command)}) exited with status {code}")
     return read_json(summary_path) if summary_path.is_file() else {}
@@ -222,7 +244,8 @@ def _run_concurrently(ctx: StudyContext, group: list[Cell], slots: int, state: S
                 (ctx.cell_dir(cell) / SUMMARY_FILE).unlink(missing_ok=True)
                 fh = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed when it ends
                 proc = subprocess.Popen([sys.executable, "-m", "cardioclr.study.cell", str(ctx.out),
-                                         cell.id], stdout=fh, stderr=subprocess.STDOUT, env=env)
+                                         cell.id], stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                        preexec_fn=partial(_end_with_the_study, os.getpid()))
                 running[cell.id] = (cell, proc, time.perf_counter(), fh)
             time.sleep(0.2)
             for cid, (cell, proc, start, fh) in list(running.items()):
