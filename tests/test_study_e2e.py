@@ -96,6 +96,26 @@ def test_rerun_skips_finished_cells(tiny_study: tuple[Path, float],
 
 
 @pytest.mark.slow
+def test_fine_tuning_in_its_own_process_equals_in_process(tiny_study: tuple[Path, float],
+                                                          tmp_path: Path) -> None:
+    # The demo preset runs its fine-tuning cells two at a time, each as its own process
+    # (finetune.concurrent). The same cell re-run inside the study process (concurrent 1) must
+    # predict the same: same seed, threads and data, nothing taken from the process around it.
+    out, _ = tiny_study
+    assert yaml.safe_load((out / "study.yaml").read_text())["finetune"]["concurrent"] == 2
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy, symlinks=True)
+    name = "smallcnn__simclr-full__segmented"
+    shutil.rmtree(copy / "finetune" / name)
+    cfg = tmp_path / "sequential.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "finetune": {**TINY["finetune"], "concurrent": 1}}))
+    assert main(["study", "--out", str(copy), "--config", str(cfg)]) == 0
+    in_process = pd.read_csv(copy / "finetune" / name / "predictions.csv")
+    own_process = pd.read_csv(out / "finetune" / name / "predictions.csv")
+    pd.testing.assert_frame_equal(in_process, own_process)
+
+
+@pytest.mark.slow
 def test_predict_new_patients(tiny_study: tuple[Path, float], tmp_path: Path) -> None:
     out, _ = tiny_study
     data = out / "data"

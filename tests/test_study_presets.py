@@ -7,9 +7,10 @@ import argparse
 import pytest
 
 from cardioclr.study import cli as study_cli
-from cardioclr.study.config import PRESETS, default_preset, load_config
+from cardioclr.study.config import PRESETS, config_to_yaml, default_preset, load_config
 from cardioclr.study.kinds import check_options
 from cardioclr.study.stages import segment_train_config
+from conftest import REPO
 
 
 def test_default_preset_is_demo_for_synthetic_real_cpu_without_gpu_and_paper_with_one():
@@ -25,6 +26,15 @@ def test_every_preset_builds_valid_stage_configs(name, tmp_path):
     check_options(cfg)  # unknown stage options would raise here
     seg = segment_train_config(cfg, tmp_path)
     assert seg.preset == cfg.segment.preset
+
+
+@pytest.mark.parametrize("name", ["demo", "paper"])
+def test_the_written_out_presets_are_the_presets(name):
+    # configs/study_<name>.yaml is documented as the preset in full: below its comments, the
+    # same YAML as OUT/study.yaml of a study run with that preset.
+    text = (REPO / "configs" / f"study_{name}.yaml").read_text()
+    body = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
+    assert body == config_to_yaml(load_config(name))
 
 
 def test_real_cpu_preset_segments_at_the_benchmarked_cpu_quality(tmp_path):

@@ -255,7 +255,12 @@ _DEMO: dict[str, Any] = {
     # cell's 42 s of saliency for all 24 test patients); the shares still cover every patient.
     "finetune": {"options": {"grid_lr": [1e-3], "grid_batch": [32], "max_folds": 1,
                              "seeds": [0], "max_epochs": 8, "patience": 5, "n_boot": 500,
-                             "saliency_figures": 3}},
+                             "saliency_figures": 3},
+                 # Two cells at once, each a 1-thread process on its own core: the cells are
+                 # small (64 px smallcnn, batch 32), which leaves a second intra-op thread in one
+                 # process mostly waiting (see "threads" above); two processes keep both cores
+                 # busy (the demo's 6 cells took 19-29 s each one after the other, 2026-12-03).
+                 "concurrent": 2},
     # The two fast candidates and 2 CV repeats (the default 5x5 CV of five candidates x two
     # feature sets costs minutes per baseline on 2 cores); the regional features are kept.
     "baseline": {"options": {"candidates": ["logistic", "svm"], "cv_repeats": 2,
