@@ -259,7 +259,9 @@ _DEMO: dict[str, Any] = {
                  # Two cells at once, each a 1-thread process on its own core: the cells are
                  # small (64 px smallcnn, batch 32), which leaves a second intra-op thread in one
                  # process mostly waiting (see "threads" above); two processes keep both cores
-                 # busy (the demo's 6 cells took 19-29 s each one after the other, 2026-12-03).
+                 # busy. Measured on the 2-core VM (2026-12-03, make demo): the 6 cells took
+                 # 138 s one after the other (19-29 s each) and 104 s two at a time (33-38 s
+                 # each), the whole demo 288 s -> 249 s, with the same AUCs.
                  "concurrent": 2},
     # The two fast candidates and 2 CV repeats (the default 5x5 CV of five candidates x two
     # feature sets costs minutes per baseline on 2 cores); the regional features are kept.
