@@ -409,7 +409,9 @@ def test_cli_adds_imagenet_weights_to_a_saved_study(
         monkeypatch.setitem(kinds_module.CELL_KINDS, name, kind)
     out = tmp_path / "study"
     cfg = tmp_path / "vgg.yaml"
-    cfg.write_text(yaml.safe_dump({"preset": "demo", "encoders": ["vgg16"]}))
+    # One fine-tuning cell at a time, in this process: cell processes would not see the fakes.
+    cfg.write_text(yaml.safe_dump({"preset": "demo", "encoders": ["vgg16"],
+                                   "finetune": {"concurrent": 1}}))
     assert main(["study", "--out", str(out), "--config", str(cfg)]) == 0
     first = set(fake.calls)
     imagenet = _imagenet_ids(load_config(None, cfg))

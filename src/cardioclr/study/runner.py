@@ -339,9 +339,11 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
             progress.skip(cell, seconds)
             continue
         kind = cell_kind(kinds, cell.kind)
-        if cell.kind == "finetune" and cfg.finetune.concurrent > 1 and cfg.devices == 1:
+        if (cell.kind == "finetune" and cfg.finetune.concurrent > 1 and cfg.devices == 1
+                and kinds is CELL_KINDS):
             # Every fine-tuning cell that can run now (pretrainings done) as one group of
-            # processes (``python -m cardioclr.study.cell``, which uses the real registry).
+            # processes (``python -m cardioclr.study.cell``, which uses the real registry: a
+            # caller's own registry, such as the tests' fakes, runs in this process instead).
             group = [c for c in cells if c.kind == "finetune" and c.id not in handled
                      and c.not_run_reason is None and not any(d in blocked for d in c.deps)
                      and not cell_finished(ctx, c, kinds)]
