@@ -216,3 +216,28 @@ def test_beyond_cells_may_be_appended_not_changed(tmp_path: Path) -> None:
     with pytest.raises(CardioclrError, match="changed or removed"):
         run_study(beyond_config(BEYOND[1:2]), out, kinds=FakeStages().kinds(), stream=io.StringIO(),
                   build_report=False)
+
+
+def test_concurrent_group_takes_every_ready_cell_heaviest_first() -> None:
+    """From the first fine-tuning cell on, the cells run side by side (``finetune.concurrent``)
+    are every fine-tuning, beyond-paper and baseline cell whose dependencies are done; a
+    beyond cell waiting for its own SimCLR pretraining (listed after the fine-tuning cells) and
+    a cell already finished stay out; the cheap baselines come last."""
+    from cardioclr.study.kinds import kind_weights
+    from cardioclr.study.runner import concurrent_group
+
+    cells = expand_grid(beyond_config())
+    first = next(i for i, c in enumerate(cells) if c.kind == "finetune")
+    done = {c.id for c in cells[:first] if c.not_run_reason is None}
+    blocked = {c.id: "not run" for c in cells if c.not_run_reason}
+    finished = {"finetune/smallcnn__none__full"}
+    group = concurrent_group(cells, done, blocked, set(), kind_weights(), lambda c: c.id in finished)
+    ids = [c.id for c in group]
+    assert ids == [
+        "finetune/smallcnn__none__segmented",
+        "finetune/smallcnn__simclr-full__full", "finetune/smallcnn__simclr-full__segmented",
+        "finetune/smallcnn__simclr-segmented__full", "finetune/smallcnn__simclr-segmented__segmented",
+        "beyond/strong", "beyond/weak", "baseline/clinical", "baseline/hybrid"]
+    # Cells already handled by an earlier group are not taken again.
+    assert concurrent_group(cells, done, blocked, set(ids), kind_weights(), lambda c: False) == [
+        c for c in cells if c.id == "finetune/smallcnn__none__full"]

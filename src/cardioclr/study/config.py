@@ -99,8 +99,11 @@ class FinetuneSettings(StageSettings):
 
     inits: tuple[str, ...] = PAPER_INITS
     inputs: tuple[str, ...] = ("full", "segmented")
-    #: Fine-tuning cells run at once, each in its own process (one cell's small batches and
-    #: per-epoch bookkeeping leave a large GPU mostly idle). 1: one after the other, in-process.
+    #: Cells run at once from the fine-tuning stage on, each in its own process: the fine-tuning
+    #: cells and the beyond-paper, clinical and hybrid baseline cells that are ready then
+    #: (:data:`cardioclr.study.runner.CONCURRENT_KINDS`). One cell's small batches and per-epoch
+    #: bookkeeping leave a large GPU, or the second of two cores, mostly idle. 1: one after the
+    #: other, in-process.
     concurrent: int = 1
 
 
@@ -309,7 +312,12 @@ _REAL_CPU: dict[str, Any] = {
                              "image_size": 64, "use_cine": False}},
     "finetune": {"options": {"grid_lr": [1e-3], "grid_batch": [32], "max_folds": 3,
                              "seeds": [0], "max_epochs": 20, "patience": 5, "image_size": 64,
-                             "n_boot": 1000}},
+                             "n_boot": 1000},
+                 # The 6 fine-tuning cells, the roi cell and the two baselines two at a time,
+                 # each a 1-thread process: one after the other they took 801 + 162 s with two
+                 # threads and 142 + 164 s of one-thread scikit-learn (2026-12-02, 53.9 min in
+                 # all; benchmarks/README.md).
+                 "concurrent": 2},
     "baseline": {"options": {}},
     "report": {"saliency_patients": 3, "n_boot": 2000},
     # Beyond the paper (issue 11; report Table 4): the heart-ROI input without pretraining,

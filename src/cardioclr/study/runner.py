@@ -20,7 +20,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -218,6 +218,27 @@ def _run_in_own_process(ctx: StudyContext, cell: Cell, log_path: Path) -> dict[s
     return read_json(summary_path) if summary_path.is_file() else {}
 
 
+#: Kinds of cells that may run side by side, each in its own process, from the fine-tuning stage
+#: on (``finetune.concurrent > 1``): each reads only finished upstream outputs and writes only its
+#: own cell directory. The clinical and hybrid baselines are here because they are one-thread
+#: scikit-learn work that would otherwise leave the second core idle for minutes (real-cpu preset:
+#: 142 + 164 s one after the other, benchmarks/README.md).
+CONCURRENT_KINDS = ("finetune", "beyond", "baseline", "hybrid")
+
+
+def concurrent_group(cells: list[Cell], done: set[str], blocked: Mapping[str, str], handled: set[str],
+                     weights: Mapping[str, float], finished: Callable[[Cell], bool]) -> list[Cell]:
+    """The cells of :data:`CONCURRENT_KINDS` that can run now: runnable, not yet run or handled,
+    every dependency ``done`` (not merely listed earlier: a beyond-paper cell's own SimCLR
+    pretraining comes after the fine-tuning cells) and not ``finished`` already. Ordered by the
+    kinds' expected cost (``weights``), heaviest first, so that the cheap cells fill the slots
+    at the end instead of one long cell running alone on one core."""
+    group = [c for c in cells if c.kind in CONCURRENT_KINDS and c.id not in handled
+             and c.not_run_reason is None and not any(d in blocked for d in c.deps)
+             and all(d in done for d in c.deps) and not finished(c)]
+    return sorted(group, key=lambda c: -weights.get(c.kind, 1.0))
+
+
 def _run_concurrently(ctx: StudyContext, group: list[Cell], slots: int, state: StudyState,
                       progress: Progress, result: StudyResult, blocked: dict[str, str]) -> None:
     """Run ``group`` (independent training cells) as up to ``slots`` processes at a time.
@@ -341,12 +362,11 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
         kind = cell_kind(kinds, cell.kind)
         if (cell.kind == "finetune" and cfg.finetune.concurrent > 1 and cfg.devices == 1
                 and kinds is CELL_KINDS):
-            # Every fine-tuning cell that can run now (pretrainings done) as one group of
-            # processes (``python -m cardioclr.study.cell``, which uses the real registry: a
-            # caller's own registry, such as the tests' fakes, runs in this process instead).
-            group = [c for c in cells if c.kind == "finetune" and c.id not in handled
-                     and c.not_run_reason is None and not any(d in blocked for d in c.deps)
-                     and not cell_finished(ctx, c, kinds)]
+            # Every cell that can run now as one group of processes (``python -m
+            # cardioclr.study.cell``, which uses the real registry: a caller's own registry, such
+            # as the tests' fakes, runs in this process instead).
+            group = concurrent_group(cells, set(result.done), blocked, handled, kind_weights(kinds),
+                                     lambda c: cell_finished(ctx, c, kinds))
             handled.update(c.id for c in group)
             _run_concurrently(ctx, group, cfg.finetune.concurrent, state, progress, result, blocked)
             continue
