@@ -316,7 +316,7 @@ _REAL_CPU: dict[str, Any] = {
                  # The 6 fine-tuning cells, the roi cell and the two baselines two at a time,
                  # each a 1-thread process: one after the other they took 801 + 162 s with two
                  # threads and 142 + 164 s of one-thread scikit-learn (2026-12-02, 53.9 min in
-                 # all; benchmarks/README.md).
+                 # all); two at a time 710 s (2026-12-03, 44.0 min in all; benchmarks/README.md).
                  "concurrent": 2},
     "baseline": {"options": {}},
     "report": {"saliency_patients": 3, "n_boot": 2000},

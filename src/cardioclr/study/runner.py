@@ -199,6 +199,11 @@ def _end_with_the_study(study_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _cell_command(ctx: StudyContext, cell: Cell) -> list[str]:
+    """``python -m cardioclr.study.cell OUT ID``: one cell of this study in a process of its own."""
+    return [sys.executable, "-m", "cardioclr.study.cell", str(ctx.out), cell.id]
+
+
 def _run_in_own_process(ctx: StudyContext, cell: Cell, log_path: Path) -> dict[str, Any]:
     """Run a training cell as ``python -m cardioclr.study.cell`` (see that module for why).
 
@@ -208,7 +213,7 @@ def _run_in_own_process(ctx: StudyContext, cell: Cell, log_path: Path) -> dict[s
 
     summary_path = ctx.cell_dir(cell) / SUMMARY_FILE
     summary_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "cardioclr.study.cell", str(ctx.out), cell.id]
+    command = _cell_command(ctx, cell)
     log.info("running in its own process (devices=%d): %s", ctx.cfg.devices, " ".join(command))
     with open(log_path, "a", encoding="utf-8") as fh:
         code = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, check=False,
@@ -264,9 +269,8 @@ def _run_concurrently(ctx: StudyContext, group: list[Cell], slots: int, state: S
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 (ctx.cell_dir(cell) / SUMMARY_FILE).unlink(missing_ok=True)
                 fh = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed when it ends
-                proc = subprocess.Popen([sys.executable, "-m", "cardioclr.study.cell", str(ctx.out),
-                                         cell.id], stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                        preexec_fn=partial(_end_with_the_study, os.getpid()))
+                proc = subprocess.Popen(_cell_command(ctx, cell), stdout=fh, stderr=subprocess.STDOUT,
+                                        env=env, preexec_fn=partial(_end_with_the_study, os.getpid()))
                 running[cell.id] = (cell, proc, time.perf_counter(), fh)
             time.sleep(0.2)
             for cid, (cell, proc, start, fh) in list(running.items()):
