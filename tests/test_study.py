@@ -206,6 +206,18 @@ def test_eta_weighted_by_kind() -> None:
     assert format_seconds(75) == "1m15s" and format_seconds(3725) == "1h02m"
 
 
+def test_eta_divides_the_cells_run_side_by_side_by_the_processes() -> None:
+    """With ``finetune.concurrent: 2`` the fine-tuning and baseline cells run two at a time:
+    their remaining seconds count half; a cell of another kind counts in full."""
+    a = Cell("a", "pretrain", "a")
+    left = [Cell("b", "finetune", "b"), Cell("c", "finetune", "c"), Cell("d", "baseline", "d"),
+            Cell("e", "pretrain", "e")]
+    durations = {"pretrain": [30.0], "finetune": [50.0], "baseline": [20.0]}
+    one_at_a_time = estimate_remaining(left, durations, [a], [30.0])
+    assert one_at_a_time == pytest.approx(50.0 + 50.0 + 20.0 + 30.0)
+    assert estimate_remaining(left, durations, [a], [30.0], slots=2) == pytest.approx(120.0 / 2 + 30.0)
+
+
 # ------------------------------------------------------------------------------ runner
 
 

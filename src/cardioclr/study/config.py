@@ -101,7 +101,7 @@ class FinetuneSettings(StageSettings):
     inputs: tuple[str, ...] = ("full", "segmented")
     #: Cells run at once from the fine-tuning stage on, each in its own process: the fine-tuning
     #: cells and the beyond-paper, clinical and hybrid baseline cells that are ready then
-    #: (:data:`cardioclr.study.runner.CONCURRENT_KINDS`). One cell's small batches and per-epoch
+    #: (:data:`cardioclr.study.kinds.CONCURRENT_KINDS`). One cell's small batches and per-epoch
     #: bookkeeping leave a large GPU, or the second of two cores, mostly idle. 1: one after the
     #: other, in-process.
     concurrent: int = 1

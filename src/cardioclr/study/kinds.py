@@ -63,6 +63,15 @@ CELL_KINDS: dict[str, CellKind] = {
 }
 
 
+#: Kinds of cells that may run side by side, each in its own process, from the fine-tuning stage
+#: on (``finetune.concurrent > 1``; :func:`cardioclr.study.runner.concurrent_group`): each reads
+#: only finished upstream outputs and writes only its own cell directory. The clinical and hybrid
+#: baselines are here because they are one-thread scikit-learn work that would otherwise leave the
+#: second core idle for minutes (real-cpu preset: 142 + 164 s one after the other,
+#: benchmarks/README.md).
+CONCURRENT_KINDS: tuple[str, ...] = ("finetune", "beyond", "baseline", "hybrid")
+
+
 def cell_kind(kinds: Mapping[str, CellKind], name: str) -> CellKind:
     """``kinds[name]``, or an error listing the known kinds."""
     if name not in kinds:

@@ -3,7 +3,9 @@
 The ETA weights remaining cells by kind: a kind with finished cells is estimated by their mean
 duration (this run's, or a previous run's recorded in the state); a kind with none yet by its
 prior weight (``weight`` of :data:`cardioclr.study.kinds.CELL_KINDS`) times the seconds per unit of weight
-observed so far. Before anything has finished there is no ETA.
+observed so far. Cells of the kinds that run side by side (``finetune.concurrent`` processes at
+a time; :data:`~cardioclr.study.kinds.CONCURRENT_KINDS`) count for their summed estimate divided
+by the number of processes. Before anything has finished there is no ETA.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from cardioclr.study.grid import Cell
-from cardioclr.study.kinds import kind_weights
+from cardioclr.study.kinds import CONCURRENT_KINDS, kind_weights
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -32,12 +34,14 @@ def format_seconds(seconds: float | None) -> str:
 
 def estimate_remaining(remaining: list[Cell], durations: dict[str, list[float]],
                        finished: list[Cell], finished_seconds: list[float],
-                       weights: Mapping[str, float] | None = None) -> float | None:
+                       weights: Mapping[str, float] | None = None, slots: int = 1) -> float | None:
     """Seconds left for ``remaining`` cells.
 
     ``durations``: kind -> measured seconds of finished cells of that kind; ``finished`` and
     ``finished_seconds``: all measured cells and their seconds (calibrate the prior weights);
-    ``weights``: kind -> prior cost (default: the registry's; an unknown kind weighs 1).
+    ``weights``: kind -> prior cost (default: the registry's; an unknown kind weighs 1);
+    ``slots``: processes that run the :data:`~cardioclr.study.kinds.CONCURRENT_KINDS` cells side
+    by side (their cells' seconds are each cell's own, measured while sharing the machine).
     None when nothing has been measured yet.
     """
     if not remaining:
@@ -52,19 +56,27 @@ def estimate_remaining(remaining: list[Cell], durations: dict[str, list[float]],
     if measured_weight <= 0 or total_seconds <= 0:
         return None
     per_weight = total_seconds / measured_weight
-    eta = 0.0
+    one_by_one = side_by_side = 0.0
     for cell in remaining:
         times = durations.get(cell.kind)
-        eta += sum(times) / len(times) if times else weight(cell) * per_weight
-    return eta
+        seconds = sum(times) / len(times) if times else weight(cell) * per_weight
+        if slots > 1 and cell.kind in CONCURRENT_KINDS:
+            side_by_side += seconds
+        else:
+            one_by_one += seconds
+    return one_by_one + side_by_side / max(1, slots)
 
 
 class Progress:
-    """Prints one line per event to ``stream`` (stderr): start of a cell, its end, skips."""
+    """Prints one line per event to ``stream`` (stderr): start of a cell, its end, skips.
+
+    ``slots``: processes the runner uses for the cells that run side by side (its ETA divides
+    their remaining seconds by it; see :func:`estimate_remaining`)."""
 
     def __init__(self, cells: list[Cell], stream: TextIO | None = None,
-                 weights: Mapping[str, float] | None = None) -> None:
+                 weights: Mapping[str, float] | None = None, slots: int = 1) -> None:
         self.cells = [c for c in cells if c.not_run_reason is None]
+        self.slots = slots
         self.weights = kind_weights() if weights is None else dict(weights)
         self.total = len(self.cells)
         self.stream = stream or sys.stderr
@@ -84,7 +96,7 @@ class Progress:
         """Estimated seconds left for the cells not yet done."""
         left = [c for c in self.cells if c.id not in self.done]
         return estimate_remaining(left, self.durations, [c for c, _ in self.measured],
-                                  [s for _, s in self.measured], self.weights)
+                                  [s for _, s in self.measured], self.weights, self.slots)
 
     def _line(self, text: str) -> None:
         elapsed = time.perf_counter() - self.t0

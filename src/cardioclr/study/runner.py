@@ -38,7 +38,14 @@ from cardioclr.study.config import (
 )
 from cardioclr.study.context import CONFIG_FILE, MARKER, SUMMARY_FILE, StudyContext
 from cardioclr.study.grid import Cell, expand_grid
-from cardioclr.study.kinds import CELL_KINDS, CellKind, cell_kind, check_options, kind_weights
+from cardioclr.study.kinds import (
+    CELL_KINDS,
+    CONCURRENT_KINDS,
+    CellKind,
+    cell_kind,
+    check_options,
+    kind_weights,
+)
 from cardioclr.study.progress import Progress
 from cardioclr.study.report import build_report as write_report
 from cardioclr.study.state import StudyState
@@ -223,14 +230,6 @@ def _run_in_own_process(ctx: StudyContext, cell: Cell, log_path: Path) -> dict[s
     return read_json(summary_path) if summary_path.is_file() else {}
 
 
-#: Kinds of cells that may run side by side, each in its own process, from the fine-tuning stage
-#: on (``finetune.concurrent > 1``): each reads only finished upstream outputs and writes only its
-#: own cell directory. The clinical and hybrid baselines are here because they are one-thread
-#: scikit-learn work that would otherwise leave the second core idle for minutes (real-cpu preset:
-#: 142 + 164 s one after the other, benchmarks/README.md).
-CONCURRENT_KINDS = ("finetune", "beyond", "baseline", "hybrid")
-
-
 def concurrent_group(cells: list[Cell], done: set[str], blocked: Mapping[str, str], handled: set[str],
                      weights: Mapping[str, float], finished: Callable[[Cell], bool]) -> list[Cell]:
     """The cells of :data:`CONCURRENT_KINDS` that can run now: runnable, not yet run or handled,
@@ -330,7 +329,8 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
     # added since) need nothing special: they have no completion marker, so the loop below
     # runs them, and the state starts every cell as pending, dropping the old not-run reason.
     state = StudyState(out, cells)
-    progress = Progress(cells, stream or sys.stderr, kind_weights(kinds))
+    slots = cfg.finetune.concurrent if cfg.devices == 1 and kinds is CELL_KINDS else 1
+    progress = Progress(cells, stream or sys.stderr, kind_weights(kinds), slots=slots)
     for key in added:
         progress.message(f"added to {out / CONFIG_FILE}: {key} (its cells run now)")
     result = StudyResult()
