@@ -218,6 +218,24 @@ def test_eta_divides_the_cells_run_side_by_side_by_the_processes() -> None:
     assert estimate_remaining(left, durations, [a], [30.0], slots=2) == pytest.approx(120.0 / 2 + 30.0)
 
 
+def test_eta_takes_a_budgeted_cell_at_its_budget_not_as_the_machine_speed() -> None:
+    """The cpu segmentation preset trains for a fixed 28 minutes: the ETA counts the budget for
+    it, and its 28 minutes do not make every other kind look 28 minutes / weight slow."""
+    assert CELL_KINDS["segment-train"].budget_seconds is not None
+    assert CELL_KINDS["segment-train"].budget_seconds(load_config("real-cpu")) == pytest.approx(28 * 60)
+    assert CELL_KINDS["segment-train"].budget_seconds(load_config("demo")) is None  # an epoch cap
+    prep, seg, ft = Cell("p", "prepare", "p"), Cell("s", "segment-train", "s"), Cell("f", "finetune", "f")
+    budgets = {"s": 1680.0}
+    assert estimate_remaining([seg], {}, [], [], budgets=budgets) == pytest.approx(1680.0)
+    assert estimate_remaining([seg, ft], {}, [], [], budgets=budgets) is None
+    # prepare: 6 s for weight 0.3 -> 20 s per unit; a fine-tuning cell (weight 2) 40 s.
+    assert estimate_remaining([seg, ft], {"prepare": [6.0]}, [prep], [6.0],
+                              budgets=budgets) == pytest.approx(1720.0)
+    after = estimate_remaining([ft], {"prepare": [6.0], "segment-train": [1673.0]}, [prep, seg],
+                               [6.0, 1673.0], budgets=budgets)
+    assert after == pytest.approx(40.0)  # without the budget: (6 + 1673) / 3.3 * 2 = 1018 s
+
+
 # ------------------------------------------------------------------------------ runner
 
 

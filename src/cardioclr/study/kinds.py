@@ -31,7 +31,9 @@ class CellKind:
     the marker to count as finished. ``multi_device``: a Lightning training; with
     ``devices > 1`` the runner starts it as ``python -m cardioclr.study.cell`` (which runs
     :data:`CELL_KINDS`' function). ``check_options``: builds the stage's config from the study
-    config so a wrong option fails before the first cell runs.
+    config so a wrong option fails before the first cell runs. ``budget_seconds``: the cell's
+    duration when its configuration fixes it (a wall-clock training budget), else None; the ETA
+    uses it instead of the weight, and does not take the machine's speed from such a cell.
     """
 
     run: StageFunction
@@ -39,13 +41,15 @@ class CellKind:
     outputs: tuple[str, ...] = ()
     multi_device: bool = False
     check_options: Callable[[StudyConfig], object] | None = None
+    budget_seconds: Callable[[StudyConfig], float | None] | None = None
 
 
 CELL_KINDS: dict[str, CellKind] = {
     "synthetic": CellKind(stages.run_synthetic, 0.2, check_options=stages.check_synthetic),
     "prepare": CellKind(stages.run_prepare, 0.3, ("dataset.json",)),
     "segment-train": CellKind(stages.run_segment_train, 3.0, multi_device=True,
-                              check_options=stages.check_segment_train),
+                              check_options=stages.check_segment_train,
+                              budget_seconds=stages.segment_train_budget),
     "segment-predict": CellKind(stages.run_segment_predict, 0.4,
                                 check_options=stages.check_segment_predict),
     "segment-evaluate": CellKind(stages.run_segment_evaluate, 0.3, ("metrics.json",)),

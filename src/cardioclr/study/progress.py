@@ -5,7 +5,11 @@ duration (this run's, or a previous run's recorded in the state); a kind with no
 prior weight (``weight`` of :data:`cardioclr.study.kinds.CELL_KINDS`) times the seconds per unit of weight
 observed so far. Cells of the kinds that run side by side (``finetune.concurrent`` processes at
 a time; :data:`~cardioclr.study.kinds.CONCURRENT_KINDS`) count for their summed estimate divided
-by the number of processes. Before anything has finished there is no ETA.
+by the number of processes. A cell whose duration its configuration fixes (a wall-clock
+training budget: the ``cpu`` segmentation preset's 28 minutes) counts for that budget, and its
+measured time is not used to calibrate the weights (it says nothing about how fast this machine
+runs the other kinds: with it the real-cpu study showed an ETA of 3 hours after the segmentation
+for 16 minutes of work). Before anything else has finished there is no ETA.
 """
 
 from __future__ import annotations
@@ -34,15 +38,17 @@ def format_seconds(seconds: float | None) -> str:
 
 def estimate_remaining(remaining: list[Cell], durations: dict[str, list[float]],
                        finished: list[Cell], finished_seconds: list[float],
-                       weights: Mapping[str, float] | None = None, slots: int = 1) -> float | None:
+                       weights: Mapping[str, float] | None = None, slots: int = 1,
+                       budgets: Mapping[str, float] | None = None) -> float | None:
     """Seconds left for ``remaining`` cells.
 
     ``durations``: kind -> measured seconds of finished cells of that kind; ``finished`` and
     ``finished_seconds``: all measured cells and their seconds (calibrate the prior weights);
     ``weights``: kind -> prior cost (default: the registry's; an unknown kind weighs 1);
     ``slots``: processes that run the :data:`~cardioclr.study.kinds.CONCURRENT_KINDS` cells side
-    by side (their cells' seconds are each cell's own, measured while sharing the machine).
-    None when nothing has been measured yet.
+    by side (their cells' seconds are each cell's own, measured while sharing the machine);
+    ``budgets``: cell id -> its fixed duration (module docstring). None when a remaining cell
+    needs the weights and nothing has been measured to calibrate them.
     """
     if not remaining:
         return 0.0
@@ -51,15 +57,22 @@ def estimate_remaining(remaining: list[Cell], durations: dict[str, list[float]],
     def weight(cell: Cell) -> float:
         return prior.get(cell.kind, 1.0)
 
-    measured_weight = sum(weight(c) for c in finished)
-    total_seconds = sum(finished_seconds)
-    if measured_weight <= 0 or total_seconds <= 0:
-        return None
-    per_weight = total_seconds / measured_weight
+    fixed = budgets or {}
+    calibration = [(c, t) for c, t in zip(finished, finished_seconds, strict=True) if c.id not in fixed]
+    measured_weight = sum(weight(c) for c, _ in calibration)
+    total_seconds = sum(t for _, t in calibration)
+    per_weight = total_seconds / measured_weight if measured_weight > 0 and total_seconds > 0 else None
     one_by_one = side_by_side = 0.0
     for cell in remaining:
         times = durations.get(cell.kind)
-        seconds = sum(times) / len(times) if times else weight(cell) * per_weight
+        if cell.id in fixed:
+            seconds = fixed[cell.id]
+        elif times:
+            seconds = sum(times) / len(times)
+        elif per_weight is not None:
+            seconds = weight(cell) * per_weight
+        else:
+            return None
         if slots > 1 and cell.kind in CONCURRENT_KINDS:
             side_by_side += seconds
         else:
@@ -70,13 +83,15 @@ def estimate_remaining(remaining: list[Cell], durations: dict[str, list[float]],
 class Progress:
     """Prints one line per event to ``stream`` (stderr): start of a cell, its end, skips.
 
-    ``slots``: processes the runner uses for the cells that run side by side (its ETA divides
-    their remaining seconds by it; see :func:`estimate_remaining`)."""
+    ``slots``: processes the runner uses for the cells that run side by side; ``budgets``: cell
+    id -> fixed duration (both for the ETA, see :func:`estimate_remaining`)."""
 
     def __init__(self, cells: list[Cell], stream: TextIO | None = None,
-                 weights: Mapping[str, float] | None = None, slots: int = 1) -> None:
+                 weights: Mapping[str, float] | None = None, slots: int = 1,
+                 budgets: Mapping[str, float] | None = None) -> None:
         self.cells = [c for c in cells if c.not_run_reason is None]
         self.slots = slots
+        self.budgets = dict(budgets or {})
         self.weights = kind_weights() if weights is None else dict(weights)
         self.total = len(self.cells)
         self.stream = stream or sys.stderr
@@ -96,7 +111,8 @@ class Progress:
         """Estimated seconds left for the cells not yet done."""
         left = [c for c in self.cells if c.id not in self.done]
         return estimate_remaining(left, self.durations, [c for c, _ in self.measured],
-                                  [s for _, s in self.measured], self.weights, self.slots)
+                                  [s for _, s in self.measured], self.weights, self.slots,
+                                  self.budgets)
 
     def _line(self, text: str) -> None:
         elapsed = time.perf_counter() - self.t0

@@ -37,7 +37,7 @@ from cardioclr.study.config import (
     save_config,
 )
 from cardioclr.study.context import CONFIG_FILE, MARKER, SUMMARY_FILE, StudyContext
-from cardioclr.study.grid import Cell, expand_grid
+from cardioclr.study.grid import Cell, expand_grid, runnable
 from cardioclr.study.kinds import (
     CELL_KINDS,
     CONCURRENT_KINDS,
@@ -330,7 +330,10 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
     # runs them, and the state starts every cell as pending, dropping the old not-run reason.
     state = StudyState(out, cells)
     slots = cfg.finetune.concurrent if cfg.devices == 1 and kinds is CELL_KINDS else 1
-    progress = Progress(cells, stream or sys.stderr, kind_weights(kinds), slots=slots)
+    budgets = {c.id: b for c in runnable(cells)
+               if (k := kinds.get(c.kind)) is not None and k.budget_seconds is not None
+               and (b := k.budget_seconds(cfg)) is not None}
+    progress = Progress(cells, stream or sys.stderr, kind_weights(kinds), slots=slots, budgets=budgets)
     for key in added:
         progress.message(f"added to {out / CONFIG_FILE}: {key} (its cells run now)")
     result = StudyResult()

@@ -166,6 +166,15 @@ def check_segment_train(cfg: StudyConfig) -> None:
     segment_train_config(cfg, _WORK)
 
 
+def segment_train_budget(cfg: StudyConfig) -> float | None:
+    """Seconds the segmentation training will take when its preset gives it a wall-clock budget
+    (the ``cpu`` preset: 28 minutes per model, ``folds`` models), else None (an epoch cap: its
+    time depends on the machine). For the study's ETA."""
+    seg = segment_train_config(cfg, _WORK)
+    budget = seg.optim.time_budget_s
+    return None if budget is None else float(budget) * max(1, int(seg.folds))
+
+
 def check_segment_predict(cfg: StudyConfig) -> None:
     """Unknown ``segment.predict_options`` fail."""
     segment_predict_config(cfg, _WORK)
