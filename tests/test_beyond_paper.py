@@ -229,9 +229,8 @@ def test_concurrent_group_takes_every_ready_cell_heaviest_first() -> None:
     cells = expand_grid(beyond_config())
     first = next(i for i, c in enumerate(cells) if c.kind == "finetune")
     done = {c.id for c in cells[:first] if c.not_run_reason is None}
-    blocked = {c.id: "not run" for c in cells if c.not_run_reason}
     finished = {"finetune/smallcnn__none__full"}
-    group = concurrent_group(cells, done, blocked, set(), kind_weights(), lambda c: c.id in finished)
+    group = concurrent_group(cells, done, set(), kind_weights(), lambda c: c.id in finished)
     ids = [c.id for c in group]
     assert ids == [
         "finetune/smallcnn__none__segmented",
@@ -239,5 +238,5 @@ def test_concurrent_group_takes_every_ready_cell_heaviest_first() -> None:
         "finetune/smallcnn__simclr-segmented__full", "finetune/smallcnn__simclr-segmented__segmented",
         "beyond/strong", "beyond/weak", "baseline/clinical", "baseline/hybrid"]
     # Cells already handled by an earlier group are not taken again.
-    assert concurrent_group(cells, done, blocked, set(ids), kind_weights(), lambda c: False) == [
+    assert concurrent_group(cells, done, set(ids), kind_weights(), lambda c: False) == [
         c for c in cells if c.id == "finetune/smallcnn__none__full"]

@@ -230,16 +230,15 @@ def _run_in_own_process(ctx: StudyContext, cell: Cell, log_path: Path) -> dict[s
     return read_json(summary_path) if summary_path.is_file() else {}
 
 
-def concurrent_group(cells: list[Cell], done: set[str], blocked: Mapping[str, str], handled: set[str],
-                     weights: Mapping[str, float], finished: Callable[[Cell], bool]) -> list[Cell]:
+def concurrent_group(cells: list[Cell], done: set[str], handled: set[str], weights: Mapping[str, float],
+                     finished: Callable[[Cell], bool]) -> list[Cell]:
     """The cells of :data:`CONCURRENT_KINDS` that can run now: runnable, not yet run or handled,
-    every dependency ``done`` (not merely listed earlier: a beyond-paper cell's own SimCLR
-    pretraining comes after the fine-tuning cells) and not ``finished`` already. Ordered by the
-    kinds' expected cost (``weights``), heaviest first, so that the cheap cells fill the slots
-    at the end instead of one long cell running alone on one core."""
+    every dependency ``done`` (so none failed or not run; and not merely listed earlier: a
+    beyond-paper cell's own SimCLR pretraining comes after the fine-tuning cells) and not
+    ``finished`` already. Ordered by the kinds' expected cost (``weights``), heaviest first, so
+    that the cheap cells fill the slots at the end instead of one long cell running alone."""
     group = [c for c in cells if c.kind in CONCURRENT_KINDS and c.id not in handled
-             and c.not_run_reason is None and not any(d in blocked for d in c.deps)
-             and all(d in done for d in c.deps) and not finished(c)]
+             and c.not_run_reason is None and all(d in done for d in c.deps) and not finished(c)]
     return sorted(group, key=lambda c: -weights.get(c.kind, 1.0))
 
 
@@ -329,11 +328,14 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
     # added since) need nothing special: they have no completion marker, so the loop below
     # runs them, and the state starts every cell as pending, dropping the old not-run reason.
     state = StudyState(out, cells)
+    # Processes for the cells that run side by side: only with the real registry (the cell
+    # processes load it; a caller's own registry, such as the tests' fakes, runs in-process).
     slots = cfg.finetune.concurrent if cfg.devices == 1 and kinds is CELL_KINDS else 1
+    weights = kind_weights(kinds)
     budgets = {c.id: b for c in runnable(cells)
                if (k := kinds.get(c.kind)) is not None and k.budget_seconds is not None
                and (b := k.budget_seconds(cfg)) is not None}
-    progress = Progress(cells, stream or sys.stderr, kind_weights(kinds), slots=slots, budgets=budgets)
+    progress = Progress(cells, stream or sys.stderr, weights, slots=slots, budgets=budgets)
     for key in added:
         progress.message(f"added to {out / CONFIG_FILE}: {key} (its cells run now)")
     result = StudyResult()
@@ -367,15 +369,13 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
             progress.skip(cell, seconds)
             continue
         kind = cell_kind(kinds, cell.kind)
-        if (cell.kind == "finetune" and cfg.finetune.concurrent > 1 and cfg.devices == 1
-                and kinds is CELL_KINDS):
-            # Every cell that can run now as one group of processes (``python -m
-            # cardioclr.study.cell``, which uses the real registry: a caller's own registry, such
-            # as the tests' fakes, runs in this process instead).
-            group = concurrent_group(cells, set(result.done), blocked, handled, kind_weights(kinds),
+        if cell.kind == "finetune" and slots > 1:
+            # Every cell that can run now as one group of ``python -m cardioclr.study.cell``
+            # processes.
+            group = concurrent_group(cells, set(result.done), handled, weights,
                                      lambda c: cell_finished(ctx, c, kinds))
             handled.update(c.id for c in group)
-            _run_concurrently(ctx, group, cfg.finetune.concurrent, state, progress, result, blocked)
+            _run_concurrently(ctx, group, slots, state, progress, result, blocked)
             continue
         progress.start(cell)
         state.set(cell.id, "running")
