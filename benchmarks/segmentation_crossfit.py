@@ -11,9 +11,15 @@ signed-rank p-value, and how many patients each design wins.
 The test patients' scores of each run (the K-model ensemble, ``segment evaluate``) are printed
 too, marked as not used for the choice.
 
+``--grid store`` (default) scores on the store grid, where both runs must live (same
+``prepare`` spacing and size). ``--grid source`` scores on each patient's source image grid
+against the dataset's own expert label files (as the ACDC challenge scores): the predicted labels
+mapped back as ``segment predict`` writes its NIfTI output. Use it to compare designs prepared
+on different grids (e.g. ``prepare --spacing 1.25`` against 1.5 mm).
+
 Usage::
 
-    python benchmarks/segmentation_crossfit.py --work A [--against B] [--bootstrap 10000]
+    python benchmarks/segmentation_crossfit.py --work A [--against B] [--grid source] [--bootstrap 10000]
 
 Last line: one JSON object (keys in benchmarks/README.md).
 """
@@ -31,11 +37,35 @@ from typing import Any
 import numpy as np
 
 
-def out_of_fold_metrics(work: Path) -> Any:
+def source_grid_pair(work: Path, pid: str, cases: dict[str, Any]
+                     ) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Predicted and expert labels of ``pid`` on its source grid ({phase: (z, H, W) uint8}) and
+    the source voxel spacing (z, y, x) mm. The expert labels are read from the dataset's files
+    (``cases``: patient_id -> :class:`cardioclr.data.cases.Case`), not from the store."""
+    from cardioclr.data.masks import load_labels
+    from cardioclr.data.store import SliceStore, to_source_grid
+    from cardioclr.io.volume import read_label_volume
+    from cardioclr.segment.evaluate import PHASES
+
+    ps = SliceStore(work).load(pid)
+    case = cases[pid]
+    pred, ref = {}, {}
+    for phase, labels, path in zip(PHASES, load_labels(work, pid, "predicted"), (case.ed_mask, case.es_mask),
+                                   strict=True):
+        if path is None:
+            raise SystemExit(f"{case.source}: no expert {phase} label file to score on the source grid")
+        pred[phase] = to_source_grid(labels, ps.geometry)
+        ref[phase] = read_label_volume(path).array
+    return pred, ref, ps.geometry.source_spacing_zyx
+
+
+def out_of_fold_metrics(work: Path, grid: str = "store") -> Any:
     """DataFrame (index patient_id) of Dice / HD95 per phase and structure of ``work``'s
-    out-of-fold patients, with ``mean_dice`` (mean of the 6 Dice) and ``mean_hd95``."""
+    out-of-fold patients, with ``mean_dice`` (mean of the 6 Dice) and ``mean_hd95``; on the store
+    grid, or (``grid="source"``) on each patient's source grid against the dataset's files."""
     import pandas as pd
 
+    from cardioclr.data.discover import discover_cases
     from cardioclr.data.masks import load_labels
     from cardioclr.data.store import SliceStore
     from cardioclr.segment.crossfit import MASK_SOURCES_FILE
@@ -47,11 +77,19 @@ def out_of_fold_metrics(work: Path) -> Any:
                          f"`cardioclr segment predict {work}` first")
     sources = pd.read_csv(path, dtype=str).set_index("patient_id")["source"]
     store = SliceStore(work)
+    cases: dict[str, Any] = {}
+    if grid == "source":
+        dataset = json.loads((work / "dataset.json").read_text())["source"]
+        cases = {c.patient_id: c for c in discover_cases(dataset)[0]}
     rows = []
     for pid in sorted(sources.index[sources == "out_of_fold"]):
-        pred = dict(zip(PHASES, load_labels(work, pid, "predicted"), strict=True))
-        ref = dict(zip(PHASES, load_labels(work, pid, "expert"), strict=True))
-        rows.append({"patient_id": pid, **patient_metrics(pred, ref, store.load(pid).spacing_zyx)})
+        if grid == "source":
+            pred, ref, spacing = source_grid_pair(work, pid, cases)
+        else:
+            pred = dict(zip(PHASES, load_labels(work, pid, "predicted"), strict=True))
+            ref = dict(zip(PHASES, load_labels(work, pid, "expert"), strict=True))
+            spacing = store.load(pid).spacing_zyx
+        rows.append({"patient_id": pid, **patient_metrics(pred, ref, spacing)})
     table = pd.DataFrame(rows).set_index("patient_id")
     table["mean_dice"] = table[[c for c in table.columns if c.startswith("dice_")]].mean(axis=1)
     table["mean_hd95"] = table[[c for c in table.columns if c.startswith("hd95_")]].mean(axis=1)
@@ -73,7 +111,7 @@ def fold_training(work: Path) -> list[dict[str, Any]]:
     return out
 
 
-def summary(work: Path, table: Any) -> dict[str, Any]:
+def summary(work: Path, table: Any, grid: str = "store") -> dict[str, Any]:
     """The design's out-of-fold scores, its fold trainings and (not for choosing) its test scores."""
     from cardioclr.segment.evaluate import metrics_path
 
@@ -85,7 +123,8 @@ def summary(work: Path, table: Any) -> dict[str, Any]:
         m = json.loads(mp.read_text())
         test = {"mean_dice": m.get("mean_dice"), "dice": m.get("dice"), "mean_hd95": m.get("mean_hd95"),
                 "n_test": m.get("n_test")}
-    return {"work": str(work), "n_out_of_fold": len(table),
+    spacing = json.loads((work / "dataset.json").read_text()).get("spacing_mm")
+    return {"work": str(work), "grid": grid, "store_spacing_mm": spacing, "n_out_of_fold": len(table),
             "out_of_fold_mean_dice": round(float(table["mean_dice"].mean()), 4),
             "out_of_fold_mean_dice_sd": round(float(table["mean_dice"].std()), 4),
             "out_of_fold_dice": dice,
@@ -116,18 +155,21 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, help="cross-fitted work directory (design A)")
     ap.add_argument("--against", default=None, help="another one on the same store and split (design B)")
+    ap.add_argument("--grid", choices=("store", "source"), default="store",
+                    help="score on the store grid (both runs prepared alike) or on each patient's "
+                    "source grid against the dataset's expert files")
     ap.add_argument("--bootstrap", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     load_before = os.getloadavg()[0]
     a_work = Path(args.work)
-    a = out_of_fold_metrics(a_work)
-    result: dict[str, Any] = {"a": summary(a_work, a)}
+    a = out_of_fold_metrics(a_work, args.grid)
+    result: dict[str, Any] = {"a": summary(a_work, a, args.grid)}
     if args.against:
         b_work = Path(args.against)
-        b = out_of_fold_metrics(b_work)
-        result["b"] = summary(b_work, b)
+        b = out_of_fold_metrics(b_work, args.grid)
+        result["b"] = summary(b_work, b, args.grid)
         result["a_minus_b"] = paired(a, b, args.bootstrap, args.seed)
     result.update({"seconds": round(time.perf_counter() - t0, 1), "load_before": round(load_before, 2),
                    "load_after": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count()})
