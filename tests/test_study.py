@@ -20,7 +20,7 @@ from cardioclr.study.config import (
     save_config,
 )
 from cardioclr.study.grid import Cell, expand_grid, runnable
-from cardioclr.study.kinds import CELL_KINDS, CellKind
+from cardioclr.study.kinds import CELL_KINDS, CellKind, kind_weights
 from cardioclr.study.progress import estimate_remaining, format_seconds
 from cardioclr.study.runner import MARKER, StudyContext, run_study
 from cardioclr.study.stages import apply_options
@@ -234,6 +234,29 @@ def test_eta_takes_a_budgeted_cell_at_its_budget_not_as_the_machine_speed() -> N
     after = estimate_remaining([ft], {"prepare": [6.0], "segment-train": [1673.0]}, [prep, seg],
                                [6.0, 1673.0], budgets=budgets)
     assert after == pytest.approx(40.0)  # without the budget: (6 + 1673) / 3.3 * 2 = 1018 s
+
+
+def test_eta_uses_the_real_cpu_presets_measured_weights() -> None:
+    """Replay of the real-cpu study of the 100 ACDC patients (2026-12-03): after both SimCLR
+    pretrainings the 9 cells left (6 fine-tuning, roi, clinical, hybrid; two at a time) took
+    710 s. The demo's weights (SimCLR 3, a baseline 0.3) gave 262 s; the preset's own 640-780 s."""
+    done = {"prepare": 5.5, "segment-train": 1673.0, "segment-predict": 82.0, "segment-evaluate": 10.0,
+            "pretrain": 77.0}
+    finished = [Cell(k, k, k) for k in done] + [Cell("pretrain2", "pretrain", "pretrain2")]
+    seconds = [*done.values(), 77.0]
+    durations = {c.kind: [t] for c, t in zip(finished, seconds, strict=True)}
+    durations["pretrain"] = [77.0, 77.0]
+    left = ([Cell(f"f{i}", "finetune", f"f{i}") for i in range(6)]
+            + [Cell("roi", "beyond", "roi"), Cell("c", "baseline", "c"), Cell("h", "hybrid", "h")])
+    budgets = {"segment-train": 1680.0}
+
+    def eta(preset: str) -> float | None:
+        return estimate_remaining(left, durations, finished, seconds, kind_weights(preset=preset), slots=2,
+                                  budgets=budgets)
+
+    assert eta("demo") == pytest.approx(262.0, abs=5.0)
+    assert 640.0 < (eta("real-cpu") or 0.0) < 780.0
+    assert kind_weights(preset="no-such-preset") == kind_weights()
 
 
 # ------------------------------------------------------------------------------ runner

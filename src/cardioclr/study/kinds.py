@@ -90,6 +90,21 @@ def check_options(cfg: StudyConfig, kinds: Mapping[str, CellKind] = CELL_KINDS) 
             kind.check_options(cfg)
 
 
-def kind_weights(kinds: Mapping[str, CellKind] = CELL_KINDS) -> dict[str, float]:
-    """Kind name -> prior cost weight (for the ETA)."""
-    return {name: k.weight for name, k in kinds.items()}
+#: Prior weights of presets whose kinds cost other ratios than the demo's (``CellKind.weight``),
+#: in the same units (a fine-tuning cell weighs 2.0). ``real-cpu``: each kind's mean seconds per
+#: cell in the study of the 100 ACDC patients on 2 cores (2026-12-03, commit 413828a;
+#: benchmarks/results/study_speed_real_cpu.json) / 73 s: SimCLR 77 s, fine-tuning 146 s (two
+#: at a time), roi 141 s, clinical 135 s, hybrid 171 s, segment-predict 82 s. With the demo's
+#: weights the ETA after both SimCLR pretrainings said 4.4 minutes for 11.8 (SimCLR weighs 3 and
+#: a baseline 0.3 there: on the demo's 64 px synthetic cohort a baseline takes seconds).
+PRESET_WEIGHTS: dict[str, dict[str, float]] = {
+    "real-cpu": {"prepare": 0.08, "segment-predict": 1.1, "segment-evaluate": 0.13, "pretrain": 1.05,
+                 "finetune": 2.0, "beyond": 1.9, "baseline": 1.85, "hybrid": 2.3},
+}
+
+
+def kind_weights(kinds: Mapping[str, CellKind] = CELL_KINDS, preset: str | None = None) -> dict[str, float]:
+    """Kind name -> prior cost weight (for the ETA): the registry's, or the ``preset``'s measured
+    one (:data:`PRESET_WEIGHTS`) where it has one."""
+    measured = PRESET_WEIGHTS.get(preset or "", {})
+    return {name: measured.get(name, k.weight) for name, k in kinds.items()}

@@ -2,7 +2,8 @@
 
 The ETA weights remaining cells by kind: a kind with finished cells is estimated by their mean
 duration (this run's, or a previous run's recorded in the state); a kind with none yet by its
-prior weight (``weight`` of :data:`cardioclr.study.kinds.CELL_KINDS`) times the seconds per unit of weight
+prior weight (``weight`` of :data:`cardioclr.study.kinds.CELL_KINDS`, or the preset's measured
+one, :data:`~cardioclr.study.kinds.PRESET_WEIGHTS`) times the seconds per unit of weight
 observed so far. Cells of the kinds that run side by side (``finetune.concurrent`` processes at
 a time; :data:`~cardioclr.study.kinds.CONCURRENT_KINDS`) count for their summed estimate divided
 by the number of processes. A cell whose duration its configuration fixes (a wall-clock

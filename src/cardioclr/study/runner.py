@@ -331,7 +331,7 @@ def run_study(cfg: StudyConfig, out: str | os.PathLike[str],
     # Processes for the cells that run side by side: only with the real registry (the cell
     # processes load it; a caller's own registry, such as the tests' fakes, runs in-process).
     slots = cfg.finetune.concurrent if cfg.devices == 1 and kinds is CELL_KINDS else 1
-    weights = kind_weights(kinds)
+    weights = kind_weights(kinds, cfg.preset)
     budgets = {c.id: b for c in runnable(cells)
                if (k := kinds.get(c.kind)) is not None and k.budget_seconds is not None
                and (b := k.budget_seconds(cfg)) is not None}
