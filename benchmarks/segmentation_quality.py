@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cv", type=int, default=None, metavar="K",
                     help="K-fold cross-validation over all patients instead of the 70/30 split")
     ap.add_argument("--overwrite", action="store_true", help="retrain even if a finished model exists")
+    ap.add_argument("--spacing", type=float, default=None, metavar="MM",
+                    help="store grid pixel size when this script prepares WORK (default: prepare's)")
+    ap.add_argument("--size", type=int, default=None, metavar="PX",
+                    help="store grid side when this script prepares WORK (default: prepare's)")
     args = ap.parse_args(argv)
     data = Path(args.data) if args.data else REPO / ".." / "shared" / "data" / "acdc"
     if not data.is_absolute() and args.data:
@@ -182,14 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if not (work / "dataset.json").is_file():
         print(f"preparing {data} -> {work}", flush=True)
-        prepare(PrepareConfig(data=str(data), out=str(work), workers=default_workers()))
+        grid = {k: v for k, v in (("spacing_mm", args.spacing), ("image_size", args.size)) if v is not None}
+        prepare(PrepareConfig(data=str(data), out=str(work), workers=default_workers(), **grid))
     prep_s = time.perf_counter() - t0
+    dataset = json.loads((work / "dataset.json").read_text())
     if args.cv is not None:
         result: dict[str, Any] = {"preset": args.preset, **_cross_validate(work, args.cv, args)}
     else:
         result = {"preset": args.preset, **_train_predict_evaluate(work, args)}
     result.update({
         "prepare_seconds": round(prep_s, 1),
+        "store_spacing_mm": dataset.get("spacing_mm"),
+        "store_size": dataset.get("image_size"),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "cpu_count": os.cpu_count(),
         "load_before": round(load_before, 2),
