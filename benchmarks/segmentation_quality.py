@@ -163,9 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="K-fold cross-validation over all patients instead of the 70/30 split")
     ap.add_argument("--overwrite", action="store_true", help="retrain even if a finished model exists")
     ap.add_argument("--spacing", type=float, default=None, metavar="MM",
-                    help="store grid pixel size when this script prepares WORK (default: prepare's)")
+                    help="store grid pixel size when this script prepares WORK (default: the cpu preset's "
+                    "1.25 mm, segment/grid.py; prepare's 1.5 mm for gpu)")
     ap.add_argument("--size", type=int, default=None, metavar="PX",
-                    help="store grid side when this script prepares WORK (default: prepare's)")
+                    help="store grid side when this script prepares WORK (default: the cpu preset's 224, "
+                    "prepare's 192 for gpu)")
     args = ap.parse_args(argv)
     data = Path(args.data) if args.data else REPO / ".." / "shared" / "data" / "acdc"
     if not data.is_absolute() and args.data:
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     from cardioclr.data.prepare import PrepareConfig, default_workers, prepare
+    from cardioclr.segment.grid import CPU_GRID
 
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -186,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if not (work / "dataset.json").is_file():
         print(f"preparing {data} -> {work}", flush=True)
-        grid = {k: v for k, v in (("spacing_mm", args.spacing), ("image_size", args.size)) if v is not None}
+        # The cpu preset's own grid unless told otherwise (segment/grid.py); the gpu preset's is
+        # prepare's default.
+        grid: dict[str, Any] = ({"spacing_mm": CPU_GRID.spacing_mm, "image_size": CPU_GRID.image_size}
+                                if args.preset == "cpu" else {})
+        given = (("spacing_mm", args.spacing), ("image_size", args.size))
+        grid.update({k: v for k, v in given if v is not None})
         prepare(PrepareConfig(data=str(data), out=str(work), workers=default_workers(), **grid))
     prep_s = time.perf_counter() - t0
     dataset = json.loads((work / "dataset.json").read_text())

@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 
+from cardioclr.segment.grid import CPU_GRID
 from cardioclr.study import cli as study_cli
 from cardioclr.study.config import PRESETS, config_to_yaml, default_preset, load_config
 from cardioclr.study.kinds import check_options
@@ -39,7 +40,9 @@ def test_the_written_out_presets_are_the_presets(name):
 
 def test_real_cpu_preset_segments_at_the_benchmarked_cpu_quality(tmp_path):
     cfg = load_config("real-cpu")
-    assert (cfg.prepare.image_size, cfg.prepare.spacing_mm) == (192, 1.5)  # the cpu preset's grid
+    # The grid the cpu preset was chosen on (segment/grid.py), not prepare's 1.5 mm default.
+    assert (cfg.prepare.image_size, cfg.prepare.spacing_mm) == (CPU_GRID.image_size, CPU_GRID.spacing_mm)
+    assert (CPU_GRID.image_size, CPU_GRID.spacing_mm) == (224, 1.25)
     seg = segment_train_config(cfg, tmp_path)
     assert seg.network.norm == "instance" and seg.optim.time_budget_s == 28 * 60
     assert load_config("paper").segment.preset == "gpu"

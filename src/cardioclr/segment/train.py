@@ -37,6 +37,7 @@ from cardioclr.segment.crossfit import (
     write_assignment,
 )
 from cardioclr.segment.datamodule import SegDataModule, select_patients
+from cardioclr.segment.grid import CPU_GRID
 from cardioclr.segment.model import (
     NetworkConfig,
     OptimConfig,
@@ -331,6 +332,10 @@ def train(cfg: SegTrainConfig, overwrite: bool = False) -> dict[str, Any]:
     if overwrite and out.exists():
         shutil.rmtree(out)
     store = SliceStore(cfg.work)
+    if cfg.preset == "cpu" and abs(store.spacing_mm - CPU_GRID.spacing_mm) > 1e-6:
+        log.info("note: the cpu preset was chosen on a %g mm store grid and this store is %g mm; for "
+                 "its measured quality prepare with --spacing %g --size %d (segment/grid.py)",
+                 CPU_GRID.spacing_mm, store.spacing_mm, CPU_GRID.spacing_mm, CPU_GRID.image_size)
     div = size_divisor(cfg.network)
     if cfg.crop % div:
         raise CardioclrError(f"crop {cfg.crop} must be a multiple of {div} for {len(cfg.network.channels)} "

@@ -36,6 +36,7 @@ from cardioclr.choices import INITS, INPUT_MODES, MASK_SOURCES, PAPER_INITS
 from cardioclr.errors import CardioclrError
 from cardioclr.provenance import to_plain
 from cardioclr.run_identity import differences
+from cardioclr.segment.grid import CPU_GRID
 
 
 @dataclass(frozen=True)
@@ -294,12 +295,13 @@ _PAPER: dict[str, Any] = {
 
 # Real data on a CPU (a laptop or workstation without a GPU): the default of `cardioclr study
 # --data DIR` there. Segmentation at the quality its benchmark measures (the segment stage's
-# ``cpu`` preset on its own 192 px / 1.5 mm store grid: 28-minute budget, residual U-Net,
-# localise-then-segment; benchmarks/segmentation_quality.py), then the demo's small
-# classification grid at 64 px (smallcnn), meant to fit in the rest of an hour on 2 cores.
-# Measured (benchmarks/study_speed.py --data, benchmarks/README.md): 44 min on a 2-core Zen 4
-# VM with bf16 (2026-12-03: segmentation training 28 min + prediction 1.4 min, both SimCLR
-# pretrainings 2.6 min, the fine-tuning pool 12 min); ~78 min on a 2x slower VM without bf16.
+# ``cpu`` preset on the store grid it was chosen on, 224 px / 1.25 mm (segment/grid.py):
+# 28-minute budget, residual U-Net, localise-then-segment; benchmarks/segmentation_quality.py),
+# then the demo's small classification grid at 64 px (smallcnn), meant to fit in the rest of an
+# hour on 2 cores. Measured (benchmarks/study_speed.py --data, benchmarks/README.md), on the
+# 1.5 mm / 192 px grid used before: 44 min on a 2-core Zen 4 VM with bf16 (2026-12-03:
+# segmentation training 28 min + prediction 1.4 min, both SimCLR pretrainings 2.6 min, the
+# fine-tuning pool 12 min); ~78 min on a 2x slower VM without bf16.
 # One segmentation model, not cross-fitted: K fold models would cost K x 28 minutes on a CPU
 # (set segment.options.folds: 5 to have them; the report then says masks are out-of-fold).
 _REAL_CPU: dict[str, Any] = {
@@ -307,7 +309,8 @@ _REAL_CPU: dict[str, Any] = {
     "encoders": ["smallcnn"],
     "accelerator": "cpu",
     "threads": None,
-    "prepare": {"image_size": 192, "spacing_mm": 1.5, "n_folds": 5, "workers": 2},
+    "prepare": {"image_size": CPU_GRID.image_size, "spacing_mm": CPU_GRID.spacing_mm, "n_folds": 5,
+                "workers": 2},
     "segment": {"preset": "cpu", "options": {}, "predict_options": {}},
     "pretrain": {"options": {"batch_size": 64, "lr": 1e-3, "max_epochs": 15, "patience": 5,
                              "image_size": 64, "use_cine": False}},
