@@ -42,8 +42,12 @@ QC_COLUMNS = ("patient_id", "phase", "flag", "detail")
 #: model), Youden's J for "mean Dice < 0.85" (12 of 70) chose 0.0515 (sensitivity 0.92,
 #: specificity 0.88; Spearman r with Dice -0.71), rounded to 0.05; a second cross-fit (compiled
 #: fold models, 2026-12-02) chose 0.0529 (J 0.68). The value set before any measurement, 0.10,
-#: flagged no test patient of the CPU preset.
-DISAGREEMENT_FLAG = 0.05
+#: flagged no test patient of the CPU preset. The disagreement depends on the grid (fewer
+#: boundary pixels disagree, relatively, on a finer one): on the cpu preset's 1.25 mm grid
+#: (segment/grid.py) the out-of-fold masks of a 5-fold cross-fit (2026-12-06) chose 0.0390 (J
+#: 0.84, sensitivity 1.00 for the 7 of 70 below 0.85, specificity 0.84; Spearman -0.73), hence
+#: 0.04.
+DISAGREEMENT_FLAG = 0.04
 #: ``WORK/segmentation/quality.csv``: one row per segmented patient (window: "y0,x0,size" or "";
 #: basal_es_rv_slices: ES slices whose RV the basal rule removed).
 QUALITY_FILE = "quality.csv"
