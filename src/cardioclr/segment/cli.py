@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                       "checkpoints/last.ckpt; a finished training (done.json) is skipped.")
     t.add_argument("work", help="prepared work directory")
     t.add_argument("--preset", choices=PRESET_NAMES, default="cpu",
-                   help="cpu: residual U-Net with instance norm, 28-minute budget on 2 cores (default); "
+                   help="cpu: residual U-Net with instance norm, 28-minute budget on 2 cores (default; "
+                   "chosen on a store prepared with --spacing 1.25 --size 224); "
                    "gpu: nnU-Net-like DynUNet with deep supervision, 9-minute budget on one GPU")
     t.add_argument("--folds", type=int, default=None, metavar="K",
                    help="cross-fitting: train K models, each without one fold of the train split, "
