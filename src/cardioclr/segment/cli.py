@@ -10,6 +10,7 @@ from cardioclr.choices import INFERENCE_PRECISIONS, PRECISIONS
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
 from cardioclr.segment.evaluate import evaluate, format_summary
+from cardioclr.segment.grid import CPU_GRID
 
 # The names of :data:`cardioclr.segment.train.PRESETS`, spelled out so that building the
 # command-line parser does not import torch and Lightning (seconds for every command, even synth).
@@ -52,7 +53,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.add_argument("work", help="prepared work directory")
     t.add_argument("--preset", choices=PRESET_NAMES, default="cpu",
                    help="cpu: residual U-Net with instance norm, 28-minute budget on 2 cores (default; "
-                   "chosen on a store prepared with --spacing 1.25 --size 224); "
+                   f"chosen on a store prepared with --spacing {CPU_GRID.spacing_mm:g} --size "
+                   f"{CPU_GRID.image_size}); "
                    "gpu: nnU-Net-like DynUNet with deep supervision, 9-minute budget on one GPU")
     t.add_argument("--folds", type=int, default=None, metavar="K",
                    help="cross-fitting: train K models, each without one fold of the train split, "
