@@ -300,7 +300,7 @@ _PAPER: dict[str, Any] = {
 # then the demo's small classification grid at 64 px (smallcnn), meant to fit in the rest of an
 # hour on 2 cores. Measured (benchmarks/study_speed.py --data, benchmarks/README.md): 42 min
 # on a 2-core Zen 4 VM with bf16 (2026-12-06: segmentation training 28 min + prediction 1.3 min,
-# both SimCLR pretrainings 2.6 min, the fine-tuning pool ~11 min; 44 min on the 1.5 mm grid);
+# both SimCLR pretrainings 2.6 min, the fine-tuning pool 9.6 min; 44 min on the 1.5 mm grid);
 # ~78 min on a 2x slower VM without bf16.
 # One segmentation model, not cross-fitted: K fold models would cost K x 28 minutes on a CPU
 # (set segment.options.folds: 5 to have them; the report then says masks are out-of-fold).

@@ -93,7 +93,7 @@ def check_options(cfg: StudyConfig, kinds: Mapping[str, CellKind] = CELL_KINDS) 
 #: Prior weights of presets whose kinds cost other ratios than the demo's (``CellKind.weight``),
 #: in the same units (a fine-tuning cell weighs 2.0). ``real-cpu``: each kind's mean seconds per
 #: cell in the study of the 100 ACDC patients on 2 cores (2026-12-03, commit 413828a;
-#: benchmarks/results/study_speed_real_cpu.json) / 73 s: SimCLR 77 s, fine-tuning 146 s (two
+#: benchmarks/results/study_speed_real_cpu_grid150.json) / 73 s: SimCLR 77 s, fine-tuning 146 s (two
 #: at a time), roi 141 s, clinical 135 s, hybrid 171 s, segment-predict 82 s. With the demo's
 #: weights the ETA after both SimCLR pretrainings said 4.4 minutes for 11.8 (SimCLR weighs 3 and
 #: a baseline 0.3 there: on the demo's 64 px synthetic cohort a baseline takes seconds).
