@@ -37,17 +37,18 @@ from typing import Any
 import numpy as np
 
 
-def source_grid_pair(work: Path, pid: str, cases: dict[str, Any]
+def source_grid_pair(work: Path, store: Any, pid: str, cases: dict[str, Any]
                      ) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """Predicted and expert labels of ``pid`` on its source grid ({phase: (z, H, W) uint8}) and
     the source voxel spacing (z, y, x) mm. The expert labels are read from the dataset's files
-    (``cases``: patient_id -> :class:`cardioclr.data.cases.Case`), not from the store."""
+    (``cases``: patient_id -> :class:`cardioclr.data.cases.Case`), not from the store
+    (``store``: ``work``'s :class:`cardioclr.data.store.SliceStore`, for the patient's geometry)."""
     from cardioclr.data.masks import load_labels
-    from cardioclr.data.store import SliceStore, to_source_grid
+    from cardioclr.data.store import to_source_grid
     from cardioclr.io.volume import read_label_volume
     from cardioclr.segment.evaluate import PHASES
 
-    ps = SliceStore(work).load(pid)
+    ps = store.load(pid)
     case = cases[pid]
     pred, ref = {}, {}
     for phase, labels, path in zip(PHASES, load_labels(work, pid, "predicted"), (case.ed_mask, case.es_mask),
@@ -84,7 +85,7 @@ def out_of_fold_metrics(work: Path, grid: str = "store") -> Any:
     rows = []
     for pid in sorted(sources.index[sources == "out_of_fold"]):
         if grid == "source":
-            pred, ref, spacing = source_grid_pair(work, pid, cases)
+            pred, ref, spacing = source_grid_pair(work, store, pid, cases)
         else:
             pred = dict(zip(PHASES, load_labels(work, pid, "predicted"), strict=True))
             ref = dict(zip(PHASES, load_labels(work, pid, "expert"), strict=True))

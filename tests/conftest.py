@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import nibabel as nib
 import numpy as np
@@ -31,6 +33,16 @@ _GROUP_SHAPE = {
     "MINF": (28.0, 7.0, 20.0, 0.85),
     "RV": (24.0, 8.0, 32.0, 0.72),
 }
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (the scripts are not a package), for testing its
+    functions without running it."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _disk(shape_yx: tuple[int, int], centre_yx: tuple[float, float], radius_px: float) -> np.ndarray:

@@ -3,7 +3,6 @@ training; the benchmark itself runs on the real data)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -12,20 +11,16 @@ import pandas as pd
 import pytest
 
 from cardioclr.evaluate.metrics import classification_metrics, prob_columns
+from conftest import load_benchmark
 from test_report_fakes import CLASSES, fake_predictions
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "classification_quality.py"
 Y = np.arange(40) % len(CLASSES)
 IDS = [f"p{i:02d}" for i in range(len(Y))]
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("classification_quality", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("classification_quality")
 
 
 def _frame(proba: np.ndarray, **extra: object) -> pd.DataFrame:

@@ -4,7 +4,6 @@ cohort (no training; the benchmark itself runs on real cross-fits)."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 from types import ModuleType
@@ -16,17 +15,12 @@ import pytest
 from cardioclr.data.masks import load_labels, predicted_mask_path
 from cardioclr.data.store import SliceStore
 from cardioclr.segment.crossfit import MASK_SOURCES_FILE
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "segmentation_crossfit.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("segmentation_crossfit", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("segmentation_crossfit")
 
 
 def _fake_crossfit(tiny_work: Path, tmp_path: Path, shift_px: int = 0) -> Path:
@@ -66,4 +60,4 @@ def test_source_grid_names_a_missing_label_file(bench: ModuleType, tiny_work: Pa
     pid = sorted(SliceStore(work).splits.train)[0]
     cases = {pid: type("Case", (), {"ed_mask": None, "es_mask": None, "source": f"/data/{pid}"})()}
     with pytest.raises(SystemExit, match=f"/data/{pid}: no expert ED label file"):
-        bench.source_grid_pair(work, pid, cases)
+        bench.source_grid_pair(work, SliceStore(work), pid, cases)
