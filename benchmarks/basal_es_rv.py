@@ -2,23 +2,27 @@
 
 :func:`cardioclr.segment.postprocess.trim_basal_es_rv` drops the RV from leading basal ES
 slices where the ventricle has left the slice (ES RV area < ``area_ratio`` x ED RV area on that
-slice, and myocardium area < ``myo_ratio`` x the next slice's). This script scores the rule on
-the train patients whose masks are ``out_of_fold`` in a cross-fit (``segment train W --folds
-K``; ``segment predict W --keep-basal-es-rv``, so the masks are the network's without the rule):
+slice, and either myocardium area < ``myo_ratio`` x the next slice's or RV area < ``next_ratio``
+x the next slice's). This script scores the rule on the train patients whose masks are
+``out_of_fold`` in a cross-fit (``segment train W --folds K``; ``segment predict W
+--keep-basal-es-rv``, so the masks are the network's without the rule); several ``--work``
+cross-fits of the same patients (e.g. two seeds) are pooled, each patient once per cross-fit:
 
-* every (area_ratio, myo_ratio) of a grid: mean ES RV Dice, patients better / worse, worst loss;
+* every (area_ratio, myo_ratio, next_ratio) of a grid: mean ES RV Dice, patients better /
+  worse, worst loss;
 * the constants in ``postprocess.py``: ES RV Dice, mean Dice of the six structures, RV
   end-systolic volume error and RV ejection fraction bias against the expert masks, before and
   after, with a paired bootstrap 95% CI of the per-patient ES RV Dice change;
 * nested cross-validation of the choice itself (pick the grid's best mean on 4/5 of the
-  patients, score it on the other 1/5; 5 folds x ``--repeats``), an estimate of what choosing
-  by this grid gains on patients the choice did not see.
+  patients, score it on the other 1/5; 5 folds x ``--repeats``; a patient's masks from every
+  cross-fit fall in one fold), an estimate of what choosing by this grid gains on patients the
+  choice did not see.
 
 No test patient is read.
 
 Usage::
 
-    python benchmarks/basal_es_rv.py --work W [--repeats 3] [--bootstrap 10000]
+    python benchmarks/basal_es_rv.py --work W [W2 ...] [--repeats 3] [--bootstrap 10000]
 
 Last line: one JSON object (keys in benchmarks/README.md).
 """
@@ -38,6 +42,7 @@ import numpy as np
 
 AREA_RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 MYO_RATIOS = (0.6, 0.7, 0.8, 0.9, 1.0)
+NEXT_RATIOS = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8)
 RV = 1
 
 
@@ -85,24 +90,25 @@ def bootstrap_ci(diff: np.ndarray, n_boot: int, seed: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:  # noqa: D103
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", required=True, help="cross-fitted work directory, predicted with "
-                    "--keep-basal-es-rv")
+    ap.add_argument("--work", required=True, nargs="+", help="cross-fitted work directories (the "
+                    "same patients), predicted with --keep-basal-es-rv")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the nested 5-fold CV")
     ap.add_argument("--bootstrap", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
-    work = Path(args.work)
-    seg = work / "segmentation"
-    if not (seg / "mask_sources.csv").is_file():
-        print(json.dumps({"skipped": f"no cross-fitted masks in {work}"}))
-        return 0
-    summary = json.loads((seg / "predict_summary.json").read_text())
-    if summary.get("basal_es_rv", False):
-        print(f"{seg / 'predict_summary.json'}: the masks were predicted with the rule; run "
-              f"`cardioclr segment predict {work} --keep-basal-es-rv` first", file=sys.stderr)
-        return 2
+    works = [Path(w) for w in args.work]
+    for work in works:
+        seg = work / "segmentation"
+        if not (seg / "mask_sources.csv").is_file():
+            print(json.dumps({"skipped": f"no cross-fitted masks in {work}"}))
+            return 0
+        summary = json.loads((seg / "predict_summary.json").read_text())
+        if summary.get("basal_es_rv", False):
+            print(f"{seg / 'predict_summary.json'}: the masks were predicted with the rule; run "
+                  f"`cardioclr segment predict {work} --keep-basal-es-rv` first", file=sys.stderr)
+            return 2
 
     from sklearn.model_selection import KFold
 
@@ -110,26 +116,32 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
     from cardioclr.segment.postprocess import (
         BASAL_ES_RV_AREA_RATIO,
         BASAL_ES_RV_MYO_RATIO,
+        BASAL_ES_RV_NEXT_RATIO,
         trim_basal_es_rv,
     )
 
-    patients = load_out_of_fold(work)
-    pids = sorted(patients)
-    before = [patient_scores(patients[p], patients[p]["es_p"]) for p in pids]
+    patients = {(str(w), pid): masks for w in works for pid, masks in load_out_of_fold(w).items()}
+    keys = sorted(patients)
+    before = [patient_scores(patients[k], patients[k]["es_p"]) for k in keys]
     base = np.array([s["es_rv_dice"] for s in before])
-    grid = list(itertools.product(AREA_RATIOS, MYO_RATIOS))
-    if (BASAL_ES_RV_AREA_RATIO, BASAL_ES_RV_MYO_RATIO) not in grid:
-        grid.append((BASAL_ES_RV_AREA_RATIO, BASAL_ES_RV_MYO_RATIO))
-    es_rv = {g: np.array([dice(trim_basal_es_rv(patients[p]["ed_p"], patients[p]["es_p"], *g)[0] == RV,
-                               patients[p]["es_e"] == RV) for p in pids]) for g in grid}
-    table = [{"area_ratio": a, "myo_ratio": m, "es_rv_dice": round(float(es_rv[(a, m)].mean()), 4),
-              "better": int((es_rv[(a, m)] > base).sum()), "worse": int((es_rv[(a, m)] < base).sum()),
-              "worst_change": round(float((es_rv[(a, m)] - base).min()), 4)} for a, m in grid]
+    chosen = (BASAL_ES_RV_AREA_RATIO, BASAL_ES_RV_MYO_RATIO, BASAL_ES_RV_NEXT_RATIO)
+    grid = list(itertools.product(AREA_RATIOS, MYO_RATIOS, NEXT_RATIOS))
+    if chosen not in grid:
+        grid.append(chosen)
+
+    def rule(k: tuple[str, str], g: tuple[float, float, float]) -> tuple[np.ndarray, int]:
+        a, m, n = g
+        return trim_basal_es_rv(patients[k]["ed_p"], patients[k]["es_p"], a, m, next_ratio=n)
+
+    es_rv = {g: np.array([dice(rule(k, g)[0] == RV, patients[k]["es_e"] == RV) for k in keys]) for g in grid}
+    table = [{"area_ratio": g[0], "myo_ratio": g[1], "next_ratio": g[2],
+              "es_rv_dice": round(float(es_rv[g].mean()), 4),
+              "better": int((es_rv[g] > base).sum()), "worse": int((es_rv[g] < base).sum()),
+              "worst_change": round(float((es_rv[g] - base).min()), 4)} for g in grid]
     # the constants, in full
-    chosen = (BASAL_ES_RV_AREA_RATIO, BASAL_ES_RV_MYO_RATIO)
-    trimmed = [trim_basal_es_rv(patients[p]["ed_p"], patients[p]["es_p"]) for p in pids]
-    after = [patient_scores(patients[p], es) for p, (es, _) in zip(pids, trimmed, strict=True)]
-    expert = [patient_scores({**patients[p], "ed_p": patients[p]["ed_e"]}, patients[p]["es_e"]) for p in pids]
+    trimmed = [rule(k, chosen) for k in keys]
+    after = [patient_scores(patients[k], es) for k, (es, _) in zip(keys, trimmed, strict=True)]
+    expert = [patient_scores({**patients[k], "ed_p": patients[k]["ed_e"]}, patients[k]["es_e"]) for k in keys]
 
     def agg(rows: list[dict[str, float]]) -> dict[str, float]:
         err = np.array([r["rv_esv_error_ml"] for r in rows])
@@ -141,17 +153,25 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
                 "rv_ef_bias_pct": round(float(np.nanmean(ef)), 2)}
 
     diff = np.array([a["es_rv_dice"] - b["es_rv_dice"] for a, b in zip(after, before, strict=True)])
-    # nested CV of choosing the grid's best mean ES RV Dice
+    # Nested CV of choosing the grid's best mean ES RV Dice, folds over patients (a patient's
+    # masks from every cross-fit on the same side). Ties: the more conservative constants.
+    pids = sorted({pid for _, pid in keys})
     nested = []
     for rep in range(args.repeats):
-        scored = np.zeros(len(pids))
-        for tr, te in KFold(5, shuffle=True, random_state=args.seed + rep).split(pids):
-            best = max(grid, key=lambda g: (es_rv[g][tr].mean(), -g[0], -g[1]))
-            scored[te] = es_rv[best][te]
+        scored = np.zeros(len(keys))
+        for _, te_p in KFold(5, shuffle=True, random_state=args.seed + rep).split(pids):
+            held = {pids[i] for i in te_p}
+            tr = np.array([pid not in held for _, pid in keys])
+            best = max(grid, key=lambda g: (es_rv[g][tr].mean(), -g[0], -g[1], -g[2]))
+            scored[~tr] = es_rv[best][~tr]
         nested.append(float(scored.mean() - base.mean()))
+    best_mean = max(grid, key=lambda g: (es_rv[g].mean(), -g[0], -g[1], -g[2]))
     result = {
-        "n_out_of_fold": len(pids),
-        "constants": {"area_ratio": chosen[0], "myo_ratio": chosen[1]},
+        "n_out_of_fold": len(keys),
+        "n_patients": len(pids),
+        "constants": {"area_ratio": chosen[0], "myo_ratio": chosen[1], "next_ratio": chosen[2]},
+        "grid_best_mean": {"area_ratio": best_mean[0], "myo_ratio": best_mean[1], "next_ratio": best_mean[2],
+                           "es_rv_dice": round(float(es_rv[best_mean].mean()), 4)},
         "before": agg(before),
         "after": agg(after),
         "patients_trimmed": int(sum(1 for _, n in trimmed if n)),
@@ -163,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
         "nested_cv_es_rv_dice_gain": {"mean": round(float(np.mean(nested)), 4),
                                       "per_repeat": [round(x, 4) for x in nested]},
         "grid": table,
-        "work": str(work),
+        "work": [str(w) for w in works],
         "seconds": round(time.perf_counter() - start, 1), "cpu_count": os.cpu_count(),
         "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
     }
