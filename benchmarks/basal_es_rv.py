@@ -2,14 +2,13 @@
 
 :func:`cardioclr.segment.postprocess.trim_basal_es_rv` drops the RV from leading basal ES
 slices where the ventricle has left the slice (ES RV area < ``area_ratio`` x ED RV area on that
-slice, and either myocardium area < ``myo_ratio`` x the next slice's or RV area < ``next_ratio``
-x the next slice's). This script scores the rule on the train patients whose masks are
-``out_of_fold`` in a cross-fit (``segment train W --folds K``; ``segment predict W
---keep-basal-es-rv``, so the masks are the network's without the rule); several ``--work``
-cross-fits of the same patients (e.g. two seeds) are pooled, each patient once per cross-fit:
+slice, and myocardium area < ``myo_ratio`` x the next slice's). This script scores the rule on
+the train patients whose masks are ``out_of_fold`` in a cross-fit (``segment train W --folds
+K``; ``segment predict W --keep-basal-es-rv``, so the masks are the network's without the rule);
+several ``--work`` cross-fits of the same patients (e.g. two seeds) are pooled, each patient
+once per cross-fit:
 
-* every (area_ratio, myo_ratio, next_ratio) of a grid: mean ES RV Dice, patients better /
-  worse, worst loss;
+* every (area_ratio, myo_ratio) of a grid: mean ES RV Dice, patients better / worse, worst loss;
 * the constants in ``postprocess.py``: ES RV Dice, mean Dice of the six structures, RV
   end-systolic volume error and RV ejection fraction bias against the expert masks, before and
   after, with a paired bootstrap 95% CI of the per-patient ES RV Dice change;
@@ -42,7 +41,6 @@ import numpy as np
 
 AREA_RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 MYO_RATIOS = (0.6, 0.7, 0.8, 0.9, 1.0)
-NEXT_RATIOS = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8)
 RV = 1
 
 
@@ -88,6 +86,25 @@ def bootstrap_ci(diff: np.ndarray, n_boot: int, seed: int) -> list[float]:
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def nested_choice_gain(keys: list[tuple[str, str]], scores: dict[Any, np.ndarray], base: np.ndarray,
+                       seed: int, folds: int = 5) -> float:
+    """Mean ES RV Dice gain of choosing the grid point with the best mean on 4/5 of the patients,
+    scored on the other 1/5 (``folds`` folds over patients: a patient's masks from every
+    cross-fit on the same side). ``keys``: (work, patient_id) of each mask set; ``scores``:
+    grid point -> per-key ES RV Dice; ``base``: per-key Dice without the rule. Ties: the more
+    conservative (smaller) constants."""
+    from sklearn.model_selection import KFold
+
+    pids = sorted({pid for _, pid in keys})
+    scored = np.zeros(len(keys))
+    for _, held_idx in KFold(folds, shuffle=True, random_state=seed).split(pids):
+        held = {pids[i] for i in held_idx}
+        fit = np.array([pid not in held for _, pid in keys])
+        best = max(scores, key=lambda g: (scores[g][fit].mean(), *(-x for x in g)))
+        scored[~fit] = scores[best][~fit]
+    return float(scored.mean() - base.mean())
+
+
 def main(argv: list[str] | None = None) -> int:  # noqa: D103
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", required=True, nargs="+", help="cross-fitted work directories (the "
@@ -110,13 +127,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
                   f"`cardioclr segment predict {work} --keep-basal-es-rv` first", file=sys.stderr)
             return 2
 
-    from sklearn.model_selection import KFold
-
     from cardioclr.segment.evaluate import dice
     from cardioclr.segment.postprocess import (
         BASAL_ES_RV_AREA_RATIO,
         BASAL_ES_RV_MYO_RATIO,
-        BASAL_ES_RV_NEXT_RATIO,
         trim_basal_es_rv,
     )
 
@@ -124,17 +138,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
     keys = sorted(patients)
     before = [patient_scores(patients[k], patients[k]["es_p"]) for k in keys]
     base = np.array([s["es_rv_dice"] for s in before])
-    chosen = (BASAL_ES_RV_AREA_RATIO, BASAL_ES_RV_MYO_RATIO, BASAL_ES_RV_NEXT_RATIO)
-    grid = list(itertools.product(AREA_RATIOS, MYO_RATIOS, NEXT_RATIOS))
+    chosen = (BASAL_ES_RV_AREA_RATIO, BASAL_ES_RV_MYO_RATIO)
+    grid = list(itertools.product(AREA_RATIOS, MYO_RATIOS))
     if chosen not in grid:
         grid.append(chosen)
 
-    def rule(k: tuple[str, str], g: tuple[float, float, float]) -> tuple[np.ndarray, int]:
-        a, m, n = g
-        return trim_basal_es_rv(patients[k]["ed_p"], patients[k]["es_p"], a, m, next_ratio=n)
+    def rule(k: tuple[str, str], g: tuple[float, float]) -> tuple[np.ndarray, int]:
+        return trim_basal_es_rv(patients[k]["ed_p"], patients[k]["es_p"], *g)
 
     es_rv = {g: np.array([dice(rule(k, g)[0] == RV, patients[k]["es_e"] == RV) for k in keys]) for g in grid}
-    table = [{"area_ratio": g[0], "myo_ratio": g[1], "next_ratio": g[2],
+    table = [{"area_ratio": g[0], "myo_ratio": g[1],
               "es_rv_dice": round(float(es_rv[g].mean()), 4),
               "better": int((es_rv[g] > base).sum()), "worse": int((es_rv[g] < base).sum()),
               "worst_change": round(float((es_rv[g] - base).min()), 4)} for g in grid]
@@ -153,24 +166,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: D103
                 "rv_ef_bias_pct": round(float(np.nanmean(ef)), 2)}
 
     diff = np.array([a["es_rv_dice"] - b["es_rv_dice"] for a, b in zip(after, before, strict=True)])
-    # Nested CV of choosing the grid's best mean ES RV Dice, folds over patients (a patient's
-    # masks from every cross-fit on the same side). Ties: the more conservative constants.
-    pids = sorted({pid for _, pid in keys})
-    nested = []
-    for rep in range(args.repeats):
-        scored = np.zeros(len(keys))
-        for _, te_p in KFold(5, shuffle=True, random_state=args.seed + rep).split(pids):
-            held = {pids[i] for i in te_p}
-            tr = np.array([pid not in held for _, pid in keys])
-            best = max(grid, key=lambda g: (es_rv[g][tr].mean(), -g[0], -g[1], -g[2]))
-            scored[~tr] = es_rv[best][~tr]
-        nested.append(float(scored.mean() - base.mean()))
-    best_mean = max(grid, key=lambda g: (es_rv[g].mean(), -g[0], -g[1], -g[2]))
+    nested = [nested_choice_gain(keys, es_rv, base, args.seed + rep) for rep in range(args.repeats)]
+    best_mean = max(grid, key=lambda g: (es_rv[g].mean(), -g[0], -g[1]))
     result = {
         "n_out_of_fold": len(keys),
-        "n_patients": len(pids),
-        "constants": {"area_ratio": chosen[0], "myo_ratio": chosen[1], "next_ratio": chosen[2]},
-        "grid_best_mean": {"area_ratio": best_mean[0], "myo_ratio": best_mean[1], "next_ratio": best_mean[2],
+        "n_patients": len({pid for _, pid in keys}),
+        "constants": {"area_ratio": chosen[0], "myo_ratio": chosen[1]},
+        "grid_best_mean": {"area_ratio": best_mean[0], "myo_ratio": best_mean[1],
                            "es_rv_dice": round(float(es_rv[best_mean].mean()), 4)},
         "before": agg(before),
         "after": agg(after),

@@ -112,19 +112,6 @@ def test_basal_es_rv_stays_when_either_ratio_says_ventricle():
     assert n == 0 and (out == es).all()
 
 
-def test_basal_es_rv_with_a_full_ring_is_dropped_when_its_rv_narrows_below_the_next_slices():
-    # ES slice 0: RV 36 px (ED 144: the ventricle left) beside a full basal ring, so only the
-    # narrowing towards the valve plane (36 vs the next slice's 100 px) can mark it basal.
-    ed, es = _basal_heart(es_rv_basal=3, es_myo_basal=3.0)
-    assert trim_basal_es_rv(ed, es, next_ratio=0.0)[1] == 0  # the alternative off
-    assert trim_basal_es_rv(ed, es, next_ratio=0.3)[1] == 0  # 0.36 of the next slice's RV: kept
-    out, n = trim_basal_es_rv(ed, es, next_ratio=0.5)
-    assert n == 1 and not (out[0] == 1).any() and (out[1:] == es[1:]).all()
-    # the area condition still has to hold: an RV as large as at ED stays
-    ed, es = _basal_heart(es_rv_basal=6, es_myo_basal=3.0)
-    assert trim_basal_es_rv(ed, es, next_ratio=2.0)[1] == 0
-
-
 def test_basal_es_rv_leaves_short_stacks_and_stops_after_max_slices():
     ed, es = _basal_heart(z=2, es_rv_basal=3, es_myo_basal=1.0)
     assert trim_basal_es_rv(ed, es)[1] == 0  # two ES RV slices: too few to judge a base

@@ -93,12 +93,8 @@ def postprocess(labels: np.ndarray) -> np.ndarray:
 #: of choosing by the grid: +0.017. Test patients were not read. An ES RV slice is dropped when
 #: its RV area is below this fraction of the same slice's ED RV area (the ventricle has left) ...
 BASAL_ES_RV_AREA_RATIO = 0.7
-#: ... and either its myocardium area below this fraction of the next slice's (a partial, basal
-#: ring) ...
+#: ... and its myocardium area below this fraction of the next slice's (a partial, basal ring).
 BASAL_ES_RV_MYO_RATIO = 0.8
-#: ... or its RV area below this fraction of the next ES RV slice's (the cavity narrows where the
-#: slice cuts the tricuspid or pulmonary valve plane). 0 turns this alternative off.
-BASAL_ES_RV_NEXT_RATIO = 0.0
 #: At most this many leading slices are dropped; fewer than three ES RV slices are left alone.
 BASAL_ES_RV_MAX_SLICES = 2
 
@@ -116,16 +112,14 @@ def base_at_start(ed_labels: np.ndarray) -> bool:
 
 def trim_basal_es_rv(ed_labels: np.ndarray, es_labels: np.ndarray,
                      area_ratio: float = BASAL_ES_RV_AREA_RATIO, myo_ratio: float = BASAL_ES_RV_MYO_RATIO,
-                     max_slices: int = BASAL_ES_RV_MAX_SLICES,
-                     next_ratio: float = BASAL_ES_RV_NEXT_RATIO) -> tuple[np.ndarray, int]:
+                     max_slices: int = BASAL_ES_RV_MAX_SLICES) -> tuple[np.ndarray, int]:
     """End-systolic labels without the RV on leading basal slices that show no ventricle.
 
     ``ed_labels``, ``es_labels``: post-processed (z, y, x) uint8 labels of one patient on the
     same grid. Walking from the base (:func:`base_at_start`), the first ES slice with RV loses
     its RV (set to background) while its RV area is below ``area_ratio`` x its ED RV area and
-    either its myocardium area is below ``myo_ratio`` x that of the next ES slice with RV or its
-    RV area below ``next_ratio`` x that slice's RV area; at most ``max_slices`` slices. Ratios
-    of voxel counts on one grid need no spacing.
+    its myocardium area below ``myo_ratio`` x that of the next ES slice with RV; at most
+    ``max_slices`` slices. Ratios of voxel counts on one grid need no spacing.
 
     Returns the new ES labels (a copy) and the number of slices whose RV was removed.
     """
@@ -143,8 +137,7 @@ def trim_basal_es_rv(ed_labels: np.ndarray, es_labels: np.ndarray,
     removed = 0
     while removed < max_slices and len(slices) >= 3:
         k, after = slices[0], slices[1]
-        partial = myo_es[k] < myo_ratio * myo_es[after] or rv_es[k] < next_ratio * rv_es[after]
-        if not (rv_es[k] < area_ratio * rv_ed[k] and partial):
+        if not (rv_es[k] < area_ratio * rv_ed[k] and myo_es[k] < myo_ratio * myo_es[after]):
             break
         es[k][es[k] == RV_CAVITY] = 0
         slices.pop(0)
