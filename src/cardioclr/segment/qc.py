@@ -46,7 +46,8 @@ QC_COLUMNS = ("patient_id", "phase", "flag", "detail")
 #: boundary pixels disagree, relatively, on a finer one): on the cpu preset's 1.25 mm grid
 #: (segment/grid.py) the out-of-fold masks of a 5-fold cross-fit (2026-12-06) chose 0.0390 (J
 #: 0.84, sensitivity 1.00 for the 7 of 70 below 0.85, specificity 0.84; Spearman -0.73), hence
-#: 0.04.
+#: 0.04; two more cross-fits of that design (seeds 0 and 1, same day) chose 0.048 and 0.049
+#: (sensitivity 1.00 both): 0.04, the most sensitive of the three, is kept.
 DISAGREEMENT_FLAG = 0.04
 #: ``WORK/segmentation/quality.csv``: one row per segmented patient (window: "y0,x0,size" or "";
 #: basal_es_rv_slices: ES slices whose RV the basal rule removed).
