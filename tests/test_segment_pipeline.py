@@ -712,3 +712,30 @@ def test_a_phase_channel_segmentation_model_gives_an_end_diastolic_encoder(tmp_p
         want = torch.nn.Sequential(*unet_down_path(net))(torch.cat([x, torch.zeros_like(x)], dim=1))
         got = encoder.down(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_training_without_validation_trains_every_patient_and_exports_the_last_epoch(work, tmp_path):
+    """``val_fraction`` 0: no patient is held out, no validation runs, and model.pt holds the
+    weights of the last epoch (there is no best epoch to choose); the time budget still stops it."""
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("segmentation"))
+    cfg = dataclasses.replace(_tiny_config(copy, max_epochs=3), val_fraction=0.0)
+    info = train(cfg)
+    assert info["val_patients"] == [] and info["best_val_dice"] is None
+    assert set(info["train_patients"]) == set(TRAIN) - {EMPTY_MASK}
+    assert info["epochs"] == 3
+    model = copy / "segmentation" / "model"
+    assert not (model / "checkpoints" / "best.ckpt").exists()
+    last = torch.load(model / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == info["epochs"]  # written when the last epoch ended
+    blob = torch.load(model / "model.pt", weights_only=True)
+    for k, v in blob["state_dict"].items():
+        assert torch.equal(v, last["state_dict"][f"network.{k}"]), k
+    logged = pd.read_csv(model / "logs" / "csv" / "metrics.csv")
+    assert "val_dice" not in logged or logged["val_dice"].isna().all()
+    # The wall-clock budget works without validation epochs too.
+    budgeted = tmp_path / "budgeted"
+    shutil.copytree(work, budgeted, ignore=shutil.ignore_patterns("segmentation"))
+    cfg = dataclasses.replace(_tiny_config(budgeted, max_epochs=50), val_fraction=0.0)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, time_budget_s=1e-3))
+    assert train(cfg)["stopped_by"] == "time budget"

@@ -194,25 +194,28 @@ def _set_numpy_state(s: dict[str, Any]) -> None:
 def make_trainer(
     out_dir: str | os.PathLike[str],
     settings: TrainerSettings,
-    monitor: str,
+    monitor: str | None,
     mode: str = "min",
     extra_callbacks: list[L.Callback] | None = None,
     generators: GeneratorsFn | None = None,
 ) -> L.Trainer:
     """A trainer that early-stops on ``monitor``, keeps ``last.ckpt`` and ``best.ckpt``, and logs.
 
-    ``monitor`` must be logged by the module once per validation epoch. Checkpoints carry the
+    ``monitor`` must be logged by the module once per validation epoch. None: no validation at
+    all (no early stopping; only ``last.ckpt``, the model of the last epoch). Checkpoints carry the
     random state (:class:`RandomState`, with the run's own ``generators``), so a resumed run
     continues as the uninterrupted one would have.
     """
     out = Path(out_dir)
     ckpt_dir = out / "checkpoints"
-    callbacks: list[L.Callback] = [
-        RandomState(generators),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
-                        save_last=True, save_top_k=1, enable_version_counter=False),
-        EarlyStopping(monitor=monitor, mode=mode, patience=settings.patience),
-    ]
+    callbacks: list[L.Callback] = [RandomState(generators)]
+    if monitor is None:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                         enable_version_counter=False))
+    else:
+        callbacks += [ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
+                                      save_last=True, save_top_k=1, enable_version_counter=False),
+                      EarlyStopping(monitor=monitor, mode=mode, patience=settings.patience)]
     if settings.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, _refresh_rate())))
     callbacks.extend(extra_callbacks or [])
@@ -234,6 +237,7 @@ def make_trainer(
         enable_progress_bar=settings.progress_bar,
         enable_model_summary=False,
         limit_train_batches=settings.limit_train_batches,
+        limit_val_batches=0 if monitor is None else None,
         deterministic=settings.deterministic,
         log_every_n_steps=1,
         num_sanity_val_steps=0,

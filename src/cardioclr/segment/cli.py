@@ -70,6 +70,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.add_argument("--phase-channel", choices=("on", "off"), default=None,
                    help="give the network the cardiac phase (ED 0 / ES 1) as an input channel, so "
                    "it can learn how end-systolic slices are drawn (default: the preset's)")
+    t.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="share of the training patients held out to validate each epoch (the best "
+                   "epoch is kept; early stopping); 0: none, every patient trains and the last epoch "
+                   "is the model (default: the preset's)")
     t.add_argument("--max-epochs", type=int, default=None)
     t.add_argument("--accelerator", choices=ACCELERATORS, default=None,
                    help="auto: the GPU when there is one (default); cpu: force the CPU, e.g. on a "
@@ -133,9 +137,12 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.minutes is not None and args.minutes <= 0:
         raise CardioclrError(f"--minutes must be positive, got {args.minutes}")
+    if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
+        raise CardioclrError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     cfg = preset_config(args.work, args.preset, max_epochs=args.max_epochs, devices=args.devices,
                         accelerator=args.accelerator, batch_size=args.batch_size,
                         patience=args.patience, seed=args.seed, folds=args.folds,
+                        val_fraction=args.val_fraction,
                         progress_bar=False if args.no_progress else None,
                         compile_network=False if args.no_compile else None,
                         precision=args.precision)
@@ -151,7 +158,9 @@ def _train(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, time_budget_s=args.minutes * 60))
     info = train(cfg, overwrite=args.overwrite)
     if info:
-        print(f"segmentation model: best validation Dice {info['best_val_dice']:.3f} after "
+        score = info["best_val_dice"]
+        quality = "no validation" if score is None else f"best validation Dice {score:.3f}"
+        print(f"segmentation model: {quality} after "
               f"{info['epochs']} epochs, {info['train_seconds']:.0f} s ({info['stopped_by']}); "
               f"{len(info['train_patients'])} training / {len(info['val_patients'])} validation "
               f"patients, {len(info['excluded_patients'])} excluded"

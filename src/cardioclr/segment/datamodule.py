@@ -41,6 +41,8 @@ def select_patients(store: SliceStore, val_fraction: float, seed: int,
     ``held_out``: train patients this model must never see (a cross-fitting fold); they are
     not loaded at all and not listed as excluded.
 
+    ``val_fraction`` 0: every usable patient trains and ``val`` is empty (no validation).
+
     Patients without an expert mask, whose ED or ES mask is empty, whose store file is
     unreadable, or whose slices are not on the store grid are excluded with a warning naming
     them. Raises :class:`CardioclrError` when no patient is usable.
@@ -83,7 +85,7 @@ def select_patients(store: SliceStore, val_fraction: float, seed: int,
     n_val = min(max(n_val, 1 if len(usable) >= 2 and val_fraction > 0 else 0), len(usable) - 1)
     val = sorted(usable[i] for i in order[:n_val])
     fit = sorted(usable[i] for i in order[n_val:])
-    if not val:
+    if not val and val_fraction > 0:
         log.warning("segmentation training: only %d usable patient(s); validating on the training "
                     "patient(s), so early stopping means little", len(usable))
         val = list(fit)
@@ -188,11 +190,14 @@ class SegDataModule(L.LightningDataModule):
         store = SliceStore(self.work)
         img, lab, phase = load_slices(store, self.selection.train, context_slices=self.context_slices)
         self.train_set = SliceDataset(img, lab, phase)
-        vimg, vlab, vphase = load_slices(store, self.selection.val, self.val_window, self.context_slices)
-        # Validation runs on heart windows (``val_window``, as predict) or whole slices, padded
-        # so every downsampling level divides evenly.
-        self.val_set = SliceDataset(pad_to_multiple(vimg, self.divisor)[0],
-                                    pad_to_multiple(vlab, self.divisor)[0], vphase)
+        if self.selection.val:
+            vimg, vlab, vphase = load_slices(store, self.selection.val, self.val_window, self.context_slices)
+            # Validation runs on heart windows (``val_window``, as predict) or whole slices, padded
+            # so every downsampling level divides evenly.
+            self.val_set = SliceDataset(pad_to_multiple(vimg, self.divisor)[0],
+                                        pad_to_multiple(vlab, self.divisor)[0], vphase)
+        else:  # no validation (val_fraction 0): the trainer runs no validation loop
+            self.val_set = SliceDataset(*(np.zeros((0, *a.shape[1:]), a.dtype) for a in (img, lab, phase)))
         log.info("segmentation data: %d training slices (%d patients), %d validation slices "
                  "(%d patients)", len(self.train_set), len(self.selection.train), len(self.val_set),
                  len(self.selection.val))

@@ -259,6 +259,15 @@ class SegModule(L.LightningModule):
                      float(d.mean()), ", ".join(f"{n} {float(d[j]):.3f}" for j, n in enumerate(STRUCTURES)),
                      self.optimizers().param_groups[0]["lr"], elapsed)
 
+    def on_train_epoch_end(self) -> None:
+        """Without validation (``val_fraction`` 0), one log line per epoch with the training loss."""
+        if self.trainer.limit_val_batches == 0 and self.trainer.is_global_zero:
+            loss = self.trainer.callback_metrics.get("train_loss_epoch")
+            elapsed = self.clock.elapsed() if self.clock is not None else float("nan")
+            log.info("epoch %d: train loss %.3f (no validation), lr %.2e, %.0f s", self.current_epoch,
+                     float(loss) if loss is not None else float("nan"),
+                     self.optimizers().param_groups[0]["lr"], elapsed)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW; the learning rate is set each step by :meth:`on_train_batch_start`."""
         return torch.optim.AdamW(self.parameters(), lr=self.optim_cfg.lr,

@@ -58,9 +58,10 @@ class SegTrainConfig:
 
     ``crop``: training crop side in store pixels (the store's in-plane spacing is kept, so the
     network sees real mm; predictions run on whole slices). ``val_fraction``: share of the
-    usable train-split patients held out for validation / early stopping. ``window``: least side
-    of the heart-centred window that ``segment predict`` segments (and validation scores), store
-    pixels; None = ``crop``. ``folds``: number of
+    usable train-split patients held out for validation / early stopping (the best epoch is
+    exported); 0: none, every usable patient trains and the last epoch is exported.
+    ``window``: least side of the heart-centred window that ``segment predict`` segments (and
+    validation scores), store pixels; None = ``crop``. ``folds``: number of
     cross-fitted models (:mod:`cardioclr.segment.crossfit`; 1 = one model on the whole train
     split); ``fold``: which one this run trains (set by :func:`train_crossfit`).
     ``compile_network``: compile the network with TorchInductor (:func:`cardioclr.accel.compile_in_place`);
@@ -182,8 +183,9 @@ class TrainClock(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         self._epoch_start = time.perf_counter()
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
-        if trainer.sanity_checking or not self._epoch_start:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        # After the epoch's validation (Lightning validates before this hook), and also without one.
+        if not self._epoch_start:
             return
         self._epoch_seconds.append(time.perf_counter() - self._epoch_start)
         per_epoch = sum(self._epoch_seconds[-3:]) / len(self._epoch_seconds[-3:])
@@ -354,7 +356,11 @@ def train(cfg: SegTrainConfig, overwrite: bool = False) -> dict[str, Any]:
     clock = TrainClock(cfg.optim.time_budget_s)
     module.clock = clock
     save_run_info(out, cfg)
-    trainer = make_trainer(out, cfg.trainer, monitor="val_dice", mode="max", extra_callbacks=[clock])
+    # No validation patients (val_fraction 0): every usable patient trains, the last epoch is the
+    # model (as nnU-Net's final checkpoint; the poly schedule has brought the learning rate to ~0).
+    validate = bool(selection.val)
+    trainer = make_trainer(out, cfg.trainer, monitor="val_dice" if validate else None, mode="max",
+                           extra_callbacks=[clock])
     with warnings.catch_warnings():
         # In-memory data, augmentation on the device: loader workers would only add overhead.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -363,12 +369,12 @@ def train(cfg: SegTrainConfig, overwrite: bool = False) -> dict[str, Any]:
         raise KeyboardInterrupt
     if not trainer.is_global_zero:
         return {}
-    best = out / "checkpoints" / "best.ckpt"
+    best = out / "checkpoints" / ("best.ckpt" if validate else "last.ckpt")
     if not best.is_file():
-        raise CardioclrError(f"{best} was not written (no validation epoch finished?)")
+        raise CardioclrError(f"{best} was not written (no epoch finished?)")
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     state = {k.removeprefix("network."): v for k, v in ckpt["state_dict"].items() if k.startswith("network.")}
-    best_score = trainer.checkpoint_callback.best_model_score
+    best_score = trainer.checkpoint_callback.best_model_score if validate else None
     export = {
         "format": MODEL_FORMAT,
         "state_dict": state,
