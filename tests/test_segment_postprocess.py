@@ -34,6 +34,26 @@ def test_largest_component_keeps_the_big_blob_and_reports_removed_fraction():
     assert removed["MYO"] == 0.0
 
 
+def test_rv_keeps_the_piece_beside_the_myocardium_not_a_larger_blob_away_from_the_heart():
+    """A 2D network may label a bright organ below the heart (stomach, liver) RV; when that blob
+    is larger than the ventricle, the largest-component rule alone kept it and erased the RV
+    (two out-of-fold ACDC patients had ES RV Dice 0 so)."""
+    lab = np.zeros((4, 40, 40), np.uint8)
+    for z in range(4):
+        lab[z][_ring((40, 40), (12, 12), 4, 7)] = 2  # myocardium ring
+        lab[z][_ring((40, 40), (12, 12), -1, 4)] = 3  # LV cavity inside
+    lab[:2, 6:18, 20:24] = 1  # the RV, against the ring's right side: 2 x 48 voxels
+    lab[:, 28:38, 25:38] = 1  # a larger RV-labelled blob touching nothing: 4 x 130 voxels
+    out, removed = postprocess_with_stats(lab)
+    assert (out[:2, 6:18, 20:24] == 1).all()
+    assert not (out[:, 28:38, 25:38] == 1).any()
+    assert removed["RV"] == pytest.approx(520 / 616)
+    assert list(removed) == ["RV", "MYO", "LV"]
+    # Without any myocardium the largest piece is kept, as for every other structure.
+    no_myo = np.where(lab == 2, 0, lab).astype(np.uint8)
+    assert (postprocess_with_stats(no_myo)[0][:, 28:38, 25:38] == 1).all()
+
+
 def test_connectivity_is_face_only_across_slices():
     m = np.zeros((2, 6, 6), bool)
     m[0, 0:2, 0:2] = True

@@ -4,7 +4,10 @@ Labels (z, S, S) uint8: 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity.
 
 1. Per structure, keep the largest 3D connected component. Slices are 5-10 mm apart, so the
    connectivity is 8-neighbour in-plane and face-only across slices (a diagonal step across a
-   10 mm gap is not evidence of continuity). A one-slice volume simply becomes 2D.
+   10 mm gap is not evidence of continuity). A one-slice volume simply becomes 2D. The RV
+   keeps its largest component among those that touch the kept myocardium (the two ventricles
+   share the septum), so a larger RV-labelled blob away from the heart (stomach, liver) cannot
+   replace the ventricle; the largest overall when none touches.
 2. Per slice, fill holes: background enclosed by the RV or by the LV cavity becomes that
    structure, and anything enclosed by the LV (myocardium + cavity) becomes LV cavity, so the
    cavity is closed inside its wall (papillary muscles are cavity in the ACDC convention).
@@ -16,7 +19,7 @@ The heart mask (union of structures, dilated by a margin) is built by
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import binary_fill_holes, label
+from scipy.ndimage import binary_dilation, binary_fill_holes, label
 
 from cardioclr.clinical.labels import LV_CAVITY, LV_MYOCARDIUM, RV_CAVITY, STRUCTURES
 
@@ -37,6 +40,27 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return largest
 
 
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = True
+
+
+def largest_touching_component(mask: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """The largest connected component of a boolean (z, y, x) ``mask`` among those that touch
+    ``other`` in-plane (8-neighbour, same slice); the largest overall when none touches."""
+    lab, n = label(mask, structure=_CONNECTIVITY)
+    if n <= 1:
+        return mask.astype(bool, copy=True)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    touching = np.unique(lab[binary_dilation(other, structure=_IN_PLANE) & mask])
+    if touching.size:
+        candidates = np.zeros_like(sizes)
+        candidates[touching] = sizes[touching]
+        sizes = candidates
+    chosen: np.ndarray = lab == int(sizes.argmax())
+    return chosen
+
+
 def largest_components(labels: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
     """Step 1 only: the largest 3D component of each structure of (z, S, S) labels.
 
@@ -48,13 +72,19 @@ def largest_components(labels: np.ndarray) -> tuple[np.ndarray, dict[str, float]
     src = np.asarray(labels)
     out = np.zeros(src.shape, dtype=np.uint8)
     removed: dict[str, float] = {}
-    for name, value in STRUCTURES.items():
+    # The RV last: its component is chosen by contact with the kept myocardium.
+    for name, value in sorted(STRUCTURES.items(), key=lambda item: item[1] == RV_CAVITY):
         m = src == value
         n = int(m.sum())
-        keep = largest_component(m) if n else m
+        if not n:
+            keep = m
+        elif value == RV_CAVITY:
+            keep = largest_touching_component(m, out == LV_MYOCARDIUM)
+        else:
+            keep = largest_component(m)
         removed[name] = float((n - int(keep.sum())) / n) if n else 0.0
         out[keep] = value
-    return out, removed
+    return out, {name: removed[name] for name in STRUCTURES}
 
 
 def postprocess_with_stats(labels: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
