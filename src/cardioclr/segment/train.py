@@ -127,6 +127,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "crop": 128,
         "batch_size": 16,
         "compile_network": True,
+        # No validation patients: all of them train and the last epoch is the model. On the 70
+        # train patients' out-of-fold masks (5 folds of 9.5 minutes each, side by side, equal
+        # time) mean Dice +0.0038 (95% CI 0.0018..0.0058, 51 better / 19 worse, every structure
+        # better, ES RV +0.012) against holding 10% out for the best epoch (benchmarks/README.md).
+        "val_fraction": 0.0,
     },
     "gpu": {
         "network": NetworkConfig(arch="dynunet", channels=(32, 64, 128, 256, 512, 512),
