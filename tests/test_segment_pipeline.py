@@ -739,3 +739,10 @@ def test_training_without_validation_trains_every_patient_and_exports_the_last_e
     cfg = dataclasses.replace(_tiny_config(budgeted, max_epochs=50), val_fraction=0.0)
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, time_budget_s=1e-3))
     assert train(cfg)["stopped_by"] == "time budget"
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_a_validation_fraction_outside_0_1_is_a_clear_error(tmp_path, fraction):
+    cfg = dataclasses.replace(_tiny_config(tmp_path / "unused"), val_fraction=fraction)
+    with pytest.raises(CardioclrError, match="val_fraction must be in"):
+        train(cfg)

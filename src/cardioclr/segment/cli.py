@@ -137,8 +137,6 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.minutes is not None and args.minutes <= 0:
         raise CardioclrError(f"--minutes must be positive, got {args.minutes}")
-    if args.val_fraction is not None and not 0 <= args.val_fraction < 1:
-        raise CardioclrError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     cfg = preset_config(args.work, args.preset, max_epochs=args.max_epochs, devices=args.devices,
                         accelerator=args.accelerator, batch_size=args.batch_size,
                         patience=args.patience, seed=args.seed, folds=args.folds,

@@ -29,40 +29,33 @@ _CONNECTIVITY[1] = True
 _CONNECTIVITY[0, 1, 1] = _CONNECTIVITY[2, 1, 1] = True
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest connected component of a boolean (z, y, x) mask (empty stays empty)."""
-    lab, n = label(mask, structure=_CONNECTIVITY)
-    if n <= 1:
-        return mask.astype(bool, copy=True)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    largest: np.ndarray = lab == int(sizes.argmax())
-    return largest
-
-
+# In-plane neighbourhood (8-neighbour, same slice) for "touches another structure".
 _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[1] = True
 
 
-def largest_touching_component(mask: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """The largest connected component of a boolean (z, y, x) ``mask`` among those that touch
-    ``other`` in-plane (8-neighbour, same slice); the largest overall when none touches."""
+def largest_component(mask: np.ndarray, touching: np.ndarray | None = None) -> np.ndarray:
+    """The largest connected component of a boolean (z, y, x) mask (empty stays empty).
+
+    ``touching``: a boolean mask of the same shape; then the largest among the components that
+    touch it in-plane (8-neighbour, same slice), or the largest overall when none does.
+    """
     lab, n = label(mask, structure=_CONNECTIVITY)
     if n <= 1:
         return mask.astype(bool, copy=True)
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
     sizes[0] = 0
-    touching = np.unique(lab[binary_dilation(other, structure=_IN_PLANE) & mask])
-    if touching.size:
-        candidates = np.zeros_like(sizes)
-        candidates[touching] = sizes[touching]
-        sizes = candidates
-    chosen: np.ndarray = lab == int(sizes.argmax())
-    return chosen
+    if touching is not None:
+        near = np.unique(lab[binary_dilation(touching, structure=_IN_PLANE) & mask])
+        if near.size:
+            sizes = np.where(np.isin(np.arange(n + 1), near), sizes, 0)
+    largest: np.ndarray = lab == int(sizes.argmax())
+    return largest
 
 
 def largest_components(labels: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-    """Step 1 only: the largest 3D component of each structure of (z, S, S) labels.
+    """Step 1 only: the largest 3D component of each structure of (z, S, S) labels (the RV's
+    largest among those touching the kept myocardium).
 
     Returns uint8 labels and, per structure name, the fraction of its voxels removed (0-1).
     Enough to find where the heart is (filling holes never moves a bounding box).
@@ -76,12 +69,8 @@ def largest_components(labels: np.ndarray) -> tuple[np.ndarray, dict[str, float]
     for name, value in sorted(STRUCTURES.items(), key=lambda item: item[1] == RV_CAVITY):
         m = src == value
         n = int(m.sum())
-        if not n:
-            keep = m
-        elif value == RV_CAVITY:
-            keep = largest_touching_component(m, out == LV_MYOCARDIUM)
-        else:
-            keep = largest_component(m)
+        touching = out == LV_MYOCARDIUM if value == RV_CAVITY else None
+        keep = largest_component(m, touching) if n else m
         removed[name] = float((n - int(keep.sum())) / n) if n else 0.0
         out[keep] = value
     return out, {name: removed[name] for name in STRUCTURES}

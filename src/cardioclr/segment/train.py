@@ -1,8 +1,9 @@
 """``cardioclr segment train WORK``: fit the 2D U-Net on the train split's expert masks.
 
-Writes ``WORK/segmentation/model/``: ``checkpoints/last.ckpt`` (resumable) and ``best.ckpt``
-(best validation Dice), ``logs/``, ``config.yaml`` + ``versions.json``, then ``model.pt`` (the
-best network's weights and everything ``predict`` needs, loadable with ``weights_only=True``)
+Writes ``WORK/segmentation/model/``: ``checkpoints/last.ckpt`` (resumable) and, with validation
+patients, ``best.ckpt`` (best validation Dice), ``logs/``, ``config.yaml`` + ``versions.json``,
+then ``model.pt`` (the weights of the best epoch, or of the last one without validation, and
+everything ``predict`` needs, loadable with ``weights_only=True``)
 and ``done.json`` last: its presence marks a finished training, which a re-run skips.
 """
 
@@ -320,6 +321,8 @@ def train(cfg: SegTrainConfig, overwrite: bool = False) -> dict[str, Any]:
         return train_crossfit(cfg, overwrite)
     if cfg.folds < 1:
         raise CardioclrError(f"folds must be >= 1, got {cfg.folds}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise CardioclrError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
     held_out: list[str] = []
     if cfg.fold is not None:
         folds = read_assignment(cfg.work)
@@ -374,10 +377,10 @@ def train(cfg: SegTrainConfig, overwrite: bool = False) -> dict[str, Any]:
         raise KeyboardInterrupt
     if not trainer.is_global_zero:
         return {}
-    best = out / "checkpoints" / ("best.ckpt" if validate else "last.ckpt")
-    if not best.is_file():
-        raise CardioclrError(f"{best} was not written (no epoch finished?)")
-    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    exported = out / "checkpoints" / ("best.ckpt" if validate else "last.ckpt")
+    if not exported.is_file():
+        raise CardioclrError(f"{exported} was not written (no epoch finished?)")
+    ckpt = torch.load(exported, map_location="cpu", weights_only=True)
     state = {k.removeprefix("network."): v for k, v in ckpt["state_dict"].items() if k.startswith("network.")}
     best_score = trainer.checkpoint_callback.best_model_score if validate else None
     export = {
