@@ -7,7 +7,8 @@ DATA defaults to ``../shared/data/acdc`` relative to the repository root. Progre
 stderr/stdout as it happens; the LAST line printed is one JSON object.
 
 Default mode, the 70/30 split of ``splits.json``: the model trains on the 70 train patients
-(a tenth of them held out for validation), predicts all 100 patients (timed: ``predict_seconds``,
+(the ``cpu`` preset on all of them, the last epoch kept; the ``gpu`` preset holds a tenth out
+for validation), predicts all 100 patients (timed: ``predict_seconds``,
 localise-then-segment with test-time mirroring, NIfTI written, QC pictures only with
 ``--qc-png``) and is scored on the 30 test patients: ``mean_dice``, ``dice`` {phase: {RV, MYO,
 LV}}, ``mean_hd95``, ``hd95``, ``train_seconds``, ``predict_seconds``, ``n_test``, and

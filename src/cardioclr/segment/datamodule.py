@@ -1,9 +1,9 @@
 """Training data of the segmentation model: 2D slices of the train split's expert masks.
 
 Only patients of ``splits.json["train"]`` are ever loaded (the test split stays unseen); a few
-of them (``val_fraction``) are held out for validation and early stopping. Every slice of the
-ED and ES frames is one sample; slices stay at store resolution (S x S) and are cropped and
-augmented on the device (:mod:`cardioclr.data.augment`).
+of them (``val_fraction``; none with 0, the ``cpu`` preset) are held out for validation and
+early stopping. Every slice of the ED and ES frames is one sample; slices stay at store
+resolution (S x S) and are cropped and augmented on the device (:mod:`cardioclr.data.augment`).
 """
 
 from __future__ import annotations

@@ -301,9 +301,9 @@ _PAPER: dict[str, Any] = {
 # ``cpu`` preset on the store grid it was chosen on, 224 px / 1.25 mm (segment/grid.py):
 # 28-minute budget, residual U-Net, localise-then-segment; benchmarks/segmentation_quality.py),
 # then the demo's small classification grid at 64 px (smallcnn), meant to fit in the rest of an
-# hour on 2 cores. Measured (benchmarks/study_speed.py --data, benchmarks/README.md): 42 min
-# on a 2-core Zen 4 VM with bf16 (2026-12-06: segmentation training 28 min + prediction 1.3 min,
-# both SimCLR pretrainings 2.6 min, the fine-tuning pool 9.6 min; 44 min on the 1.5 mm grid);
+# hour on 2 cores. Measured (benchmarks/study_speed.py --data, benchmarks/README.md): 44.5 min
+# on a 2-core Zen 4 VM with bf16 (2026-12-07: segmentation training 28 min + prediction 1.7 min,
+# both SimCLR pretrainings 3 min, the fine-tuning pool ~12 min; 42 min the day before);
 # ~78 min on a 2x slower VM without bf16.
 # One segmentation model, not cross-fitted: K fold models would cost K x 28 minutes on a CPU
 # (set segment.options.folds: 5 to have them; the report then says masks are out-of-fold).
