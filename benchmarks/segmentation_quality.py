@@ -17,7 +17,11 @@ LV}}, ``mean_hd95``, ``hd95``, ``train_seconds``, ``predict_seconds``, ``n_test`
 
 ``--cv K``: K-fold cross-validation over every patient (stratified by diagnosis, seed 0): K
 trainings on the other folds, each scored on its held-out fold; the JSON has ``cv_mean_dice``
-(mean ± SD over folds), per-fold results and the pooled per-phase Dice. Costs K trainings.
+(mean ± SD over folds), per-fold results and the pooled per-phase Dice. Costs K trainings
+(5 x 28 min for the cpu preset). Each fold's result is kept in its work directory
+(:data:`FOLD_RESULT`), so a stopped run started again goes on from the first unfinished fold;
+``--finished-only`` trains nothing and scores the folds whose training has finished
+(``complete`` false and ``folds_missing`` listed while some have not).
 
 When the data is absent it prints ``{"skipped": "..."}`` and exits 0.
 """
@@ -40,6 +44,10 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+#: A CV fold's result (with the options it was measured with), in that fold's work directory.
+FOLD_RESULT = "benchmark_fold_result.json"
+#: The options a kept fold result must have been measured with to be reused.
+RESULT_OPTIONS = ("preset", "max_epochs", "train_minutes", "context_slices", "phase_channel")
 
 
 def _train_predict_evaluate(work: Path, args: argparse.Namespace,
@@ -114,6 +122,25 @@ def _fold_work(base: Path, root: Path, train: list[str], test: list[str]) -> Pat
     return root
 
 
+def _fold_result(work: Path, args: argparse.Namespace, test: list[str]) -> dict[str, Any] | None:
+    """One CV fold's result: kept from an earlier run with the same options, else measured now
+    (None with ``--finished-only`` when the fold's training has not finished)."""
+    from cardioclr.atomic import read_json, write_json
+    from cardioclr.segment.train import model_dir
+
+    options = {name: getattr(args, name) for name in RESULT_OPTIONS}
+    path = work / FOLD_RESULT
+    if path.is_file() and not args.overwrite:
+        kept = read_json(path)
+        if kept.get("options") == options:
+            return dict(kept["result"])
+    if args.finished_only and not (model_dir(work) / "done.json").is_file():
+        return None
+    result = _train_predict_evaluate(work, args, patient_ids=test)
+    write_json(path, {"options": options, "result": result})
+    return result
+
+
 def _cross_validate(base: Path, k: int, args: argparse.Namespace) -> dict[str, Any]:
     """K-fold CV over every patient of the store at ``base``: per-fold and pooled results."""
     import numpy as np
@@ -125,19 +152,26 @@ def _cross_validate(base: Path, k: int, args: argparse.Namespace) -> dict[str, A
     m = store.manifest
     ids = [p for p in store.patient_ids if bool(m.at[p, "has_expert_mask"])]
     labels = [str(m.at[p, "label"]) for p in ids]
-    folds = []
+    folds, missing = [], []
     for i, (tr, te) in enumerate(StratifiedKFold(k, shuffle=True, random_state=0).split(ids, labels)):
         test = [ids[j] for j in te]
         work = _fold_work(base, base.parent / f"{base.name}_cv{k}" / f"fold{i}", [ids[j] for j in tr], test)
-        res = _train_predict_evaluate(work, args, patient_ids=test)
+        res = _fold_result(work, args, test)
+        if res is None:
+            missing.append(i)
+            continue
         res["fold"] = i
         folds.append(res)
+    if not folds:
+        raise SystemExit(f"no fold of the {k}-fold CV under {base.parent / f'{base.name}_cv{k}'} has "
+                         "finished training; run without --finished-only")
     means = np.array([f["mean_dice"] for f in folds])
     n = np.array([f["n_test"] for f in folds])
     pooled = {ph: {s: float(np.average([f["dice"][ph][s] for f in folds], weights=n))
                    for s in ("RV", "MYO", "LV")} for ph in ("ED", "ES")}
-    return {"cv_folds": k, "cv_mean_dice": float(np.average(means, weights=n)),
-            "cv_mean_dice_sd_over_folds": float(means.std(ddof=1)) if k > 1 else None,
+    return {"cv_folds": k, "complete": not missing, "folds_missing": missing,
+            "cv_mean_dice": float(np.average(means, weights=n)),
+            "cv_mean_dice_sd_over_folds": float(means.std(ddof=1)) if len(folds) > 1 else None,
             "cv_dice": pooled,
             "cv_mean_hd95": float(np.average([f["mean_hd95"] for f in folds], weights=n)),
             "cv_train_seconds": round(sum(f["train_seconds"] for f in folds), 1),
@@ -163,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cv", type=int, default=None, metavar="K",
                     help="K-fold cross-validation over all patients instead of the 70/30 split")
     ap.add_argument("--overwrite", action="store_true", help="retrain even if a finished model exists")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="with --cv: train nothing; score the folds whose training has finished")
     ap.add_argument("--spacing", type=float, default=None, metavar="MM",
                     help="store grid pixel size when this script prepares WORK (default: the cpu preset's "
                     "1.25 mm, segment/grid.py; prepare's 1.5 mm for gpu)")
@@ -179,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cv is not None and args.cv < 2:
         ap.error("--cv needs K >= 2")
+    if args.finished_only and args.cv is None:
+        ap.error("--finished-only needs --cv")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     from cardioclr.data.prepare import PrepareConfig, default_workers, prepare
