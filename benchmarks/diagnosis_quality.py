@@ -8,7 +8,10 @@ cross-fitted segmentation, ``--seg-work``):
    patients only (:func:`cardioclr.evaluate.baseline.choose_and_fit`), never on test;
 3. 5x5 repeated stratified CV of that choice over all labelled patients (train + test):
    accuracy and macro one-vs-rest AUC per repeat (mean, SD), confusions summed over repeats;
-4. the fixed 70/30 split: the chosen model fitted on train, evaluated once on the 30 test.
+4. the fixed 70/30 split: the chosen model fitted on train, evaluated once on the 30 test;
+5. predicted masks: step 3's accuracy for patients whose masks carry a segmentation QC flag
+   (``qc_flags.csv``) and for the others (``predicted_cv_accuracy_by_segmentation_flag``): is a
+   diagnosis on a flagged segmentation worth a second look?
 
 The choice in step 2 saw the 70 train patients, who are also in step 3's CV: step 3 is slightly
 optimistic for them; step 4 is the untouched estimate.
@@ -72,6 +75,22 @@ def crossfit_problem(work: Path, train: list[str], test: list[str]) -> str | Non
     return None
 
 
+def accuracy_by_flag(oof_proba: Any, y: Any, ids: list[str], flags: Any) -> dict[str, Any]:
+    """Accuracy of the repeat-averaged out-of-fold probabilities (n, k) for patients whose masks
+    carry a segmentation QC flag and for the others: ``low_confidence`` (the calibrated
+    per-patient quality estimate) and any flag. ``flags``: the rows of ``qc_flags.csv``."""
+    import numpy as np
+
+    correct = np.asarray(oof_proba).argmax(1) == np.asarray(y)
+    out: dict[str, Any] = {}
+    for name, rows in (("low_confidence", flags[flags["flag"] == "low_confidence"]), ("any_flag", flags)):
+        flagged = np.isin(ids, rows["patient_id"].astype(str).unique())
+        out[name] = {group: {"n": int(sel.sum()),
+                             "accuracy": float(correct[sel].mean()) if sel.any() else None}
+                     for group, sel in (("flagged", flagged), ("unflagged", ~flagged))}
+    return out
+
+
 def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeats: int, splits: int,
                     seed: int) -> dict[str, Any]:
     """Steps 1-4 of the module docstring for one mask source."""
@@ -81,6 +100,7 @@ def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeat
     from cardioclr.data.store import SliceStore
     from cardioclr.evaluate.baseline import FEATURE_SETS, BaselineConfig, choose_and_fit
     from cardioclr.evaluate.clinical_features import feature_table
+    from cardioclr.layout import WorkLayout
 
     t0 = time.perf_counter()
     store = SliceStore(work)
@@ -109,6 +129,12 @@ def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeat
     test_errors = [{"patient_id": test[i], "label": classes[y_test[i]], "predicted": classes[pred[i]]}
                    for i in np.nonzero(pred != y_test)[0]]
     n_notes = sum(len(v) for v in notes.values())
+    by_flag = None
+    qc_path = WorkLayout(work).qc_flags
+    if source == "predicted" and qc_path.is_file():
+        import pandas as pd
+
+        by_flag = accuracy_by_flag(cv.oof_proba, y, ids, pd.read_csv(qc_path, dtype={"patient_id": str}))
     return {
         "chosen": {"classifier": name, "features": fs},
         "choice_cv_on_train": {n: {"accuracy": r["accuracy"]["mean"], "macro_auc": r["macro_auc"]["mean"]}
@@ -120,6 +146,7 @@ def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeat
         "test_accuracy": float((pred == y_test).mean()),
         "test_macro_auc": macro_auc(y_test, proba),
         "test_errors": test_errors,
+        "cv_accuracy_by_segmentation_flag": by_flag,
         "n_patients": len(ids), "n_train": len(train), "n_test": len(test),
         "feature_notes": {"patients": len(notes), "notes": n_notes},
         "seconds": round(time.perf_counter() - t0, 1),
@@ -204,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "predicted_cv_macro_auc": pick(predicted, "cv_macro_auc"),
         "test_accuracy_predicted": pick(predicted, "test_accuracy"),
         "test_macro_auc_predicted": pick(predicted, "test_macro_auc"),
+        "predicted_cv_accuracy_by_segmentation_flag": pick(predicted, "cv_accuracy_by_segmentation_flag"),
         "predicted_null_reason": predicted_reason,
         "predicted_masks": predicted_masks,
         "confusions": {"expert_cv": expert["cv_confusions"],

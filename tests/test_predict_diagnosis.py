@@ -14,7 +14,7 @@ from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.baseline import BaselineConfig, run_baseline
 from cardioclr.study.html import Para, Table
-from cardioclr.study.predict_diagnosis import refit_baseline, write_clinical_outputs
+from cardioclr.study.predict_diagnosis import refit_baseline, segmentation_flags, write_clinical_outputs
 from cardioclr.study.report.sections.diagnosis import diagnosis_blocks
 
 
@@ -50,9 +50,20 @@ def test_clinical_outputs_of_new_patients(tiny_work: Path, baseline_dir: Path, t
     diag = pd.read_csv(tmp_path / "diagnosis.csv")
     assert list(diag["patient_id"]) == ids
     assert np.allclose(diag.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
+    assert diag["segmentation_flags"].isna().all()  # the tiny store has no qc_flags.csv
     assert s["diagnosis"]["patients"] == 3
     missing = write_clinical_outputs(tiny_work, ids, tmp_path, tmp_path / "nowhere")
     assert "not written" in missing["diagnosis"] and not (tmp_path / "diagnosis.csv").exists()
+
+
+def test_segmentation_flags_name_each_patients_distinct_flags(tmp_path: Path):
+    qc = tmp_path / "qc_flags.csv"
+    pd.DataFrame({"patient_id": ["p1", "p1", "p1", "p2"], "phase": ["ES", "ED/ES", "ED", "ES"],
+                  "flag": ["fragmented", "low_confidence", "fragmented", "structure_missing"],
+                  "detail": ["", "", "", ""]}).to_csv(qc, index=False)
+    assert segmentation_flags(qc, ["p2", "p3", "p1"]) == ["structure_missing", "",
+                                                         "fragmented;low_confidence"]
+    assert segmentation_flags(tmp_path / "absent.csv", ["p1"]) == [""]
 
 
 def test_refit_refuses_a_missing_baseline(tmp_path: Path):
