@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,13 @@ import pandas as pd
 import pytest
 
 from cardioclr.clinical.classifier import predict_full
+from cardioclr.data.masks import load_labels, mask_flags, predicted_mask_path
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
 from cardioclr.evaluate.baseline import BaselineConfig, run_baseline
+from cardioclr.layout import WorkLayout
 from cardioclr.study.html import Para, Table
-from cardioclr.study.predict_diagnosis import refit_baseline, segmentation_flags, write_clinical_outputs
+from cardioclr.study.predict_diagnosis import refit_baseline, write_clinical_outputs
 from cardioclr.study.report.sections.diagnosis import diagnosis_blocks
 
 
@@ -56,14 +59,14 @@ def test_clinical_outputs_of_new_patients(tiny_work: Path, baseline_dir: Path, t
     assert "not written" in missing["diagnosis"] and not (tmp_path / "diagnosis.csv").exists()
 
 
-def test_segmentation_flags_name_each_patients_distinct_flags(tmp_path: Path):
-    qc = tmp_path / "qc_flags.csv"
+def test_mask_flags_name_each_patients_distinct_flags(tmp_path: Path):
+    qc = WorkLayout(tmp_path).qc_flags
+    qc.parent.mkdir(parents=True)
     pd.DataFrame({"patient_id": ["p1", "p1", "p1", "p2"], "phase": ["ES", "ED/ES", "ED", "ES"],
                   "flag": ["fragmented", "low_confidence", "fragmented", "structure_missing"],
                   "detail": ["", "", "", ""]}).to_csv(qc, index=False)
-    assert segmentation_flags(qc, ["p2", "p3", "p1"]) == ["structure_missing", "",
-                                                         "fragmented;low_confidence"]
-    assert segmentation_flags(tmp_path / "absent.csv", ["p1"]) == [""]
+    assert mask_flags(tmp_path, ["p2", "p3", "p1"]) == ["structure_missing", "", "fragmented;low_confidence"]
+    assert mask_flags(tmp_path / "elsewhere", ["p1"]) == [""]
 
 
 def test_refit_refuses_a_missing_baseline(tmp_path: Path):
@@ -84,3 +87,42 @@ def test_report_blocks_show_the_confusion_matrix_and_error_drivers(baseline_dir:
     assert cm.header[1:] == m["classes"] and len(cm.rows) == len(m["classes"])
     err = next(b for b in blocks if isinstance(b, Table) and b.caption.startswith("Test errors"))
     assert err.rows[0][0].text == "p7" and "lv_ef_pct = 18" in err.rows[0][3].text
+    assert len(err.header) == 4  # expert-mask errors carry no segmentation flags: no flag column
+
+
+def test_report_names_the_segmentation_flags_of_errors_on_predicted_masks(baseline_dir: Path):
+    m = json.loads((baseline_dir / "metrics.json").read_text())
+    driver = {"feature": "rv_ef_pct", "value": 52.0, "true_class_median": 30.0,
+              "predicted_class_median": 55.0, "prob_true_gain": 0.2}
+    m["test_errors"] = [{"patient_id": p, "label": "RV", "predicted": "NOR", "prob_predicted": 0.7,
+                         "drivers": [driver], "segmentation_flags": f}
+                        for p, f in (("p1", "low_confidence;structure_missing"), ("p2", ""))]
+    err = next(b for b in diagnosis_blocks(m["classes"], [m])
+               if isinstance(b, Table) and b.caption.startswith("Test errors"))
+    assert err.header[-1] == "Segmentation QC flags"
+    assert [r[-1].text for r in err.rows] == ["low_confidence;structure_missing", "none"]
+
+
+def test_baseline_test_errors_carry_the_flags_of_predicted_masks(tiny_work: Path, tmp_path: Path):
+    work = tmp_path / "work"
+    shutil.copytree(tiny_work, work)
+    store = SliceStore(work)
+    test = sorted(store.splits.test, key=store.label_index)
+    # "Predicted" masks: a train patient's expert masks; a test patient gets the masks of the next
+    # test patient in label order (mostly another class), so the classifier errs on test patients.
+    source = {**{p: p for p in store.splits.train}, **dict(zip(test, test[1:] + test[:1], strict=True))}
+    for pid, src in source.items():
+        ed, es = load_labels(work, src, "expert")
+        path = predicted_mask_path(work, pid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, ed_mask=ed, es_mask=es)
+    flags = {p: ("low_confidence" if i % 2 else "fragmented;structure_missing") for i, p in enumerate(test)}
+    rows = [(p, "ES", f, "") for p, fs in flags.items() for f in fs.split(";")]
+    pd.DataFrame(rows, columns=["patient_id", "phase", "flag", "detail"]).to_csv(WorkLayout(work).qc_flags,
+                                                                              index=False)
+    m = run_baseline(BaselineConfig(work=str(work), out=str(tmp_path / "p"), masks="predicted",
+                                    candidates=("logistic",), features="indices", cv_repeats=1,
+                                    cv_splits=2, n_boot=20))
+    assert m["test_errors"]
+    assert {e["patient_id"]: e["segmentation_flags"] for e in m["test_errors"]} == {
+        e["patient_id"]: flags[e["patient_id"]] for e in m["test_errors"]}

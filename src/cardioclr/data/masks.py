@@ -6,7 +6,8 @@ Both sources give the same thing: ED and ES label volumes, uint8 (z, S, S) on th
 (:mod:`cardioclr.clinical.labels`).
 
 ``predicted`` masks live in ``WORK/segmentation/masks/PID.npz`` (written by
-``cardioclr segment predict WORK``); ``expert`` masks come from the store itself.
+``cardioclr segment predict WORK``), their QC flags in ``WORK/segmentation/qc_flags.csv``
+(:func:`mask_flags`); ``expert`` masks come from the store itself.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from cardioclr.choices import MASK_SOURCES
 from cardioclr.clinical.labels import MAX_LABEL
@@ -31,6 +33,18 @@ def segmentation_dir(work: str | os.PathLike[str]) -> Path:
 def predicted_mask_path(work: str | os.PathLike[str], patient_id: str) -> Path:
     """``WORK/segmentation/masks/PID.npz``."""
     return WorkLayout(work).segmentation_masks / f"{patient_id}.npz"
+
+
+def mask_flags(work: str | os.PathLike[str], patient_ids: list[str]) -> list[str]:
+    """Per patient, the distinct QC flags of its predicted masks (``qc_flags.csv`` rows of
+    ``cardioclr segment predict``), sorted and ``;``-separated; empty when it has none or the
+    work directory has no ``qc_flags.csv``."""
+    path = WorkLayout(work).qc_flags
+    if not path.is_file():
+        return [""] * len(patient_ids)
+    rows = pd.read_csv(path, dtype={"patient_id": str})
+    by_patient = rows.groupby("patient_id")["flag"].agg(lambda f: ";".join(sorted(set(map(str, f)))))
+    return [str(by_patient.get(p, "")) for p in patient_ids]
 
 
 def load_labels(work: str | os.PathLike[str], patient_id: str, source: str) -> tuple[np.ndarray, np.ndarray]:

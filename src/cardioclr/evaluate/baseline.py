@@ -66,6 +66,7 @@ from cardioclr.atomic import write_json, write_text
 from cardioclr.choices import BASELINE_FEATURE_SETS, BASELINE_MODELS, MASK_SOURCES
 from cardioclr.clinical import classifier as clf_mod
 from cardioclr.clinical.regional import REGIONAL_NAMES
+from cardioclr.data.masks import mask_flags
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
 from cardioclr.evaluate.clinical_features import FEATURE_NAMES, feature_table
@@ -410,10 +411,15 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
     wrong = np.nonzero(proba.argmax(1) != y_test)[0]
     drivers = clf_mod.error_drivers(model, x_train, y_train, x_test.iloc[wrong], y_test[wrong],
                                     proba.argmax(1)[wrong], k) if wrong.size else []
+    # With predicted masks, the QC flags of each misclassified patient's masks (None otherwise):
+    # an error on flagged masks may be the segmentation's, not the classifier's.
+    flags = (mask_flags(cfg.work, [test[i] for i in wrong]) if cfg.masks == "predicted"
+             else [None] * len(wrong))
     test_errors = [{"patient_id": test[i], "label": classes[y_test[i]],
                     "predicted": classes[int(proba[i].argmax())],
                     "prob_predicted": float(proba[i].max()), "prob_label": float(proba[i, y_test[i]]),
-                    "drivers": d} for i, d in zip(wrong, drivers, strict=True)]
+                    "drivers": d, "segmentation_flags": f}
+                   for i, d, f in zip(wrong, drivers, flags, strict=True)]
     result = {
         "model": ("hybrid-" if deep_cols else "clinical-") + name,
         "mask_source": cfg.masks,

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from cardioclr.atomic import read_json, write_text
+from cardioclr.data.masks import mask_flags
 from cardioclr.errors import CardioclrError
-from cardioclr.layout import WorkLayout
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +77,6 @@ def refit_baseline(baseline_dir: Path) -> tuple[Any, list[str], list[str], dict[
     return model.fit(x, y), classes, cols, m
 
 
-def segmentation_flags(qc_flags_csv: Path, patient_ids: list[str]) -> list[str]:
-    """Per patient, the distinct QC flags of its masks (``qc_flags.csv`` rows), sorted and
-    ``;``-separated; empty when it has none or there is no such file."""
-    if not qc_flags_csv.is_file():
-        return [""] * len(patient_ids)
-    rows = pd.read_csv(qc_flags_csv, dtype={"patient_id": str})
-    by_patient = rows.groupby("patient_id")["flag"].agg(lambda f: ";".join(sorted(set(map(str, f)))))
-    return [str(by_patient.get(p, "")) for p in patient_ids]
-
-
 def write_clinical_outputs(work: Path, patient_ids: list[str], out: Path,
                            baseline_dir: Path) -> dict[str, Any]:
     """Features of ``patient_ids`` (predicted masks in the prediction store ``work``) and the
@@ -113,7 +103,7 @@ def write_clinical_outputs(work: Path, patient_ids: list[str], out: Path,
                        "predicted": [classes[i] for i in np.argmax(proba, axis=1)]})
     for c, col in enumerate(prob_columns(classes)):
         df[col] = proba[:, c]
-    df["segmentation_flags"] = segmentation_flags(WorkLayout(work).qc_flags, patient_ids)
+    df["segmentation_flags"] = mask_flags(work, patient_ids)
     write_text(out / "diagnosis.csv", df.to_csv(index=False, float_format="%.6f"))
     summary["diagnosis"] = {"model": m.get("model"), "trained_on_masks": m.get("mask_source"),
                             "baseline": str(baseline_dir), "patients": len(df)}

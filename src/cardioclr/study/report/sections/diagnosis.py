@@ -55,17 +55,26 @@ def _errors_table(model: str, m: dict[str, Any]) -> Table | Para | None:
         return None
     if not errors:
         return Para(f"{model}: no test patient misclassified.")
+    # Predicted masks: each error's segmentation QC flags (None with expert masks: no column).
+    with_flags = any(e.get("segmentation_flags") is not None for e in errors)
     rows = []
     for e in errors:
         drivers = "; ".join(
             f"{d['feature']} = {_f(d['value'])} (median {e['label']} {_f(d['true_class_median'])}, "
             f"{e['predicted']} {_f(d['predicted_class_median'])})" for d in e.get("drivers", []))
-        rows.append([TCell(str(e["patient_id"])), TCell(str(e["label"])),
-                     TCell(f"{e['predicted']} ({_f(e.get('prob_predicted'), 2)})"), TCell(drivers or "—")])
-    return Table(f"Test errors of {model} and the indices that drove them",
-                 ["Patient", "True", "Predicted (probability)", "Indices that pulled it away from its class"],
-                 rows, ["For each error, the three features whose replacement by the true class's "
-                        "training median raises the true class's probability most (one at a time)."])
+        row = [TCell(str(e["patient_id"])), TCell(str(e["label"])),
+               TCell(f"{e['predicted']} ({_f(e.get('prob_predicted'), 2)})"), TCell(drivers or "—")]
+        if with_flags:
+            row.append(TCell(str(e.get("segmentation_flags") or "none")))
+        rows.append(row)
+    header = ["Patient", "True", "Predicted (probability)", "Indices that pulled it away from its class"]
+    notes = ["For each error, the three features whose replacement by the true class's "
+             "training median raises the true class's probability most (one at a time)."]
+    if with_flags:
+        header.append("Segmentation QC flags")
+        notes.append("QC flags of the patient's predicted masks (qc_flags.csv): an error on flagged "
+                     "masks may come from the segmentation rather than the classifier.")
+    return Table(f"Test errors of {model} and the indices that drove them", header, rows, notes)
 
 
 def diagnosis_blocks(classes: Sequence[str], baselines: Sequence[dict[str, Any]]) -> list[Block]:
