@@ -75,20 +75,19 @@ def crossfit_problem(work: Path, train: list[str], test: list[str]) -> str | Non
     return None
 
 
-def accuracy_by_flag(oof_proba: Any, y: Any, ids: list[str], flags: Any) -> dict[str, Any]:
+def accuracy_by_flag(oof_proba: Any, y: Any, flags: list[str]) -> dict[str, Any]:
     """Accuracy of the repeat-averaged out-of-fold probabilities (n, k) for patients whose masks
     carry a segmentation QC flag and for the others: ``low_confidence`` (the calibrated
-    per-patient quality estimate) and any flag. ``flags``: the rows of ``qc_flags.csv``."""
+    per-patient quality estimate) and any flag. ``flags``: per patient, its ``;``-separated flags
+    (:func:`cardioclr.data.masks.mask_flags`)."""
     import numpy as np
 
     correct = np.asarray(oof_proba).argmax(1) == np.asarray(y)
-    out: dict[str, Any] = {}
-    for name, rows in (("low_confidence", flags[flags["flag"] == "low_confidence"]), ("any_flag", flags)):
-        flagged = np.isin(ids, rows["patient_id"].astype(str).unique())
-        out[name] = {group: {"n": int(sel.sum()),
-                             "accuracy": float(correct[sel].mean()) if sel.any() else None}
-                     for group, sel in (("flagged", flagged), ("unflagged", ~flagged))}
-    return out
+    kinds = {"low_confidence": np.array(["low_confidence" in f.split(";") for f in flags], bool),
+             "any_flag": np.array([f != "" for f in flags], bool)}
+    return {name: {group: {"n": int(sel.sum()), "accuracy": float(correct[sel].mean()) if sel.any() else None}
+                   for group, sel in (("flagged", flagged), ("unflagged", ~flagged))}
+            for name, flagged in kinds.items()}
 
 
 def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeats: int, splits: int,
@@ -97,6 +96,7 @@ def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeat
     import numpy as np
 
     from cardioclr.clinical.classifier import macro_auc, predict_full, repeated_cv
+    from cardioclr.data.masks import mask_flags
     from cardioclr.data.store import SliceStore
     from cardioclr.evaluate.baseline import FEATURE_SETS, BaselineConfig, choose_and_fit
     from cardioclr.evaluate.clinical_features import feature_table
@@ -129,12 +129,8 @@ def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeat
     test_errors = [{"patient_id": test[i], "label": classes[y_test[i]], "predicted": classes[pred[i]]}
                    for i in np.nonzero(pred != y_test)[0]]
     n_notes = sum(len(v) for v in notes.values())
-    by_flag = None
-    qc_path = WorkLayout(work).qc_flags
-    if source == "predicted" and qc_path.is_file():
-        import pandas as pd
-
-        by_flag = accuracy_by_flag(cv.oof_proba, y, ids, pd.read_csv(qc_path, dtype={"patient_id": str}))
+    by_flag = (accuracy_by_flag(cv.oof_proba, y, mask_flags(work, ids))
+               if source == "predicted" and WorkLayout(work).qc_flags.is_file() else None)
     return {
         "chosen": {"classifier": name, "features": fs},
         "choice_cv_on_train": {n: {"accuracy": r["accuracy"]["mean"], "macro_auc": r["macro_auc"]["mean"]}
