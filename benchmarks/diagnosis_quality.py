@@ -12,6 +12,8 @@ cross-fitted segmentation, ``--seg-work``):
 5. predicted masks: step 3's accuracy for patients whose masks carry a segmentation QC flag
    (``qc_flags.csv``) and for the others (``predicted_cv_accuracy_by_segmentation_flag``): is a
    diagnosis on a flagged segmentation worth a second look?
+6. the persistent CV errors: patients misclassified by step 3's repeat-averaged out-of-fold
+   probabilities, with the indices of the ACDC criteria (``cv_persistent_errors``).
 
 The choice in step 2 saw the 70 train patients, who are also in step 3's CV: step 3 is slightly
 optimistic for them; step 4 is the untouched estimate.
@@ -90,6 +92,33 @@ def accuracy_by_flag(oof_proba: Any, y: Any, flags: list[str]) -> dict[str, Any]
             for name, flagged in kinds.items()}
 
 
+#: The indices the ACDC diagnostic criteria use (Bernard et al. 2018), shown for each
+#: persistent CV error so a reader sees whether the patient meets its own label's criteria.
+CRITERIA_INDICES = ("lv_edv_ml_per_m2", "lv_ef_pct", "rv_edv_ml_per_m2", "rv_ef_pct", "wt_ed_max_mm",
+                    "myo_mass_ed_g_per_m2")
+
+
+def persistent_errors(oof_proba: Any, y: Any, ids: list[str], classes: list[str],
+                      features: Any) -> list[dict[str, Any]]:
+    """Patients misclassified by the repeat-averaged out-of-fold probabilities (n, k): each with
+    its label, the prediction, the probability of its label and its criteria indices
+    (:data:`CRITERIA_INDICES`, rounded; None when missing) from ``features`` (DataFrame indexed
+    by patient). Errors that survive averaging over repeats are the patients no CV split gets
+    right, as opposed to those one unlucky split gets wrong."""
+    import numpy as np
+
+    proba, y = np.asarray(oof_proba), np.asarray(y)
+    out = []
+    for i in np.nonzero(proba.argmax(1) != y)[0]:
+        row = features.loc[ids[i]]
+        predicted = classes[int(proba[i].argmax())]
+        out.append({"patient_id": ids[i], "label": classes[y[i]], "predicted": predicted,
+                    "p_label": round(float(proba[i, y[i]]), 3),
+                    "indices": {c: (None if c not in row or row[c] != row[c] else round(float(row[c]), 1))
+                                for c in CRITERIA_INDICES}})
+    return out
+
+
 def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeats: int, splits: int,
                     seed: int) -> dict[str, Any]:
     """Steps 1-4 of the module docstring for one mask source."""
@@ -142,6 +171,7 @@ def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeat
         "test_accuracy": float((pred == y_test).mean()),
         "test_macro_auc": macro_auc(y_test, proba),
         "test_errors": test_errors,
+        "cv_persistent_errors": persistent_errors(cv.oof_proba, y, ids, list(classes), full),
         "cv_accuracy_by_segmentation_flag": by_flag,
         "n_patients": len(ids), "n_train": len(train), "n_test": len(test),
         "feature_notes": {"patients": len(notes), "notes": n_notes},
@@ -230,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         "predicted_cv_accuracy_by_segmentation_flag": pick(predicted, "cv_accuracy_by_segmentation_flag"),
         "predicted_null_reason": predicted_reason,
         "predicted_masks": predicted_masks,
+        "cv_persistent_errors": {"expert": expert["cv_persistent_errors"],
+                                 "predicted": pick(predicted, "cv_persistent_errors")},
         "confusions": {"expert_cv": expert["cv_confusions"],
                        "predicted_cv": pick(predicted, "cv_confusions")},
         "targets": {"expert_cv_accuracy": 0.98, "predicted_cv_accuracy": 0.96,

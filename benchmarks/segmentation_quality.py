@@ -21,7 +21,12 @@ trainings on the other folds, each scored on its held-out fold; the JSON has ``c
 (5 x 28 min for the cpu preset). Each fold's result is kept in its work directory
 (:data:`FOLD_RESULT`), so a stopped run started again goes on from the first unfinished fold;
 ``--finished-only`` trains nothing and scores the folds whose training has finished
-(``complete`` false and ``folds_missing`` listed while some have not).
+(``complete`` false and ``folds_missing`` listed while some have not). A complete CV also
+gathers every patient's held-out mask into ``WORK_cvK/out_of_fold`` (``out_of_fold_work`` in
+the JSON): a work directory with WORK's store and 70/30 split where each patient's mask comes
+from the fold model that never saw it (``mask_sources.csv`` ``out_of_fold``, with its QC
+flags), so ``benchmarks/diagnosis_quality.py --seg-work`` can measure the diagnosis on masks of
+the full preset's quality.
 
 When the data is absent it prints ``{"skipped": "..."}`` and exits 0.
 """
@@ -141,6 +146,40 @@ def _fold_result(work: Path, args: argparse.Namespace, test: list[str]) -> dict[
     return result
 
 
+def _gather_out_of_fold(base: Path, cv_root: Path, held_out: list[list[str]]) -> Path:
+    """``cv_root/out_of_fold``: a work directory over ``base``'s store and split whose masks are
+    each patient's held-out prediction (fold i's masks of ``held_out[i]``), with their QC flags;
+    built under a temporary name, then renamed."""
+    import pandas as pd
+
+    from cardioclr.layout import WorkLayout
+    from cardioclr.segment.crossfit import MASK_SOURCES_FILE, mask_sources_table
+
+    final, tmp = cv_root / "out_of_fold", cv_root / "out_of_fold.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    out = WorkLayout(tmp)
+    out.segmentation_masks.mkdir(parents=True)
+    for name in ("dataset.json", "manifest.csv", "splits.json"):
+        shutil.copy(base / name, tmp / name)
+    (tmp / "store").symlink_to((base / "store").resolve(), target_is_directory=True)
+    sources, flags = [], []
+    for i, ids in enumerate(held_out):
+        fold = WorkLayout(cv_root / f"fold{i}")
+        for pid in ids:
+            shutil.copy(fold.segmentation_masks / f"{pid}.npz", out.segmentation_masks / f"{pid}.npz")
+            sources.append({"patient_id": pid, "source": "out_of_fold", "models": f"cv_fold{i}"})
+        if fold.qc_flags.is_file():
+            f = pd.read_csv(fold.qc_flags, dtype={"patient_id": str})
+            flags.append(f[f["patient_id"].isin(ids)])
+    mask_sources_table(sorted(sources, key=lambda r: r["patient_id"])).to_csv(
+        out.segmentation / MASK_SOURCES_FILE, index=False)
+    if flags:
+        pd.concat(flags).sort_values(["patient_id", "phase"], kind="stable").to_csv(out.qc_flags, index=False)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
 def _cross_validate(base: Path, k: int, args: argparse.Namespace) -> dict[str, Any]:
     """K-fold CV over every patient of the store at ``base``: per-fold and pooled results."""
     import numpy as np
@@ -152,10 +191,12 @@ def _cross_validate(base: Path, k: int, args: argparse.Namespace) -> dict[str, A
     m = store.manifest
     ids = [p for p in store.patient_ids if bool(m.at[p, "has_expert_mask"])]
     labels = [str(m.at[p, "label"]) for p in ids]
-    folds, missing = [], []
+    folds, missing, held_out = [], [], []
+    cv_root = base.parent / f"{base.name}_cv{k}"
     for i, (tr, te) in enumerate(StratifiedKFold(k, shuffle=True, random_state=0).split(ids, labels)):
         test = [ids[j] for j in te]
-        work = _fold_work(base, base.parent / f"{base.name}_cv{k}" / f"fold{i}", [ids[j] for j in tr], test)
+        held_out.append(test)
+        work = _fold_work(base, cv_root / f"fold{i}", [ids[j] for j in tr], test)
         res = _fold_result(work, args, test)
         if res is None:
             missing.append(i)
@@ -163,7 +204,7 @@ def _cross_validate(base: Path, k: int, args: argparse.Namespace) -> dict[str, A
         res["fold"] = i
         folds.append(res)
     if not folds:
-        raise SystemExit(f"no fold of the {k}-fold CV under {base.parent / f'{base.name}_cv{k}'} has "
+        raise SystemExit(f"no fold of the {k}-fold CV under {cv_root} has "
                          "finished training; run without --finished-only")
     means = np.array([f["mean_dice"] for f in folds])
     n = np.array([f["n_test"] for f in folds])
@@ -175,7 +216,9 @@ def _cross_validate(base: Path, k: int, args: argparse.Namespace) -> dict[str, A
             "cv_dice": pooled,
             "cv_mean_hd95": float(np.average([f["mean_hd95"] for f in folds], weights=n)),
             "cv_train_seconds": round(sum(f["train_seconds"] for f in folds), 1),
-            "n_patients": int(n.sum()), "folds": folds}
+            "n_patients": int(n.sum()),
+            "out_of_fold_work": None if missing else str(_gather_out_of_fold(base, cv_root, held_out)),
+            "folds": folds}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,3 +20,19 @@ def test_accuracy_by_flag_splits_patients_by_flag_kind() -> None:
     assert got["any_flag"] == {"flagged": {"n": 2, "accuracy": 0.5}, "unflagged": {"n": 2, "accuracy": 1.0}}
     none = bench.accuracy_by_flag(proba, y, [""] * len(ids))
     assert none["any_flag"]["flagged"] == {"n": 0, "accuracy": None}
+
+
+def test_persistent_errors_lists_patients_wrong_after_averaging_with_their_indices() -> None:
+    import pandas as pd
+
+    bench = load_benchmark("diagnosis_quality")
+    ids = ["p1", "p2", "p3"]
+    y = np.array([0, 1, 1])
+    proba = np.array([[0.9, 0.1], [0.6, 0.4], [0.45, 0.55]])  # only p2 wrong on average
+    features = pd.DataFrame({"lv_ef_pct": [60.0, 31.25, 20.0], "rv_ef_pct": [50.0, float("nan"), 40.0]},
+                            index=ids)
+    got = bench.persistent_errors(proba, y, ids, ["NOR", "DCM"], features)
+    assert [e["patient_id"] for e in got] == ["p2"]
+    assert got[0]["label"] == "DCM" and got[0]["predicted"] == "NOR" and got[0]["p_label"] == 0.4
+    assert got[0]["indices"]["lv_ef_pct"] == 31.2 and got[0]["indices"]["rv_ef_pct"] is None
+    assert got[0]["indices"]["lv_edv_ml_per_m2"] is None  # not in the table
