@@ -28,7 +28,9 @@ those (e.g. ``single_model``: that model saw the train patients) makes the predi
 with the reason, unless ``--accept-single-model`` is given: then they are measured and
 ``predicted_masks`` says plainly that they are not cross-fitted (test masks honest; train masks
 in-sample for segmentation, so the CV over all patients is optimistic). Without ``--seg-work``
-the predicted keys are null with the reason.
+the predicted keys are null with the reason. ``WORK_cvK/out_of_fold`` of a complete
+``benchmarks/segmentation_quality.py --cv K`` is such a directory too: every patient's mask comes
+from the full preset's model of the CV fold that held it out (``out_of_fold`` for all).
 
 Usage::
 
