@@ -11,6 +11,7 @@ from cardioclr.clinical.regional import (
     REGIONAL_NAMES,
     boundary_points,
     insertion_angles,
+    lv_eccentricity,
     regional_features,
     slice_levels,
 )
@@ -67,6 +68,8 @@ def test_ring_of_known_thickness_everywhere():
     assert abs(r.values["anterior_insertion_deg"] - 120.0) < 8.0
     assert r.values["n_insertion_slices"] == 9
     assert r.values["wt_ed_circ_sd_mean_mm"] < 0.5
+    assert abs(r.values["lv_eccentricity_ed"] - 1.0) < 0.03  # a round cavity
+    assert abs(r.values["lv_eccentricity_es"] - 1.0) < 0.03
 
 
 @pytest.mark.parametrize("rotate", [0.0, 90.0, 215.0])
@@ -118,6 +121,8 @@ def test_no_rv_gives_nan_segments_with_a_reason_and_keeps_the_rest():
     assert any("no RV-myocardium contact" in n for n in r.notes)
     assert abs(r.values["thickening_mid_pct"] - 50.0) < 15.0  # anchor-free features survive
     assert np.isfinite(r.values["wt_ed_circ_sd_mean_mm"])
+    assert math.isnan(r.values["lv_eccentricity_ed"]) and math.isnan(r.values["lv_eccentricity_es"])
+    assert any("no RV: no septal axis" in n for n in r.notes)
 
 
 def test_rv_around_the_whole_lv_is_not_a_septum():
@@ -140,3 +145,48 @@ def test_slices_without_myocardium_or_cavity_and_empty_masks_do_not_crash():
     empty = regional_features(nothing, nothing, (8.0, 1.5, 1.5))
     assert all(math.isnan(v) for v in empty.values.values())
     assert empty.notes and "no LV myocardium" in empty.notes[0]
+
+
+def _flattened_slice(septal_mm: float, parallel_mm: float, rv_side: float, rotate_deg: float,
+                     spacing_yx: tuple[float, float]) -> np.ndarray:
+    """(y, x) labels: an elliptic LV cavity with semi-axis ``septal_mm`` towards the RV (on the
+    ``rv_side`` +1 / -1 of it) and ``parallel_mm`` along the septum, an 8 mm myocardium and an RV
+    block beyond the septum; the whole slice turned by ``rotate_deg``."""
+    sy, sx = spacing_yx
+    ny, nx = int(120 / sy), int(120 / sx)
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    dy, dx = (yy - ny / 2) * sy, (xx - nx / 2) * sx
+    t = math.radians(rotate_deg)
+    along = rv_side * (dx * math.cos(t) - dy * math.sin(t))  # towards the RV, mm
+    across = dx * math.sin(t) + dy * math.cos(t)
+    lab = np.zeros((ny, nx), np.uint8)
+    lab[(along > septal_mm + 8) & (along < septal_mm + 24) & (np.abs(across) < 20)] = 1
+    outer = (along / (septal_mm + 8)) ** 2 + (across / (parallel_mm + 8)) ** 2 < 1
+    lab[outer] = 2
+    lab[(along / septal_mm) ** 2 + (across / parallel_mm) ** 2 < 1] = 3
+    return lab
+
+
+@pytest.mark.parametrize("rotate", [0.0, 37.0, 120.0])
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.8, 1.3)])
+@pytest.mark.parametrize("rv_side", [1.0, -1.0])
+def test_eccentricity_of_a_flattened_cavity_is_its_axis_ratio(rotate, spacing, rv_side):
+    # A uniform ellipse's position SD along an axis is its semi-axis / 2, so the ratio is exact up
+    # to pixelation, whatever the rotation, pixel shape or side the RV is on.
+    flat = _flattened_slice(14.0, 21.0, rv_side, rotate, spacing)
+    assert lv_eccentricity(flat, spacing) == pytest.approx(1.5, abs=0.04)
+    round_ = _flattened_slice(18.0, 18.0, rv_side, rotate, spacing)
+    assert lv_eccentricity(round_, spacing) == pytest.approx(1.0, abs=0.03)
+    # Elongated towards the RV (the opposite of septal flattening): below 1.
+    assert lv_eccentricity(_flattened_slice(21.0, 14.0, rv_side, rotate, spacing), spacing) < 0.7
+
+
+def test_eccentricity_without_rv_or_cavity_says_why():
+    flat = _flattened_slice(14.0, 21.0, 1.0, 0.0, (1.0, 1.0))
+    no_rv = np.where(flat == 1, 0, flat)
+    assert "no RV" in str(lv_eccentricity(no_rv, (1.0, 1.0)))
+    no_cavity = np.where(flat == 3, 2, flat)
+    assert "no LV cavity" in str(lv_eccentricity(no_cavity, (1.0, 1.0)))
+    sliver = np.where(flat == 3, 2, flat)
+    sliver[60, 60:65] = 3
+    assert "too small" in str(lv_eccentricity(sliver, (1.0, 1.0)))

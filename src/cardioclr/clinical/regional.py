@@ -38,6 +38,13 @@ Heterogeneity does not need the anchor: each slice's boundary is cut into
 SD and max/min ratio of the sector thicknesses are taken per slice, then summarised over slices
 (mean and max), with the SD over slices of the slice-mean thickness.
 
+LV eccentricity (septal flattening): in each mid-level slice the LV cavity's spread (SD of its
+pixel positions, mm) along the axis parallel to the septum divided by its spread along the
+septal-lateral axis (LV cavity centroid -> RV cavity centroid); the patient's value at ED and at
+ES is the median over the mid slices. 1 for a round cavity, above 1 when the septum is flattened
+into a D shape: the moment form of the echocardiographic / CMR eccentricity index (Ryan et al.,
+JACC 1985), whose diastolic and systolic values mark RV volume and pressure overload.
+
 Every feature that cannot be measured is NaN and the reason is recorded in
 :attr:`RegionalFeatures.notes` (a slice without myocardium or LV cavity, no RV contact, an RV
 that surrounds the LV); nothing raises for an anatomically odd mask.
@@ -68,6 +75,8 @@ CONTACT_MM = 3.0
 MIN_ARC_DEG, MAX_ARC_DEG = 30.0, 270.0
 N_HETEROGENEITY_SECTORS = 24
 N_PROFILE = 5  # points of the base-to-apex volume profiles
+#: Fewest LV cavity pixels of a slice whose eccentricity is measured (a sliver has no shape).
+MIN_ECCENTRICITY_PIXELS = 20
 
 # AHA segment of each 60 degree (basal, mid) or 90 degree (apical) sector, counted
 # counter-clockwise from the anterior insertion (basal/mid) or from 15 degrees past it (apical).
@@ -99,6 +108,7 @@ REGIONAL_NAMES: tuple[str, ...] = (
     *(f"rv_ed_profile_{i}_ml" for i in range(N_PROFILE)),
     "rv_lv_sv_ratio", "rv_lv_ef_ratio", "mass_lv_esv_ratio_g_per_ml",
     "anterior_insertion_deg", "septal_arc_deg", "n_insertion_slices",
+    "lv_eccentricity_ed", "lv_eccentricity_es",
 )
 
 
@@ -179,6 +189,35 @@ def insertion_angles(points: BoundaryPoints) -> tuple[float, float] | str:
         return f"RV contact surrounds the LV ({math.degrees(arc):.0f} degrees): no insertion points"
     start = float(a[(g + 1) % a.size])
     return start, arc
+
+
+def lv_eccentricity(labels_2d: np.ndarray, spacing_yx: Sequence[float]) -> float | str:
+    """LV eccentricity of one (y, x) slice (module docstring; unitless), or why it is undefined.
+
+    The cavity of the connected LV with the most cavity only, as :func:`boundary_points`.
+    """
+    sy, sx = (float(s) for s in spacing_yx)
+    cav = labels_2d == LV_CAVITY
+    rv = labels_2d == RV_CAVITY
+    if not cav.any():
+        return "no LV cavity"
+    if not rv.any():
+        return "no RV: no septal axis for the eccentricity"
+    _, cav, _ = lv_component_and_epicardium(labels_2d == LV_MYOCARDIUM, cav)
+    if cav.sum() < MIN_ECCENTRICITY_PIXELS:  # the kept LV's cavity, not stray cavity blobs
+        return "LV cavity too small for an eccentricity"
+    cy, cx = np.nonzero(cav)
+    pos = np.stack([cy * sy, cx * sx], axis=1)  # mm
+    centre = pos.mean(axis=0)
+    ry, rx = np.nonzero(rv)
+    septal = np.array([ry.mean() * sy, rx.mean() * sx]) - centre
+    norm = float(np.linalg.norm(septal))
+    if norm == 0:
+        return "RV centred on the LV cavity: no septal axis for the eccentricity"
+    septal /= norm
+    parallel = np.array([-septal[1], septal[0]])
+    rel = pos - centre
+    return _div(float(np.std(rel @ parallel)), float(np.std(rel @ septal)))
 
 
 def _circular_mean(angles: Sequence[float]) -> float:
@@ -360,6 +399,20 @@ def regional_features(ed_labels: np.ndarray, es_labels: np.ndarray, spacing_zyx:
     rv_vol = np.array([(ed[z] == RV_CAVITY).sum() * voxel_ml for z in (rv_z[::-1] if base_high else rv_z)])
     for i, x in enumerate(_profile(rv_vol)):
         v[f"rv_ed_profile_{i}_ml"] = float(x)
+
+    # Septal flattening: median mid-slice LV eccentricity per phase.
+    for ph, lab in (("ed", ed), ("es", es)):
+        values = []
+        for z in (z for z in order if levels[z] == "mid" and z < lab.shape[0]):
+            e = lv_eccentricity(lab[z], (sy, sx))
+            if isinstance(e, str):
+                notes.append(f"{ph.upper()} slice {z}: {e}")
+            elif math.isfinite(e):
+                values.append(e)
+        if values:
+            v[f"lv_eccentricity_{ph}"] = float(np.median(values))
+        else:
+            notes.append(f"{ph.upper()}: no mid slice with an LV eccentricity")
 
     lv_edv, lv_esv = float((ed == LV_CAVITY).sum() * voxel_ml), float((es == LV_CAVITY).sum() * voxel_ml)
     rv_edv, rv_esv = float((ed == RV_CAVITY).sum() * voxel_ml), float((es == RV_CAVITY).sum() * voxel_ml)
