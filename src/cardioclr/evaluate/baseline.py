@@ -93,6 +93,7 @@ REGIONAL_SUMMARY: tuple[str, ...] = (
     "wt_es_max_min_ratio_mean", "wt_ed_slice_mean_sd_mm", "wt_es_slice_mean_sd_mm",
     "thickening_segment_min_pct", "thickening_segment_sd_pct", "lv_sphericity_ed",
     "rv_lv_sv_ratio", "rv_lv_ef_ratio", "mass_lv_esv_ratio_g_per_ml",
+    "lv_eccentricity_ed", "lv_eccentricity_es",
 )
 #: Classifier input columns per ``features`` setting.
 FEATURE_SETS: dict[str, tuple[str, ...]] = {"regional": (*FEATURE_NAMES, *REGIONAL_SUMMARY),
