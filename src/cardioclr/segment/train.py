@@ -90,9 +90,12 @@ class SegTrainConfig:
 #: noise), batched on the device (:mod:`cardioclr.data.augment`). Full rotation and mirroring
 #: although ACDC shows every heart in one orientation (RV left of the LV within about 60 degrees):
 #: at equal time on the 70 ACDC train patients' out-of-fold masks, 45 degrees with mirroring
-#: changed nothing (-0.0007 mean Dice) and 45 degrees without mirroring (nor its test-time
-#: mirroring) gained +0.004 (95% CI -0.001..0.009), not enough to give up images shown in
-#: another orientation (benchmarks/README.md).
+#: changed nothing (-0.0007 mean Dice) while 45 degrees without mirroring (nor its test-time
+#: mirroring) gained +0.004 and +0.005 in two seeds (95% CI -0.001..0.009 and 0.001..0.010; ES RV
+#: +0.011, +0.018). Kept because a model that never saw mirrored hearts fails on a cohort shown
+#: in another orientation (stores are not reoriented to one anatomical view) and because the
+#: per-patient quality estimate is the disagreement of the mirrored test-time views
+#: (segment/qc.py), which a model without mirroring cannot use (benchmarks/README.md).
 STRONG_AUGMENT = SegmentationAugmentConfig(rotate_deg=180.0, scale_min=0.75, scale_max=1.3, flip_prob=0.5,
                                jitter=0.25, random_crop_prob=0.1, contrast=0.3, brightness=0.1,
                                gamma_prob=0.3, gamma_max=1.5, noise_prob=0.3, noise_std=0.05,
