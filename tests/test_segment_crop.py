@@ -12,8 +12,17 @@ import torch
 
 from cardioclr.data.store import Geometry, PatientSlices
 from cardioclr.segment.crop import Box, crop, full_box, heart_box, uncrop
-from cardioclr.segment.predict import Agreement, LoadedModel, infer_slices, segment_patient
+from cardioclr.segment.model import NetworkConfig, build_network, network_config_dict
+from cardioclr.segment.predict import (
+    Agreement,
+    LoadedModel,
+    infer_slices,
+    load_model,
+    rotate_slices,
+    segment_patient,
+)
 from cardioclr.segment.qc import DISAGREEMENT_FLAG, quality_flags
+from cardioclr.segment.train import MODEL_FORMAT
 
 
 def test_crop_uncrop_round_trip_is_exact_inside_and_background_outside():
@@ -194,3 +203,40 @@ def test_inference_precision_follows_the_cpu_and_the_option(monkeypatch: pytest.
         assert net.calls == [expected]
     with pytest.raises(Exception, match="unknown inference precision"):
         predict_mod.use_bf16(cpu, "16-mixed")
+
+
+def test_rotation_of_a_square_slice_is_exact_and_undone_by_the_opposite_angle():
+    x = torch.arange(64.0).reshape(1, 1, 8, 8)
+    assert torch.allclose(rotate_slices(x, 90.0), torch.rot90(x, 1, (2, 3)), atol=1e-4)
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    blob = torch.exp(-((yy - 12) ** 2 + (xx - 34) ** 2) / 60.0)[None, None]  # off-centre: it moves
+    turned = rotate_slices(blob, 20.0)
+    assert (turned - blob).abs().max() > 0.3
+    inside = ((yy - 23.5) ** 2 + (xx - 23.5) ** 2) < 21**2  # the corners leave the grid and come back as edge
+    assert (rotate_slices(turned, -20.0) - blob)[0, 0][inside].abs().max() < 0.05
+
+
+@pytest.mark.parametrize("mirrored", [True, False])
+def test_test_time_views_follow_how_the_model_was_trained(mirrored):
+    # A pixel-wise network gives the same labels in every view, so every view must be inverted
+    # onto the grid it came from; the members counted are 4 mirrorings or 3 rotations.
+    model = LoadedModel(_Bright(), 16, 48, 1.5, Path("model.pt"), {}, mirrored_training=mirrored)
+    img = np.zeros((2, 48, 48), np.float32)
+    yy, xx = np.mgrid[0:48, 0:48]
+    img[:, ((yy - 20) ** 2 + (xx - 27) ** 2) < 64] = 1.0
+    plain = infer_slices(model, img, torch.device("cpu"), tta=False)
+    agree = Agreement()
+    views = infer_slices(model, img, torch.device("cpu"), tta=True, agreement=agree)
+    assert plain[:, 20, 27].min() == 3 and np.array_equal(views, plain)
+    assert agree.counts is not None and agree.counts.shape[0] == (4 if mirrored else 3)
+    assert agree.disagreement() < 0.02
+
+
+def test_model_files_say_whether_the_network_saw_mirrored_hearts(tmp_path):
+    cfg = NetworkConfig(arch="unet", channels=(4, 8), num_res_units=1, norm="batch")
+    blob = {"format": MODEL_FORMAT, "state_dict": build_network(cfg).state_dict(),
+            "network": network_config_dict(cfg), "image_size": 48, "spacing_mm": 1.5}
+    torch.save(blob, tmp_path / "old.pt")  # written before the key existed: the presets mirrored
+    torch.save({**blob, "mirrored_training": False}, tmp_path / "new.pt")
+    assert load_model(tmp_path / "old.pt", torch.device("cpu")).mirrored_training
+    assert not load_model(tmp_path / "new.pt", torch.device("cpu")).mirrored_training

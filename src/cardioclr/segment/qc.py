@@ -13,8 +13,9 @@ Flags (one row each in ``qc_flags.csv``: patient_id, phase, flag, detail):
 * ``predict_failed``: the patient could not be segmented (the reason is in ``detail``);
 * ``heart_not_localised``: the first, whole-slice pass found no heart, so whole slices were
   segmented instead of a heart-centred window (a fallback, usually a poor mask);
-* ``low_confidence``: the per-patient quality estimate, the disagreement between the mirrored
-  test-time predictions (and the models of a cross-fitted ensemble), is above
+* ``low_confidence``: the per-patient quality estimate, the disagreement between the test-time
+  views (mirrored, or rotated for a model trained without mirroring; segment/predict.py) and the
+  models of a cross-fitted ensemble, is above
   :data:`DISAGREEMENT_FLAG` (every patient's value is in ``quality.csv``).
 """
 

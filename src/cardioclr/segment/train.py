@@ -403,6 +403,8 @@ def train(cfg: SegTrainConfig, overwrite: bool = False) -> dict[str, Any]:
         "best_val_dice": float(best_score) if best_score is not None else None,
         "trained_on": str(Path(cfg.work).resolve()),
         "window": window,
+        # segment/predict.py's test-time views follow it (mirrored or rotated).
+        "mirrored_training": cfg.augment.flip_prob > 0,
     }
     with atomic_path(out / "model.pt") as tmp:
         torch.save(export, tmp)
