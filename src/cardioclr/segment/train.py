@@ -92,13 +92,12 @@ class SegTrainConfig:
 #: at equal time on the 70 ACDC train patients' out-of-fold masks, 45 degrees with mirroring
 #: changed nothing (-0.0007 mean Dice) while 45 degrees without mirroring (nor its test-time
 #: mirroring) gained +0.004 and +0.005 in two seeds (95% CI -0.001..0.009 and 0.001..0.010; ES RV
-#: +0.011, +0.018). Kept until two things are built: a model that never saw mirrored hearts
-#: fails on a heart shown mirrored (RV Dice ~0.1; stores are not reoriented to one anatomical
-#: view), so prediction needs a per-patient orientation check, and the per-patient quality
-#: estimate is the disagreement of the mirrored test-time views (segment/qc.py), which such a
-#: model cannot use; rotated views (0, +-20 degrees) replace both, as measured on one seed: +0.003
-#: Dice over no views, a sharper quality estimate, and every mirrored heart flagged
-#: (benchmarks/README.md).
+#: +0.011, +0.018). Such a model is predicted with rotated views (segment/predict.py: +0.003
+#: more, and a sharper quality estimate than the mirrored views'), so a study can ask for it
+#: (``augment: {rotate_deg: 45, flip_prob: 0}``), but it is not the default: it fails on a heart
+#: shown mirrored (RV Dice ~0.1; stores are not reoriented to one anatomical view), which its
+#: views flag but do not fix; choosing each patient's orientation by the views' agreement is
+#: not built (benchmarks/README.md).
 STRONG_AUGMENT = SegmentationAugmentConfig(rotate_deg=180.0, scale_min=0.75, scale_max=1.3, flip_prob=0.5,
                                jitter=0.25, random_crop_prob=0.1, contrast=0.3, brightness=0.1,
                                gamma_prob=0.3, gamma_max=1.5, noise_prob=0.3, noise_std=0.05,
