@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from cardioclr.data.augment import rotate_about_centre
 from cardioclr.data.store import Geometry, PatientSlices
 from cardioclr.segment.crop import Box, crop, full_box, heart_box, uncrop
 from cardioclr.segment.model import NetworkConfig, build_network, network_config_dict
@@ -18,7 +19,6 @@ from cardioclr.segment.predict import (
     LoadedModel,
     infer_slices,
     load_model,
-    rotate_slices,
     segment_patient,
 )
 from cardioclr.segment.qc import DISAGREEMENT_FLAG, quality_flags
@@ -207,13 +207,13 @@ def test_inference_precision_follows_the_cpu_and_the_option(monkeypatch: pytest.
 
 def test_rotation_of_a_square_slice_is_exact_and_undone_by_the_opposite_angle():
     x = torch.arange(64.0).reshape(1, 1, 8, 8)
-    assert torch.allclose(rotate_slices(x, 90.0), torch.rot90(x, 1, (2, 3)), atol=1e-4)
+    assert torch.allclose(rotate_about_centre(x, 90.0), torch.rot90(x, 1, (2, 3)), atol=1e-4)
     yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
     blob = torch.exp(-((yy - 12) ** 2 + (xx - 34) ** 2) / 60.0)[None, None]  # off-centre: it moves
-    turned = rotate_slices(blob, 20.0)
+    turned = rotate_about_centre(blob, 20.0, padding_mode="border")
     assert (turned - blob).abs().max() > 0.3
     inside = ((yy - 23.5) ** 2 + (xx - 23.5) ** 2) < 21**2  # the corners leave the grid and come back as edge
-    assert (rotate_slices(turned, -20.0) - blob)[0, 0][inside].abs().max() < 0.05
+    assert (rotate_about_centre(turned, -20.0, padding_mode="border") - blob)[0, 0][inside].abs().max() < 0.05
 
 
 @pytest.mark.parametrize("mirrored", [True, False])

@@ -52,6 +52,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from cardioclr.accel import Batch, DeviceBatches
 from cardioclr.choices import RECIPE_NAMES, SCHEDULES
+from cardioclr.data.augment import rotate_about_centre
 from cardioclr.errors import CardioclrError
 
 #: Largest TTA rotation in degrees: inside the fine-tuning augmentation's +-15 degrees, so every
@@ -375,15 +376,8 @@ def rotate_pairs(images: Tensor, hearts: Tensor, degrees: float) -> tuple[Tensor
     """
     if degrees == 0.0:
         return images, hearts
-    b, c, h, w = images.shape
-    a = math.radians(degrees)
-    cos, sin = math.cos(a), math.sin(a)
-    # Rotation in pixel units expressed in normalised coordinates (non-square images stay rotations).
-    theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=torch.float32,
-                         device=images.device).expand(b, 2, 3)
-    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
-    src = torch.cat([images.float(), hearts.float()], dim=1)
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    c = images.shape[1]
+    out = rotate_about_centre(torch.cat([images.float(), hearts.float()], dim=1), degrees)
     return out[:, :c], (out[:, c:] > 0.5).float()
 
 

@@ -162,6 +162,24 @@ def _affine_grid(theta: Tensor, height: int, width: int) -> Tensor:
     return torch.stack([gx, gy], dim=-1)
 
 
+def rotate_about_centre(x: Tensor, degrees: float, padding_mode: str = "zeros") -> Tensor:
+    """(B, C, H, W) float rotated in-plane by ``degrees`` about the grid centre (bilinear).
+
+    The rotation is in pixel units, so a non-square grid is rotated, not sheared. What enters
+    from outside the grid is ``padding_mode`` (``zeros``, or ``border``: the edge repeated).
+    Rotating back by ``-degrees`` returns ``x`` up to interpolation, except the corners that
+    left the grid. Test-time views of the classifier (:mod:`cardioclr.classify.recipe`) and of
+    the segmentation network (:mod:`cardioclr.segment.predict`).
+    """
+    b, _, h, w = x.shape
+    a = math.radians(degrees)
+    cos, sin = math.cos(a), math.sin(a)
+    theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=x.dtype,
+                         device=x.device).expand(b, 2, 3)
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
 # Added to pixels outside the region before taking the min (subtracted for the max): far
 # beyond any intensity the store (clipped to [-0.5, 1.5]) and these ops can produce.
 _OUTSIDE = 1.0e4

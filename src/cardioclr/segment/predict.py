@@ -38,6 +38,7 @@ import torch
 
 from cardioclr.atomic import atomic_dir, save_npz, write_json, write_text
 from cardioclr.clinical.labels import N_LABELS, STRUCTURES
+from cardioclr.data.augment import rotate_about_centre
 from cardioclr.data.store import PatientSlices, SliceStore, to_source_grid
 from cardioclr.data.views import heart_mask
 from cardioclr.errors import CardioclrError, DataError
@@ -143,21 +144,6 @@ MIRROR_VIEWS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (2, 3))
 ROTATION_VIEWS_DEG: tuple[float, ...] = (0.0, 20.0, -20.0)
 
 
-def rotate_slices(x: torch.Tensor, degrees: float) -> torch.Tensor:
-    """(B, C, H, W) rotated in-plane by ``degrees`` about the centre (bilinear, edges repeated).
-
-    ``rotate_slices(rotate_slices(x, a), -a)`` returns ``x`` up to interpolation and the corners
-    that left the grid. The angle is exact on square slices (the heart-centred windows are);
-    on other shapes it is applied in normalised coordinates.
-    """
-    a = math.radians(degrees)
-    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
-                         dtype=x.dtype, device=x.device).expand(x.shape[0], 2, 3)
-    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
-                                           align_corners=False)
-
-
 def load_model(model_path: str | os.PathLike[str], device: torch.device) -> LoadedModel:
     """Load ``model.pt`` (a directory holding it, or the file) with ``weights_only=True``."""
     p = Path(model_path)
@@ -232,22 +218,25 @@ class Agreement:
         return float(1.0 - dice.mean())
 
 
-_View = tuple[Any, Any]  # (transform of the input, its inverse on the softmax), tensor -> tensor
+#: A test-time view: mirrored tensor dims (a tuple) or a rotation in degrees (a float).
+_View = tuple[int, ...] | float
 
 
-def _views(model: LoadedModel, tta: bool) -> list[_View]:
+def _views(model: LoadedModel, tta: bool) -> tuple[_View, ...]:
     """The test-time views of ``model`` (:func:`infer_slices`); the identity alone without ``tta``."""
     if not tta:
-        return [(_identity, _identity)]
-    if model.mirrored_training:
-        return [((lambda t, d=dims: torch.flip(t, d)), (lambda t, d=dims: torch.flip(t, d))) if dims
-                else (_identity, _identity) for dims in MIRROR_VIEWS]
-    return [((lambda t, a=deg: rotate_slices(t, a)), (lambda t, a=deg: rotate_slices(t, -a))) if deg
-            else (_identity, _identity) for deg in ROTATION_VIEWS_DEG]
+        return ((),)
+    return MIRROR_VIEWS if model.mirrored_training else ROTATION_VIEWS_DEG
 
 
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
+def _view(t: torch.Tensor, view: _View, inverse: bool = False) -> torch.Tensor:
+    """``t`` (B, C, H, W) seen in ``view``, or (``inverse``) brought back from it."""
+    if isinstance(view, tuple):
+        return torch.flip(t, view) if view else t  # a mirroring is its own inverse
+    if not view:
+        return t
+    # Border padding: the corners a rotation brings in repeat the window's edge (background).
+    return rotate_about_centre(t, -view if inverse else view, padding_mode="border")
 
 
 @torch.inference_mode()
@@ -281,10 +270,10 @@ def infer_slices(model: LoadedModel | Sequence[LoadedModel], images: np.ndarray,
         prob = torch.zeros(x.shape[0], N_LABELS, x.shape[2], x.shape[3], device=device)
         members: list[torch.Tensor] = []
         for m in models:
-            for forward, backward in _views(m, tta):
+            for view in _views(m, tta):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = m.network(forward(x))
-                p = backward(torch.softmax(logits.float(), dim=1))
+                    logits = m.network(_view(x, view))
+                p = _view(torch.softmax(logits.float(), dim=1), view, inverse=True)
                 prob += p
                 if agreement is not None:
                     members.append(label_map(p[:, :, :h, :w]))
