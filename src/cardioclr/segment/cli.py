@@ -104,7 +104,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "WORK/segmentation/model)")
     pr.add_argument("--margin-mm", type=float, default=None,
                     help="also store heart masks (union of the structures) dilated by this margin")
-    pr.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation")
+    pr.add_argument("--no-tta", action="store_true",
+                    help="no test-time views (mirrorings, or rotations for a model trained without "
+                    "mirroring); also turns off the orientation search")
+    pr.add_argument("--no-orientation-search", action="store_true",
+                    help="segment every patient as stored, even with a model trained without "
+                    "mirroring (default: in the orientation its test-time views agree on best)")
     pr.add_argument("--no-png", action="store_true", help="no QC pictures")
     pr.add_argument("--keep-basal-es-rv", action="store_true",
                     help="keep the RV on every basal end-systolic slice (default: drop it where the "
@@ -176,9 +181,13 @@ def _predict(args: argparse.Namespace) -> int:
 
     s = predict(PredictConfig(work=args.work, model=args.model, margin_mm=args.margin_mm,
                               tta=not args.no_tta, device=device, qc_png=not args.no_png,
-                              precision=args.precision, basal_es_rv=not args.keep_basal_es_rv))
+                              precision=args.precision, basal_es_rv=not args.keep_basal_es_rv,
+                              orientation_search=not args.no_orientation_search))
     print(f"segmented {s['segmented']}/{s['patients']} patients in {s['seconds']} s; "
           f"{s['flags']} QC flags on {s['flagged_patients']} patients (qc_flags.csv)")
+    if s["reoriented_patients"]:
+        print(f"{s['reoriented_patients']} patients were segmented turned or mirrored from their stored "
+              "orientation (the model saw one orientation; quality.csv, column orientation)")
     if s["failed"]:
         print("failed: " + ", ".join(s["failed"]))
     if args.dicom_seg:

@@ -51,9 +51,10 @@ QC_COLUMNS = ("patient_id", "phase", "flag", "detail")
 #: (sensitivity 1.00 both): 0.04, the most sensitive of the three, is kept.
 DISAGREEMENT_FLAG = 0.04
 #: ``WORK/segmentation/quality.csv``: one row per segmented patient (window: "y0,x0,size" or "";
-#: basal_es_rv_slices: ES slices whose RV the basal rule removed).
+#: basal_es_rv_slices: ES slices whose RV the basal rule removed; orientation: the one the slices
+#: were segmented in, :func:`cardioclr.segment.orientation.describe`).
 QUALITY_FILE = "quality.csv"
-QUALITY_COLUMNS = ("patient_id", "disagreement", "localised", "window", "basal_es_rv_slices")
+QUALITY_COLUMNS = ("patient_id", "disagreement", "localised", "window", "basal_es_rv_slices", "orientation")
 #: Contour colours (structure name -> matplotlib colour).
 COLOURS = {"LV": "tab:red", "MYO": "tab:green", "RV": "tab:blue"}
 
