@@ -1,13 +1,14 @@
 """Calibrate the per-patient segmentation quality flag on out-of-fold patients, then test it.
 
 The ``low_confidence`` flag of ``segment predict`` fires when the disagreement between the
-test-time-mirrored predictions exceeds :data:`cardioclr.segment.qc.DISAGREEMENT_FLAG`. This
-script chooses that threshold honestly and shows whether it is informative:
+test-time views (mirrored, or rotated for a model trained without mirroring) exceeds
+:data:`cardioclr.segment.qc.DISAGREEMENT_FLAG`. This script chooses that threshold honestly and
+shows whether it is informative:
 
 1. **Calibration** (``--crossfit-work W``: a work directory where ``cardioclr segment train W
    --folds K`` and ``segment predict W`` ran): the train patients whose mask is
    ``out_of_fold`` (from a fold model that never saw them) give pairs (disagreement of that one
-   model's mirrored predictions, mean Dice against the expert mask).
+   model's test-time views, mean Dice against the expert mask).
    :func:`cardioclr.segment.qc.calibrate_disagreement_threshold` picks the threshold that best
    separates masks with mean Dice below ``--poor-below`` (Youden's J). No test patient is used.
 2. **Test** (``--test-work W2``, optional: a work directory where one model segmented the test

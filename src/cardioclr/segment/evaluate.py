@@ -276,7 +276,8 @@ def quality_flag_comparison(seg: Path, per_patient: pd.DataFrame) -> dict[str, A
 
     rho = (float(spearmanr(dis.to_numpy(), mean_dice[both].to_numpy()).statistic)
            if len(both) >= 3 and dis.nunique() > 1 else None)
-    return {"estimate": "TTA disagreement (1 - mean Dice of mirrored predictions vs their average)",
+    return {"estimate": "disagreement of the test-time views (1 - mean Dice of each view's labels with "
+                        "their average)",
             "threshold": DISAGREEMENT_FLAG, "flagged": group(flagged), "unflagged": group(~flagged),
             "spearman_disagreement_vs_dice": rho,
             "mean_disagreement": float(dis.mean())}

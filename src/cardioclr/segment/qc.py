@@ -48,7 +48,10 @@ QC_COLUMNS = ("patient_id", "phase", "flag", "detail")
 #: (segment/grid.py) the out-of-fold masks of a 5-fold cross-fit (2026-12-06) chose 0.0390 (J
 #: 0.84, sensitivity 1.00 for the 7 of 70 below 0.85, specificity 0.84; Spearman -0.73), hence
 #: 0.04; two more cross-fits of that design (seeds 0 and 1, same day) chose 0.048 and 0.049
-#: (sensitivity 1.00 both): 0.04, the most sensitive of the three, is kept.
+#: (sensitivity 1.00 both): 0.04, the most sensitive of the three, is kept. For a model trained
+#: without mirroring (the cpu preset since 2026-12-07), predicted with rotated views, a cross-fit
+#: of that training (seed 1) chose 0.040 (J 0.98, sensitivity 1.00 for the 4 of 70 below 0.85;
+#: Spearman -0.74 against -0.64 for its mirror-trained twin): the same 0.04 serves both.
 DISAGREEMENT_FLAG = 0.04
 #: ``WORK/segmentation/quality.csv``: one row per segmented patient (window: "y0,x0,size" or "";
 #: basal_es_rv_slices: ES slices whose RV the basal rule removed; orientation: the one the slices
