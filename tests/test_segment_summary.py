@@ -42,3 +42,10 @@ def test_notes_say_when_the_basal_es_rv_rule_changed_masks():
     assert "basal slices" not in " ".join(segmentation_notes({**METRICS, "basal_es_rv": False}))
     text = " ".join(segmentation_notes({**METRICS, "basal_es_rv": True, "basal_es_rv_patients": 41}))
     assert "removed from basal slices" in text and "in 41 patients" in text
+
+
+def test_notes_name_the_test_time_views_the_model_was_trained_for():
+    assert "test-time mirroring" in " ".join(segmentation_notes(METRICS))  # older configs mirrored
+    one = {**METRICS, "config": {"preset": "cpu", "network": {"arch": "unet"}, "augment": {"flip_prob": 0.0}}}
+    text = " ".join(segmentation_notes(one))
+    assert "rotated by 0 and +-20 degrees" in text and "test-time mirroring" not in text

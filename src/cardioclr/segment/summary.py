@@ -15,6 +15,14 @@ def _f(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
 
 
+def _views_text(cfg: Mapping[str, Any]) -> str:
+    """The test-time views of the training config ``cfg`` (segment/predict.py), in words."""
+    if float((cfg.get("augment") or {}).get("flip_prob", 0.5)) > 0:
+        return "test-time mirroring"
+    return ("test-time views rotated by 0 and +-20 degrees (trained without mirroring; each patient "
+            "segmented in the slice orientation its views agreed on best)")
+
+
 def segmentation_notes(metrics: Mapping[str, Any], mask_source: str = "predicted") -> list[str]:
     """Sentences on how good the masks are, how they were made and what they were used for.
 
@@ -34,7 +42,7 @@ def segmentation_notes(metrics: Mapping[str, Any], mask_source: str = "predicted
         f"{_f(metrics.get('mean_hd95'), 1)} mm on {metrics.get('n_test', '?')} held-out test patients"
         + (f" ({cfg.get('preset')} preset, {arch}, trained on {n_train} "
            f"patients in {_f(metrics.get('train_seconds'), 0)} s)" if cfg else "")
-        + "; localise-then-segment with test-time mirroring and per-structure largest-component "
+        + "; localise-then-segment with " + _views_text(cfg) + " and per-structure largest-component "
         "post-processing"
         + (f"; the end-systolic RV was removed from basal slices the ventricle had left (as ACDC's "
            f"experts draw it) in {metrics.get('basal_es_rv_patients', '?')} patients"
