@@ -39,12 +39,11 @@ import numpy as np
 
 def _mean_dice(labels: np.ndarray, expert: np.ndarray) -> float:
     """Mean Dice (0-1) of RV, MYO, LV over those present in either."""
-    values = []
-    for v in (1, 2, 3):
-        a, b = labels == v, expert == v
-        if a.sum() + b.sum():
-            values.append(2 * float((a & b).sum()) / float(a.sum() + b.sum()))
-    return float(np.mean(values))
+    from cardioclr.clinical.labels import STRUCTURES
+    from cardioclr.segment.evaluate import dice
+
+    return float(np.mean([dice(labels == v, expert == v) for v in STRUCTURES.values()
+                          if (labels == v).any() or (expert == v).any()]))
 
 
 def measure(work: Path) -> list[dict[str, Any]]:

@@ -48,4 +48,4 @@ def test_notes_name_the_test_time_views_the_model_was_trained_for():
     assert "test-time mirroring" in " ".join(segmentation_notes(METRICS))  # older configs mirrored
     one = {**METRICS, "config": {"preset": "cpu", "network": {"arch": "unet"}, "augment": {"flip_prob": 0.0}}}
     text = " ".join(segmentation_notes(one))
-    assert "rotated by 0 and +-20 degrees" in text and "test-time mirroring" not in text
+    assert "rotated test-time views" in text and "test-time mirroring" not in text

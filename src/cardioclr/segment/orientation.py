@@ -28,7 +28,9 @@ ORIENTATIONS: tuple[Orientation, ...] = tuple((t, k) for t in (False, True) for 
 
 
 def orient(a: np.ndarray, o: Orientation, inverse: bool = False) -> np.ndarray:
-    """``a`` (..., S, S) in orientation ``o`` or (``inverse``) brought back from it; a copy."""
+    """``a`` (..., S, S) in orientation ``o`` or (``inverse``) brought back from it, C-contiguous:
+    a copy, except for :data:`AS_STORED` on a contiguous ``a`` (a view of it: no copy on the
+    common path)."""
     transpose, turns = o
     if inverse:
         a = np.rot90(a, -turns, axes=(-2, -1))

@@ -17,10 +17,11 @@ def _f(x: Any, digits: int = 3) -> str:
 
 def _views_text(cfg: Mapping[str, Any]) -> str:
     """The test-time views of the training config ``cfg`` (segment/predict.py), in words."""
+    # Configs without the key come from presets that mirrored (as segment/predict.load_model reads
+    # model files without ``mirrored_training``).
     if float((cfg.get("augment") or {}).get("flip_prob", 0.5)) > 0:
         return "test-time mirroring"
-    return ("test-time views rotated by 0 and +-20 degrees (trained without mirroring; each patient "
-            "segmented in the slice orientation its views agreed on best)")
+    return "rotated test-time views (the network was trained without mirroring)"
 
 
 def segmentation_notes(metrics: Mapping[str, Any], mask_source: str = "predicted") -> list[str]:
