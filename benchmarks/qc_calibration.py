@@ -8,7 +8,8 @@ shows whether it is informative:
 1. **Calibration** (``--crossfit-work W``: a work directory where ``cardioclr segment train W
    --folds K`` and ``segment predict W`` ran): the train patients whose mask is
    ``out_of_fold`` (from a fold model that never saw them) give pairs (disagreement of that one
-   model's test-time views, mean Dice against the expert mask).
+   model's test-time views, mean Dice against the expert mask). ``WORK_cvK/out_of_fold`` of
+   ``segmentation_quality.py --cv K`` serves too: its test patients are left out here.
    :func:`cardioclr.segment.qc.calibrate_disagreement_threshold` picks the threshold that best
    separates masks with mean Dice below ``--poor-below`` (Youden's J). No test patient is used.
 2. **Test** (``--test-work W2``, optional: a work directory where one model segmented the test
@@ -34,7 +35,7 @@ from typing import Any
 
 
 def out_of_fold_table(work: Path) -> Any:
-    """DataFrame (index patient_id): ``disagreement``, ``mean_dice`` of the out-of-fold patients."""
+    """DataFrame (index patient_id): ``disagreement``, ``mean_dice`` of the out-of-fold train patients."""
     import pandas as pd
 
     from cardioclr.data.masks import load_labels
@@ -48,7 +49,10 @@ def out_of_fold_table(work: Path) -> Any:
     quality = pd.read_csv(seg / QUALITY_FILE, dtype={"patient_id": str}).set_index("patient_id")
     store = SliceStore(work)
     rows = []
-    for pid in sources.index[sources == "out_of_fold"]:
+    # Train patients only, whatever their source: the directory of a segmentation CV
+    # (``segmentation_quality.py --cv K``) has out-of-fold masks for the test patients too.
+    train = set(store.splits.train)
+    for pid in sources.index[(sources == "out_of_fold") & sources.index.isin(train)]:
         pred = dict(zip(PHASES, load_labels(work, pid, "predicted"), strict=True))
         ref = dict(zip(PHASES, load_labels(work, pid, "expert"), strict=True))
         m = patient_metrics(pred, ref, store.load(pid).spacing_zyx)

@@ -148,12 +148,14 @@ def _fold_result(work: Path, args: argparse.Namespace, test: list[str]) -> dict[
 
 def _gather_out_of_fold(base: Path, cv_root: Path, held_out: list[list[str]]) -> Path:
     """``cv_root/out_of_fold``: a work directory over ``base``'s store and split whose masks are
-    each patient's held-out prediction (fold i's masks of ``held_out[i]``), with their QC flags;
-    built under a temporary name, then renamed."""
+    each patient's held-out prediction (fold i's masks of ``held_out[i]``), with their QC flags
+    and per-patient quality estimates (``quality.csv``, for ``qc_calibration.py``); built under
+    a temporary name, then renamed."""
     import pandas as pd
 
     from cardioclr.layout import WorkLayout
     from cardioclr.segment.crossfit import MASK_SOURCES_FILE, mask_sources_table
+    from cardioclr.segment.qc import QUALITY_FILE
 
     final, tmp = cv_root / "out_of_fold", cv_root / "out_of_fold.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -162,7 +164,7 @@ def _gather_out_of_fold(base: Path, cv_root: Path, held_out: list[list[str]]) ->
     for name in ("dataset.json", "manifest.csv", "splits.json"):
         shutil.copy(base / name, tmp / name)
     (tmp / "store").symlink_to((base / "store").resolve(), target_is_directory=True)
-    sources, flags = [], []
+    sources, flags, quality = [], [], []
     for i, ids in enumerate(held_out):
         fold = WorkLayout(cv_root / f"fold{i}")
         for pid in ids:
@@ -171,10 +173,15 @@ def _gather_out_of_fold(base: Path, cv_root: Path, held_out: list[list[str]]) ->
         if fold.qc_flags.is_file():
             f = pd.read_csv(fold.qc_flags, dtype={"patient_id": str})
             flags.append(f[f["patient_id"].isin(ids)])
+        if (fold.segmentation / QUALITY_FILE).is_file():
+            q = pd.read_csv(fold.segmentation / QUALITY_FILE, dtype={"patient_id": str})
+            quality.append(q[q["patient_id"].isin(ids)])
     mask_sources_table(sorted(sources, key=lambda r: r["patient_id"])).to_csv(
         out.segmentation / MASK_SOURCES_FILE, index=False)
     if flags:
         pd.concat(flags).sort_values(["patient_id", "phase"], kind="stable").to_csv(out.qc_flags, index=False)
+    if quality:
+        pd.concat(quality).sort_values("patient_id").to_csv(out.segmentation / QUALITY_FILE, index=False)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final

@@ -37,7 +37,8 @@ class Stopped(Exception):
 
 def _fold_score(patient_ids: list[str], work: Path | None = None) -> dict[str, Any]:
     """A fold's fake result; with ``work``, its fake predictions too: a mask file naming the fold
-    for each held-out patient, and a QC flag for every patient of the store (seen or not)."""
+    for each held-out patient, and a QC flag and a quality estimate (the fold's number) for every
+    patient of the store (seen or not)."""
     if work is not None:
         layout = WorkLayout(work)
         layout.segmentation_masks.mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,8 @@ def _fold_score(patient_ids: list[str], work: Path | None = None) -> dict[str, A
         everyone = sorted(SliceStore(work).patient_ids)
         pd.DataFrame({"patient_id": everyone, "phase": "ES", "flag": "fragmented",
                       "detail": work.name}).to_csv(layout.qc_flags, index=False)
+        pd.DataFrame({"patient_id": everyone, "disagreement": float(work.name[-1]) / 100}).to_csv(
+            layout.segmentation / "quality.csv", index=False)
     return {"mean_dice": 0.9, "dice": {ph: {s: 0.9 for s in ("RV", "MYO", "LV")} for ph in ("ED", "ES")},
             "mean_hd95": 3.0, "train_seconds": 10.0, "n_test": len(patient_ids)}
 
@@ -117,5 +120,8 @@ def test_complete_cv_gathers_each_patients_held_out_mask(bench: ModuleType, tiny
     assert len(flags) == len(store.patient_ids)  # each patient's own fold's flags only
     own = [f"fold{0 if p in held[0] else 1}" for p in flags.patient_id]
     assert own == list(flags.detail)
+    quality = pd.read_csv(WorkLayout(oof).segmentation / "quality.csv")
+    assert sorted(quality.patient_id) == sorted(store.patient_ids)  # for qc_calibration.py
+    assert list(quality.disagreement) == [(0 if p in held[0] else 1) / 100 for p in quality.patient_id]
     diagnosis = load_benchmark("diagnosis_quality")
     assert diagnosis.crossfit_problem(oof, list(store.splits.train), list(store.splits.test)) is None
