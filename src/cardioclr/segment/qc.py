@@ -51,7 +51,10 @@ QC_COLUMNS = ("patient_id", "phase", "flag", "detail")
 #: (sensitivity 1.00 both): 0.04, the most sensitive of the three, is kept. For a model trained
 #: without mirroring (the cpu preset since 2026-12-07), predicted with rotated views, a cross-fit
 #: of that training (seed 1) chose 0.040 (J 0.98, sensitivity 1.00 for the 4 of 70 below 0.85;
-#: Spearman -0.74 against -0.64 for its mirror-trained twin): the same 0.04 serves both.
+#: Spearman -0.74 against -0.64 for its mirror-trained twin): the same 0.04 serves both. Fully
+#: trained (28 min) such models flag nobody at 0.04: none of the 100 held-out patients of their
+#: 5-fold CV (disagreement <= 0.037, Spearman with Dice -0.73); that CV's 70 train patients
+#: would calibrate 0.026 from the one mask below 0.85 among them, too little to adopt.
 DISAGREEMENT_FLAG = 0.04
 #: ``WORK/segmentation/quality.csv``: one row per segmented patient (window: "y0,x0,size" or "";
 #: basal_es_rv_slices: ES slices whose RV the basal rule removed; orientation: the one the slices
