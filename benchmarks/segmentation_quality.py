@@ -25,8 +25,9 @@ trainings on the other folds, each scored on its held-out fold; the JSON has ``c
 gathers every patient's held-out mask into ``WORK_cvK/out_of_fold`` (``out_of_fold_work`` in
 the JSON): a work directory with WORK's store and 70/30 split where each patient's mask comes
 from the fold model that never saw it (``mask_sources.csv`` ``out_of_fold``, with its QC
-flags), so ``benchmarks/diagnosis_quality.py --seg-work`` can measure the diagnosis on masks of
-the full preset's quality.
+flags and ``quality.csv`` row), so ``benchmarks/diagnosis_quality.py --seg-work`` can measure the
+diagnosis on masks of the full preset's quality and ``benchmarks/qc_calibration.py
+--crossfit-work`` can calibrate the quality flag on its train patients.
 
 When the data is absent it prints ``{"skipped": "..."}`` and exits 0.
 """
