@@ -156,6 +156,7 @@ def _gather_out_of_fold(base: Path, cv_root: Path, held_out: list[list[str]]) ->
 
     from cardioclr.layout import WorkLayout
     from cardioclr.segment.crossfit import MASK_SOURCES_FILE, mask_sources_table
+    from cardioclr.segment.predict import QC_FLAGS_FILE
     from cardioclr.segment.qc import QUALITY_FILE
 
     final, tmp = cv_root / "out_of_fold", cv_root / "out_of_fold.tmp"
@@ -165,24 +166,26 @@ def _gather_out_of_fold(base: Path, cv_root: Path, held_out: list[list[str]]) ->
     for name in ("dataset.json", "manifest.csv", "splits.json"):
         shutil.copy(base / name, tmp / name)
     (tmp / "store").symlink_to((base / "store").resolve(), target_is_directory=True)
-    sources, flags, quality = [], [], []
+    sources = []
+    # Per-patient tables of segment predict (file name -> sort keys): each patient's rows come
+    # from the fold that held it out.
+    tables = {QC_FLAGS_FILE: ["patient_id", "phase"], QUALITY_FILE: ["patient_id"]}
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in tables}
     for i, ids in enumerate(held_out):
         fold = WorkLayout(cv_root / f"fold{i}")
         for pid in ids:
             shutil.copy(fold.segmentation_masks / f"{pid}.npz", out.segmentation_masks / f"{pid}.npz")
             sources.append({"patient_id": pid, "source": "out_of_fold", "models": f"cv_fold{i}"})
-        if fold.qc_flags.is_file():
-            f = pd.read_csv(fold.qc_flags, dtype={"patient_id": str})
-            flags.append(f[f["patient_id"].isin(ids)])
-        if (fold.segmentation / QUALITY_FILE).is_file():
-            q = pd.read_csv(fold.segmentation / QUALITY_FILE, dtype={"patient_id": str})
-            quality.append(q[q["patient_id"].isin(ids)])
+        for name in tables:
+            if (fold.segmentation / name).is_file():
+                t = pd.read_csv(fold.segmentation / name, dtype={"patient_id": str})
+                parts[name].append(t[t["patient_id"].isin(ids)])
     mask_sources_table(sorted(sources, key=lambda r: r["patient_id"])).to_csv(
         out.segmentation / MASK_SOURCES_FILE, index=False)
-    if flags:
-        pd.concat(flags).sort_values(["patient_id", "phase"], kind="stable").to_csv(out.qc_flags, index=False)
-    if quality:
-        pd.concat(quality).sort_values("patient_id").to_csv(out.segmentation / QUALITY_FILE, index=False)
+    for name, keys in tables.items():
+        if parts[name]:
+            gathered = pd.concat(parts[name]).sort_values(keys, kind="stable")
+            gathered.to_csv(out.segmentation / name, index=False)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
