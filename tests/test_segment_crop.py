@@ -21,7 +21,12 @@ from cardioclr.segment.predict import (
     load_model,
     segment_patient,
 )
-from cardioclr.segment.qc import DISAGREEMENT_FLAG, quality_flags
+from cardioclr.segment.qc import (
+    DISAGREEMENT_FLAG,
+    ROTATED_VIEWS_DISAGREEMENT_FLAG,
+    low_confidence_threshold,
+    quality_flags,
+)
 from cardioclr.segment.train import MODEL_FORMAT
 
 
@@ -137,6 +142,16 @@ def test_disagreement_is_zero_for_agreeing_members_and_flags_above_threshold():
     assert quality_flags(DISAGREEMENT_FLAG + 0.01, True)[0]["flag"] == "low_confidence"
     assert quality_flags(DISAGREEMENT_FLAG / 2, True) == []
     assert quality_flags(math.nan, True) == []
+
+
+def test_rotated_views_have_their_own_low_confidence_threshold():
+    rotated = low_confidence_threshold(mirrored_views=False)
+    assert low_confidence_threshold(mirrored_views=True) == DISAGREEMENT_FLAG
+    assert rotated == ROTATED_VIEWS_DISAGREEMENT_FLAG < DISAGREEMENT_FLAG
+    between = (rotated + DISAGREEMENT_FLAG) / 2  # flagged for rotated views only
+    assert quality_flags(between, True, rotated)[0]["flag"] == "low_confidence"
+    assert f"> {rotated:g}" in quality_flags(between, True, rotated)[0]["detail"]
+    assert quality_flags(between, True, DISAGREEMENT_FLAG) == []
 
 
 class _PaddingBlob(torch.nn.Module):

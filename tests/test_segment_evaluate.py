@@ -1,13 +1,17 @@
-"""Dice, HD95 and Bland-Altman agreement on hand-made masks with known values."""
+"""Dice, HD95, Bland-Altman agreement and the quality-flag comparison on hand-made inputs with
+known values."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from cardioclr.segment.evaluate import agreement, dice, hd95, patient_metrics
+from cardioclr.atomic import write_json
+from cardioclr.segment.evaluate import agreement, dice, hd95, patient_metrics, quality_flag_comparison
+from cardioclr.segment.qc import DISAGREEMENT_FLAG
 
 
 def test_dice_known_values():
@@ -65,3 +69,19 @@ def test_agreement_bias_sd_and_correlation():
     assert a["pearson_r"] == pytest.approx(np.corrcoef(pred, ref)[0, 1])
     b = agreement([1.0, np.nan, 3.0], [1.0, 2.0, np.nan])  # NaN pairs dropped
     assert b["n"] == 1 and b["bias"] == 0.0 and math.isnan(b["sd"])
+
+
+def test_quality_flag_comparison_uses_the_threshold_predict_recorded(tmp_path):
+    seg = tmp_path / "segmentation"
+    seg.mkdir()
+    pd.DataFrame({"patient_id": ["a", "b", "c"], "disagreement": [0.010, 0.035, 0.060]}).to_csv(
+        seg / "quality.csv", index=False)
+    per_patient = pd.DataFrame({"dice_ED_LV": [0.95, 0.90, 0.80]}, index=["a", "b", "c"])
+    # No predict_summary.json (a run older than the recorded threshold): the mirrored views' one.
+    old = quality_flag_comparison(seg, per_patient)
+    assert old["threshold"] == DISAGREEMENT_FLAG and old["flagged"]["n"] == 1
+    write_json(seg / "predict_summary.json", {"low_confidence_threshold": 0.03})
+    new = quality_flag_comparison(seg, per_patient)
+    assert new["threshold"] == 0.03
+    assert new["flagged"]["n"] == 2 and new["flagged"]["mean_dice"] == pytest.approx(0.85)
+    assert new["unflagged"]["n"] == 1

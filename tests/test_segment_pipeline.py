@@ -36,6 +36,7 @@ from cardioclr.segment.predict import (
     predict,
     write_source_nifti,
 )
+from cardioclr.segment.qc import DISAGREEMENT_FLAG, QUALITY_FILE, ROTATED_VIEWS_DISAGREEMENT_FLAG
 from cardioclr.segment.train import preset_config, train
 from conftest import write_nifti, write_tiny_acdc
 
@@ -207,6 +208,27 @@ def test_predict_draws_qc_pictures_with_tta(trained, tmp_path):
     assert s["segmented"] == 2
     for pid in ("patient001", ONE_SLICE):
         assert (copy / "segmentation" / "qc" / f"{pid}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_predict_flags_low_confidence_at_the_threshold_of_the_models_views(trained, tmp_path, mirrored):
+    # A model trained without mirroring (the cpu preset) is predicted with rotated views, whose
+    # disagreement has its own calibrated threshold; a mirror-trained one keeps the mirrored
+    # views' threshold. predict records which one it used.
+    work, _, _ = trained
+    copy = tmp_path / "w"
+    shutil.copytree(work, copy)
+    model_pt = copy / "segmentation" / "model" / "model.pt"
+    blob = torch.load(model_pt, map_location="cpu", weights_only=True)
+    torch.save({**blob, "mirrored_training": mirrored}, model_pt)
+    s = predict(PredictConfig(work=str(copy), tta=True, qc_png=False),
+                patient_ids=["patient001", "patient007"])
+    expected = DISAGREEMENT_FLAG if mirrored else ROTATED_VIEWS_DISAGREEMENT_FLAG
+    assert s["low_confidence_threshold"] == expected
+    quality = pd.read_csv(copy / "segmentation" / QUALITY_FILE, dtype={"patient_id": str})
+    flags = pd.read_csv(copy / "segmentation" / "qc_flags.csv", dtype={"patient_id": str})
+    low = set(flags.loc[flags["flag"] == "low_confidence", "patient_id"])
+    assert low == set(quality.loc[quality["disagreement"] > expected, "patient_id"])
 
 
 def test_predict_segments_every_cine_frame(trained, tmp_path):

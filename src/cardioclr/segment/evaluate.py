@@ -251,8 +251,9 @@ def quality_flag_comparison(seg: Path, per_patient: pd.DataFrame) -> dict[str, A
     """Is the per-patient quality estimate informative? Test Dice of flagged vs other patients.
 
     ``per_patient``: metrics_per_patient rows (index patient_id, ``dice_*`` columns). Reads
-    ``quality.csv`` (disagreement per patient) and flags ``low_confidence`` at
-    :data:`cardioclr.segment.qc.DISAGREEMENT_FLAG`. Also the Spearman correlation of the
+    ``quality.csv`` (disagreement per patient) and flags ``low_confidence`` at the threshold
+    ``segment predict`` used (``predict_summary.json``; runs older than that record
+    :data:`cardioclr.segment.qc.DISAGREEMENT_FLAG`). Also the Spearman correlation of the
     disagreement with the patient's mean Dice (negative: more disagreement, worse masks).
     """
     path = seg / QUALITY_FILE
@@ -265,7 +266,10 @@ def quality_flag_comparison(seg: Path, per_patient: pd.DataFrame) -> dict[str, A
     if not both:
         return {}
     dis = q.loc[both, "disagreement"].astype(float)
-    flagged = dis > DISAGREEMENT_FLAG
+    summary = seg / "predict_summary.json"
+    recorded = read_json(summary).get("low_confidence_threshold") if summary.is_file() else None
+    threshold = float(recorded) if recorded is not None else DISAGREEMENT_FLAG
+    flagged = dis > threshold
 
     def group(mask: pd.Series) -> dict[str, Any]:
         ids = list(dis.index[mask])
@@ -278,7 +282,7 @@ def quality_flag_comparison(seg: Path, per_patient: pd.DataFrame) -> dict[str, A
            if len(both) >= 3 and dis.nunique() > 1 else None)
     return {"estimate": "disagreement of the test-time views (1 - mean Dice of each view's labels with "
                         "their average)",
-            "threshold": DISAGREEMENT_FLAG, "flagged": group(flagged), "unflagged": group(~flagged),
+            "threshold": threshold, "flagged": group(flagged), "unflagged": group(~flagged),
             "spearman_disagreement_vs_dice": rho,
             "mean_disagreement": float(dis.mean())}
 

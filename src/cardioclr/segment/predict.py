@@ -71,6 +71,7 @@ from cardioclr.segment.qc import (
     QC_COLUMNS,
     QUALITY_COLUMNS,
     QUALITY_FILE,
+    low_confidence_threshold,
     qc_figure,
     qc_flags,
     quality_flags,
@@ -606,6 +607,7 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
     limit_cpu_threads(uses_gpu=device.type == "cuda")
     models, folds = load_models(cfg, store, device)
     bf16 = use_bf16(device, cfg.precision)
+    flag_above = low_confidence_threshold(mirrored_views=not orientation_specific(models))
     save_run_info(seg / "predict", cfg)
     pids = list(patient_ids) if patient_ids is not None else store.patient_ids
     # From here on masks change: the old flags (and summary) stop describing them. Keep the rows
@@ -639,7 +641,7 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
             labels = res.labels
             phases = {k: labels[k] for k in ("ED", "ES")}
             rows = qc_flags(phases, res.removed, ps.spacing_zyx)
-            rows += quality_flags(res.disagreement, res.localised)
+            rows += quality_flags(res.disagreement, res.localised, flag_above)
             with atomic_dir(seg / "nifti" / pid) as tmp:
                 write_source_nifti(tmp, store, ps, labels)
             if cfg.qc_png:
@@ -688,6 +690,7 @@ def predict(cfg: PredictConfig, patient_ids: list[str] | None = None) -> dict[st
         "flagged_patients": int(table["patient_id"].nunique()) if len(table) else 0,
         "flags": len(table),
         "low_confidence_patients": int((table["flag"] == "low_confidence").sum()) if len(table) else 0,
+        "low_confidence_threshold": flag_above,
         "not_localised_patients": int((table["flag"] == "heart_not_localised").sum()) if len(table) else 0,
         "model": str(models[0].path) if folds is None else str(folds_dir(cfg.work)),
         "models": len(models),
