@@ -768,3 +768,16 @@ def test_a_validation_fraction_outside_0_1_is_a_clear_error(tmp_path, fraction):
     cfg = dataclasses.replace(_tiny_config(tmp_path / "unused"), val_fraction=fraction)
     with pytest.raises(CardioclrError, match="val_fraction must be in"):
         train(cfg)
+
+
+def test_segment_predict_cli_says_how_many_masks_to_check_first(monkeypatch, capsys):
+    from cardioclr.cli import main
+    from cardioclr.segment import predict as predict_mod
+
+    def fake_predict(cfg, patient_ids=None):
+        return {"segmented": 3, "patients": 3, "seconds": 0, "flags": 2, "flagged_patients": 2,
+                "low_confidence_patients": 2, "low_confidence_threshold": 0.03, "failed": {}}
+
+    monkeypatch.setattr(predict_mod, "predict", fake_predict)
+    assert main(["segment", "predict", "W", "--no-evaluate", "--no-png"]) == 0
+    assert "2 patients flagged low_confidence" in capsys.readouterr().out

@@ -185,6 +185,9 @@ def _predict(args: argparse.Namespace) -> int:
                               orientation_search=not args.no_orientation_search))
     print(f"segmented {s['segmented']}/{s['patients']} patients in {s['seconds']} s; "
           f"{s['flags']} QC flags on {s['flagged_patients']} patients (qc_flags.csv)")
+    if s.get("low_confidence_patients"):
+        print(f"{s['low_confidence_patients']} patients flagged low_confidence (their test-time views "
+              f"disagree more than {s['low_confidence_threshold']:g}; check their masks first)")
     if s.get("reoriented_patients"):
         print(f"{s['reoriented_patients']} patients were segmented turned or mirrored from their stored "
               "orientation (the model saw one orientation; quality.csv, column orientation)")
