@@ -64,9 +64,10 @@ DISAGREEMENT_FLAG = 0.04
 #: calibration run, as the worst decile of the train patients' out-of-fold mean Dice, i.e. the
 #: flag marks about one patient in ten for a second look. Calibrated with
 #: ``benchmarks/qc_calibration.py --poor-quantile 0.1`` on the 70 train patients' out-of-fold
-#: masks of the preset's 5-fold CV (2026-12-07, benchmarks/README.md), rounded to 0.005.
-#: PROVISIONAL: 0.03 until that calibration run finishes (the rule above is fixed first).
-ROTATED_VIEWS_DISAGREEMENT_FLAG = 0.03
+#: masks of the preset's 5-fold CV (2026-12-07, benchmarks/README.md): 0.0256 (J 0.89,
+#: sensitivity 1.00 for the 7 worst, below Dice 0.886; specificity 0.89; Spearman -0.74),
+#: rounded to 0.005. The same CV's 30 test patients at 0.025: 7 flagged, mean Dice 0.879, against 0.914.
+ROTATED_VIEWS_DISAGREEMENT_FLAG = 0.025
 #: ``WORK/segmentation/quality.csv``: one row per segmented patient (window: "y0,x0,size" or "";
 #: basal_es_rv_slices: ES slices whose RV the basal rule removed; orientation: the one the slices
 #: were segmented in, :func:`cardioclr.segment.orientation.describe`).
