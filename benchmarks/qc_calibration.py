@@ -71,7 +71,7 @@ def out_of_fold_table(work: Path, subset: str = "train") -> Any:
     return pd.DataFrame(rows).set_index("patient_id")
 
 
-def test_table(work: Path) -> Any:
+def scored_test_table(work: Path) -> Any:
     """DataFrame (index patient_id): ``disagreement``, ``mean_dice`` of the test patients of
     ``work``'s ``metrics_per_patient.csv`` (``segment evaluate``) and ``quality.csv``."""
     import pandas as pd
@@ -86,7 +86,7 @@ def test_table(work: Path) -> Any:
 
 def compare_on_test(table: Any, threshold: float) -> dict[str, Any]:
     """Test patients' mean Dice flagged (disagreement > threshold) vs not; ``table`` as
-    :func:`test_table` or :func:`out_of_fold_table`."""
+    :func:`scored_test_table` or :func:`out_of_fold_table`."""
     dice, dis = table["mean_dice"], table["disagreement"]
     flagged = dis > threshold
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "current_threshold": DISAGREEMENT_FLAG,
         "rotated_views_threshold": ROTATED_VIEWS_DISAGREEMENT_FLAG,
     }
-    tests = (test_table(Path(args.test_work)) if args.test_work
+    tests = (scored_test_table(Path(args.test_work)) if args.test_work
              else out_of_fold_table(work, "test") if args.test_from_crossfit else None)
     if tests is not None:
         result["n_test"] = len(tests)

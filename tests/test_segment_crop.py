@@ -86,7 +86,7 @@ def test_patient_whose_heart_is_not_found_gets_whole_slices_and_a_flag():
     res = segment_patient(model, _patient(), torch.device("cpu"), tta=True)
     assert not res.localised and res.box is None
     assert res.labels["ED"].shape == (2, 48, 48)
-    flags = quality_flags(res.disagreement, res.localised)
+    flags = quality_flags(res.disagreement, res.localised, DISAGREEMENT_FLAG)
     assert [f["flag"] for f in flags] == ["heart_not_localised"]
 
 
@@ -139,9 +139,9 @@ def test_disagreement_is_zero_for_agreeing_members_and_flags_above_threshold():
     b[0, :, :2] = 3
     half.add([a, b], a)  # member b overlaps the consensus on 4 of 8 + 8 voxels
     assert half.disagreement() == pytest.approx(1 - (1.0 + 0.5) / 2)
-    assert quality_flags(DISAGREEMENT_FLAG + 0.01, True)[0]["flag"] == "low_confidence"
-    assert quality_flags(DISAGREEMENT_FLAG / 2, True) == []
-    assert quality_flags(math.nan, True) == []
+    assert quality_flags(DISAGREEMENT_FLAG + 0.01, True, DISAGREEMENT_FLAG)[0]["flag"] == "low_confidence"
+    assert quality_flags(DISAGREEMENT_FLAG / 2, True, DISAGREEMENT_FLAG) == []
+    assert quality_flags(math.nan, True, DISAGREEMENT_FLAG) == []
 
 
 def test_rotated_views_have_their_own_low_confidence_threshold():

@@ -162,8 +162,7 @@ def low_confidence_threshold(mirrored_views: bool) -> float:
     return DISAGREEMENT_FLAG if mirrored_views else ROTATED_VIEWS_DISAGREEMENT_FLAG
 
 
-def quality_flags(disagreement: float, localised: bool,
-                  threshold: float = DISAGREEMENT_FLAG) -> list[dict[str, str]]:
+def quality_flags(disagreement: float, localised: bool, threshold: float) -> list[dict[str, str]]:
     """``low_confidence`` (disagreement above ``threshold``, :func:`low_confidence_threshold`) /
     ``heart_not_localised`` rows (without ``patient_id``) of one patient."""
     rows: list[dict[str, str]] = []
