@@ -16,7 +16,10 @@ cross-fitted segmentation, ``--seg-work``):
    probabilities, with the indices of the ACDC criteria (``cv_persistent_errors``).
 
 The choice in step 2 saw the 70 train patients, who are also in step 3's CV: step 3 is slightly
-optimistic for them; step 4 is the untouched estimate.
+optimistic for them; step 4 is the untouched estimate. ``--nested-repeats R`` measures what the
+choice itself is worth, on the train patients only (:func:`nested_choice_on_train`): each outer
+fold re-runs step 2 on its training rows and scores the chosen model on its held-out rows, beside
+every fixed (classifier, feature set) pair on the same folds.
 
 Predicted masks must be cross-fitted: every patient's mask from segmentation models that never
 saw that patient. ``--seg-work WORK`` is a work directory where ``cardioclr segment train WORK
@@ -36,7 +39,7 @@ Usage::
 
     python benchmarks/diagnosis_quality.py [--data DIR] [--work DIR] [--seg-work DIR]
         [--accept-single-model] [--candidates rf,logistic,...]
-        [--repeats 5] [--splits 5] [--seed 0]
+        [--repeats 5] [--splits 5] [--seed 0] [--nested-repeats R]
 
 Last line: one JSON object (keys in benchmarks/README.md).
 """
@@ -121,8 +124,63 @@ def persistent_errors(oof_proba: Any, y: Any, ids: list[str], classes: list[str]
     return out
 
 
+def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: Any, outer_repeats: int,
+                           outer_splits: int = 5) -> dict[str, Any]:
+    """Does step 2's model choice beat a fixed (classifier, feature set) pair? A nested CV on the
+    **train** patients only: ``outer_repeats`` x ``outer_splits`` repeated stratified CV whose
+    every outer fold runs the whole choice (:func:`~cardioclr.evaluate.baseline.choose_and_fit`:
+    ``cfg``'s candidates x every feature set, by ``cfg``'s repeated CV) on its training rows and
+    scores the chosen model on its held-out rows; every fixed pair is fitted and scored on the
+    same outer folds with the same seed. ``x_by_set``: feature set -> DataFrame of the train rows
+    (n, features); ``y_train`` (n,) class indices.
+
+    Returns ``{"protocol", "choice": {accuracy, macro_auc}, "fixed": {"CANDIDATE/SET": {...}},
+    "chosen_per_fold": {"CANDIDATE/SET": count}, "best_fixed"}``, each accuracy / AUC
+    ``{mean, sd, per_repeat}`` over the outer repeats (pooled held-out predictions per repeat).
+    """
+    import numpy as np
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    from cardioclr.clinical.classifier import macro_auc, predict_full
+    from cardioclr.evaluate.baseline import candidate_pipeline, choose_and_fit
+
+    y = np.asarray(y_train, int)
+    pairs = [f"{c}/{fs}" for fs in x_by_set for c in cfg.candidates]
+    proba = {name: np.zeros((outer_repeats, len(y), k)) for name in ("choice", *pairs)}
+    chosen: dict[str, int] = {}
+    # Another seed than the inner CV's, so that outer and inner folds are not the same splits.
+    outer = RepeatedStratifiedKFold(n_splits=outer_splits, n_repeats=outer_repeats, random_state=cfg.seed + 1)
+    for i, (fit_rows, held) in enumerate(outer.split(np.zeros(len(y)), y)):
+        r = i // outer_splits
+        fit_x = {fs: x.iloc[fit_rows] for fs, x in x_by_set.items()}
+        model, name, fs, _ = choose_and_fit(cfg, fit_x, y[fit_rows], [], k)
+        chosen[f"{name}/{fs}"] = chosen.get(f"{name}/{fs}", 0) + 1
+        proba["choice"][r, held] = predict_full(model, x_by_set[fs].iloc[held], k)
+        for pair in pairs:
+            c, s = pair.split("/")
+            m = candidate_pipeline(c, list(x_by_set[s].columns), [], 0, cfg.seed, cfg.n_jobs)
+            proba[pair][r, held] = predict_full(m.fit(fit_x[s], y[fit_rows]), x_by_set[s].iloc[held], k)
+        log.info("nested CV on train: outer fold %d/%d chose %s/%s", i + 1, outer_splits * outer_repeats,
+                 name, fs)
+
+    def scores(p: Any) -> dict[str, Any]:
+        acc = [float((p[r].argmax(1) == y).mean()) for r in range(outer_repeats)]
+        auc = [macro_auc(y, p[r]) for r in range(outer_repeats)]
+
+        def ms(v: list[float]) -> dict[str, Any]:
+            return {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                    "per_repeat": v}
+        return {"accuracy": ms(acc), "macro_auc": ms(auc)}
+
+    fixed = {pair: scores(proba[pair]) for pair in pairs}
+    return {"protocol": f"{outer_repeats}x{outer_splits} outer CV on the {len(y)} train patients; in each "
+                        f"outer fold the choice by {cfg.cv_repeats}x{cfg.cv_splits} CV of its training rows",
+            "choice": scores(proba["choice"]), "fixed": fixed, "chosen_per_fold": chosen,
+            "best_fixed": max(pairs, key=lambda pr: fixed[pr]["accuracy"]["mean"])}
+
+
 def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeats: int, splits: int,
-                    seed: int) -> dict[str, Any]:
+                    seed: int, nested_repeats: int = 0) -> dict[str, Any]:
     """Steps 1-4 of the module docstring for one mask source."""
     import numpy as np
 
@@ -150,6 +208,7 @@ def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeat
     model, name, fs, record = choose_and_fit(cfg, x_by_set, y_train, [], k)
     cols = list(FEATURE_SETS[fs])
     log.info("%s: chosen %s on %s features (CV on train)", source, name, fs)
+    nested = nested_choice_on_train(x_by_set, y_train, k, cfg, nested_repeats) if nested_repeats else None
 
     cv = repeated_cv(name, full[cols], y, k, n_splits=splits, n_repeats=repeats, seed=seed)
     s = cv.summary()
@@ -175,6 +234,7 @@ def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeat
         "test_errors": test_errors,
         "cv_persistent_errors": persistent_errors(cv.oof_proba, y, ids, list(classes), full),
         "cv_accuracy_by_segmentation_flag": by_flag,
+        "nested_cv_on_train": nested,
         "n_patients": len(ids), "n_train": len(train), "n_test": len(test),
         "feature_notes": {"patients": len(notes), "notes": n_notes},
         "seconds": round(time.perf_counter() - t0, 1),
@@ -199,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--splits", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--nested-repeats", type=int, default=0,
+                    help="also run a nested CV on the train patients with this many repeats of 5 outer "
+                         "folds: the model choice against every fixed pair (each outer fold re-runs the "
+                         "choice: ~1.5 min per fold and mask source on 2 cores; default 0 = skip)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     start = time.perf_counter()
@@ -220,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
 
         work = work or Path(tempfile.mkdtemp(prefix="diagnosis_quality_"))
         prepare(PrepareConfig(data=str(data), out=str(work), workers=2))
-    expert = evaluate_source(work, "expert", candidates, args.repeats, args.splits, args.seed)
+    expert = evaluate_source(work, "expert", candidates, args.repeats, args.splits, args.seed,
+                             args.nested_repeats)
 
     predicted: dict[str, Any] | None = None
     predicted_reason = None
@@ -232,10 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         st = SliceStore(sw)
         predicted_reason = crossfit_problem(sw, list(st.splits.train), list(st.splits.test))
         if predicted_reason is None:
-            predicted = evaluate_source(sw, "predicted", candidates, args.repeats, args.splits, args.seed)
+            predicted = evaluate_source(sw, "predicted", candidates, args.repeats, args.splits, args.seed,
+                                        args.nested_repeats)
             predicted_masks = "cross-fitted: no patient's mask from a model that saw that patient"
         elif args.accept_single_model:
-            predicted = evaluate_source(sw, "predicted", candidates, args.repeats, args.splits, args.seed)
+            predicted = evaluate_source(sw, "predicted", candidates, args.repeats, args.splits, args.seed,
+                                        args.nested_repeats)
             predicted_masks = (f"NOT cross-fitted ({predicted_reason}): one segmentation model trained "
                                "on the train patients; test masks honest, train masks in-sample for "
                                "segmentation (that model saw their expert masks, never their "
@@ -264,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         "predicted_masks": predicted_masks,
         "cv_persistent_errors": {"expert": expert["cv_persistent_errors"],
                                  "predicted": pick(predicted, "cv_persistent_errors")},
+        "nested_cv_on_train": {"expert": expert["nested_cv_on_train"],
+                               "predicted": pick(predicted, "nested_cv_on_train")},
         "confusions": {"expert_cv": expert["cv_confusions"],
                        "predicted_cv": pick(predicted, "cv_confusions")},
         "targets": {"expert_cv_accuracy": 0.98, "predicted_cv_accuracy": 0.96,

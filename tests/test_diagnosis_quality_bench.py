@@ -36,3 +36,28 @@ def test_persistent_errors_lists_patients_wrong_after_averaging_with_their_indic
     assert got[0]["label"] == "DCM" and got[0]["predicted"] == "NOR" and got[0]["p_label"] == 0.4
     assert got[0]["indices"]["lv_ef_pct"] == 31.2 and got[0]["indices"]["rv_ef_pct"] is None
     assert got[0]["indices"]["lv_edv_ml_per_m2"] is None  # not in the table
+
+
+def test_nested_choice_scores_the_choice_against_every_fixed_pair_on_the_same_folds() -> None:
+    """The choice is re-run inside each outer fold; when it always picks the one informative
+    feature set, its held-out predictions are exactly that fixed pair's, and the noise set's pair
+    is no better than chance."""
+    import pandas as pd
+
+    from cardioclr.evaluate.baseline import BaselineConfig
+
+    bench = load_benchmark("diagnosis_quality")
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 12)
+    good = pd.DataFrame({"a": y * 3.0 + rng.normal(0, 0.5, y.size), "b": rng.normal(0, 1, y.size)})
+    noise = pd.DataFrame({"c": rng.normal(0, 1, y.size), "d": rng.normal(0, 1, y.size)})
+    cfg = BaselineConfig(work="", out="", candidates=("logistic",), cv_repeats=1, cv_splits=3)
+    got = bench.nested_choice_on_train({"good": good, "noise": noise}, y, 3, cfg, outer_repeats=2,
+                                       outer_splits=3)
+    assert got["chosen_per_fold"] == {"logistic/good": 6}
+    assert set(got["fixed"]) == {"logistic/good", "logistic/noise"}
+    assert got["choice"]["accuracy"]["per_repeat"] == got["fixed"]["logistic/good"]["accuracy"]["per_repeat"]
+    assert got["choice"]["accuracy"]["mean"] > 0.9
+    assert got["fixed"]["logistic/noise"]["accuracy"]["mean"] < 0.6
+    assert got["best_fixed"] == "logistic/good"
+    assert len(got["choice"]["macro_auc"]["per_repeat"]) == 2
