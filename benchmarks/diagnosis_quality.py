@@ -4,9 +4,11 @@ Protocol for each mask source (``expert``: the store's annotation; ``predicted``
 cross-fitted segmentation, ``--seg-work``):
 
 1. features of every labelled patient (indices + regional features, :mod:`cardioclr.clinical`);
-2. model choice (classifier x feature set) by repeated stratified CV on the 70 ``train``
-   patients only (:func:`cardioclr.evaluate.baseline.choose_and_fit`), never on test;
-3. 5x5 repeated stratified CV of that choice over all labelled patients (train + test):
+2. the model of ``cardioclr baseline`` (``--model``; default its default, the fixed ``vote`` of
+   classifiers and feature sets, whose repeated stratified CV on the 70 ``train`` patients is
+   reported; ``auto``: classifier x feature set chosen by that CV,
+   :func:`cardioclr.evaluate.baseline.choose_and_fit`), never looking at test;
+3. 5x5 repeated stratified CV of that model over all labelled patients (train + test):
    accuracy and macro one-vs-rest AUC per repeat (mean, SD), confusions summed over repeats;
 4. the fixed 70/30 split: the chosen model fitted on train, evaluated once on the 30 test;
 5. predicted masks: step 3's accuracy for patients whose masks carry a segmentation QC flag
@@ -15,11 +17,13 @@ cross-fitted segmentation, ``--seg-work``):
 6. the persistent CV errors: patients misclassified by step 3's repeat-averaged out-of-fold
    probabilities, with the indices of the ACDC criteria (``cv_persistent_errors``).
 
-The choice in step 2 saw the 70 train patients, who are also in step 3's CV: step 3 is slightly
-optimistic for them; step 4 is the untouched estimate. ``--nested-repeats R`` measures what the
-choice itself is worth, on the train patients only (:func:`nested_choice_on_train`): each outer
+With ``--model auto`` the choice in step 2 saw the 70 train patients, who are also in step 3's
+CV: step 3 is then slightly optimistic for them; step 4 is the untouched estimate. The fixed
+vote was itself chosen on the train patients of the ACDC split (by the nested CV below, in
+development), so its step 3 carries that mild optimism too. ``--nested-repeats R`` measures what
+the choice is worth, on the train patients only (:func:`nested_choice_on_train`): each outer
 fold re-runs step 2 on its training rows and scores the chosen model on its held-out rows, beside
-every fixed (classifier, feature set) pair on the same folds.
+every fixed (classifier, feature set) pair and the vote on the same folds.
 
 Predicted masks must be cross-fitted: every patient's mask from segmentation models that never
 saw that patient. ``--seg-work WORK`` is a work directory where ``cardioclr segment train WORK
@@ -126,18 +130,21 @@ def persistent_errors(oof_proba: Any, y: Any, ids: list[str], classes: list[str]
 
 def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: Any, outer_repeats: int,
                            outer_splits: int = 5) -> dict[str, Any]:
-    """Does step 2's model choice beat a fixed (classifier, feature set) pair? A nested CV on the
-    **train** patients only: ``outer_repeats`` x ``outer_splits`` repeated stratified CV whose
-    every outer fold runs the whole choice (:func:`~cardioclr.evaluate.baseline.choose_and_fit`:
+    """What the model choice is worth against fixed models: a nested CV on the **train** patients
+    only. ``outer_repeats`` x ``outer_splits`` repeated stratified CV whose every outer fold runs
+    the whole choice (``model="auto"``: :func:`~cardioclr.evaluate.baseline.choose_and_fit` among
     ``cfg``'s candidates x every feature set, by ``cfg``'s repeated CV) on its training rows and
-    scores the chosen model on its held-out rows; every fixed pair is fitted and scored on the
-    same outer folds with the same seed. ``x_by_set``: feature set -> DataFrame of the train rows
-    (n, features); ``y_train`` (n,) class indices.
+    scores the chosen model on its held-out rows; every fixed (candidate, feature set) pair, and
+    with ``cfg.model == "vote"`` the vote (on the largest set, whose columns its members select),
+    are fitted and scored on the same outer folds with the same seed. ``x_by_set``: feature set
+    -> DataFrame of the train rows (n, features); ``y_train`` (n,) class indices.
 
     Returns ``{"protocol", "choice": {accuracy, macro_auc}, "fixed": {"CANDIDATE/SET": {...}},
     "chosen_per_fold": {"CANDIDATE/SET": count}, "best_fixed"}``, each accuracy / AUC
     ``{mean, sd, per_repeat}`` over the outer repeats (pooled held-out predictions per repeat).
     """
+    import dataclasses
+
     import numpy as np
     from sklearn.model_selection import RepeatedStratifiedKFold
 
@@ -145,7 +152,10 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
     from cardioclr.evaluate.baseline import candidate_pipeline, choose_and_fit
 
     y = np.asarray(y_train, int)
-    pairs = [f"{c}/{fs}" for fs in x_by_set for c in cfg.candidates]
+    choosing = dataclasses.replace(cfg, model="auto")
+    largest = max(x_by_set, key=lambda fs: x_by_set[fs].shape[1])
+    pairs = [f"{c}/{fs}" for fs in x_by_set for c in cfg.candidates] + (
+        [f"vote/{largest}"] if cfg.model == "vote" else [])
     proba = {name: np.zeros((outer_repeats, len(y), k)) for name in ("choice", *pairs)}
     chosen: dict[str, int] = {}
     # Another seed than the inner CV's, so that outer and inner folds are not the same splits.
@@ -153,7 +163,7 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
     for i, (fit_rows, held) in enumerate(outer.split(np.zeros(len(y)), y)):
         r = i // outer_splits
         fit_x = {fs: x.iloc[fit_rows] for fs, x in x_by_set.items()}
-        model, name, fs, _ = choose_and_fit(cfg, fit_x, y[fit_rows], [], k)
+        model, name, fs, _ = choose_and_fit(choosing, fit_x, y[fit_rows], [], k)
         chosen[f"{name}/{fs}"] = chosen.get(f"{name}/{fs}", 0) + 1
         proba["choice"][r, held] = predict_full(model, x_by_set[fs].iloc[held], k)
         for pair in pairs:
@@ -179,15 +189,21 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
             "best_fixed": max(pairs, key=lambda pr: fixed[pr]["accuracy"]["mean"])}
 
 
-def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeats: int, splits: int,
-                    seed: int, nested_repeats: int = 0) -> dict[str, Any]:
+def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[str, ...], repeats: int,
+                    splits: int, seed: int, nested_repeats: int = 0) -> dict[str, Any]:
     """Steps 1-4 of the module docstring for one mask source."""
     import numpy as np
 
     from cardioclr.clinical.classifier import macro_auc, predict_full, repeated_cv
     from cardioclr.data.masks import mask_flags
     from cardioclr.data.store import SliceStore
-    from cardioclr.evaluate.baseline import FEATURE_SETS, BaselineConfig, choose_and_fit
+    from cardioclr.evaluate.baseline import (
+        FEATURE_SETS,
+        BaselineConfig,
+        candidate_pipeline,
+        choose_and_fit,
+        feature_sets_of,
+    )
     from cardioclr.evaluate.clinical_features import feature_table
     from cardioclr.layout import WorkLayout
 
@@ -202,15 +218,17 @@ def evaluate_source(work: Path, source: str, candidates: tuple[str, ...], repeat
     y_train, y_test = y[:len(train)], y[len(train):]
     log.info("%s: features of %d patients in %.1f s", source, len(ids), time.perf_counter() - t0)
 
-    cfg = BaselineConfig(work=str(work), out="", masks=source, candidates=candidates, cv_repeats=repeats,
-                         cv_splits=splits, seed=seed)
+    cfg = BaselineConfig(work=str(work), out="", masks=source, model=model_name, candidates=candidates,
+                         cv_repeats=repeats, cv_splits=splits, seed=seed)
     x_by_set = {fs: full.loc[train, list(cols)] for fs, cols in FEATURE_SETS.items()}
-    model, name, fs, record = choose_and_fit(cfg, x_by_set, y_train, [], k)
+    model, name, fs, record = choose_and_fit(cfg, {fs: x_by_set[fs] for fs in feature_sets_of(cfg)},
+                                             y_train, [], k)
     cols = list(FEATURE_SETS[fs])
-    log.info("%s: chosen %s on %s features (CV on train)", source, name, fs)
+    log.info("%s: %s on %s features (CV on train)", source, name, fs)
     nested = nested_choice_on_train(x_by_set, y_train, k, cfg, nested_repeats) if nested_repeats else None
 
-    cv = repeated_cv(name, full[cols], y, k, n_splits=splits, n_repeats=repeats, seed=seed)
+    cv = repeated_cv(name, full[cols], y, k, n_splits=splits, n_repeats=repeats, seed=seed,
+                     model=candidate_pipeline(name, cols, [], 0, seed))
     s = cv.summary()
     proba = predict_full(model, full.loc[test, cols], k)
     pred = proba.argmax(1)
@@ -254,8 +272,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="also measure --seg-work masks that are not cross-fitted (e.g. one model "
                          "trained on train: test masks honest, train masks in-sample); labelled so "
                          "in 'predicted_masks'")
+    ap.add_argument("--model", default=None,
+                    help="the model of `cardioclr baseline --model` (default: its default, the fixed "
+                         "vote; auto: chosen among --candidates by CV on train)")
     ap.add_argument("--candidates", default=None,
-                    help="comma-separated classifiers (default: those of `cardioclr baseline`)")
+                    help="comma-separated classifiers of --model auto and of the nested CV's fixed "
+                         "pairs (default: those of `cardioclr baseline`)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--splits", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -269,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     from cardioclr.evaluate.baseline import BaselineConfig
 
+    args.model = args.model or BaselineConfig.model
     candidates = (tuple(c.strip() for c in args.candidates.split(",") if c.strip()) if args.candidates
                   else BaselineConfig.candidates)
 
@@ -284,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
         work = work or Path(tempfile.mkdtemp(prefix="diagnosis_quality_"))
         prepare(PrepareConfig(data=str(data), out=str(work), workers=2))
-    expert = evaluate_source(work, "expert", candidates, args.repeats, args.splits, args.seed,
+    expert = evaluate_source(work, "expert", args.model, candidates, args.repeats, args.splits, args.seed,
                              args.nested_repeats)
 
     predicted: dict[str, Any] | None = None
@@ -297,12 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         st = SliceStore(sw)
         predicted_reason = crossfit_problem(sw, list(st.splits.train), list(st.splits.test))
         if predicted_reason is None:
-            predicted = evaluate_source(sw, "predicted", candidates, args.repeats, args.splits, args.seed,
-                                        args.nested_repeats)
+            predicted = evaluate_source(sw, "predicted", args.model, candidates, args.repeats, args.splits,
+                                        args.seed, args.nested_repeats)
             predicted_masks = "cross-fitted: no patient's mask from a model that saw that patient"
         elif args.accept_single_model:
-            predicted = evaluate_source(sw, "predicted", candidates, args.repeats, args.splits, args.seed,
-                                        args.nested_repeats)
+            predicted = evaluate_source(sw, "predicted", args.model, candidates, args.repeats, args.splits,
+                                        args.seed, args.nested_repeats)
             predicted_masks = (f"NOT cross-fitted ({predicted_reason}): one segmentation model trained "
                                "on the train patients; test masks honest, train masks in-sample for "
                                "segmentation (that model saw their expert masks, never their "
@@ -338,9 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"expert_cv_accuracy": 0.98, "predicted_cv_accuracy": 0.96,
                     "predicted_cv_macro_auc": 0.995},
         "protocol": f"{args.repeats}x{args.splits} repeated stratified CV over all labelled patients "
-                    "(classifier and feature set chosen by the same CV on train only) + the fixed 70/30 test",
+                    f"of the model {args.model!r} (with 'auto': classifier and feature set chosen by "
+                    "the same CV on train only) + the fixed 70/30 test",
         "details": {"expert": expert, "predicted": predicted},
-        "work": str(work), "seg_work": args.seg_work, "candidates": list(candidates),
+        "work": str(work), "seg_work": args.seg_work, "model": args.model, "candidates": list(candidates),
         "seconds": round(time.perf_counter() - start, 1),
         "cpu_count": os.cpu_count(), "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),

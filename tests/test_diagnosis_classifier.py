@@ -181,7 +181,60 @@ def test_regional_baseline_reads_test_last_and_scales_on_train_only(tiny_work: P
 
 def test_auto_features_choose_by_cv_and_record_every_pair(tiny_work: Path, tmp_path: Path):
     m = run_baseline(BaselineConfig(work=str(tiny_work), out=str(tmp_path / "a"), masks="expert",
-                                    candidates=("logistic",), cv_repeats=1, cv_splits=2, n_boot=50))
+                                    model="auto", candidates=("logistic",), cv_repeats=1, cv_splits=2,
+                                    n_boot=50))
     assert set(m["cv"]["results"]) == {"logistic/regional", "logistic/indices"}
     assert m["hyperparameters"] == {"classifier": "logistic", "features": m["cv"]["chosen_features"]}
     assert m["model"] == "clinical-logistic"
+
+
+def _regional_toy(n: int = 40, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows with every column of the largest feature set: one index and one regional summary carry
+    the class, the rest is noise with some NaN."""
+    from cardioclr.evaluate.baseline import FEATURE_SETS
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    cols = list(FEATURE_SETS["regional"])
+    x = pd.DataFrame(rng.normal(size=(n, len(cols))), columns=cols, index=[f"p{i:03d}" for i in range(n)])
+    x[features_mod.FEATURE_NAMES[0]] += 2.0 * y
+    x[REGIONAL_SUMMARY[0]] += 1.5 * y
+    x.iloc[::7, 3] = np.nan
+    return x, y
+
+
+def test_vote_has_each_member_on_each_feature_set_and_averages_them():
+    from cardioclr.evaluate.baseline import VOTE_MEMBERS, feature_set_vote
+
+    x, y = _regional_toy()
+    vote = feature_set_vote(list(x.columns), [], 0, seed=2).fit(x, y)
+    members = vote.named_steps["clf"].named_estimators_
+    assert set(members) == {f"{m}-{fs}" for m in VOTE_MEMBERS for fs in ("regional", "indices")}
+    # Each member saw its own set's columns only.
+    assert list(members["rf-indices"].named_steps["select"].get_feature_names_out()) == list(
+        features_mod.FEATURE_NAMES)
+    assert len(members["rf-regional"].named_steps["select"].get_feature_names_out()) == x.shape[1]
+    mean = np.mean([m.predict_proba(x) for m in members.values()], axis=0)
+    np.testing.assert_allclose(vote.predict_proba(x), mean)
+    again = feature_set_vote(list(x.columns), [], 0, seed=2).fit(x, y).predict_proba(x)
+    np.testing.assert_array_equal(vote.predict_proba(x), again)  # reproducible for a seed
+
+
+def test_vote_on_the_indices_alone_has_one_member_per_classifier_and_refuses_unknown_columns():
+    from cardioclr.errors import CardioclrError
+    from cardioclr.evaluate.baseline import VOTE_MEMBERS, feature_set_vote
+
+    x, y = _regional_toy()
+    indices = list(features_mod.FEATURE_NAMES)
+    vote = feature_set_vote(indices, [], 0, seed=0).fit(x[indices], y)
+    assert len(vote.named_steps["clf"].named_estimators_) == len(VOTE_MEMBERS)
+    with pytest.raises(CardioclrError, match="columns of a feature set"):
+        feature_set_vote(["c0", "c1"], [], 0, seed=0)
+
+
+def test_default_baseline_is_the_fixed_vote_with_its_train_cv_reported(tiny_work: Path, tmp_path: Path):
+    m = run_baseline(BaselineConfig(work=str(tiny_work), out=str(tmp_path / "v"), masks="expert",
+                                    cv_repeats=1, cv_splits=2, n_boot=50))
+    assert m["model"] == "clinical-vote"
+    assert m["hyperparameters"] == {"classifier": "vote", "features": "regional"}
+    assert set(m["cv"]["results"]) == {"vote/regional"}  # nothing chosen among candidates

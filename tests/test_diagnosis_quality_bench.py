@@ -51,7 +51,7 @@ def test_nested_choice_scores_the_choice_against_every_fixed_pair_on_the_same_fo
     y = np.repeat([0, 1, 2], 12)
     good = pd.DataFrame({"a": y * 3.0 + rng.normal(0, 0.5, y.size), "b": rng.normal(0, 1, y.size)})
     noise = pd.DataFrame({"c": rng.normal(0, 1, y.size), "d": rng.normal(0, 1, y.size)})
-    cfg = BaselineConfig(work="", out="", candidates=("logistic",), cv_repeats=1, cv_splits=3)
+    cfg = BaselineConfig(work="", out="", model="auto", candidates=("logistic",), cv_repeats=1, cv_splits=3)
     got = bench.nested_choice_on_train({"good": good, "noise": noise}, y, 3, cfg, outer_repeats=2,
                                        outer_splits=3)
     assert got["chosen_per_fold"] == {"logistic/good": 6}

@@ -57,9 +57,10 @@ ENCODER_NAMES: tuple[EncoderName, ...] = get_args(EncoderName)
 DiagnosisClassifier = Literal["rf", "gb", "logistic", "svm", "ensemble", "ensemble-no-gb",
                               "ensemble-calibrated"]
 DIAGNOSIS_CLASSIFIERS: tuple[DiagnosisClassifier, ...] = get_args(DiagnosisClassifier)
-#: ``cardioclr baseline --model``: ``auto`` = chosen by CV among candidates; ``rf``/``logistic``
-#: given alone = the paper-style grid search (:mod:`cardioclr.evaluate.baseline`).
-BASELINE_MODELS: tuple[str, ...] = ("auto", *DIAGNOSIS_CLASSIFIERS)
+#: ``cardioclr baseline --model``: ``vote`` (default) = the fixed vote over classifiers and feature
+#: sets; ``auto`` = chosen by CV among candidates; ``rf``/``logistic`` given alone = the
+#: paper-style grid search (:mod:`cardioclr.evaluate.baseline`).
+BASELINE_MODELS: tuple[str, ...] = ("vote", "auto", *DIAGNOSIS_CLASSIFIERS)
 #: ``cardioclr baseline --features``: indices + regional summaries, or the 35 indices (plus
 #: ``auto``: the better of the two by CV on train).
 BaselineFeatureSet = Literal["regional", "indices"]

@@ -37,12 +37,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="deep_features.csv (patient_id, f0..fN), or a folder holding it, e.g. "
                    "WORK/pretrain/ENCODER-INPUT (label-free SimCLR features written by `cardioclr "
                    "pretrain`) -> hybrid model")
-    p.add_argument("--model", choices=BASELINE_MODELS, default="auto",
-                   help="auto (default): the best of --candidates by repeated CV on train; rf / "
-                   "logistic: paper-style grid search on the train folds; or one fixed candidate")
+    p.add_argument("--model", choices=BASELINE_MODELS, default="vote",
+                   help="vote (default): soft vote of rf, gb, logistic and svm on each feature set; "
+                   "auto: the best of --candidates by repeated CV on train; rf / logistic: "
+                   "paper-style grid search on the train folds; or one fixed candidate")
     p.add_argument("--features", choices=("auto", *BASELINE_FEATURE_SETS), default="auto",
-                   help="auto (default): the better set by the same CV on train; regional: indices "
-                   "+ regional summaries; indices: the 35 indices")
+                   help="auto (default): every set for vote, the better set by the same CV on "
+                   "train otherwise; regional: indices + regional summaries; indices: the 35 indices")
     p.add_argument("--candidates", default="rf,logistic,svm,gb,ensemble",
                    help="comma-separated candidates of --model auto")
     p.add_argument("--cv-repeats", type=int, default=5, help="repeats of the stratified CV on train")

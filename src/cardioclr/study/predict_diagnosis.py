@@ -46,8 +46,7 @@ def refit_baseline(baseline_dir: Path) -> tuple[Any, list[str], list[str], dict[
     Returns (fitted pipeline, classes, feature columns, metrics.json). Raises
     :class:`CardioclrError` when the baseline is missing or from another version.
     """
-    from cardioclr.clinical.classifier import build_classifier
-    from cardioclr.evaluate.baseline import GRID_MODELS, build_model
+    from cardioclr.evaluate.baseline import GRID_MODELS, build_model, candidate_pipeline
 
     mpath, fpath = baseline_dir / "metrics.json", baseline_dir / "features.csv"
     if not (mpath.is_file() and fpath.is_file()):
@@ -68,7 +67,7 @@ def refit_baseline(baseline_dir: Path) -> tuple[Any, list[str], list[str], dict[
         raise CardioclrError(f"{fpath}: columns {missing[:3]} missing")
     x, y = train[cols].astype(float), train["label_index"].to_numpy(int)
     if "classifier" in hp:
-        model = build_classifier(str(hp["classifier"]), seed)
+        model = candidate_pipeline(str(hp["classifier"]), cols, [], 0, seed)
     else:
         name = str(m.get("model", "")).split("-", 1)[-1]
         if name not in GRID_MODELS:

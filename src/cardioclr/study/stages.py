@@ -318,7 +318,7 @@ def run_finetune(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
 
 
 def run_baseline(ctx: StudyContext, cell: Cell) -> dict[str, Any]:
-    """Clinical-feature random forest (``baseline``) or the hybrid: indices + the SimCLR
+    """Clinical-feature baseline (``baseline``: its default classifier) or the hybrid: indices + the SimCLR
     pretraining cell's ``deep_features.csv`` (self-supervised: never saw a label)."""
     from cardioclr.evaluate.baseline import run_baseline as _run
 

@@ -1,4 +1,4 @@
-"""Report blocks of the diagnosis baselines: the classifier chosen by CV on train, the test
+"""Report blocks of the diagnosis baselines: the classifier (fixed, or chosen by CV on train), the test
 confusion matrix, and for each test error the indices that drove it.
 
 Self-contained: it reads only the baselines' ``metrics.json`` dicts (written by
@@ -31,6 +31,12 @@ def _choice_para(model: str, m: dict[str, Any]) -> Para | None:
     acc = (res.get("accuracy") or {})
     auc = (res.get("macro_auc") or {})
     n_pairs = len(cv.get("results") or {})
+    if n_pairs == 1:  # a fixed model (the default vote): nothing was chosen
+        return Para(f"**{model}**: {chosen} on the {fs} features, fixed in advance (not chosen per "
+                    f"run); its {cv.get('n_repeats')}x{cv.get('n_splits')} repeated stratified "
+                    f"cross-validation on the training patients only: accuracy {_f(acc.get('mean'))} ± "
+                    f"{_f(acc.get('sd'), 2)}, macro AUC {_f(auc.get('mean'), 4)}; the test patients were "
+                    "read once, after the refit.")
     return Para(f"**{model}**: {chosen} on the {fs} features, chosen among {n_pairs} classifier x "
                 f"feature-set pairs by {cv.get('n_repeats')}x{cv.get('n_splits')} repeated stratified "
                 f"cross-validation on the training patients only (accuracy {_f(acc.get('mean'))} ± "
