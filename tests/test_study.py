@@ -176,17 +176,18 @@ def test_hybrid_stage_uses_the_pretraining_features(tiny_work: Path, tmp_path: P
         (out / "work" / item.name).symlink_to(item)
     cfg = load_config("demo", overrides={
         "accelerator": "cpu", "mask_source": "expert", "report": {"n_boot": 50},
-        "baseline": {"options": {"candidates": ["logistic"], "cv_repeats": 1}}})
+        "baseline": {"options": {"cv_repeats": 1}}})
     cell = next(c for c in expand_grid(cfg) if c.kind == "hybrid")
     pre = out / cell.params["deep_features"]
     encoder, dim = build_encoder("smallcnn")
     save_encoder(pre / "encoder.pt", encoder, "smallcnn", dim, "segmented", 32, mask_source="expert")
     summary = run_baseline(StudyContext(cfg, out), cell)
-    assert summary["model"] == "hybrid-logistic"
+    assert summary["model"] == "hybrid-vote"  # the default: each member with its own PCA
     feats = pd.read_csv(pre / "deep_features.csv", dtype={"patient_id": str})
     assert len(feats) == len(pd.read_csv(tiny_work / "manifest.csv")) and feats.shape[1] == 1 + 2 * dim
     m = json.loads((out / cell.path / "metrics.json").read_text())
     assert m["deep_features"]["file"] == str(pre / "deep_features.csv")
+    assert m["deep_features"]["pca_components"] >= 1
 
 
 # ------------------------------------------------------------------------------ progress

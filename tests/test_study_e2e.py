@@ -28,7 +28,7 @@ TINY = {
     "pretrain": {"options": {"batch_size": 16, "max_epochs": 1, "patience": 1,
                              "val_fraction": 0.2}},
     "finetune": {"options": {"max_epochs": 2, "patience": 1, "n_boot": 50, "grid_batch": [16]}},
-    "baseline": {"options": {"candidates": ["logistic"], "cv_repeats": 1, "n_boot": 50}},
+    "baseline": {"options": {"cv_repeats": 1, "n_boot": 50}},
     "report": {"saliency_patients": 2, "n_boot": 50},
 }
 
@@ -64,7 +64,7 @@ def test_study_tables(tiny_study: tuple[Path, float]) -> None:
     # The hybrid's deep features are the SimCLR pretraining's (label-free), one row per patient.
     pre = out / "work" / "pretrain" / "smallcnn-segmented" / "deep_features.csv"
     hybrid = json.loads((out / "baseline" / "hybrid" / "metrics.json").read_text())
-    assert hybrid["model"] == "hybrid-logistic" and hybrid["deep_features"]["file"] == str(pre)
+    assert hybrid["model"] == "hybrid-vote" and hybrid["deep_features"]["file"] == str(pre)
     feats = pd.read_csv(pre, dtype={"patient_id": str})
     manifest = pd.read_csv(out / "work" / "manifest.csv", dtype={"patient_id": str})
     assert sorted(feats["patient_id"]) == sorted(manifest["patient_id"])

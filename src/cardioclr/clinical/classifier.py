@@ -20,8 +20,11 @@ fit only:
 * ``ensemble-calibrated``: the ensemble wrapped in :class:`~sklearn.calibration.CalibratedClassifierCV`
   (sigmoid, 3 inner folds of the training patients).
 
-Which candidate the study uses is chosen by :func:`choose_model`: repeated stratified CV on the
-training patients only, never on test. Every candidate is reproducible for a seed (the seed
+``cardioclr baseline --model auto`` chooses a candidate by :func:`choose_model`: repeated
+stratified CV on the training patients only, never on test. The default (and the study's) model
+is a fixed soft vote of ``rf``, ``gb``, ``logistic`` and ``svm`` on each feature set
+(:func:`cardioclr.evaluate.baseline.feature_set_vote`): in a nested CV the per-run choice did
+worse than it. Every candidate is reproducible for a seed (the seed
 sets every estimator's ``random_state`` and the CV splitters).
 """
 
