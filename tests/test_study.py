@@ -176,7 +176,7 @@ def test_hybrid_stage_uses_the_pretraining_features(tiny_work: Path, tmp_path: P
         (out / "work" / item.name).symlink_to(item)
     cfg = load_config("demo", overrides={
         "accelerator": "cpu", "mask_source": "expert", "report": {"n_boot": 50},
-        "baseline": {"options": {"cv_repeats": 1}}})
+        "baseline": {"options": {"model": "vote", "cv_repeats": 1}}})  # the default, not the demo's
     cell = next(c for c in expand_grid(cfg) if c.kind == "hybrid")
     pre = out / cell.params["deep_features"]
     encoder, dim = build_encoder("smallcnn")

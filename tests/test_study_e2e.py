@@ -28,7 +28,7 @@ TINY = {
     "pretrain": {"options": {"batch_size": 16, "max_epochs": 1, "patience": 1,
                              "val_fraction": 0.2}},
     "finetune": {"options": {"max_epochs": 2, "patience": 1, "n_boot": 50, "grid_batch": [16]}},
-    "baseline": {"options": {"cv_repeats": 1, "n_boot": 50}},
+    "baseline": {"options": {"model": "vote", "cv_repeats": 1, "n_boot": 50}},  # the default, not the demo's
     "report": {"saliency_patients": 2, "n_boot": 50},
 }
 
