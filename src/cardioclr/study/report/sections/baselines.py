@@ -1,4 +1,4 @@
-"""Baselines: the clinical-feature random forest and the hybrid, next to the best fine-tuned
+"""Baselines: the clinical-feature classifier and the hybrid, next to the best fine-tuned
 model, and the clinical features' importances."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def _features_note(b: CellResult) -> str:
 
 
 def baseline_section(data: StudyData) -> list[Block]:
-    """Clinical-feature random forest and the hybrid, next to the best fine-tuned model."""
+    """Clinical-feature classifier and the hybrid, next to the best fine-tuned model."""
     if not data.baselines:
         return [Para("No baseline was run.")]
     # (row's cells without the AUC cell, AUC value shown, AUC cell text, AUC cell sub-line)
