@@ -148,7 +148,7 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
     import numpy as np
     from sklearn.model_selection import RepeatedStratifiedKFold
 
-    from cardioclr.clinical.classifier import macro_auc, predict_full
+    from cardioclr.clinical.classifier import macro_auc, predict_full, repeat_summary
     from cardioclr.evaluate.baseline import candidate_pipeline, choose_and_fit
 
     y = np.asarray(y_train, int)
@@ -174,13 +174,9 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
                  name, fs)
 
     def scores(p: Any) -> dict[str, Any]:
-        acc = [float((p[r].argmax(1) == y).mean()) for r in range(outer_repeats)]
-        auc = [macro_auc(y, p[r]) for r in range(outer_repeats)]
-
-        def ms(v: list[float]) -> dict[str, Any]:
-            return {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                    "per_repeat": v}
-        return {"accuracy": ms(acc), "macro_auc": ms(auc)}
+        repeats = range(outer_repeats)
+        return {"accuracy": repeat_summary([float((p[r].argmax(1) == y).mean()) for r in repeats]),
+                "macro_auc": repeat_summary([macro_auc(y, p[r]) for r in repeats])}
 
     fixed = {pair: scores(proba[pair]) for pair in pairs}
     return {"protocol": f"{outer_repeats}x{outer_splits} outer CV on the {len(y)} train patients; in each "

@@ -210,11 +210,14 @@ class CVResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-able ``{accuracy: {mean, sd, per_repeat}, macro_auc: {...}}``."""
-        def ms(v: list[float]) -> dict[str, Any]:
-            a = np.asarray(v, float)
-            return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-                    "per_repeat": [float(x) for x in a]}
-        return {"accuracy": ms(self.accuracy), "macro_auc": ms(self.macro_auc)}
+        return {"accuracy": repeat_summary(self.accuracy), "macro_auc": repeat_summary(self.macro_auc)}
+
+
+def repeat_summary(values: Sequence[float]) -> dict[str, Any]:
+    """JSON-able ``{mean, sd, per_repeat}`` of one score per CV repeat (SD with ddof 1; 0 for one)."""
+    a = np.asarray(values, float)
+    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+            "per_repeat": [float(x) for x in a]}
 
 
 def repeated_cv(name: str, x: pd.DataFrame, y: np.ndarray, k: int, n_splits: int = 5,

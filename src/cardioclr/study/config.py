@@ -273,8 +273,9 @@ _DEMO: dict[str, Any] = {
                  # each), the whole demo 288 s -> 249 s, with the same AUCs.
                  "concurrent": 2},
     # The two fast candidates chosen by 2 CV repeats ("auto"), not the default vote of 8 members:
-    # in make demo the vote took 69 + 93 s for the clinical and hybrid cells against 8 + 13 s
-    # for this choice (2026-12-08, beside a one-thread benchmark); the regional features are kept.
+    # in make demo the vote took 69 + 93 s for the clinical and hybrid cells (2026-12-08, beside
+    # a one-thread benchmark) against 8.4 + 13.8 s for this choice (the same day, alone); the
+    # regional features are kept.
     "baseline": {"options": {"model": "auto", "candidates": ["logistic", "svm"], "cv_repeats": 2,
                              "features": "regional"}},
     "report": {"saliency_patients": 3, "n_boot": 1000},
