@@ -17,6 +17,11 @@ cross-fitted segmentation, ``--seg-work``):
 6. the persistent CV errors: patients misclassified by step 3's repeat-averaged out-of-fold
    probabilities, with the indices of the ACDC criteria (``cv_persistent_errors``).
 
+With predicted masks, every fit of steps 2-4 (as in ``cardioclr baseline``, whose default it is)
+also takes its own training patients' expert-mask features as second rows (``--expert-rows``;
+``--no-expert-rows``: the predicted rows only); every patient is scored from its predicted masks.
+A CV fold therefore never trains on any measurement of a patient it holds out.
+
 With ``--model auto`` the choice in step 2 saw the 70 train patients, who are also in step 3's
 CV: step 3 is then slightly optimistic for them; step 4 is the untouched estimate. The fixed
 vote was itself chosen on the train patients of the ACDC split (by the nested CV below, in
@@ -43,7 +48,7 @@ Usage::
 
     python benchmarks/diagnosis_quality.py [--data DIR] [--work DIR] [--seg-work DIR]
         [--accept-single-model] [--candidates rf,logistic,...]
-        [--repeats 5] [--splits 5] [--seed 0] [--nested-repeats R]
+        [--repeats 5] [--splits 5] [--seed 0] [--nested-repeats R] [--no-expert-rows]
 
 Last line: one JSON object (keys in benchmarks/README.md).
 """
@@ -129,7 +134,8 @@ def persistent_errors(oof_proba: Any, y: Any, ids: list[str], classes: list[str]
 
 
 def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: Any, outer_repeats: int,
-                           outer_splits: int = 5) -> dict[str, Any]:
+                           outer_splits: int = 5, extra_by_set: dict[str, Any] | None = None
+                           ) -> dict[str, Any]:
     """What the model choice is worth against fixed models: a nested CV on the **train** patients
     only. ``outer_repeats`` x ``outer_splits`` repeated stratified CV whose every outer fold runs
     the whole choice (``model="auto"``: :func:`~cardioclr.evaluate.baseline.choose_and_fit` among
@@ -138,6 +144,9 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
     with ``cfg.model == "vote"`` the vote (on the largest set, whose columns its members select),
     are fitted and scored on the same outer folds with the same seed. ``x_by_set``: feature set
     -> DataFrame of the train rows (n, features); ``y_train`` (n,) class indices.
+    ``extra_by_set``: feature set -> second rows of some patients (their expert-mask features,
+    ``expert_rows``), added to every fit of their own patients, inner and outer; then the vote
+    is also scored without them (``vote/SET/predicted-rows-only``), on the same folds.
 
     Returns ``{"protocol", "choice": {accuracy, macro_auc}, "fixed": {"CANDIDATE/SET": {...}},
     "chosen_per_fold": {"CANDIDATE/SET": count}, "best_fixed"}``, each accuracy / AUC
@@ -148,28 +157,31 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
     import numpy as np
     from sklearn.model_selection import RepeatedStratifiedKFold
 
-    from cardioclr.clinical.classifier import macro_auc, predict_full, repeat_summary
+    from cardioclr.clinical.classifier import fit_rows, macro_auc, predict_full, repeat_summary
     from cardioclr.evaluate.baseline import candidate_pipeline, choose_and_fit
 
     y = np.asarray(y_train, int)
+    extras = extra_by_set or {}
     choosing = dataclasses.replace(cfg, model="auto")
     largest = max(x_by_set, key=lambda fs: x_by_set[fs].shape[1])
-    pairs = [f"{c}/{fs}" for fs in x_by_set for c in cfg.candidates] + (
-        [f"vote/{largest}"] if cfg.model == "vote" else [])
+    vote = [f"vote/{largest}"] if cfg.model == "vote" else []
+    without = [f"vote/{largest}/predicted-rows-only"] if vote and extras else []
+    pairs = [f"{c}/{fs}" for fs in x_by_set for c in cfg.candidates] + vote + without
     proba = {name: np.zeros((outer_repeats, len(y), k)) for name in ("choice", *pairs)}
     chosen: dict[str, int] = {}
     # Another seed than the inner CV's, so that outer and inner folds are not the same splits.
     outer = RepeatedStratifiedKFold(n_splits=outer_splits, n_repeats=outer_repeats, random_state=cfg.seed + 1)
-    for i, (fit_rows, held) in enumerate(outer.split(np.zeros(len(y)), y)):
+    for i, (fit_part, held) in enumerate(outer.split(np.zeros(len(y)), y)):
         r = i // outer_splits
-        fit_x = {fs: x.iloc[fit_rows] for fs, x in x_by_set.items()}
-        model, name, fs, _ = choose_and_fit(choosing, fit_x, y[fit_rows], [], k)
+        fit_x = {fs: x.iloc[fit_part] for fs, x in x_by_set.items()}
+        model, name, fs, _ = choose_and_fit(choosing, fit_x, y[fit_part], [], k, extras)
         chosen[f"{name}/{fs}"] = chosen.get(f"{name}/{fs}", 0) + 1
         proba["choice"][r, held] = predict_full(model, x_by_set[fs].iloc[held], k)
         for pair in pairs:
-            c, s = pair.split("/")
+            c, s, *only = pair.split("/")
             m = candidate_pipeline(c, list(x_by_set[s].columns), [], 0, cfg.seed, cfg.n_jobs)
-            proba[pair][r, held] = predict_full(m.fit(fit_x[s], y[fit_rows]), x_by_set[s].iloc[held], k)
+            m.fit(*fit_rows(x_by_set[s], y, fit_part, None if only else extras.get(s)))
+            proba[pair][r, held] = predict_full(m, x_by_set[s].iloc[held], k)
         log.info("nested CV on train: outer fold %d/%d chose %s/%s", i + 1, outer_splits * outer_repeats,
                  name, fs)
 
@@ -179,15 +191,21 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
                 "macro_auc": repeat_summary([macro_auc(y, p[r]) for r in repeats])}
 
     fixed = {pair: scores(proba[pair]) for pair in pairs}
+    rows = (f"; fits also on {len(next(iter(extras.values())))} patients' expert-mask rows" if extras else "")
     return {"protocol": f"{outer_repeats}x{outer_splits} outer CV on the {len(y)} train patients; in each "
-                        f"outer fold the choice by {cfg.cv_repeats}x{cfg.cv_splits} CV of its training rows",
+                        f"outer fold the choice by {cfg.cv_repeats}x{cfg.cv_splits} CV of its training rows"
+                        + rows,
             "choice": scores(proba["choice"]), "fixed": fixed, "chosen_per_fold": chosen,
             "best_fixed": max(pairs, key=lambda pr: fixed[pr]["accuracy"]["mean"])}
 
 
 def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[str, ...], repeats: int,
-                    splits: int, seed: int, nested_repeats: int = 0) -> dict[str, Any]:
-    """Steps 1-4 of the module docstring for one mask source."""
+                    splits: int, seed: int, nested_repeats: int = 0, expert_rows: bool = True
+                    ) -> dict[str, Any]:
+    """Steps 1-6 of the module docstring for one mask source. With ``source == "predicted"`` and
+    ``expert_rows`` every fit also takes its own training patients' expert-mask rows, as
+    ``cardioclr baseline`` does (``BaselineConfig.expert_rows``); patients are scored from their
+    predicted masks."""
     import numpy as np
 
     from cardioclr.clinical.classifier import macro_auc, predict_full, repeated_cv
@@ -198,6 +216,7 @@ def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[
         BaselineConfig,
         candidate_pipeline,
         choose_and_fit,
+        expert_feature_rows,
         feature_sets_of,
     )
     from cardioclr.evaluate.clinical_features import feature_table
@@ -215,16 +234,23 @@ def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[
     log.info("%s: features of %d patients in %.1f s", source, len(ids), time.perf_counter() - t0)
 
     cfg = BaselineConfig(work=str(work), out="", masks=source, model=model_name, candidates=candidates,
-                         cv_repeats=repeats, cv_splits=splits, seed=seed)
+                         cv_repeats=repeats, cv_splits=splits, seed=seed, expert_rows=expert_rows)
+    # Every labelled patient's expert-mask row (or None): fit_rows adds only those of a fit's own
+    # training patients, so the test patients' rows enter only the CV folds that train on them.
+    expert_all = expert_feature_rows(store, ids, cfg, regional=True)
     x_by_set = {fs: full.loc[train, list(cols)] for fs, cols in FEATURE_SETS.items()}
+    extra_train = ({fs: expert_all.loc[expert_all.index.isin(train), list(cols)]
+                    for fs, cols in FEATURE_SETS.items()} if expert_all is not None else {})
     model, name, fs, record = choose_and_fit(cfg, {fs: x_by_set[fs] for fs in feature_sets_of(cfg)},
-                                             y_train, [], k)
+                                             y_train, [], k, extra_train)
     cols = list(FEATURE_SETS[fs])
     log.info("%s: %s on %s features (CV on train)", source, name, fs)
-    nested = nested_choice_on_train(x_by_set, y_train, k, cfg, nested_repeats) if nested_repeats else None
+    nested = (nested_choice_on_train(x_by_set, y_train, k, cfg, nested_repeats, extra_by_set=extra_train)
+              if nested_repeats else None)
 
     cv = repeated_cv(name, full[cols], y, k, n_splits=splits, n_repeats=repeats, seed=seed,
-                     model=candidate_pipeline(name, cols, [], 0, seed))
+                     model=candidate_pipeline(name, cols, [], 0, seed),
+                     extra=None if expert_all is None else expert_all[cols])
     s = cv.summary()
     proba = predict_full(model, full.loc[test, cols], k)
     pred = proba.argmax(1)
@@ -250,6 +276,7 @@ def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[
         "cv_accuracy_by_segmentation_flag": by_flag,
         "nested_cv_on_train": nested,
         "n_patients": len(ids), "n_train": len(train), "n_test": len(test),
+        "expert_rows": 0 if expert_all is None else len(expert_all),
         "feature_notes": {"patients": len(notes), "notes": n_notes},
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -274,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", default=None,
                     help="comma-separated classifiers of --model auto and of the nested CV's fixed "
                          "pairs (default: those of `cardioclr baseline`)")
+    ap.add_argument("--expert-rows", action=argparse.BooleanOptionalAction, default=True,
+                    help="predicted masks: every fit also on its training patients' expert-mask "
+                         "features, as `cardioclr baseline` does by default (default: on)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--splits", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -317,11 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         predicted_reason = crossfit_problem(sw, list(st.splits.train), list(st.splits.test))
         if predicted_reason is None:
             predicted = evaluate_source(sw, "predicted", args.model, candidates, args.repeats, args.splits,
-                                        args.seed, args.nested_repeats)
+                                        args.seed, args.nested_repeats, args.expert_rows)
             predicted_masks = "cross-fitted: no patient's mask from a model that saw that patient"
         elif args.accept_single_model:
             predicted = evaluate_source(sw, "predicted", args.model, candidates, args.repeats, args.splits,
-                                        args.seed, args.nested_repeats)
+                                        args.seed, args.nested_repeats, args.expert_rows)
             predicted_masks = (f"NOT cross-fitted ({predicted_reason}): one segmentation model trained "
                                "on the train patients; test masks honest, train masks in-sample for "
                                "segmentation (that model saw their expert masks, never their "
@@ -361,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                     "the same CV on train only) + the fixed 70/30 test",
         "details": {"expert": expert, "predicted": predicted},
         "work": str(work), "seg_work": args.seg_work, "model": args.model, "candidates": list(candidates),
+        "expert_rows": args.expert_rows,
         "seconds": round(time.perf_counter() - start, 1),
         "cpu_count": os.cpu_count(), "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),

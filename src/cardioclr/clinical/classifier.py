@@ -220,13 +220,31 @@ def repeat_summary(values: Sequence[float]) -> dict[str, Any]:
             "per_repeat": [float(x) for x in a]}
 
 
+def fit_rows(x: pd.DataFrame, y: np.ndarray, rows: np.ndarray | Sequence[int],
+             extra: pd.DataFrame | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The training rows of a fit: rows ``rows`` (positions) of ``x`` (n, features; indexed by
+    unique patient ids) with labels ``y`` (n,), followed by the rows of ``extra`` (second feature
+    rows of some patients, indexed by patient id, e.g. from their expert masks) that belong to
+    those same patients, labelled as in ``y``. A patient's extra row therefore enters exactly the
+    fits its own row enters: a CV fold never trains on another measurement of a held-out patient."""
+    rows = np.asarray(rows, int)
+    if extra is None or extra.empty:
+        return x.iloc[rows], y[rows]
+    own = extra[extra.index.isin(x.index[rows])]
+    labels = pd.Series(np.asarray(y), index=x.index)
+    return pd.concat([x.iloc[rows], own[list(x.columns)]]), np.concatenate(
+        [y[rows], labels.loc[own.index].to_numpy()])
+
+
 def repeated_cv(name: str, x: pd.DataFrame, y: np.ndarray, k: int, n_splits: int = 5,
                 n_repeats: int = 5, seed: int = 0, n_jobs: int = 1,
-                model: Pipeline | None = None) -> CVResult:
+                model: Pipeline | None = None, extra: pd.DataFrame | None = None) -> CVResult:
     """``n_repeats`` x ``n_splits`` repeated stratified CV of candidate ``name`` (or ``model``).
 
     Each fold's model (imputer, scaler and classifier) is fitted on that fold's training rows
-    only. Accuracy and macro AUC are computed per repeat on the pooled out-of-fold predictions.
+    only, plus the ``extra`` rows of those patients (:func:`fit_rows`); the held-out patients
+    are predicted from their rows of ``x``. Accuracy and macro AUC are computed per repeat on the
+    pooled out-of-fold predictions.
     """
     y = np.asarray(y, int)
     splitter = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
@@ -236,7 +254,7 @@ def repeated_cv(name: str, x: pd.DataFrame, y: np.ndarray, k: int, n_splits: int
     acc, auc = [], []
     confusion = np.zeros((k, k), int)
     for i, (tr, va) in enumerate(splitter.split(np.zeros(len(y)), y)):
-        m = clone(proto).fit(x.iloc[tr], y[tr])
+        m = clone(proto).fit(*fit_rows(x, y, tr, extra))
         fold_proba[va] = predict_full(m, x.iloc[va], k)
         if (i + 1) % n_splits == 0:  # one repeat done: every patient predicted once
             pred = fold_proba.argmax(1)
@@ -250,14 +268,16 @@ def repeated_cv(name: str, x: pd.DataFrame, y: np.ndarray, k: int, n_splits: int
 
 def choose_model(x: pd.DataFrame, y: np.ndarray, k: int, candidates: Sequence[str] = CANDIDATES,
                  n_splits: int = 5, n_repeats: int = 5, seed: int = 0, n_jobs: int = 1,
-                 build: Callable[[str], Pipeline] | None = None) -> tuple[str, dict[str, CVResult]]:
+                 build: Callable[[str], Pipeline] | None = None,
+                 extra: pd.DataFrame | None = None) -> tuple[str, dict[str, CVResult]]:
     """The candidate with the best mean CV accuracy (ties: better macro AUC, then the earlier
-    candidate), by repeated stratified CV on ``x``/``y`` only (the training patients).
+    candidate), by repeated stratified CV on ``x``/``y`` only (the training patients; ``extra``:
+    second rows of some of them, :func:`repeated_cv`).
 
     ``build(name)`` makes the unfitted pipeline of a candidate (default :func:`build_classifier`;
     the hybrid baseline puts its deep-feature PCA in front)."""
     make = build or (lambda c: build_classifier(c, seed, n_jobs))
-    results = {c: repeated_cv(c, x, y, k, n_splits, n_repeats, seed, n_jobs, model=make(c))
+    results = {c: repeated_cv(c, x, y, k, n_splits, n_repeats, seed, n_jobs, model=make(c), extra=extra)
                for c in candidates}
     best = max(candidates, key=lambda c: (round(float(np.mean(results[c].accuracy)), 6),
                                           round(float(np.mean(results[c].macro_auc)), 6),

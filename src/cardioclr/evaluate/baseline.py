@@ -24,7 +24,12 @@ BSA-indexed values; :mod:`cardioclr.evaluate.clinical_features`) fed to a random
 
 Procedure (no test patient is touched before the final prediction):
 
-1. features of the ``train`` patients (from ``predicted`` or ``expert`` masks);
+1. features of the ``train`` patients (from ``predicted`` or ``expert`` masks). With predicted
+   masks, each train patient that has expert masks gives a second training row, its expert-mask
+   features (``expert_rows``, :func:`expert_feature_rows`): every fit (and every CV fold's fit,
+   where a patient's two rows stay on the same side) learns the classes from both a clean and a
+   segmented measurement of the same heart; patients are always predicted from their predicted
+   masks;
 2. hyperparameters chosen by cross-validation on ``splits.folds`` (validation folds within
    ``train``), scoring the macro one-vs-rest AUC of the pooled out-of-fold probabilities. Pooled,
    not averaged per fold: a fold of ~14 patients over 5 classes gives a very noisy AUC, undefined
@@ -131,6 +136,9 @@ class BaselineConfig:
     deep_features: str | None = None
     model: str = "vote"
     features: str = "auto"
+    #: With ``masks="predicted"``: also train on the expert-mask features of the train patients
+    #: that have expert masks (:func:`expert_feature_rows`). Never used for test patients.
+    expert_rows: bool = True
     candidates: tuple[str, ...] = ("rf", "logistic", "svm", "gb", "ensemble", "ensemble-no-gb")
     cv_splits: int = 5
     cv_repeats: int = 5
@@ -202,9 +210,10 @@ def _macro_auc(y: np.ndarray, proba: np.ndarray) -> float:
 
 
 def select_hyperparameters(x: pd.DataFrame, y: np.ndarray, folds: list[list[str]],
-                           deep_cols: list[str], cfg: BaselineConfig,
-                           k: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Grid search by CV over ``folds`` (validation patient ids, all within ``x.index``).
+                           deep_cols: list[str], cfg: BaselineConfig, k: int,
+                           extra: pd.DataFrame | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Grid search by CV over ``folds`` (validation patient ids, all within ``x.index``); each
+    fit also takes the ``extra`` rows of its own patients (:func:`~cardioclr.clinical.classifier.fit_rows`).
 
     Returns the best setting and one record per setting (params, pooled out-of-fold macro AUC,
     mean per-fold macro AUC over folds where it is defined).
@@ -221,7 +230,7 @@ def select_hyperparameters(x: pd.DataFrame, y: np.ndarray, folds: list[list[str]
         fold_scores = []
         for vi in fold_idx:
             tr = np.setdiff1d(np.arange(len(ids)), vi)
-            model = fit_model(params, x.iloc[tr], y[tr], deep_cols, cfg)
+            model = fit_model(params, *clf_mod.fit_rows(x, y, tr, extra), deep_cols, cfg)
             oof[vi] = predict_full(model, x.iloc[vi], k)
             fold_scores.append(_macro_auc(y[vi], oof[vi]))
         pooled = _macro_auc(y[covered], oof[covered])
@@ -330,17 +339,45 @@ def feature_sets_of(cfg: BaselineConfig) -> list[str]:
     return ["indices"] if cfg.model in GRID_MODELS else list(FEATURE_SETS)
 
 
+def expert_feature_rows(store: SliceStore, train: list[str], cfg: BaselineConfig, regional: bool,
+                        notes: dict[str, list[str]] | None = None) -> pd.DataFrame | None:
+    """The second training rows of ``expert_rows``: :func:`feature_table` of the ``train``
+    patients that have expert masks, from those masks ((n_expert, features), indexed by patient
+    id; empty when none has them). None unless ``cfg.masks == "predicted"`` and
+    ``cfg.expert_rows``. Only ever the training patients: a patient is always predicted from its
+    predicted masks.
+
+    Why: a classifier that sees each training heart measured twice, once cleanly and once
+    through the segmentation, learns which differences are the disease and which are the
+    segmentation's. In a nested CV on the 70 ACDC train patients (cross-fitted predicted masks,
+    ``benchmarks/diagnosis_quality.py --nested-repeats``) the vote trained this way was better
+    calibrated and at least as accurate as the vote trained on the predicted rows only
+    (benchmarks/README.md); trained on the expert rows alone it was worse.
+    """
+    if cfg.masks != "predicted" or not cfg.expert_rows:
+        return None
+    have = [p for p in train if bool(store.manifest.at[p, "has_expert_mask"])]
+    if not have:
+        log.info("no train patient has expert masks: training rows from the predicted masks only")
+        return None
+    return feature_table(store, have, "expert", regional=regional, notes=notes)
+
+
 def _n_splits(cfg: BaselineConfig, y: np.ndarray) -> int:
     """``cfg.cv_splits``, lowered to the smallest class count (stratified folds), at least 2."""
     return max(2, min(cfg.cv_splits, int(np.bincount(y).min()) if y.size else 2))
 
 
 def choose_and_fit(cfg: BaselineConfig, x_by_set: dict[str, pd.DataFrame], y_train: np.ndarray,
-                   deep_cols: list[str], k: int) -> tuple[Pipeline, str, str, dict[str, Any]]:
+                   deep_cols: list[str], k: int, extra_by_set: dict[str, pd.DataFrame] | None = None
+                   ) -> tuple[Pipeline, str, str, dict[str, Any]]:
     """Repeated stratified CV of every (feature set, candidate) pair on the training patients
-    only (``x_by_set``: feature set -> train rows), then the best pair refitted on all of them:
-    mean accuracy, ties by macro AUC, then the earlier set and candidate. Returns (model,
-    candidate, feature set, CV record for metrics.json)."""
+    only (``x_by_set``: feature set -> train rows; ``extra_by_set``: feature set -> second rows
+    of some of those patients, e.g. :func:`expert_feature_rows`, added to every fit of their
+    patients), then the best pair refitted on all of them: mean accuracy, ties by macro AUC,
+    then the earlier set and candidate. Returns (model, candidate, feature set, CV record for
+    metrics.json)."""
+    extras = extra_by_set or {}
     cands = tuple(cfg.candidates) if cfg.model == "auto" else (cfg.model,)
     n_splits = _n_splits(cfg, y_train)
     results: dict[str, dict[str, Any]] = {}
@@ -358,7 +395,7 @@ def choose_and_fit(cfg: BaselineConfig, x_by_set: dict[str, pd.DataFrame], y_tra
 
         builders[fs] = build
         _, res = clf_mod.choose_model(x, y_train, k, cands, n_splits, cfg.cv_repeats, cfg.seed,
-                                      cfg.n_jobs, build=build)
+                                      cfg.n_jobs, build=build, extra=extras.get(fs))
         for name, r in res.items():
             acc, auc = float(np.mean(r.accuracy)), float(np.nanmean(r.macro_auc))
             log.info("CV %s on %s features: accuracy %.3f +- %.3f, macro AUC %.4f", name, fs, acc,
@@ -366,7 +403,9 @@ def choose_and_fit(cfg: BaselineConfig, x_by_set: dict[str, pd.DataFrame], y_tra
             results[f"{name}/{fs}"] = {**r.summary(), "confusion": r.confusion.tolist()}
             ranked.append((round(acc, 6), round(auc, 6), -len(ranked), name, fs))
     _, _, _, best, best_fs = max(ranked)
-    model = builders[best_fs](best).fit(x_by_set[best_fs], y_train)
+    x_best = x_by_set[best_fs]
+    model = builders[best_fs](best).fit(*clf_mod.fit_rows(x_best, y_train, np.arange(len(x_best)),
+                                                          extras.get(best_fs)))
     record = {"scoring": f"{cfg.cv_repeats}x{n_splits} repeated stratified CV on train: mean "
                          "accuracy (ties: macro AUC of the pooled out-of-fold probabilities)",
               "chosen": best, "chosen_features": best_fs, "n_splits": n_splits,
@@ -410,24 +449,35 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
     full_train = feature_table(store, train, cfg.masks, regional=regional, notes=notes)
     deep_train = read_deep_features(cfg.deep_features, train) if cfg.deep_features else None
     deep_cols: list[str] = list(deep_train.columns) if deep_train is not None else []
+    # Not `notes=notes`: the notes file is about the masks the patients are predicted from.
+    expert_train = expert_feature_rows(store, train, cfg, regional)
+    if expert_train is not None:
+        log.info("training rows: %d train patients' predicted masks + %d with expert masks",
+                 len(train), len(expert_train))
 
     def inputs(full: pd.DataFrame, feature_set: str, deep: pd.DataFrame | None) -> pd.DataFrame:
         x = full[list(FEATURE_SETS[feature_set])]
         return x.join(deep) if deep is not None else x
 
+    def extra(feature_set: str) -> pd.DataFrame | None:
+        return None if expert_train is None else inputs(expert_train, feature_set, deep_train)
+
     if grid:
         feature_set = feature_sets[0]
         x_train = inputs(full_train, feature_set, deep_train)
-        best, cv_results = select_hyperparameters(x_train, y_train, splits.folds, deep_cols, cfg, k)
+        best, cv_results = select_hyperparameters(x_train, y_train, splits.folds, deep_cols, cfg, k,
+                                                  extra(feature_set))
         log.info("chosen hyperparameters: %s", best)
-        model = fit_model(best, x_train, y_train, deep_cols, cfg)
+        model = fit_model(best, *clf_mod.fit_rows(x_train, y_train, np.arange(len(train)),
+                                                  extra(feature_set)), deep_cols, cfg)
         name = cfg.model
         cv_record: dict[str, Any] = {"scoring": "macro one-vs-rest AUC of pooled out-of-fold "
                                                 "probabilities", "n_folds": len(splits.folds),
                                      "results": cv_results}
     else:
         model, name, feature_set, cv_record = choose_and_fit(
-            cfg, {fs: inputs(full_train, fs, deep_train) for fs in feature_sets}, y_train, deep_cols, k)
+            cfg, {fs: inputs(full_train, fs, deep_train) for fs in feature_sets}, y_train, deep_cols, k,
+            {fs: e for fs in feature_sets if (e := extra(fs)) is not None})
         x_train = inputs(full_train, feature_set, deep_train)
         best = {"classifier": name, "features": feature_set}
         log.info("chosen classifier: %s on %s features", name, feature_set)
@@ -448,10 +498,19 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
         pred[col] = proba[:, c]
     write_text(out / "predictions.csv", pred.to_csv(index=False))
 
-    feats = pd.concat([full_train.join(x_train[deep_cols]),
+    # Every row the model was fitted on (subset "train"; a patient's expert-mask row beside its
+    # predicted one, column "masks") and the test rows: `cardioclr predict` refits from this file.
+    expert_block = [] if expert_train is None else [expert_train.join(deep_train) if deep_cols
+                                                     else expert_train]
+    feats = pd.concat([full_train.join(x_train[deep_cols]), *expert_block,
                        full_test.join(x_test[deep_cols])]).copy()  # one block, not column by column
-    feats.insert(0, "subset", ["train"] * len(train) + ["test"] * len(test))
-    feats.insert(1, "label_index", np.concatenate([y_train, y_test]))
+    n_expert = 0 if expert_train is None else len(expert_train)
+    train_labels = pd.Series(y_train, index=train)
+    feats.insert(0, "subset", ["train"] * (len(train) + n_expert) + ["test"] * len(test))
+    feats.insert(1, "label_index", np.concatenate(
+        [y_train, train_labels.loc[[] if expert_train is None else list(expert_train.index)].to_numpy(int),
+         y_test]))
+    feats.insert(2, "masks", [cfg.masks] * len(train) + ["expert"] * n_expert + [cfg.masks] * len(test))
     write_text(out / "features.csv", feats.to_csv(index=True, float_format="%.6g"))
 
     index_cols = [c for c in x_train.columns if c not in deep_cols]
@@ -495,6 +554,7 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
         "test_errors": test_errors,
         "feature_notes": {p: n for p, n in notes.items()},
         "n_train": len(train), "n_test": len(test),
+        "training_rows": {cfg.masks: len(train), **({"expert": n_expert} if n_expert else {})},
         "deep_features": {"file": cfg.deep_features, "n_input": len(deep_cols),
                           "pca_components": int(n_comp)} if deep_cols else None,
         "config": to_plain(cfg),
