@@ -191,3 +191,49 @@ def test_metrics_and_compare_cli(tiny_work: Path, tmp_path: Path) -> None:
     assert main(["compare", str(out / "predictions.csv"), str(out / "predictions.csv"),
                  "--out", str(tmp_path / "c.json"), "--n-boot", "50"]) == 0
     assert json.loads((tmp_path / "c.json").read_text())["p_value"] == pytest.approx(1.0)
+
+
+def test_predicted_masks_train_also_on_the_train_patients_expert_rows(tiny_work: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch
+                                                                       ) -> None:
+    """With predicted masks every train patient adds its expert-mask row to the fit (features.csv,
+    ``masks`` column, both rows labelled alike); no test patient's expert masks are ever read;
+    ``cardioclr predict`` refits on exactly those rows; ``--no-expert-rows`` trains on one row each."""
+    from cardioclr.study.predict_diagnosis import refit_baseline
+
+    real = features_mod.patient_features
+    read: list[tuple[str, str]] = []
+
+    def fake(store, pid, source, **kw):  # "predicted" = the expert masks measured 10% larger
+        read.append((pid, source))
+        f = real(store, pid, "expert", **kw)
+        return {k: v * 1.1 for k, v in f.items()} if source == "predicted" else f
+
+    monkeypatch.setattr(features_mod, "patient_features", fake)
+    store = SliceStore(tiny_work)
+    train, test = store.splits.train, store.splits.test
+    out = tmp_path / "with"
+    m = run_baseline(BaselineConfig(work=str(tiny_work), out=str(out), masks="predicted", model="logistic",
+                                    features="indices", n_boot=50))
+    assert m["training_rows"] == {"predicted": len(train), "expert": len(train)}
+    assert {p for p, src in read if src == "expert"} == set(train)
+    feats = pd.read_csv(out / "features.csv", index_col=0)
+    rows = feats[feats["subset"] == "train"]
+    assert sorted(rows.index[rows["masks"] == "expert"]) == sorted(train)
+    assert sorted(rows.index[rows["masks"] == "predicted"]) == sorted(train)
+    assert rows.groupby(level=0)["label_index"].nunique().max() == 1
+    assert set(feats.loc[feats["subset"] == "test", "masks"]) == {"predicted"}
+    model, classes, cols, _ = refit_baseline(out)
+    test_rows = feats[feats["subset"] == "test"]
+    ref = pd.read_csv(out / "predictions.csv", index_col="patient_id").loc[test_rows.index]
+    from cardioclr.clinical.classifier import predict_full
+    np.testing.assert_allclose(predict_full(model, test_rows[cols].astype(float), len(classes)),
+                               ref[[f"prob_{c}" for c in classes]].to_numpy(), atol=1e-3)
+
+    read.clear()
+    code = main(["baseline", str(tiny_work), "--out", str(tmp_path / "without"), "--masks", "predicted",
+                 "--model", "logistic", "--features", "indices", "--n-boot", "50", "--no-expert-rows"])
+    assert code == 0 and not [p for p, src in read if src == "expert"]
+    m2 = json.loads((tmp_path / "without" / "metrics.json").read_text())
+    assert m2["training_rows"] == {"predicted": len(train)}
+    assert len(pd.read_csv(tmp_path / "without" / "features.csv")) == len(train) + len(test)

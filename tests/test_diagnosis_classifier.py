@@ -108,6 +108,35 @@ def test_repeated_cv_never_fits_on_the_patient_it_predicts():
     assert r.confusion.sum() == 3 * len(y)
 
 
+class _RowRecorder(_Recorder):
+    """Records (patient ids, labels) of every fit, duplicates included."""
+
+    rows: list[tuple[list[str], list[int]]] = []
+
+    def fit(self, x, y):
+        _RowRecorder.rows.append((list(x.index), [int(v) for v in y]))
+        return super().fit(x, y)
+
+
+def test_extra_rows_enter_exactly_the_fits_of_their_own_patients_with_their_labels():
+    x, y = _toy(n=40, k=2)
+    extra = (x.iloc[::2] * 1.1).iloc[::-1]  # second rows of every other patient, in another order
+    label = dict(zip(x.index, y, strict=True))
+    _RowRecorder.rows = []
+    clf_mod.repeated_cv("recorder", x, y, 2, n_splits=4, n_repeats=2, seed=0, model=_RowRecorder(),
+                        extra=extra)
+    assert len(_RowRecorder.rows) == 8
+    for ids, labels in _RowRecorder.rows:
+        main, second = ids[:30], ids[30:]  # 4 folds of 40: 30 training patients, then their extras
+        assert len(set(main)) == 30
+        assert sorted(second) == sorted(p for p in main if p in extra.index)  # never a held-out one
+        assert labels == [label[p] for p in ids]
+    x_fit, y_fit = clf_mod.fit_rows(x, y, np.arange(40), extra)
+    assert len(x_fit) == 60 and list(x_fit.columns) == list(x.columns)
+    np.testing.assert_allclose(x_fit.iloc[40:].to_numpy(), extra.to_numpy())
+    assert clf_mod.fit_rows(x, y, [0, 1], None)[0].index.tolist() == ["p000", "p001"]
+
+
 def test_grouped_permutation_importance_scores_each_group_once():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 20)

@@ -61,3 +61,25 @@ def test_nested_choice_scores_the_choice_against_every_fixed_pair_on_the_same_fo
     assert got["fixed"]["logistic/noise"]["accuracy"]["mean"] < 0.6
     assert got["best_fixed"] == "logistic/good"
     assert len(got["choice"]["macro_auc"]["per_repeat"]) == 2
+
+
+def test_nested_choice_fits_on_the_extra_rows_of_its_training_patients() -> None:
+    """Extra rows (expert-mask features in the benchmark) enter the fits: second rows whose signal
+    points the other way confuse every model fitted on them, and the protocol says they were used."""
+    import pandas as pd
+
+    from cardioclr.evaluate.baseline import BaselineConfig
+
+    bench = load_benchmark("diagnosis_quality")
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 12)
+    ids = [f"p{i:02d}" for i in range(y.size)]
+    good = pd.DataFrame({"a": y * 3.0 + rng.normal(0, 0.5, y.size), "b": rng.normal(0, 1, y.size)}, index=ids)
+    reversed_signal = good.assign(a=-good["a"])
+    cfg = BaselineConfig(work="", out="", model="auto", candidates=("logistic",), cv_repeats=1, cv_splits=3)
+    plain = bench.nested_choice_on_train({"good": good}, y, 3, cfg, outer_repeats=1, outer_splits=3)
+    mixed = bench.nested_choice_on_train({"good": good}, y, 3, cfg, outer_repeats=1, outer_splits=3,
+                                         extra_by_set={"good": reversed_signal})
+    assert "expert-mask rows" in mixed["protocol"] and "expert-mask rows" not in plain["protocol"]
+    assert plain["fixed"]["logistic/good"]["accuracy"]["mean"] > 0.8
+    assert mixed["fixed"]["logistic/good"]["accuracy"]["mean"] < 0.7

@@ -89,6 +89,10 @@ def test_report_blocks_show_the_confusion_matrix_and_error_drivers(baseline_dir:
     err = next(b for b in blocks if isinstance(b, Table) and b.caption.startswith("Test errors"))
     assert err.rows[0][0].text == "p7" and "lv_ef_pct = 18" in err.rows[0][3].text
     assert len(err.header) == 4  # expert-mask errors carry no segmentation flags: no flag column
+    assert "second rows" not in paras[0].text  # expert masks: nothing added
+    m.update(mask_source="predicted", training_rows={"predicted": 14, "expert": 14})
+    para = next(b for b in diagnosis_blocks(m["classes"], [m]) if isinstance(b, Para))
+    assert "14 training patients' features from their predicted masks plus, as second rows, 14" in para.text
 
 
 def test_report_names_the_segmentation_flags_of_errors_on_predicted_masks(baseline_dir: Path):

@@ -36,12 +36,24 @@ def _choice_para(model: str, m: dict[str, Any]) -> Para | None:
                     f"run); its {cv.get('n_repeats')}x{cv.get('n_splits')} repeated stratified "
                     f"cross-validation on the training patients only: accuracy {_f(acc.get('mean'))} ± "
                     f"{_f(acc.get('sd'), 2)}, macro AUC {_f(auc.get('mean'), 4)}; the test patients were "
-                    "read once, after the refit.")
+                    "read once, after the refit." + _rows_sentence(m))
     return Para(f"**{model}**: {chosen} on the {fs} features, chosen among {n_pairs} classifier x "
                 f"feature-set pairs by {cv.get('n_repeats')}x{cv.get('n_splits')} repeated stratified "
                 f"cross-validation on the training patients only (accuracy {_f(acc.get('mean'))} ± "
                 f"{_f(acc.get('sd'), 2)}, macro AUC {_f(auc.get('mean'), 4)}); the test patients were "
-                "read once, after the choice and the refit.")
+                "read once, after the choice and the refit." + _rows_sentence(m))
+
+
+def _rows_sentence(m: dict[str, Any]) -> str:
+    """What the model was fitted on, when the training patients' expert masks added rows
+    (``training_rows`` of metrics.json; ``BaselineConfig.expert_rows``); else empty."""
+    rows = m.get("training_rows") or {}
+    if not rows.get("expert") or m.get("mask_source") != "predicted":
+        return ""
+    return (f" Fitted (and cross-validated) on {rows.get('predicted')} training patients' features from "
+            f"their predicted masks plus, as second rows, {rows['expert']} of them from their expert "
+            "masks, a patient's two rows always on the same side of a fold; every patient is "
+            "predicted from its predicted masks.")
 
 
 def _confusion_table(model: str, classes: Sequence[str], m: dict[str, Any]) -> Table | None:
