@@ -157,7 +157,7 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
     import numpy as np
     from sklearn.model_selection import RepeatedStratifiedKFold
 
-    from cardioclr.clinical.classifier import fit_rows, macro_auc, predict_full, repeat_summary
+    from cardioclr.clinical.classifier import fit_rows, log_loss_of, macro_auc, predict_full, repeat_summary
     from cardioclr.evaluate.baseline import candidate_pipeline, choose_and_fit
 
     y = np.asarray(y_train, int)
@@ -188,7 +188,8 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
     def scores(p: Any) -> dict[str, Any]:
         repeats = range(outer_repeats)
         return {"accuracy": repeat_summary([float((p[r].argmax(1) == y).mean()) for r in repeats]),
-                "macro_auc": repeat_summary([macro_auc(y, p[r]) for r in repeats])}
+                "macro_auc": repeat_summary([macro_auc(y, p[r]) for r in repeats]),
+                "log_loss": repeat_summary([log_loss_of(y, p[r]) for r in repeats])}
 
     fixed = {pair: scores(proba[pair]) for pair in pairs}
     rows = (f"; fits also on {len(next(iter(extras.values())))} patients' expert-mask rows" if extras else "")
@@ -263,10 +264,11 @@ def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[
                if source == "predicted" and WorkLayout(work).qc_flags.is_file() else None)
     return {
         "chosen": {"classifier": name, "features": fs},
-        "choice_cv_on_train": {n: {"accuracy": r["accuracy"]["mean"], "macro_auc": r["macro_auc"]["mean"]}
-                               for n, r in record["results"].items()},
+        "choice_cv_on_train": {n: {"accuracy": r["accuracy"]["mean"], "macro_auc": r["macro_auc"]["mean"],
+                                   "log_loss": r["log_loss"]["mean"]} for n, r in record["results"].items()},
         "cv_accuracy": {"mean": s["accuracy"]["mean"], "sd": s["accuracy"]["sd"]},
         "cv_macro_auc": float(np.nanmean(cv.macro_auc)),
+        "cv_log_loss": s["log_loss"],
         "cv_confusions": confusions,
         "cv_confusion_matrix": cv.confusion.tolist(),
         "test_accuracy": float((pred == y_test).mean()),
@@ -369,10 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "expert_cv_accuracy": expert["cv_accuracy"],
         "expert_cv_macro_auc": expert["cv_macro_auc"],
+        "expert_cv_log_loss": expert["cv_log_loss"]["mean"],
         "expert_test_accuracy": expert["test_accuracy"],
         "expert_test_macro_auc": expert["test_macro_auc"],
         "predicted_cv_accuracy": pick(predicted, "cv_accuracy"),
         "predicted_cv_macro_auc": pick(predicted, "cv_macro_auc"),
+        "predicted_cv_log_loss": None if predicted is None else predicted["cv_log_loss"]["mean"],
         "test_accuracy_predicted": pick(predicted, "test_accuracy"),
         "test_macro_auc_predicted": pick(predicted, "test_macro_auc"),
         "predicted_cv_accuracy_by_segmentation_flag": pick(predicted, "cv_accuracy_by_segmentation_flag"),

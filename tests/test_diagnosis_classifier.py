@@ -267,3 +267,13 @@ def test_default_baseline_is_the_fixed_vote_with_its_train_cv_reported(tiny_work
     assert m["model"] == "clinical-vote"
     assert m["hyperparameters"] == {"classifier": "vote", "features": "regional"}
     assert set(m["cv"]["results"]) == {"vote/regional"}  # nothing chosen among candidates
+
+
+def test_log_loss_is_the_mean_negative_log_probability_of_the_true_class():
+    proba = np.array([[0.5, 0.5], [0.9, 0.1], [0.0, 1.0]])
+    y = np.array([0, 0, 0])  # the last is a certain error: clipped at 1e-6, not infinite
+    expected = -(np.log(0.5) + np.log(0.9) + np.log(1e-6)) / 3
+    assert clf_mod.log_loss_of(y, proba) == pytest.approx(expected)
+    x, y2 = _toy(n=30)
+    s = clf_mod.repeated_cv("logistic", x, y2, 3, n_splits=3, n_repeats=2).summary()
+    assert len(s["log_loss"]["per_repeat"]) == 2 and 0 < s["log_loss"]["mean"] < np.log(3)

@@ -196,21 +196,31 @@ def macro_auc(y: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean(aucs))
 
 
+def log_loss_of(y: np.ndarray, proba: np.ndarray) -> float:
+    """Mean negative log probability of the true class (nats): ``y`` (n,) class indices,
+    ``proba`` (n, k). The proper scoring rule that tells calibrated probabilities from merely
+    accurate argmaxes; probabilities are clipped at 1e-6 so one confident error stays finite."""
+    p = np.clip(np.asarray(proba)[np.arange(len(y)), np.asarray(y, int)], 1e-6, 1.0)
+    return float(-np.mean(np.log(p)))
+
+
 @dataclass
 class CVResult:
-    """Repeated CV of one candidate: per-repeat accuracy and macro AUC (pooled out-of-fold
-    probabilities of each repeat), the mean out-of-fold probabilities (n, k) over repeats, and
-    the confusion counts (true, predicted) summed over repeats."""
+    """Repeated CV of one candidate: per-repeat accuracy, macro AUC and log-loss (pooled
+    out-of-fold probabilities of each repeat), the mean out-of-fold probabilities (n, k) over
+    repeats, and the confusion counts (true, predicted) summed over repeats."""
 
     name: str
     accuracy: list[float]
     macro_auc: list[float]
     oof_proba: np.ndarray
     confusion: np.ndarray
+    log_loss: list[float]
 
     def summary(self) -> dict[str, Any]:
-        """JSON-able ``{accuracy: {mean, sd, per_repeat}, macro_auc: {...}}``."""
-        return {"accuracy": repeat_summary(self.accuracy), "macro_auc": repeat_summary(self.macro_auc)}
+        """JSON-able ``{accuracy: {mean, sd, per_repeat}, macro_auc: {...}, log_loss: {...}}``."""
+        return {"accuracy": repeat_summary(self.accuracy), "macro_auc": repeat_summary(self.macro_auc),
+                "log_loss": repeat_summary(self.log_loss)}
 
 
 def repeat_summary(values: Sequence[float]) -> dict[str, Any]:
@@ -251,7 +261,7 @@ def repeated_cv(name: str, x: pd.DataFrame, y: np.ndarray, k: int, n_splits: int
     proto = model if model is not None else build_classifier(name, seed, n_jobs)
     sums = np.zeros((len(y), k))
     fold_proba = np.zeros((len(y), k))
-    acc, auc = [], []
+    acc, auc, loss = [], [], []
     confusion = np.zeros((k, k), int)
     for i, (tr, va) in enumerate(splitter.split(np.zeros(len(y)), y)):
         m = clone(proto).fit(*fit_rows(x, y, tr, extra))
@@ -260,10 +270,11 @@ def repeated_cv(name: str, x: pd.DataFrame, y: np.ndarray, k: int, n_splits: int
             pred = fold_proba.argmax(1)
             acc.append(float((pred == y).mean()))
             auc.append(macro_auc(y, fold_proba))
+            loss.append(log_loss_of(y, fold_proba))
             np.add.at(confusion, (y, pred), 1)
             sums += fold_proba
             fold_proba = np.zeros((len(y), k))
-    return CVResult(name, acc, auc, sums / n_repeats, confusion)
+    return CVResult(name, acc, auc, sums / n_repeats, confusion, loss)
 
 
 def choose_model(x: pd.DataFrame, y: np.ndarray, k: int, candidates: Sequence[str] = CANDIDATES,
