@@ -339,13 +339,13 @@ def feature_sets_of(cfg: BaselineConfig) -> list[str]:
     return ["indices"] if cfg.model in GRID_MODELS else list(FEATURE_SETS)
 
 
-def expert_feature_rows(store: SliceStore, train: list[str], cfg: BaselineConfig, regional: bool,
-                        notes: dict[str, list[str]] | None = None) -> pd.DataFrame | None:
+def expert_feature_rows(store: SliceStore, train: list[str], cfg: BaselineConfig,
+                        regional: bool) -> pd.DataFrame | None:
     """The second training rows of ``expert_rows``: :func:`feature_table` of the ``train``
     patients that have expert masks, from those masks ((n_expert, features), indexed by patient
-    id; empty when none has them). None unless ``cfg.masks == "predicted"`` and
-    ``cfg.expert_rows``. Only ever the training patients: a patient is always predicted from its
-    predicted masks.
+    id). None unless ``cfg.masks == "predicted"`` and ``cfg.expert_rows``, or when no train
+    patient has expert masks. Only ever rows to train on: a patient is always predicted from
+    its predicted masks.
 
     Why: a classifier that sees each training heart measured twice, once cleanly and once
     through the segmentation, learns which differences are the disease and which are the
@@ -360,7 +360,7 @@ def expert_feature_rows(store: SliceStore, train: list[str], cfg: BaselineConfig
     if not have:
         log.info("no train patient has expert masks: training rows from the predicted masks only")
         return None
-    return feature_table(store, have, "expert", regional=regional, notes=notes)
+    return feature_table(store, have, "expert", regional=regional)
 
 
 def _n_splits(cfg: BaselineConfig, y: np.ndarray) -> int:
@@ -449,7 +449,7 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
     full_train = feature_table(store, train, cfg.masks, regional=regional, notes=notes)
     deep_train = read_deep_features(cfg.deep_features, train) if cfg.deep_features else None
     deep_cols: list[str] = list(deep_train.columns) if deep_train is not None else []
-    # Not `notes=notes`: the notes file is about the masks the patients are predicted from.
+    # Its NaN notes are not kept: the notes are about the masks the patients are predicted from.
     expert_train = expert_feature_rows(store, train, cfg, regional)
     if expert_train is not None:
         log.info("training rows: %d train patients' predicted masks + %d with expert masks",
@@ -504,12 +504,11 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
                                                      else expert_train]
     feats = pd.concat([full_train.join(x_train[deep_cols]), *expert_block,
                        full_test.join(x_test[deep_cols])]).copy()  # one block, not column by column
-    n_expert = 0 if expert_train is None else len(expert_train)
-    train_labels = pd.Series(y_train, index=train)
+    y_expert = (np.empty(0, int) if expert_train is None
+                else pd.Series(y_train, index=train).loc[expert_train.index].to_numpy(int))
+    n_expert = len(y_expert)
     feats.insert(0, "subset", ["train"] * (len(train) + n_expert) + ["test"] * len(test))
-    feats.insert(1, "label_index", np.concatenate(
-        [y_train, train_labels.loc[[] if expert_train is None else list(expert_train.index)].to_numpy(int),
-         y_test]))
+    feats.insert(1, "label_index", np.concatenate([y_train, y_expert, y_test]))
     feats.insert(2, "masks", [cfg.masks] * len(train) + ["expert"] * n_expert + [cfg.masks] * len(test))
     write_text(out / "features.csv", feats.to_csv(index=True, float_format="%.6g"))
 
