@@ -17,10 +17,11 @@ cross-fitted segmentation, ``--seg-work``):
 6. the persistent CV errors: patients misclassified by step 3's repeat-averaged out-of-fold
    probabilities, with the indices of the ACDC criteria (``cv_persistent_errors``).
 
-With predicted masks, every fit of steps 2-4 (as in ``cardioclr baseline``, whose default it is)
-also takes its own training patients' expert-mask features as second rows (``--expert-rows``;
-``--no-expert-rows``: the predicted rows only); every patient is scored from its predicted masks.
-A CV fold therefore never trains on any measurement of a patient it holds out.
+Every fit of steps 2-4 (as in ``cardioclr baseline``, whose default it is) also takes its own
+training patients' features from the other masks as second rows (``--both-masks``: expert rows
+when scoring predicted masks; predicted rows, from ``--work``'s predicted masks when it has them,
+when scoring expert masks; ``--no-both-masks``: one source only); every patient is scored from
+the masks of its source. A CV fold never trains on any measurement of a patient it holds out.
 
 With ``--model auto`` the choice in step 2 saw the 70 train patients, who are also in step 3's
 CV: step 3 is then slightly optimistic for them; step 4 is the untouched estimate. The fixed
@@ -48,7 +49,7 @@ Usage::
 
     python benchmarks/diagnosis_quality.py [--data DIR] [--work DIR] [--seg-work DIR]
         [--accept-single-model] [--candidates rf,logistic,...]
-        [--repeats 5] [--splits 5] [--seed 0] [--nested-repeats R] [--no-expert-rows]
+        [--repeats 5] [--splits 5] [--seed 0] [--nested-repeats R] [--no-both-masks]
 
 Last line: one JSON object (keys in benchmarks/README.md).
 """
@@ -144,9 +145,9 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
     with ``cfg.model == "vote"`` the vote (on the largest set, whose columns its members select),
     are fitted and scored on the same outer folds with the same seed. ``x_by_set``: feature set
     -> DataFrame of the train rows (n, features); ``y_train`` (n,) class indices.
-    ``extra_by_set``: feature set -> second rows of some patients (their expert-mask features,
-    ``expert_rows``), added to every fit of their own patients, inner and outer; then the vote
-    is also scored without them (``vote/SET/predicted-rows-only``), on the same folds.
+    ``extra_by_set``: feature set -> second rows of some patients (their other masks' features,
+    ``both_masks``), added to every fit of their own patients, inner and outer; then the vote is
+    also scored without them (``vote/SET/one-source-only``), on the same folds.
 
     Returns ``{"protocol", "choice": {accuracy, macro_auc}, "fixed": {"CANDIDATE/SET": {...}},
     "chosen_per_fold": {"CANDIDATE/SET": count}, "best_fixed"}``, each accuracy / AUC
@@ -165,7 +166,7 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
     choosing = dataclasses.replace(cfg, model="auto")
     largest = max(x_by_set, key=lambda fs: x_by_set[fs].shape[1])
     vote = [f"vote/{largest}"] if cfg.model == "vote" else []
-    without = [f"vote/{largest}/predicted-rows-only"] if vote and extras else []
+    without = [f"vote/{largest}/one-source-only"] if vote and extras else []
     pairs = [f"{c}/{fs}" for fs in x_by_set for c in cfg.candidates] + vote + without
     proba = {name: np.zeros((outer_repeats, len(y), k)) for name in ("choice", *pairs)}
     chosen: dict[str, int] = {}
@@ -192,7 +193,8 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
                 "log_loss": repeat_summary([log_loss_of(y, p[r]) for r in repeats])}
 
     fixed = {pair: scores(proba[pair]) for pair in pairs}
-    rows = (f"; fits also on {len(next(iter(extras.values())))} patients' expert-mask rows" if extras else "")
+    rows = (f"; fits also on {len(next(iter(extras.values())))} patients' second rows (their other masks)"
+            if extras else "")
     return {"protocol": f"{outer_repeats}x{outer_splits} outer CV on the {len(y)} train patients; in each "
                         f"outer fold the choice by {cfg.cv_repeats}x{cfg.cv_splits} CV of its training rows"
                         + rows,
@@ -201,12 +203,12 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
 
 
 def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[str, ...], repeats: int,
-                    splits: int, seed: int, nested_repeats: int = 0, expert_rows: bool = True
+                    splits: int, seed: int, nested_repeats: int = 0, both_masks: bool = True
                     ) -> dict[str, Any]:
-    """Steps 1-6 of the module docstring for one mask source. With ``source == "predicted"`` and
-    ``expert_rows`` every fit also takes its own training patients' expert-mask rows, as
-    ``cardioclr baseline`` does (``BaselineConfig.expert_rows``); patients are scored from their
-    predicted masks."""
+    """Steps 1-6 of the module docstring for one mask source. With ``both_masks`` every fit also
+    takes its own training patients' rows from the other masks, where ``work`` has them, as
+    ``cardioclr baseline`` does (``BaselineConfig.both_masks``); patients are scored from
+    ``source``."""
     import numpy as np
 
     from cardioclr.clinical.classifier import macro_auc, predict_full, repeated_cv
@@ -217,8 +219,8 @@ def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[
         BaselineConfig,
         candidate_pipeline,
         choose_and_fit,
-        expert_feature_rows,
         feature_sets_of,
+        second_mask_rows,
     )
     from cardioclr.evaluate.clinical_features import feature_table
     from cardioclr.layout import WorkLayout
@@ -235,13 +237,13 @@ def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[
     log.info("%s: features of %d patients in %.1f s", source, len(ids), time.perf_counter() - t0)
 
     cfg = BaselineConfig(work=str(work), out="", masks=source, model=model_name, candidates=candidates,
-                         cv_repeats=repeats, cv_splits=splits, seed=seed, expert_rows=expert_rows)
-    # Every labelled patient's expert-mask row (or None): fit_rows adds only those of a fit's own
+                         cv_repeats=repeats, cv_splits=splits, seed=seed, both_masks=both_masks)
+    # Every labelled patient's second row (or None): fit_rows adds only those of a fit's own
     # training patients, so the test patients' rows enter only the CV folds that train on them.
-    expert_all = expert_feature_rows(store, ids, cfg, regional=True)
+    second_all = second_mask_rows(store, ids, cfg, regional=True)
     x_by_set = {fs: full.loc[train, list(cols)] for fs, cols in FEATURE_SETS.items()}
-    extra_train = ({fs: expert_all.loc[expert_all.index.isin(train), list(cols)]
-                    for fs, cols in FEATURE_SETS.items()} if expert_all is not None else {})
+    extra_train = ({fs: second_all.loc[second_all.index.isin(train), list(cols)]
+                    for fs, cols in FEATURE_SETS.items()} if second_all is not None else {})
     model, name, fs, record = choose_and_fit(cfg, {fs: x_by_set[fs] for fs in feature_sets_of(cfg)},
                                              y_train, [], k, extra_train)
     cols = list(FEATURE_SETS[fs])
@@ -251,7 +253,7 @@ def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[
 
     cv = repeated_cv(name, full[cols], y, k, n_splits=splits, n_repeats=repeats, seed=seed,
                      model=candidate_pipeline(name, cols, [], 0, seed),
-                     extra=None if expert_all is None else expert_all[cols])
+                     extra=None if second_all is None else second_all[cols])
     s = cv.summary()
     proba = predict_full(model, full.loc[test, cols], k)
     pred = proba.argmax(1)
@@ -278,7 +280,7 @@ def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[
         "cv_accuracy_by_segmentation_flag": by_flag,
         "nested_cv_on_train": nested,
         "n_patients": len(ids), "n_train": len(train), "n_test": len(test),
-        "expert_rows": 0 if expert_all is None else len(expert_all),
+        "second_rows": 0 if second_all is None else len(second_all),
         "feature_notes": {"patients": len(notes), "notes": n_notes},
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -303,9 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", default=None,
                     help="comma-separated classifiers of --model auto and of the nested CV's fixed "
                          "pairs (default: those of `cardioclr baseline`)")
-    ap.add_argument("--expert-rows", action=argparse.BooleanOptionalAction, default=True,
-                    help="predicted masks: every fit also on its training patients' expert-mask "
-                         "features, as `cardioclr baseline` does by default (default: on)")
+    ap.add_argument("--both-masks", action=argparse.BooleanOptionalAction, default=True,
+                    help="every fit also on its training patients' features from the other masks "
+                         "(expert for predicted, predicted for expert where --work has them), as "
+                         "`cardioclr baseline` does by default (default: on)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--splits", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         work = work or Path(tempfile.mkdtemp(prefix="diagnosis_quality_"))
         prepare(PrepareConfig(data=str(data), out=str(work), workers=2))
     expert = evaluate_source(work, "expert", args.model, candidates, args.repeats, args.splits, args.seed,
-                             args.nested_repeats)
+                             args.nested_repeats, args.both_masks)
 
     predicted: dict[str, Any] | None = None
     predicted_reason = None
@@ -349,11 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         predicted_reason = crossfit_problem(sw, list(st.splits.train), list(st.splits.test))
         if predicted_reason is None:
             predicted = evaluate_source(sw, "predicted", args.model, candidates, args.repeats, args.splits,
-                                        args.seed, args.nested_repeats, args.expert_rows)
+                                        args.seed, args.nested_repeats, args.both_masks)
             predicted_masks = "cross-fitted: no patient's mask from a model that saw that patient"
         elif args.accept_single_model:
             predicted = evaluate_source(sw, "predicted", args.model, candidates, args.repeats, args.splits,
-                                        args.seed, args.nested_repeats, args.expert_rows)
+                                        args.seed, args.nested_repeats, args.both_masks)
             predicted_masks = (f"NOT cross-fitted ({predicted_reason}): one segmentation model trained "
                                "on the train patients; test masks honest, train masks in-sample for "
                                "segmentation (that model saw their expert masks, never their "
@@ -395,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                     "the same CV on train only) + the fixed 70/30 test",
         "details": {"expert": expert, "predicted": predicted},
         "work": str(work), "seg_work": args.seg_work, "model": args.model, "candidates": list(candidates),
-        "expert_rows": args.expert_rows,
+        "both_masks": args.both_masks,
         "seconds": round(time.perf_counter() - start, 1),
         "cpu_count": os.cpu_count(), "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),

@@ -198,7 +198,8 @@ def test_predicted_masks_train_also_on_the_train_patients_expert_rows(tiny_work:
                                                                        ) -> None:
     """With predicted masks every train patient adds its expert-mask row to the fit (features.csv,
     ``masks`` column, both rows labelled alike); no test patient's expert masks are ever read;
-    ``cardioclr predict`` refits on exactly those rows; ``--no-expert-rows`` trains on one row each."""
+    ``cardioclr predict`` refits on exactly those rows; ``--no-both-masks`` trains on one row each."""
+    from cardioclr.clinical.classifier import predict_full
     from cardioclr.study.predict_diagnosis import refit_baseline
 
     real = features_mod.patient_features
@@ -226,14 +227,48 @@ def test_predicted_masks_train_also_on_the_train_patients_expert_rows(tiny_work:
     model, classes, cols, _ = refit_baseline(out)
     test_rows = feats[feats["subset"] == "test"]
     ref = pd.read_csv(out / "predictions.csv", index_col="patient_id").loc[test_rows.index]
-    from cardioclr.clinical.classifier import predict_full
     np.testing.assert_allclose(predict_full(model, test_rows[cols].astype(float), len(classes)),
                                ref[[f"prob_{c}" for c in classes]].to_numpy(), atol=1e-3)
 
     read.clear()
     code = main(["baseline", str(tiny_work), "--out", str(tmp_path / "without"), "--masks", "predicted",
-                 "--model", "logistic", "--features", "indices", "--n-boot", "50", "--no-expert-rows"])
+                 "--model", "logistic", "--features", "indices", "--n-boot", "50", "--no-both-masks"])
     assert code == 0 and not [p for p, src in read if src == "expert"]
     m2 = json.loads((tmp_path / "without" / "metrics.json").read_text())
     assert m2["training_rows"] == {"predicted": len(train)}
     assert len(pd.read_csv(tmp_path / "without" / "features.csv")) == len(train) + len(test)
+
+
+def test_expert_masks_train_also_on_the_predicted_rows_of_train_patients_that_have_them(
+        tiny_work: Path, tmp_path: Path) -> None:
+    """With expert masks, the train patients whose predicted masks exist add them as second rows;
+    a test patient's predicted masks are never read; without any predicted mask nothing is added."""
+    import shutil
+
+    from cardioclr.data.masks import load_labels, predicted_mask_path
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_work, work)
+    store = SliceStore(work)
+    train, test = store.splits.train, store.splits.test
+    with_masks = [*train[:5], test[0]]
+    for pid in with_masks:  # an eroded heart: the expert labels of the top half only
+        ed, es = load_labels(work, pid, "expert")
+        half = ed.shape[1] // 2
+        ed, es = ed.copy(), es.copy()
+        ed[:, half:], es[:, half:] = 0, 0
+        path = predicted_mask_path(work, pid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, ed_mask=ed, es_mask=es)
+    m = run_baseline(BaselineConfig(work=str(work), out=str(tmp_path / "b"), masks="expert", model="logistic",
+                                    features="indices", n_boot=50))
+    assert m["training_rows"] == {"expert": len(train), "predicted": 5}
+    feats = pd.read_csv(tmp_path / "b" / "features.csv", index_col=0)
+    second = feats[feats["masks"] == "predicted"]
+    assert sorted(second.index) == sorted(train[:5]) and set(second["subset"]) == {"train"}
+    assert test[0] not in second.index
+    for pid in with_masks:
+        predicted_mask_path(work, pid).unlink()
+    m2 = run_baseline(BaselineConfig(work=str(work), out=str(tmp_path / "c"), masks="expert",
+                                     model="logistic", features="indices", n_boot=50))
+    assert m2["training_rows"] == {"expert": len(train)}

@@ -64,7 +64,7 @@ def test_nested_choice_scores_the_choice_against_every_fixed_pair_on_the_same_fo
 
 
 def test_nested_choice_fits_on_the_extra_rows_of_its_training_patients() -> None:
-    """Extra rows (expert-mask features in the benchmark) enter the fits: second rows whose signal
+    """Extra rows (the other masks' features in the benchmark) enter the fits: second rows whose signal
     points the other way confuse every model fitted on them, and the protocol says they were used."""
     import pandas as pd
 
@@ -80,6 +80,6 @@ def test_nested_choice_fits_on_the_extra_rows_of_its_training_patients() -> None
     plain = bench.nested_choice_on_train({"good": good}, y, 3, cfg, outer_repeats=1, outer_splits=3)
     mixed = bench.nested_choice_on_train({"good": good}, y, 3, cfg, outer_repeats=1, outer_splits=3,
                                          extra_by_set={"good": reversed_signal})
-    assert "expert-mask rows" in mixed["protocol"] and "expert-mask rows" not in plain["protocol"]
+    assert "second rows" in mixed["protocol"] and "second rows" not in plain["protocol"]
     assert plain["fixed"]["logistic/good"]["accuracy"]["mean"] > 0.8
     assert mixed["fixed"]["logistic/good"]["accuracy"]["mean"] < 0.7

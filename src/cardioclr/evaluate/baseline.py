@@ -24,12 +24,12 @@ BSA-indexed values; :mod:`cardioclr.evaluate.clinical_features`) fed to a random
 
 Procedure (no test patient is touched before the final prediction):
 
-1. features of the ``train`` patients (from ``predicted`` or ``expert`` masks). With predicted
-   masks, each train patient that has expert masks gives a second training row, its expert-mask
-   features (``expert_rows``, :func:`expert_feature_rows`): every fit (and every CV fold's fit,
-   where a patient's two rows stay on the same side) learns the classes from both a clean and a
-   segmented measurement of the same heart; patients are always predicted from their predicted
-   masks;
+1. features of the ``train`` patients (from ``predicted`` or ``expert`` masks, ``masks``). Each
+   train patient that also has the other kind of masks gives a second training row, the
+   features of those (``both_masks``, :func:`second_mask_rows`): every fit (and every CV fold's
+   fit, where a patient's two rows stay on the same side) learns the classes from both a clean
+   and a segmented measurement of the same heart; patients are always predicted from their
+   ``masks``;
 2. hyperparameters chosen by cross-validation on ``splits.folds`` (validation folds within
    ``train``), scoring the macro one-vs-rest AUC of the pooled out-of-fold probabilities. Pooled,
    not averaged per fold: a fold of ~14 patients over 5 classes gives a very noisy AUC, undefined
@@ -76,7 +76,7 @@ from cardioclr.atomic import write_json, write_text
 from cardioclr.choices import BASELINE_FEATURE_SETS, BASELINE_MODELS, MASK_SOURCES
 from cardioclr.clinical import classifier as clf_mod
 from cardioclr.clinical.regional import REGIONAL_NAMES
-from cardioclr.data.masks import mask_flags
+from cardioclr.data.masks import mask_flags, predicted_mask_path
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError, DataError
 from cardioclr.evaluate.clinical_features import FEATURE_NAMES, feature_table
@@ -136,9 +136,10 @@ class BaselineConfig:
     deep_features: str | None = None
     model: str = "vote"
     features: str = "auto"
-    #: With ``masks="predicted"``: also train on the expert-mask features of the train patients
-    #: that have expert masks (:func:`expert_feature_rows`). Never used for test patients.
-    expert_rows: bool = True
+    #: Also train on the features of the train patients' other masks (expert ones with
+    #: ``masks="predicted"``, predicted ones with ``masks="expert"``) where they have both
+    #: (:func:`second_mask_rows`). Never used for test patients.
+    both_masks: bool = True
     candidates: tuple[str, ...] = ("rf", "logistic", "svm", "gb", "ensemble", "ensemble-no-gb")
     cv_splits: int = 5
     cv_repeats: int = 5
@@ -339,30 +340,40 @@ def feature_sets_of(cfg: BaselineConfig) -> list[str]:
     return ["indices"] if cfg.model in GRID_MODELS else list(FEATURE_SETS)
 
 
-def expert_feature_rows(store: SliceStore, train: list[str], cfg: BaselineConfig,
-                        regional: bool) -> pd.DataFrame | None:
-    """The second training rows of ``expert_rows``: :func:`feature_table` of the ``train``
-    patients that have expert masks, from those masks ((n_expert, features), indexed by patient
-    id). None unless ``cfg.masks == "predicted"`` and ``cfg.expert_rows``, or when no train
-    patient has expert masks. Only ever rows to train on: a patient is always predicted from
-    its predicted masks.
+#: The other mask source, whose features give a train patient its second row (``both_masks``).
+OTHER_MASKS: dict[str, str] = {"predicted": "expert", "expert": "predicted"}
+
+
+def second_mask_rows(store: SliceStore, train: list[str], cfg: BaselineConfig,
+                     regional: bool) -> pd.DataFrame | None:
+    """The second training rows of ``both_masks``: :func:`feature_table` of the ``train``
+    patients that also have masks of the other source (:data:`OTHER_MASKS`; expert masks: the
+    manifest's ``has_expert_mask``; predicted masks: the file of ``cardioclr segment predict``),
+    from those masks ((n_second, features), indexed by patient id). None without
+    ``cfg.both_masks`` or when no train patient has them. Only ever rows to train on: a
+    patient is always predicted from its ``cfg.masks``.
 
     Why: a classifier that sees each training heart measured twice, once cleanly and once
     through the segmentation, learns which differences are the disease and which are the
-    segmentation's. In a nested CV on the 70 ACDC train patients (cross-fitted predicted masks,
-    ``benchmarks/diagnosis_quality.py --nested-repeats``) the vote trained this way was better
-    calibrated and at least as accurate as the vote trained on the predicted rows only (2 x 5
-    outer folds: accuracy 0.964 vs 0.957, log-loss 0.225 vs 0.296; over the 100 patients'
-    5x5 CV accuracy 0.924 vs 0.926, log-loss 0.238 vs 0.284; benchmarks/README.md); trained on
-    the expert rows alone it was worse.
+    segmentation's. On the 70 ACDC train patients (cross-fitted predicted masks): in a nested
+    CV (``benchmarks/diagnosis_quality.py --nested-repeats``) the vote classifying predicted
+    masks was better calibrated and at least as accurate with the expert rows than without
+    (2 x 5 outer folds: accuracy 0.964 vs 0.957, log-loss 0.225 vs 0.296; over the 100
+    patients' 5x5 CV accuracy 0.924 vs 0.926, log-loss 0.238 vs 0.284), and classifying expert
+    masks it gained from the predicted rows in three 5x5 CVs (benchmarks/README.md); trained on
+    the other source's rows alone it was worse.
     """
-    if cfg.masks != "predicted" or not cfg.expert_rows:
+    if not cfg.both_masks:
         return None
-    have = [p for p in train if bool(store.manifest.at[p, "has_expert_mask"])]
+    other = OTHER_MASKS[cfg.masks]
+    if other == "expert":
+        have = [p for p in train if bool(store.manifest.at[p, "has_expert_mask"])]
+    else:
+        have = [p for p in train if predicted_mask_path(store.work, p).is_file()]
     if not have:
-        log.info("no train patient has expert masks: training rows from the predicted masks only")
+        log.info("no train patient has %s masks: training rows from the %s masks only", other, cfg.masks)
         return None
-    return feature_table(store, have, "expert", regional=regional)
+    return feature_table(store, have, other, regional=regional)
 
 
 def _n_splits(cfg: BaselineConfig, y: np.ndarray) -> int:
@@ -375,7 +386,7 @@ def choose_and_fit(cfg: BaselineConfig, x_by_set: dict[str, pd.DataFrame], y_tra
                    ) -> tuple[Pipeline, str, str, dict[str, Any]]:
     """Repeated stratified CV of every (feature set, candidate) pair on the training patients
     only (``x_by_set``: feature set -> train rows; ``extra_by_set``: feature set -> second rows
-    of some of those patients, e.g. :func:`expert_feature_rows`, added to every fit of their
+    of some of those patients, e.g. :func:`second_mask_rows`, added to every fit of their
     patients), then the best pair refitted on all of them: mean accuracy, ties by macro AUC,
     then the earlier set and candidate. Returns (model, candidate, feature set, CV record for
     metrics.json)."""
@@ -452,17 +463,18 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
     deep_train = read_deep_features(cfg.deep_features, train) if cfg.deep_features else None
     deep_cols: list[str] = list(deep_train.columns) if deep_train is not None else []
     # Its NaN notes are not kept: the notes are about the masks the patients are predicted from.
-    expert_train = expert_feature_rows(store, train, cfg, regional)
-    if expert_train is not None:
-        log.info("training rows: %d train patients' predicted masks + %d with expert masks",
-                 len(train), len(expert_train))
+    second_train = second_mask_rows(store, train, cfg, regional)
+    second_source = OTHER_MASKS[cfg.masks]
+    if second_train is not None:
+        log.info("training rows: %d train patients' %s masks + %d with %s masks", len(train), cfg.masks,
+                 len(second_train), second_source)
 
     def inputs(full: pd.DataFrame, feature_set: str, deep: pd.DataFrame | None) -> pd.DataFrame:
         x = full[list(FEATURE_SETS[feature_set])]
         return x.join(deep) if deep is not None else x
 
     def extra(feature_set: str) -> pd.DataFrame | None:
-        return None if expert_train is None else inputs(expert_train, feature_set, deep_train)
+        return None if second_train is None else inputs(second_train, feature_set, deep_train)
 
     if grid:
         feature_set = feature_sets[0]
@@ -500,18 +512,18 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
         pred[col] = proba[:, c]
     write_text(out / "predictions.csv", pred.to_csv(index=False))
 
-    # Every row the model was fitted on (subset "train"; a patient's expert-mask row beside its
-    # predicted one, column "masks") and the test rows: `cardioclr predict` refits from this file.
-    expert_block = [] if expert_train is None else [expert_train.join(deep_train) if deep_cols
-                                                     else expert_train]
-    feats = pd.concat([full_train.join(x_train[deep_cols]), *expert_block,
+    # Every row the model was fitted on (subset "train"; a patient's second row after its first,
+    # column "masks") and the test rows: `cardioclr predict` refits from this file.
+    second_block = [] if second_train is None else [second_train.join(deep_train) if deep_cols
+                                                     else second_train]
+    feats = pd.concat([full_train.join(x_train[deep_cols]), *second_block,
                        full_test.join(x_test[deep_cols])]).copy()  # one block, not column by column
-    y_expert = (np.empty(0, int) if expert_train is None
-                else pd.Series(y_train, index=train).loc[expert_train.index].to_numpy(int))
-    n_expert = len(y_expert)
-    feats.insert(0, "subset", ["train"] * (len(train) + n_expert) + ["test"] * len(test))
-    feats.insert(1, "label_index", np.concatenate([y_train, y_expert, y_test]))
-    feats.insert(2, "masks", [cfg.masks] * len(train) + ["expert"] * n_expert + [cfg.masks] * len(test))
+    y_second = (np.empty(0, int) if second_train is None
+                else pd.Series(y_train, index=train).loc[second_train.index].to_numpy(int))
+    n_second = len(y_second)
+    feats.insert(0, "subset", ["train"] * (len(train) + n_second) + ["test"] * len(test))
+    feats.insert(1, "label_index", np.concatenate([y_train, y_second, y_test]))
+    feats.insert(2, "masks", [cfg.masks] * len(train) + [second_source] * n_second + [cfg.masks] * len(test))
     write_text(out / "features.csv", feats.to_csv(index=True, float_format="%.6g"))
 
     index_cols = [c for c in x_train.columns if c not in deep_cols]
@@ -555,7 +567,7 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
         "test_errors": test_errors,
         "feature_notes": {p: n for p, n in notes.items()},
         "n_train": len(train), "n_test": len(test),
-        "training_rows": {cfg.masks: len(train), **({"expert": n_expert} if n_expert else {})},
+        "training_rows": {cfg.masks: len(train), **({second_source: n_second} if n_second else {})},
         "deep_features": {"file": cfg.deep_features, "n_input": len(deep_cols),
                           "pca_components": int(n_comp)} if deep_cols else None,
         "config": to_plain(cfg),

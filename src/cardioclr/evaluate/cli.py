@@ -44,10 +44,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--features", choices=("auto", *BASELINE_FEATURE_SETS), default="auto",
                    help="auto (default): every set for vote, the better set by the same CV on "
                    "train otherwise; regional: indices + regional summaries; indices: the 35 indices")
-    p.add_argument("--expert-rows", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --masks predicted: also train on the train patients' expert-mask "
-                   "features, a second row per patient that has expert masks (default: on; test "
-                   "patients are always predicted from their predicted masks)")
+    p.add_argument("--both-masks", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train on the features of the train patients' other masks (expert with "
+                   "--masks predicted, predicted with --masks expert), a second row per patient that "
+                   "has both (default: on; every patient is predicted from its --masks)")
     p.add_argument("--candidates", default="rf,logistic,svm,gb,ensemble",
                    help="comma-separated candidates of --model auto")
     p.add_argument("--cv-repeats", type=int, default=5, help="repeats of the stratified CV on train")
@@ -82,7 +82,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
     cfg = BaselineConfig(work=str(args.work), out=str(args.out), masks=args.masks,
                          deep_features=args.deep_features, model=args.model, seed=args.seed,
-                         expert_rows=args.expert_rows,
+                         both_masks=args.both_masks,
                          features=args.features, cv_repeats=args.cv_repeats, cv_splits=args.cv_splits,
                          candidates=tuple(c.strip() for c in args.candidates.split(",") if c.strip()),
                          n_boot=args.n_boot, pca_components=args.pca_components, n_jobs=args.jobs)

@@ -45,15 +45,17 @@ def _choice_para(model: str, m: dict[str, Any]) -> Para | None:
 
 
 def _rows_sentence(m: dict[str, Any]) -> str:
-    """What the model was fitted on, when the training patients' expert masks added rows
-    (``training_rows`` of metrics.json; ``BaselineConfig.expert_rows``); else empty."""
-    rows = m.get("training_rows") or {}
-    if not rows.get("expert") or m.get("mask_source") != "predicted":
+    """What the model was fitted on, when the training patients' other masks added rows
+    (``training_rows`` of metrics.json; ``BaselineConfig.both_masks``); else empty."""
+    rows = dict(m.get("training_rows") or {})
+    source = m.get("mask_source")
+    first = rows.pop(source, None) if source else None
+    if first is None or len(rows) != 1:
         return ""
-    return (f" Fitted (and cross-validated) on {rows.get('predicted')} training patients' features from "
-            f"their predicted masks plus, as second rows, {rows['expert']} of them from their expert "
-            "masks, a patient's two rows always on the same side of a fold; every patient is "
-            "predicted from its predicted masks.")
+    other, n = next(iter(rows.items()))
+    return (f" Fitted (and cross-validated) on {first} training patients' features from their {source} "
+            f"masks plus, as second rows, {n} of them from their {other} masks, a patient's two rows "
+            f"always on the same side of a fold; every patient is predicted from its {source} masks.")
 
 
 def _confusion_table(model: str, classes: Sequence[str], m: dict[str, Any]) -> Table | None:
