@@ -84,6 +84,8 @@ def test_report_blocks_show_the_confusion_matrix_and_error_drivers(baseline_dir:
     tables = {b.caption.split(":")[0]: b for b in blocks if isinstance(b, Table)}
     assert paras and "vote on the regional features, fixed in advance" in paras[0].text
     assert "training patients only" in paras[0].text
+    loss = m["cv"]["results"]["vote/regional"]["log_loss"]["mean"]
+    assert f"log-loss {loss:.3g}" in paras[0].text
     cm = tables["Confusion matrix on the test patients"]
     assert cm.header[1:] == m["classes"] and len(cm.rows) == len(m["classes"])
     err = next(b for b in blocks if isinstance(b, Table) and b.caption.startswith("Test errors"))

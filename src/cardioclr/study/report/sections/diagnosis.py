@@ -30,17 +30,19 @@ def _choice_para(model: str, m: dict[str, Any]) -> Para | None:
     res = (cv.get("results") or {}).get(f"{chosen}/{fs}") or {}
     acc = (res.get("accuracy") or {})
     auc = (res.get("macro_auc") or {})
+    # Log-loss (metrics.json since it was recorded): the calibration that accuracy cannot show.
+    loss = (res.get("log_loss") or {}).get("mean")
+    scores = (f"accuracy {_f(acc.get('mean'))} ± {_f(acc.get('sd'), 2)}, macro AUC {_f(auc.get('mean'), 4)}"
+              + (f", log-loss {_f(loss)}" if loss is not None else ""))
     n_pairs = len(cv.get("results") or {})
     if n_pairs == 1:  # a fixed model (the default vote): nothing was chosen
         return Para(f"**{model}**: {chosen} on the {fs} features, fixed in advance (not chosen per "
                     f"run); its {cv.get('n_repeats')}x{cv.get('n_splits')} repeated stratified "
-                    f"cross-validation on the training patients only: accuracy {_f(acc.get('mean'))} ± "
-                    f"{_f(acc.get('sd'), 2)}, macro AUC {_f(auc.get('mean'), 4)}; the test patients were "
+                    f"cross-validation on the training patients only: {scores}; the test patients were "
                     "read once, after the refit." + _rows_sentence(m))
     return Para(f"**{model}**: {chosen} on the {fs} features, chosen among {n_pairs} classifier x "
                 f"feature-set pairs by {cv.get('n_repeats')}x{cv.get('n_splits')} repeated stratified "
-                f"cross-validation on the training patients only (accuracy {_f(acc.get('mean'))} ± "
-                f"{_f(acc.get('sd'), 2)}, macro AUC {_f(auc.get('mean'), 4)}); the test patients were "
+                f"cross-validation on the training patients only ({scores}); the test patients were "
                 "read once, after the choice and the refit." + _rows_sentence(m))
 
 
