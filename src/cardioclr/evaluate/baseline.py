@@ -474,17 +474,18 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
         x = full[list(FEATURE_SETS[feature_set])]
         return x.join(deep) if deep is not None else x
 
-    def extra(feature_set: str) -> pd.DataFrame | None:
-        return None if second_train is None else inputs(second_train, feature_set, deep_train)
+    # Feature set -> the second rows' model inputs (empty without second rows).
+    extra = ({} if second_train is None else
+             {fs: inputs(second_train, fs, deep_train) for fs in feature_sets})
 
     if grid:
         feature_set = feature_sets[0]
         x_train = inputs(full_train, feature_set, deep_train)
         best, cv_results = select_hyperparameters(x_train, y_train, splits.folds, deep_cols, cfg, k,
-                                                  extra(feature_set))
+                                                  extra.get(feature_set))
         log.info("chosen hyperparameters: %s", best)
         model = fit_model(best, *clf_mod.fit_rows(x_train, y_train, np.arange(len(train)),
-                                                  extra(feature_set)), deep_cols, cfg)
+                                                  extra.get(feature_set)), deep_cols, cfg)
         name = cfg.model
         cv_record: dict[str, Any] = {"scoring": "macro one-vs-rest AUC of pooled out-of-fold "
                                                 "probabilities", "n_folds": len(splits.folds),
@@ -492,7 +493,7 @@ def run_baseline(cfg: BaselineConfig) -> dict[str, Any]:
     else:
         model, name, feature_set, cv_record = choose_and_fit(
             cfg, {fs: inputs(full_train, fs, deep_train) for fs in feature_sets}, y_train, deep_cols, k,
-            {fs: e for fs in feature_sets if (e := extra(fs)) is not None})
+            extra)
         x_train = inputs(full_train, feature_set, deep_train)
         best = {"classifier": name, "features": feature_set}
         log.info("chosen classifier: %s on %s features", name, feature_set)
