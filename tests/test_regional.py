@@ -70,6 +70,39 @@ def test_ring_of_known_thickness_everywhere():
     assert r.values["wt_ed_circ_sd_mean_mm"] < 0.5
     assert abs(r.values["lv_eccentricity_ed"] - 1.0) < 0.03  # a round cavity
     assert abs(r.values["lv_eccentricity_es"] - 1.0) < 0.03
+    # Every segment's cavity shrinks by 4 mm of radius: EF 1 - ((r - 4) / r)^2, 31 % at the base
+    # (r = 24 mm) to 44 % at the apex (r = 16 mm), the same in every sector of a slice.
+    seg_ef = np.array([r.values[f"lv_ef_seg{s:02d}_pct"] for s in range(1, 17)])
+    assert np.all((seg_ef > 28.0) & (seg_ef < 47.0)), seg_ef
+    assert r.values["lv_ef_segment_sd_pct"] < 5.0
+
+
+def _sector(shape_yx: tuple[int, int], spacing_yx: tuple[float, float], lo_deg: float, hi_deg: float,
+            rotate_deg: float) -> np.ndarray:
+    """Bool (y, x): the pixels of :func:`_heart`'s grid whose angle lies in [lo, hi) degrees."""
+    yy, xx = np.mgrid[0:shape_yx[0], 0:shape_yx[1]]
+    dy, dx = (yy - shape_yx[0] / 2) * spacing_yx[0], (xx - shape_yx[1] / 2) * spacing_yx[1]
+    ang = np.mod(np.degrees(np.arctan2(-dy, dx)) - rotate_deg, 360.0)
+    return (ang >= lo_deg) & (ang < hi_deg)
+
+
+@pytest.mark.parametrize("rotate", [0.0, 130.0])
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.8, 1.3)])
+def test_akinetic_sector_gives_its_segments_no_ejection_whatever_the_rotation(rotate, spacing):
+    # The cavity does not move inward from 116 to 184 degrees past the anterior insertion (120
+    # degrees): AHA segments 4 (basal inferior) and 10 (mid inferior) eject nothing while the
+    # rest of the cavity shrinks by 6 mm of radius (EF 44-61 %).
+    ed = _heart(spacing_yx=spacing, rotate_deg=rotate)
+    es = _heart(spacing_yx=spacing, wall_mm=12.0, cavity_shrink_mm=6.0, rotate_deg=rotate)
+    still = _sector(ed.shape[1:], spacing, 236.0, 304.0, rotate)
+    es = np.where(still[None], ed, es)
+    r = regional_features(ed, es, (10.0, *spacing))
+    ef = np.array([r.values[f"lv_ef_seg{s:02d}_pct"] for s in range(1, 17)])
+    assert abs(ef[3]) < 3.0 and abs(ef[9]) < 3.0, ef
+    assert np.all(np.delete(ef[:12], [2, 3, 4, 8, 9, 10]) > 40.0), ef
+    assert r.values["lv_ef_segment_min_pct"] == pytest.approx(float(np.min(ef)))
+    assert r.values["lv_ef_segment_max_pct"] > 55.0
+    assert r.values["lv_ef_segment_sd_pct"] > 15.0
 
 
 @pytest.mark.parametrize("rotate", [0.0, 90.0, 215.0])
@@ -116,6 +149,8 @@ def test_no_rv_gives_nan_segments_with_a_reason_and_keeps_the_rest():
     ed, es = _heart(rv=False), _heart(rv=False, wall_mm=12.0, cavity_shrink_mm=4.0)
     r = regional_features(ed, es, (10.0, 1.0, 1.0))
     assert all(math.isnan(r.values[f"wt_ed_seg{s:02d}_mm"]) for s in range(1, 17))
+    assert all(math.isnan(r.values[f"lv_ef_seg{s:02d}_pct"]) for s in range(1, 17))
+    assert math.isnan(r.values["lv_ef_segment_min_pct"])
     assert math.isnan(r.values["n_thin_segments"])
     assert any("no RV insertion point" in n for n in r.notes)
     assert any("no RV-myocardium contact" in n for n in r.notes)

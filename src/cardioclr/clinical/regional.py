@@ -33,6 +33,16 @@ usual cut-off for non-viable, scarred myocardium) and *hypokinetic* when its thi
 :data:`HYPOKINETIC_PCT` (25 %, the middle of the 20-30 % range used to call a segment
 hypokinetic on cine thickening; normal segments thicken by 40-60 %).
 
+Segmental ejection fraction (regional EF) of a segment is ``100 * (V_ED - V_ES) / V_ED`` (%),
+where V is the number of LV-cavity pixels of the segment's slices that lie in its angular sector,
+at ED and at ES, around each slice's **ED** cavity centroid (a fixed frame, so that a segment
+that does not move inward keeps its ED share of the cavity; a frame following the ES centroid
+would shift towards the akinetic wall and hide part of the defect). It is the cavity's view of
+wall motion: it needs only the endocardial border, which segmentation draws far better than
+the epicardial one that thickening needs (LV Dice ~0.96 against MYO ~0.88), and regional
+heterogeneity of wall motion is what separates an infarct (akinetic segments beside normal
+ones) from dilated cardiomyopathy (every segment hypokinetic).
+
 Heterogeneity does not need the anchor: each slice's boundary is cut into
 :data:`N_HETEROGENEITY_SECTORS` equal sectors around the cavity centroid and the circumferential
 SD and max/min ratio of the sector thicknesses are taken per slice, then summarised over slices
@@ -94,6 +104,8 @@ REGIONAL_NAMES: tuple[str, ...] = (
     *(f"wt_ed_{_seg(s)}_mm" for s in range(1, N_AHA + 1)),
     *(f"wt_es_{_seg(s)}_mm" for s in range(1, N_AHA + 1)),
     *(f"thickening_{_seg(s)}_pct" for s in range(1, N_AHA + 1)),
+    *(f"lv_ef_{_seg(s)}_pct" for s in range(1, N_AHA + 1)),
+    "lv_ef_segment_min_pct", "lv_ef_segment_max_pct", "lv_ef_segment_sd_pct",
     "wt_ed_segment_min_mm", "wt_ed_segment_max_mm", "wt_ed_segment_sd_mm",
     "thickening_segment_min_pct", "thickening_segment_sd_pct",
     "n_thin_segments", "n_hypokinetic_segments",
@@ -165,10 +177,16 @@ def boundary_points(labels_2d: np.ndarray, spacing_yx: Sequence[float],
     else:
         contact = np.zeros(by.size, bool)
     cy, cx = (float(c.mean()) for c in np.nonzero(cav))
-    angle = np.arctan2(-(by - cy) * sy, (bx - cx) * sx)  # y down the image: -dy is "up"
-    if mirrored:
-        angle = -angle
-    return BoundaryPoints(np.mod(angle, 2 * np.pi), thick, contact, (cy, cx))
+    return BoundaryPoints(_angles(by, bx, (cy, cx), (sy, sx), mirrored), thick, contact, (cy, cx))
+
+
+def _angles(y: np.ndarray, x: np.ndarray, centre_yx: tuple[float, float], spacing_yx: Sequence[float],
+            mirrored: bool) -> np.ndarray:
+    """Angle (rad in [0, 2 pi), counter-clockwise in the standard view) of pixels (y, x) (n,)
+    around ``centre_yx`` (pixels), measured in mm."""
+    sy, sx = (float(s) for s in spacing_yx)
+    angle = np.arctan2(-(y - centre_yx[0]) * sy, (x - centre_yx[1]) * sx)  # y down: -dy is "up"
+    return np.mod(-angle if mirrored else angle, 2 * np.pi)
 
 
 def insertion_angles(points: BoundaryPoints) -> tuple[float, float] | str:
@@ -345,6 +363,26 @@ def regional_features(ed_labels: np.ndarray, es_labels: np.ndarray, spacing_zyx:
         v["thickening_segment_min_pct"] = float(ok_th.min())
         v["thickening_segment_sd_pct"] = float(ok_th.std())
         v["n_hypokinetic_segments"] = float((ok_th < HYPOKINETIC_PCT).sum())
+
+    # Segmental EF: each segment's LV-cavity pixels at ED and ES around the slice's ED centroid.
+    cavity = np.zeros((2, N_AHA + 1))
+    if starts:
+        for z, p in pts["ed"].items():
+            for i, lab in enumerate((ed, es)):
+                if z >= lab.shape[0]:
+                    continue
+                _, cav, _ = lv_component_and_epicardium(lab[z] == LV_MYOCARDIUM, lab[z] == LV_CAVITY)
+                cy, cx = np.nonzero(cav)
+                seg_of = _segment_of(_angles(cy, cx, p.centre_yx, (sy, sx), mirrored), anchor, levels[z])
+                cavity[i] += np.bincount(seg_of, minlength=N_AHA + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        seg_ef = np.where(cavity[0] > 0, 100.0 * (cavity[0] - cavity[1]) / cavity[0], np.nan)[1:]
+    for s in range(1, N_AHA + 1):
+        v[f"lv_ef_{_seg(s)}_pct"] = float(seg_ef[s - 1])
+    ok_ef = seg_ef[np.isfinite(seg_ef)]
+    if ok_ef.size:
+        v["lv_ef_segment_min_pct"], v["lv_ef_segment_max_pct"] = float(ok_ef.min()), float(ok_ef.max())
+        v["lv_ef_segment_sd_pct"] = float(ok_ef.std())
 
     # Per-level thickening (mean thickness of the level's slices; anchor-free) and slice EF.
     lv_ed_vol = np.array([(ed[z] == LV_CAVITY).sum() * voxel_ml for z in order])
