@@ -55,8 +55,11 @@ def test_clinical_outputs_of_new_patients(tiny_work: Path, baseline_dir: Path, t
     assert np.allclose(diag.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
     assert diag["segmentation_flags"].isna().all()  # the tiny store has no qc_flags.csv
     assert s["diagnosis"]["patients"] == 3
-    missing = write_clinical_outputs(tiny_work, ids, tmp_path, tmp_path / "nowhere")
+    assert s["bullseye"] == 3 and sorted(f.stem for f in (tmp_path / "bullseye").iterdir()) == sorted(ids)
+    missing = write_clinical_outputs(tiny_work, ids[:1], tmp_path, tmp_path / "nowhere")
     assert "not written" in missing["diagnosis"] and not (tmp_path / "diagnosis.csv").exists()
+    # A second run into the same folder keeps only its own patients' maps.
+    assert [f.stem for f in (tmp_path / "bullseye").iterdir()] == ids[:1]
 
 
 def test_mask_flags_name_each_patients_distinct_flags(tmp_path: Path):

@@ -95,6 +95,17 @@ _FOUR = (14, 15, 16, 13)
 _APICAL_OFFSET_DEG = 15.0  # septal apical sector = septum centre (60) -45 .. +45 degrees
 
 
+def segment_arc_deg(segment: int) -> tuple[str, float, float]:
+    """(level, start, width) of AHA ``segment`` (1-16): its sector starts ``start`` degrees
+    counter-clockwise past the anterior RV insertion and spans ``width`` degrees."""
+    if segment in _FOUR:
+        return "apical", _APICAL_OFFSET_DEG + 90.0 * _FOUR.index(segment), 90.0
+    for level in ("basal", "mid"):
+        if segment in LEVEL_SEGMENTS[level]:
+            return level, 60.0 * _SIX.index(segment - (6 if level == "mid" else 0)), 60.0
+    raise ValueError(f"AHA segment {segment} is not one of 1-{N_AHA}")
+
+
 def _seg(n: int) -> str:
     return f"seg{n:02d}"
 

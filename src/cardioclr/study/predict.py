@@ -11,6 +11,7 @@ its ``model.pt`` is the classifier, and its ``config.yaml`` names the work direc
 Outputs in ``DIR``: ``predictions.csv`` (``patient_id, predicted, prob_<class>...``, plus
 ``label`` when the patient folder's Info.cfg has a Group), ``failed.csv`` (patient, reason),
 ``clinical_features.csv`` (indices and regional features of the predicted masks),
+``bullseye/PID.png`` (AHA bull's-eye maps of the segmental thickness, thickening and EF),
 ``diagnosis.csv`` (the study's clinical baseline, refitted: :mod:`cardioclr.study.predict_diagnosis`),
 ``indices.csv`` (clinical indices of each segmented patient from its predicted masks: volumes
 in mL, EF in %, mass in g, thickness in mm, ``*_per_m2`` when height and weight are known),

@@ -9,7 +9,9 @@ differ from the study's in the last digits) and applied to the new patients' fea
 on their predicted masks.
 
 Outputs in ``DIR``: ``clinical_features.csv`` (patient_id + every index and regional feature,
-units in the column names), ``clinical_feature_notes.csv`` (why a regional value is NaN) and
+units in the column names), ``clinical_feature_notes.csv`` (why a regional value is NaN),
+``bullseye/PID.png`` (AHA bull's-eye maps of the patient's segmental wall thickness, thickening
+and ejection fraction: :mod:`cardioclr.evaluate.bullseye`; swapped in whole, like ``saliency/``) and
 ``diagnosis.csv`` (patient_id, predicted, prob_<class>..., segmentation_flags: the QC flags of the
 patient's predicted masks from ``qc_flags.csv``, ``;``-separated, empty when none). A diagnosis
 on flagged masks deserves a look at the masks first: on ACDC's cross-fitted masks the 5x5 CV
@@ -21,13 +23,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cardioclr.atomic import read_json, write_text
+from cardioclr.atomic import atomic_dir, read_json, write_text
 from cardioclr.data.masks import mask_flags
 from cardioclr.errors import CardioclrError
 
@@ -76,6 +79,21 @@ def refit_baseline(baseline_dir: Path) -> tuple[Any, list[str], list[str], dict[
     return model.fit(x, y), classes, cols, m
 
 
+def write_bullseye_maps(feats: pd.DataFrame, out: Path) -> int | str:
+    """Replace ``out/bullseye`` by one map per patient of ``feats``; returns how many were
+    written, or why none were (the features and the diagnosis do not depend on the maps)."""
+    from cardioclr.evaluate.bullseye import write_bullseyes
+
+    folder = out / "bullseye"
+    try:
+        with atomic_dir(folder) as tmp:
+            return write_bullseyes(feats, tmp)
+    except Exception as err:  # noqa: BLE001 - the maps are a view of values already written
+        log.error("bull's-eye maps failed: %s", err)
+        shutil.rmtree(folder, ignore_errors=True)
+        return f"failed: {type(err).__name__}: {err}"
+
+
 def write_clinical_outputs(work: Path, patient_ids: list[str], out: Path,
                            baseline_dir: Path) -> dict[str, Any]:
     """Features of ``patient_ids`` (predicted masks in the prediction store ``work``) and the
@@ -89,7 +107,8 @@ def write_clinical_outputs(work: Path, patient_ids: list[str], out: Path,
     write_text(out / "clinical_features.csv", feats.to_csv(float_format="%.4g"))
     write_text(out / "clinical_feature_notes.csv", pd.DataFrame(
         [(p, n) for p, ns in notes.items() for n in ns], columns=["patient_id", "note"]).to_csv(index=False))
-    summary: dict[str, Any] = {"clinical_features": len(feats), "diagnosis": None}
+    summary: dict[str, Any] = {"clinical_features": len(feats), "bullseye": write_bullseye_maps(feats, out),
+                               "diagnosis": None}
     try:
         model, classes, cols, m = refit_baseline(baseline_dir)
     except CardioclrError as err:
