@@ -136,3 +136,26 @@ def test_baseline_test_errors_carry_the_flags_of_predicted_masks(tiny_work: Path
     assert m["test_errors"]
     assert {e["patient_id"]: e["segmentation_flags"] for e in m["test_errors"]} == {
         e["patient_id"]: flags[e["patient_id"]] for e in m["test_errors"]}
+
+
+def test_report_draws_a_bullseye_map_per_misclassified_test_patient(baseline_dir: Path, tmp_path: Path):
+    from cardioclr.study.html import Gallery
+    from cardioclr.study.report.collect import CellResult
+    from cardioclr.study.report.sections.baselines import error_maps
+
+    m = json.loads((baseline_dir / "metrics.json").read_text())
+    feats = pd.read_csv(baseline_dir / "features.csv", index_col=0)
+    test = list(feats.index[feats["subset"] == "test"][:2])
+    m["test_errors"] = [{"patient_id": p, "label": "MINF", "predicted": "DCM"} for p in test]
+    clinical = CellResult("baseline/clinical", "baseline", baseline_dir, metrics=m)
+    hybrid = CellResult("baseline/hybrid", "baseline", baseline_dir,
+                        metrics={**m, "model": "hybrid", "test_errors": m["test_errors"][:1]})
+    maps = error_maps([clinical, hybrid])
+    assert isinstance(maps, Gallery)
+    assert [name for name, _, _ in maps.items] == [f"bullseye_{p}.png" for p in test]  # one per patient
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for _, png, _ in maps.items)
+    assert "-> DCM" in maps.items[0][2] and "hybrid -> DCM" in maps.items[0][2]
+    assert "hybrid" not in maps.items[1][2]
+    assert error_maps([CellResult("baseline/clinical", "baseline", baseline_dir,
+                                  metrics={**m, "test_errors": []})]) is None
+    assert error_maps([CellResult("baseline/clinical", "baseline", tmp_path, metrics=m)]) is None  # no CSV

@@ -3,10 +3,15 @@ model, and the clinical features' importances."""
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
+import pandas as pd
+
 from cardioclr.artifacts import number
-from cardioclr.study.html import Block, Para, Table, TCell
+from cardioclr.evaluate.bullseye import PANELS, bullseye_png, segment_values
+from cardioclr.study.html import Block, Gallery, Para, Table, TCell
 from cardioclr.study.report.collect import CellResult, StudyData
 from cardioclr.study.report.format import estimate_or_dash, estimate_text, fmt, value_or_dash
 from cardioclr.study.report.results import best_flags
@@ -20,6 +25,45 @@ def _features_note(b: CellResult) -> str:
         return ""
     f = Path(str(deep.get("file") or ""))
     return f"deep features: {f.parent.name + '/' if f.parent.name else ''}{f.name or '?'}"
+
+
+log = logging.getLogger(__name__)
+
+
+def error_maps(baselines: list[CellResult]) -> Gallery | None:
+    """AHA bull's-eye maps (:mod:`cardioclr.evaluate.bullseye`) of every test patient a baseline
+    misclassified, from the test rows of its ``features.csv``; one map per patient, captioned
+    with each baseline's prediction. None without errors or features."""
+    calls: dict[str, list[str]] = {}
+    rows: dict[str, pd.Series] = {}
+    for b in baselines:
+        m = b.metrics or {}
+        errors = m.get("test_errors")
+        path = b.path / "features.csv"
+        if not isinstance(errors, list) or not errors or not path.is_file():
+            continue
+        try:
+            feats = pd.read_csv(path, index_col=0)
+        except (OSError, ValueError) as err:  # a damaged file costs the maps, not the report
+            log.warning("%s: %s", path, err)
+            continue
+        test = feats[feats["subset"] == "test"] if "subset" in feats.columns else feats.iloc[0:0]
+        for e in errors:
+            pid = str(e.get("patient_id"))
+            if pid in test.index:
+                rows.setdefault(pid, test.loc[pid])
+                calls.setdefault(pid, [f"true {e.get('label')}"]).append(
+                    f"{m.get('model', b.pretraining)} -> {e.get('predicted')}")
+    items = []
+    for pid, row in rows.items():
+        values = [segment_values(row, panel) for panel in PANELS]
+        if any(math.isfinite(v) for d in values for v in d.values()):
+            items.append((f"bullseye_{pid}.png", bullseye_png(values, title=f"{pid}: AHA segments"),
+                          f"{pid}: {'; '.join(calls[pid])}"))
+    if not items:
+        return None
+    return Gallery("Test errors: AHA bull's-eye maps of ED wall thickness, systolic thickening and "
+                   "segmental ejection fraction (the masks the baseline read)", items)
 
 
 def baseline_section(data: StudyData) -> list[Block]:
@@ -64,4 +108,7 @@ def baseline_section(data: StudyData) -> list[Block]:
                             ["Feature", "Importance"],
                             [[TCell(k), TCell(fmt(number(v)))] for k, v in top_imp]))
     blocks += diagnosis_blocks(data.classes, [dict(b.metrics) for b in data.baselines if b.metrics])
+    maps = error_maps(data.baselines)
+    if maps is not None:
+        blocks.append(maps)
     return blocks
