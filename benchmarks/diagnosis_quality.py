@@ -202,16 +202,63 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
             "best_fixed": max(pairs, key=lambda pr: fixed[pr]["accuracy"]["mean"])}
 
 
+def calibrated_cv(name: str, x: Any, y: Any, k: int, splits: int, repeats: int, seed: int,
+                  inner_repeats: int, extra: Any = None) -> dict[str, Any]:
+    """The 5x5 CV of :func:`repeated_cv` (same folds) with the baseline's temperature scaling
+    done honestly: in every outer fold the temperature is fitted on an ``inner_repeats`` x
+    ``splits`` CV of that fold's training patients only (``CVResult.temperature``), then applied
+    to its held-out patients. Returns raw and scaled ``log_loss`` / ``macro_auc`` per repeat and
+    the fitted temperatures (min, median, max)."""
+    import numpy as np
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    from cardioclr.clinical.classifier import (
+        fit_rows,
+        log_loss_of,
+        macro_auc,
+        predict_full,
+        repeat_summary,
+        repeated_cv,
+        tempered,
+    )
+    from cardioclr.evaluate.baseline import candidate_pipeline
+
+    y = np.asarray(y, int)
+    cols = list(x.columns)
+    raw, cal = np.zeros((repeats, len(y), k)), np.zeros((repeats, len(y), k))
+    temps = []
+    outer = RepeatedStratifiedKFold(n_splits=splits, n_repeats=repeats, random_state=seed)
+    for i, (fit_part, held) in enumerate(outer.split(np.zeros(len(y)), y)):
+        m = candidate_pipeline(name, cols, [], 0, seed).fit(*fit_rows(x, y, fit_part, extra))
+        inner = repeated_cv(name, x.iloc[fit_part], y[fit_part], k, n_splits=splits, n_repeats=inner_repeats,
+                            seed=seed + 1 + i, model=candidate_pipeline(name, cols, [], 0, seed), extra=extra)
+        t = inner.temperature(y[fit_part])
+        temps.append(t)
+        p = predict_full(m, x.iloc[held], k)
+        raw[i // splits, held], cal[i // splits, held] = p, tempered(p, t)
+        log.info("calibrated CV: fold %d/%d, temperature %.3f", i + 1, splits * repeats, t)
+
+    def scores(p: Any) -> dict[str, Any]:
+        return {"log_loss": repeat_summary([log_loss_of(y, p[r]) for r in range(repeats)]),
+                "macro_auc": repeat_summary([macro_auc(y, p[r]) for r in range(repeats)]),
+                "accuracy": repeat_summary([float((p[r].argmax(1) == y).mean()) for r in range(repeats)])}
+
+    return {"protocol": f"{repeats}x{splits} CV; temperature per outer fold from a {inner_repeats}x{splits} "
+                        "CV of its training patients", "raw": scores(raw), "scaled": scores(cal),
+            "temperature": {"min": float(min(temps)), "median": float(np.median(temps)),
+                            "max": float(max(temps))}}
+
+
 def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[str, ...], repeats: int,
-                    splits: int, seed: int, nested_repeats: int = 0, both_masks: bool = True
-                    ) -> dict[str, Any]:
+                    splits: int, seed: int, nested_repeats: int = 0, both_masks: bool = True,
+                    calibration_repeats: int = 0) -> dict[str, Any]:
     """Steps 1-6 of the module docstring for one mask source. With ``both_masks`` every fit also
     takes its own training patients' rows from the other masks, where ``work`` has them, as
     ``cardioclr baseline`` does (``BaselineConfig.both_masks``); patients are scored from
     ``source``."""
     import numpy as np
 
-    from cardioclr.clinical.classifier import macro_auc, predict_full, repeated_cv
+    from cardioclr.clinical.classifier import log_loss_of, macro_auc, predict_full, repeated_cv, tempered
     from cardioclr.data.masks import mask_flags
     from cardioclr.data.store import SliceStore
     from cardioclr.evaluate.baseline import (
@@ -255,7 +302,12 @@ def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[
                      model=candidate_pipeline(name, cols, [], 0, seed),
                      extra=None if second_all is None else second_all[cols])
     s = cv.summary()
-    proba = predict_full(model, full.loc[test, cols], k)
+    calibration = (calibrated_cv(name, full[cols], y, k, splits, repeats, seed, calibration_repeats,
+                                 None if second_all is None else second_all[cols])
+                   if calibration_repeats else None)
+    temperature = float(record.get("temperature", 1.0))
+    proba_raw = predict_full(model, full.loc[test, cols], k)
+    proba = tempered(proba_raw, temperature)  # as `cardioclr baseline` writes them
     pred = proba.argmax(1)
     confusions = {f"{classes[t]}->{classes[p]}": int(cv.confusion[t, p])
                   for t in range(k) for p in range(k) if t != p and cv.confusion[t, p]}
@@ -275,6 +327,11 @@ def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[
         "cv_confusion_matrix": cv.confusion.tolist(),
         "test_accuracy": float((pred == y_test).mean()),
         "test_macro_auc": macro_auc(y_test, proba),
+        "temperature": temperature,
+        "test_log_loss": log_loss_of(y_test, proba),
+        "test_log_loss_unscaled": log_loss_of(y_test, proba_raw),
+        "test_macro_auc_unscaled": macro_auc(y_test, proba_raw),
+        "cv_calibration": calibration,
         "test_errors": test_errors,
         "cv_persistent_errors": persistent_errors(cv.oof_proba, y, ids, list(classes), full),
         "cv_accuracy_by_segmentation_flag": by_flag,
@@ -316,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run a nested CV on the train patients with this many repeats of 5 outer "
                          "folds: the model choice against every fixed pair (each outer fold re-runs the "
                          "choice: ~1.5 min per fold and mask source on 2 cores; default 0 = skip)")
+    ap.add_argument("--calibration-repeats", type=int, default=0,
+                    help="also score the baseline's temperature scaling honestly over all patients: "
+                         "per outer fold of the CV a temperature from this many repeats of an inner "
+                         "CV of its training patients ('cv_calibration'; ~6 min per repeat and mask "
+                         "source on one core; default 0 = skip)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     start = time.perf_counter()
@@ -339,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         work = work or Path(tempfile.mkdtemp(prefix="diagnosis_quality_"))
         prepare(PrepareConfig(data=str(data), out=str(work), workers=2))
     expert = evaluate_source(work, "expert", args.model, candidates, args.repeats, args.splits, args.seed,
-                             args.nested_repeats, args.both_masks)
+                             args.nested_repeats, args.both_masks, args.calibration_repeats)
 
     predicted: dict[str, Any] | None = None
     predicted_reason = None
@@ -352,11 +414,13 @@ def main(argv: list[str] | None = None) -> int:
         predicted_reason = crossfit_problem(sw, list(st.splits.train), list(st.splits.test))
         if predicted_reason is None:
             predicted = evaluate_source(sw, "predicted", args.model, candidates, args.repeats, args.splits,
-                                        args.seed, args.nested_repeats, args.both_masks)
+                                        args.seed, args.nested_repeats, args.both_masks,
+                                        args.calibration_repeats)
             predicted_masks = "cross-fitted: no patient's mask from a model that saw that patient"
         elif args.accept_single_model:
             predicted = evaluate_source(sw, "predicted", args.model, candidates, args.repeats, args.splits,
-                                        args.seed, args.nested_repeats, args.both_masks)
+                                        args.seed, args.nested_repeats, args.both_masks,
+                                        args.calibration_repeats)
             predicted_masks = (f"NOT cross-fitted ({predicted_reason}): one segmentation model trained "
                                "on the train patients; test masks honest, train masks in-sample for "
                                "segmentation (that model saw their expert masks, never their "
@@ -371,10 +435,16 @@ def main(argv: list[str] | None = None) -> int:
     def pick(d: dict[str, Any] | None, key: str) -> Any:
         return None if d is None else d[key]
 
+    def scaled_log_loss(d: dict[str, Any] | None) -> float | None:
+        calibration = None if d is None else d["cv_calibration"]
+        return None if calibration is None else calibration["scaled"]["log_loss"]["mean"]
+
     result = {
         "expert_cv_accuracy": expert["cv_accuracy"],
         "expert_cv_macro_auc": expert["cv_macro_auc"],
         "expert_cv_log_loss": expert["cv_log_loss"]["mean"],
+        "expert_cv_log_loss_scaled": scaled_log_loss(expert),
+        "predicted_cv_log_loss_scaled": scaled_log_loss(predicted),
         "expert_test_accuracy": expert["test_accuracy"],
         "expert_test_macro_auc": expert["test_macro_auc"],
         "predicted_cv_accuracy": pick(predicted, "cv_accuracy"),

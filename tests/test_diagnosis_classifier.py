@@ -277,3 +277,31 @@ def test_log_loss_is_the_mean_negative_log_probability_of_the_true_class():
     x, y2 = _toy(n=30)
     s = clf_mod.repeated_cv("logistic", x, y2, 3, n_splits=3, n_repeats=2).summary()
     assert len(s["log_loss"]["per_repeat"]) == 2 and 0 < s["log_loss"]["mean"] < np.log(3)
+
+
+def test_temperature_scaling_keeps_the_argmax_and_recovers_a_known_flattening():
+    from cardioclr.clinical.classifier import fit_temperature, tempered
+
+    rng = np.random.default_rng(0)
+    q = rng.dirichlet(np.full(5, 0.3), size=4000)  # calibrated probabilities
+    y = np.array([rng.choice(5, p=row) for row in q])
+    flat = tempered(q, 3.0)  # an under-confident model: q flattened by T = 3
+    assert (flat.argmax(1) == q.argmax(1)).all() and np.allclose(flat.sum(1), 1.0)
+    assert np.allclose(tempered(q, 1.0), q)
+    t = fit_temperature(y, flat)
+    assert abs(t - 1 / 3) < 0.03, t  # sharpening by 3 undoes it
+    assert clf_mod.log_loss_of(y, tempered(flat, t)) < clf_mod.log_loss_of(y, flat) - 0.05
+    zero = np.array([[0.0, 0.5, 0.5], [0.2, 0.3, 0.5]])
+    assert tempered(zero, 0.5)[0, 0] == 0.0
+    certain = np.eye(5)[y]  # no error at all: bounded, not sharpened to infinity
+    assert fit_temperature(y, 0.6 * certain + 0.1) == pytest.approx(clf_mod.TEMPERATURE_BOUNDS[0], rel=1e-3)
+
+
+def test_repeated_cv_keeps_every_repeats_out_of_fold_probabilities():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 10)
+    x = pd.DataFrame({"a": y + rng.normal(0, 0.8, y.size), "b": rng.normal(size=y.size)})
+    r = clf_mod.repeated_cv("logistic", x, y, 3, n_splits=3, n_repeats=2, seed=0)
+    assert r.repeat_proba is not None and r.repeat_proba.shape == (2, 30, 3)
+    assert np.allclose(r.repeat_proba.mean(0), r.oof_proba)
+    assert 0.1 <= r.temperature(y) <= 10.0

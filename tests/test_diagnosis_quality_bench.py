@@ -83,3 +83,25 @@ def test_nested_choice_fits_on_the_extra_rows_of_its_training_patients() -> None
     assert "second rows" in mixed["protocol"] and "second rows" not in plain["protocol"]
     assert plain["fixed"]["logistic/good"]["accuracy"]["mean"] > 0.8
     assert mixed["fixed"]["logistic/good"]["accuracy"]["mean"] < 0.7
+
+
+def test_calibrated_cv_keeps_the_folds_and_argmax_and_scales_an_underconfident_model() -> None:
+    """Same outer folds as the plain CV (raw scores equal repeated_cv's), accuracy unchanged by
+    the scaling, and for a well-separated problem (a flat random forest) the temperature sharpens
+    and the log-loss falls."""
+    import pandas as pd
+
+    from cardioclr.clinical.classifier import repeated_cv
+    from cardioclr.evaluate.baseline import candidate_pipeline
+
+    bench = load_benchmark("diagnosis_quality")
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 15)
+    x = pd.DataFrame({"a": y * 3.0 + rng.normal(0, 0.6, y.size), "b": rng.normal(0, 1, y.size)})
+    got = bench.calibrated_cv("rf", x, y, 3, splits=3, repeats=2, seed=0, inner_repeats=1)
+    plain = repeated_cv("rf", x, y, 3, n_splits=3, n_repeats=2, seed=0,
+                        model=candidate_pipeline("rf", ["a", "b"], [], 0, 0))
+    assert np.allclose(got["raw"]["log_loss"]["per_repeat"], plain.log_loss)
+    assert got["scaled"]["accuracy"]["per_repeat"] == got["raw"]["accuracy"]["per_repeat"]
+    assert got["temperature"]["max"] < 1.0
+    assert got["scaled"]["log_loss"]["mean"] < got["raw"]["log_loss"]["mean"]

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardioclr.clinical.classifier import predict_full
+from cardioclr.clinical.classifier import TEMPERATURE_BOUNDS, predict_full, tempered
 from cardioclr.data.masks import load_labels, mask_flags, predicted_mask_path
 from cardioclr.data.store import SliceStore
 from cardioclr.errors import CardioclrError
@@ -33,7 +33,9 @@ def test_refitted_baseline_reproduces_the_study_probabilities(baseline_dir: Path
     model, classes, cols, m = refit_baseline(baseline_dir)
     feats = pd.read_csv(baseline_dir / "features.csv", index_col=0)
     test = feats[feats["subset"] == "test"]
-    p = predict_full(model, test[cols].astype(float), len(classes))
+    t = m["cv"]["temperature"]
+    assert TEMPERATURE_BOUNDS[0] <= t <= TEMPERATURE_BOUNDS[1]
+    p = tempered(predict_full(model, test[cols].astype(float), len(classes)), t)
     ref = pd.read_csv(baseline_dir / "predictions.csv", index_col="patient_id").loc[test.index]
     np.testing.assert_allclose(p, ref[[f"prob_{c}" for c in classes]].to_numpy(), atol=1e-3)
 
@@ -89,6 +91,7 @@ def test_report_blocks_show_the_confusion_matrix_and_error_drivers(baseline_dir:
     assert "training patients only" in paras[0].text
     loss = m["cv"]["results"]["vote/regional"]["log_loss"]["mean"]
     assert f"log-loss {loss:.3g}" in paras[0].text
+    assert f"temperature-scaled (T = {m['cv']['temperature']:.2g}" in paras[0].text
     cm = tables["Confusion matrix on the test patients"]
     assert cm.header[1:] == m["classes"] and len(cm.rows) == len(m["classes"])
     err = next(b for b in blocks if isinstance(b, Table) and b.caption.startswith("Test errors"))

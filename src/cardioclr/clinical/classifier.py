@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import minimize_scalar
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier, VotingClassifier
@@ -207,11 +208,39 @@ def log_loss_of(y: np.ndarray, proba: np.ndarray) -> float:
     return float(-np.mean(np.log(p)))
 
 
+#: Range of :func:`fit_temperature` (unitless). The lower bound keeps a CV without errors from
+#: sharpening probabilities to 0 and 1 (a probe with a 0.05 bound saturated such folds).
+TEMPERATURE_BOUNDS = (0.1, 10.0)
+
+
+def tempered(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities (n, k) raised to ``1 / temperature`` and renormalised per row: below 1
+    sharpens, above 1 flattens, 1 changes nothing; the argmax and zero entries are kept."""
+    p = np.asarray(proba, float)
+    if temperature == 1.0:
+        return p
+    with np.errstate(divide="ignore"):
+        logit = np.where(p > 0, np.log(np.where(p > 0, p, 1.0)), -np.inf) / temperature
+    q = np.exp(logit - logit.max(axis=1, keepdims=True))
+    return np.asarray(q / q.sum(axis=1, keepdims=True))
+
+
+def fit_temperature(y: np.ndarray, proba: np.ndarray) -> float:
+    """The temperature (within :data:`TEMPERATURE_BOUNDS`) minimising :func:`log_loss_of` of
+    ``tempered(proba, t)`` for labels ``y`` (n,): temperature scaling (Guo et al., ICML 2017),
+    one parameter, so ~70 patients' out-of-fold probabilities determine it."""
+    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    res = minimize_scalar(lambda lt: log_loss_of(y, tempered(proba, math.exp(lt))), bounds=(lo, hi),
+                          method="bounded", options={"xatol": 1e-4})
+    return float(math.exp(res.x))
+
+
 @dataclass
 class CVResult:
     """Repeated CV of one candidate: per-repeat accuracy, macro AUC and log-loss (pooled
     out-of-fold probabilities of each repeat), the mean out-of-fold probabilities (n, k) over
-    repeats, and the confusion counts (true, predicted) summed over repeats."""
+    repeats, the confusion counts (true, predicted) summed over repeats, and every repeat's
+    out-of-fold probabilities (n_repeats, n, k)."""
 
     name: str
     accuracy: list[float]
@@ -219,6 +248,15 @@ class CVResult:
     oof_proba: np.ndarray
     confusion: np.ndarray
     log_loss: list[float]
+    repeat_proba: np.ndarray | None = None
+
+    def temperature(self, y: np.ndarray) -> float:
+        """:func:`fit_temperature` on every repeat's out-of-fold probabilities of labels ``y``
+        (n,); 1.0 when they were not kept."""
+        if self.repeat_proba is None or not len(self.repeat_proba):
+            return 1.0
+        r, n, k = self.repeat_proba.shape
+        return fit_temperature(np.tile(np.asarray(y, int), r), self.repeat_proba.reshape(r * n, k))
 
     def summary(self) -> dict[str, Any]:
         """JSON-able ``{accuracy: {mean, sd, per_repeat}, macro_auc: {...}, log_loss: {...}}``."""
@@ -263,6 +301,7 @@ def repeated_cv(name: str, x: pd.DataFrame, y: np.ndarray, k: int, n_splits: int
     splitter = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
     proto = model if model is not None else build_classifier(name, seed, n_jobs)
     sums = np.zeros((len(y), k))
+    repeats: list[np.ndarray] = []
     fold_proba = np.zeros((len(y), k))
     acc, auc, loss = [], [], []
     confusion = np.zeros((k, k), int)
@@ -276,8 +315,9 @@ def repeated_cv(name: str, x: pd.DataFrame, y: np.ndarray, k: int, n_splits: int
             loss.append(log_loss_of(y, fold_proba))
             np.add.at(confusion, (y, pred), 1)
             sums += fold_proba
+            repeats.append(fold_proba)
             fold_proba = np.zeros((len(y), k))
-    return CVResult(name, acc, auc, sums / n_repeats, confusion, loss)
+    return CVResult(name, acc, auc, sums / n_repeats, confusion, loss, np.stack(repeats))
 
 
 def choose_model(x: pd.DataFrame, y: np.ndarray, k: int, candidates: Sequence[str] = CANDIDATES,

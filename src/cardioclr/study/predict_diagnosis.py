@@ -98,7 +98,7 @@ def write_clinical_outputs(work: Path, patient_ids: list[str], out: Path,
                            baseline_dir: Path) -> dict[str, Any]:
     """Features of ``patient_ids`` (predicted masks in the prediction store ``work``) and the
     refitted clinical baseline's probabilities; returns a summary for ``predict_info.json``."""
-    from cardioclr.clinical.classifier import predict_full
+    from cardioclr.clinical.classifier import predict_full, tempered
     from cardioclr.evaluate.clinical_features import feature_table
     from cardioclr.evaluate.metrics import prob_columns
 
@@ -116,7 +116,9 @@ def write_clinical_outputs(work: Path, patient_ids: list[str], out: Path,
         summary["diagnosis"] = f"not written: {err}"
         log.warning("clinical diagnosis not written: %s", err)
         return summary
-    proba = predict_full(model, feats[cols], len(classes))
+    # The study's temperature (fitted on its CV on train; 1 for paper-style grid models).
+    proba = tempered(predict_full(model, feats[cols], len(classes)),
+                     float((m.get("cv") or {}).get("temperature", 1.0)))
     df = pd.DataFrame({"patient_id": patient_ids,
                        "predicted": [classes[i] for i in np.argmax(proba, axis=1)]})
     for c, col in enumerate(prob_columns(classes)):

@@ -34,6 +34,10 @@ def _choice_para(model: str, m: dict[str, Any]) -> Para | None:
     loss = (res.get("log_loss") or {}).get("mean")
     scores = (f"accuracy {_f(acc.get('mean'))} ± {_f(acc.get('sd'), 2)}, macro AUC {_f(auc.get('mean'), 4)}"
               + (f", log-loss {_f(loss)}" if loss is not None else ""))
+    t = cv.get("temperature")
+    if t is not None:  # since the baseline calibrates (a number in metrics.json)
+        scores += (f"; its probabilities are temperature-scaled (T = {_f(t, 2)}, fitted on these "
+                   "out-of-fold probabilities; T < 1 sharpens)")
     n_pairs = len(cv.get("results") or {})
     if n_pairs == 1:  # a fixed model (the default vote): nothing was chosen
         return Para(f"**{model}**: {chosen} on the {fs} features, fixed in advance (not chosen per "
