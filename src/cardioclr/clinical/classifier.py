@@ -20,6 +20,12 @@ fit only:
 * ``ensemble-calibrated``: the ensemble wrapped in :class:`~sklearn.calibration.CalibratedClassifierCV`
   (sigmoid, 3 inner folds of the training patients).
 
+Temperature scaling (:func:`fit_temperature`, :func:`tempered`): one parameter T fitted on the
+out-of-fold probabilities of a repeated CV (:meth:`CVResult.temperature`); probabilities are
+raised to 1/T and renormalised, which changes no argmax. ``cardioclr baseline`` applies it to its
+fitted vote (or ``--model auto`` choice; the paper-style grid models keep their own
+probabilities), because a soft vote of disagreeing members is under-confident.
+
 ``cardioclr baseline --model auto`` chooses a candidate by :func:`choose_model`: repeated
 stratified CV on the training patients only, never on test. The default (and the study's) model
 is a fixed soft vote of ``rf``, ``gb``, ``logistic`` and ``svm`` on each feature set
