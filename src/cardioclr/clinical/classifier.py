@@ -244,23 +244,23 @@ def fit_temperature(y: np.ndarray, proba: np.ndarray) -> float:
 @dataclass
 class CVResult:
     """Repeated CV of one candidate: per-repeat accuracy, macro AUC and log-loss (pooled
-    out-of-fold probabilities of each repeat), the mean out-of-fold probabilities (n, k) over
-    repeats, the confusion counts (true, predicted) summed over repeats, and every repeat's
-    out-of-fold probabilities (n_repeats, n, k)."""
+    out-of-fold probabilities of each repeat), every repeat's out-of-fold probabilities
+    (n_repeats, n, k) and the confusion counts (true, predicted) summed over repeats."""
 
     name: str
     accuracy: list[float]
     macro_auc: list[float]
-    oof_proba: np.ndarray
+    repeat_proba: np.ndarray
     confusion: np.ndarray
     log_loss: list[float]
-    repeat_proba: np.ndarray | None = None
+
+    @property
+    def oof_proba(self) -> np.ndarray:
+        """Out-of-fold probabilities (n, k), the mean over repeats."""
+        return np.asarray(self.repeat_proba.mean(axis=0))
 
     def temperature(self, y: np.ndarray) -> float:
-        """:func:`fit_temperature` on every repeat's out-of-fold probabilities of labels ``y``
-        (n,); 1.0 when they were not kept."""
-        if self.repeat_proba is None or not len(self.repeat_proba):
-            return 1.0
+        """:func:`fit_temperature` on every repeat's out-of-fold probabilities of labels ``y`` (n,)."""
         r, n, k = self.repeat_proba.shape
         return fit_temperature(np.tile(np.asarray(y, int), r), self.repeat_proba.reshape(r * n, k))
 
@@ -306,7 +306,6 @@ def repeated_cv(name: str, x: pd.DataFrame, y: np.ndarray, k: int, n_splits: int
     y = np.asarray(y, int)
     splitter = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
     proto = model if model is not None else build_classifier(name, seed, n_jobs)
-    sums = np.zeros((len(y), k))
     repeats: list[np.ndarray] = []
     fold_proba = np.zeros((len(y), k))
     acc, auc, loss = [], [], []
@@ -320,10 +319,9 @@ def repeated_cv(name: str, x: pd.DataFrame, y: np.ndarray, k: int, n_splits: int
             auc.append(macro_auc(y, fold_proba))
             loss.append(log_loss_of(y, fold_proba))
             np.add.at(confusion, (y, pred), 1)
-            sums += fold_proba
             repeats.append(fold_proba)
             fold_proba = np.zeros((len(y), k))
-    return CVResult(name, acc, auc, sums / n_repeats, confusion, loss, np.stack(repeats))
+    return CVResult(name, acc, auc, np.stack(repeats), confusion, loss)
 
 
 def choose_model(x: pd.DataFrame, y: np.ndarray, k: int, candidates: Sequence[str] = CANDIDATES,
