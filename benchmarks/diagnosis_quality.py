@@ -203,39 +203,32 @@ def nested_choice_on_train(x_by_set: dict[str, Any], y_train: Any, k: int, cfg: 
 
 
 def calibrated_cv(name: str, x: Any, y: Any, k: int, splits: int, repeats: int, seed: int,
-                  inner_repeats: int, extra: Any = None) -> dict[str, Any]:
-    """The 5x5 CV of :func:`repeated_cv` (same folds) with the baseline's temperature scaling
-    done honestly: in every outer fold the temperature is fitted on an ``inner_repeats`` x
-    ``splits`` CV of that fold's training patients only (``CVResult.temperature``), then applied
-    to its held-out patients. Returns raw and scaled ``log_loss`` / ``macro_auc`` per repeat and
-    the fitted temperatures (min, median, max)."""
+                  inner_repeats: int, raw: Any, extra: Any = None) -> dict[str, Any]:
+    """The baseline's temperature scaling scored honestly on the plain CV's held-out
+    probabilities ``raw`` (n_repeats, n, k: :func:`repeated_cv` with the same ``splits``,
+    ``repeats`` and ``seed``, so the same folds): in every outer fold the temperature is fitted on
+    an ``inner_repeats`` x ``splits`` CV of that fold's training patients only
+    (``CVResult.temperature``), then applied to its held-out patients. Returns raw and scaled
+    ``log_loss`` / ``macro_auc`` / ``accuracy`` per repeat and the fitted temperatures (min,
+    median, max)."""
     import numpy as np
     from sklearn.model_selection import RepeatedStratifiedKFold
 
-    from cardioclr.clinical.classifier import (
-        fit_rows,
-        log_loss_of,
-        macro_auc,
-        predict_full,
-        repeat_summary,
-        repeated_cv,
-        tempered,
-    )
+    from cardioclr.clinical.classifier import log_loss_of, macro_auc, repeat_summary, repeated_cv, tempered
     from cardioclr.evaluate.baseline import candidate_pipeline
 
     y = np.asarray(y, int)
-    cols = list(x.columns)
-    raw, cal = np.zeros((repeats, len(y), k)), np.zeros((repeats, len(y), k))
+    raw = np.asarray(raw)
+    cal = np.zeros_like(raw)
     temps = []
     outer = RepeatedStratifiedKFold(n_splits=splits, n_repeats=repeats, random_state=seed)
     for i, (fit_part, held) in enumerate(outer.split(np.zeros(len(y)), y)):
-        m = candidate_pipeline(name, cols, [], 0, seed).fit(*fit_rows(x, y, fit_part, extra))
         inner = repeated_cv(name, x.iloc[fit_part], y[fit_part], k, n_splits=splits, n_repeats=inner_repeats,
-                            seed=seed + 1 + i, model=candidate_pipeline(name, cols, [], 0, seed), extra=extra)
+                            seed=seed + 1 + i, model=candidate_pipeline(name, list(x.columns), [], 0, seed),
+                            extra=extra)
         t = inner.temperature(y[fit_part])
         temps.append(t)
-        p = predict_full(m, x.iloc[held], k)
-        raw[i // splits, held], cal[i // splits, held] = p, tempered(p, t)
+        cal[i // splits, held] = tempered(raw[i // splits, held], t)
         log.info("calibrated CV: fold %d/%d, temperature %.3f", i + 1, splits * repeats, t)
 
     def scores(p: Any) -> dict[str, Any]:
@@ -303,7 +296,7 @@ def evaluate_source(work: Path, source: str, model_name: str, candidates: tuple[
                      extra=None if second_all is None else second_all[cols])
     s = cv.summary()
     calibration = (calibrated_cv(name, full[cols], y, k, splits, repeats, seed, calibration_repeats,
-                                 None if second_all is None else second_all[cols])
+                                 cv.repeat_proba, None if second_all is None else second_all[cols])
                    if calibration_repeats else None)
     temperature = float(record.get("temperature", 1.0))
     proba_raw = predict_full(model, full.loc[test, cols], k)

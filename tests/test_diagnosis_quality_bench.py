@@ -86,7 +86,7 @@ def test_nested_choice_fits_on_the_extra_rows_of_its_training_patients() -> None
 
 
 def test_calibrated_cv_keeps_the_folds_and_argmax_and_scales_an_underconfident_model() -> None:
-    """Same outer folds as the plain CV (raw scores equal repeated_cv's), accuracy unchanged by
+    """Scored on the plain CV's held-out probabilities (raw scores are repeated_cv's), accuracy unchanged by
     the scaling, and for a well-separated problem (a flat random forest) the temperature sharpens
     and the log-loss falls."""
     import pandas as pd
@@ -98,9 +98,10 @@ def test_calibrated_cv_keeps_the_folds_and_argmax_and_scales_an_underconfident_m
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 15)
     x = pd.DataFrame({"a": y * 3.0 + rng.normal(0, 0.6, y.size), "b": rng.normal(0, 1, y.size)})
-    got = bench.calibrated_cv("rf", x, y, 3, splits=3, repeats=2, seed=0, inner_repeats=1)
     plain = repeated_cv("rf", x, y, 3, n_splits=3, n_repeats=2, seed=0,
                         model=candidate_pipeline("rf", ["a", "b"], [], 0, 0))
+    got = bench.calibrated_cv("rf", x, y, 3, splits=3, repeats=2, seed=0, inner_repeats=1,
+                              raw=plain.repeat_proba)
     assert np.allclose(got["raw"]["log_loss"]["per_repeat"], plain.log_loss)
     assert got["scaled"]["accuracy"]["per_repeat"] == got["raw"]["accuracy"]["per_repeat"]
     assert got["temperature"]["max"] < 1.0
