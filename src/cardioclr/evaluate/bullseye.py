@@ -20,7 +20,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: predictions run on servers
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cardioclr.atomic import atomic_path  # noqa: E402
@@ -94,9 +93,11 @@ def bullseye_png(values: Sequence[Mapping[int, float]], panels: Sequence[Panel] 
     return buf.getvalue()
 
 
-def segment_values(row: pd.Series, panel: Panel) -> dict[int, float]:
-    """Segment -> value of ``panel`` from one row of a feature table (NaN where absent)."""
-    return {s: float(row.get(panel.column.format(s), math.nan)) for s in range(1, N_AHA + 1)}
+def segment_values(row: pd.Series, panels: Sequence[Panel] = PANELS) -> list[dict[int, float]] | None:
+    """Per panel, segment -> value from one row of a feature table (NaN where absent): the
+    ``values`` of :func:`bullseye_png`; None when no segment of any panel has a value."""
+    values = [{s: float(row.get(p.column.format(s), math.nan)) for s in range(1, N_AHA + 1)} for p in panels]
+    return values if any(math.isfinite(v) for d in values for v in d.values()) else None
 
 
 def write_bullseyes(features: pd.DataFrame, folder: Path, masks: str = "predicted",
@@ -108,8 +109,8 @@ def write_bullseyes(features: pd.DataFrame, folder: Path, masks: str = "predicte
     folder.mkdir(parents=True, exist_ok=True)
     n = 0
     for pid, row in features.iterrows():
-        values = [segment_values(row, p) for p in panels]
-        if not any(np.isfinite(v).any() for v in (np.array(list(d.values())) for d in values)):
+        values = segment_values(row, panels)
+        if values is None:
             continue
         with atomic_path(folder / f"{pid}.png") as tmp:
             tmp.write_bytes(bullseye_png(values, panels, title=f"{pid}: AHA segments ({masks} masks)"))

@@ -4,13 +4,12 @@ model, and the clinical features' importances."""
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from cardioclr.artifacts import number
-from cardioclr.evaluate.bullseye import PANELS, bullseye_png, segment_values
+from cardioclr.evaluate.bullseye import bullseye_png, segment_values
 from cardioclr.study.html import Block, Gallery, Para, Table, TCell
 from cardioclr.study.report.collect import CellResult, StudyData
 from cardioclr.study.report.format import estimate_or_dash, estimate_text, fmt, value_or_dash
@@ -56,8 +55,8 @@ def error_maps(baselines: list[CellResult]) -> Gallery | None:
                     f"{m.get('model', b.pretraining)} -> {e.get('predicted')}")
     items = []
     for pid, row in rows.items():
-        values = [segment_values(row, panel) for panel in PANELS]
-        if any(math.isfinite(v) for d in values for v in d.values()):
+        values = segment_values(row)
+        if values is not None:
             items.append((f"bullseye_{pid}.png", bullseye_png(values, title=f"{pid}: AHA segments"),
                           f"{pid}: {'; '.join(calls[pid])}"))
     if not items:
